@@ -33,3 +33,53 @@ def atomic_write(path, mode="w", **open_kwargs):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+def set_seed(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA), as torch_geometric.seed_everything does."""
+    import torch_geometric
+
+    torch_geometric.seed_everything(seed)
+
+
+class EarlyStopping:
+    """Early stopping on a score that should rise (validation recall@20 in ReFINe).
+
+    The first score sets the best. A lower score adds one to the counter; an equal or higher
+    one becomes the new best and resets the counter (ties count as improvements, as published).
+    `early_stop` turns True once the counter reaches `patience`.
+    """
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.counter = 0
+        self.best_score = None
+        self.best_epoch = None
+        self.best_metrics = None
+        self.early_stop = False
+
+    def update(self, epoch: int, score: float, metrics) -> bool:
+        """Record one evaluation; True when it is the new best (the caller saves a checkpoint)."""
+        if self.best_score is not None and score < self.best_score:
+            self.counter += 1
+            self.early_stop = self.counter >= self.patience
+            return False
+        self.best_score, self.best_epoch, self.best_metrics = score, epoch, metrics
+        self.counter = 0
+        return True
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict) -> None:
+        vars(self).update(state)
+
+
+def format_metrics(ks, results) -> str:
+    """The published four-line metrics block: width 7 for k < 10 so the columns line up."""
+    lines = []
+    for k, (precision, recall, ndcg) in zip(ks, results):
+        width = 7 if k < 10 else 0
+        lines.append(f"Precision@{k}: {precision:{width}.4f}, Recall@{k}: {recall:{width}.4f}, "
+                     f"NDCG@{k}: {ndcg:{width}.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,60 @@
+"""Full-ranking evaluation: masked top-k over all items, precision / recall / NDCG@k (SPEC section 4).
+
+    python -m pytest tests/test_metrics.py
+
+Per user with at least one ground-truth item (users without one are left out of every mean):
+precision@k = hits / k, recall@k = hits / |gt|, NDCG@k = DCG / IDCG with binary gains,
+discount 1 / log2(rank + 1) and IDCG over min(|gt|, k) hits.
+"""
+import torch
+
+
+def masked_topk(user_emb, item_emb, exclude_edges, k, batch_size=8192):
+    """(num_users, k) item indices ranked by score, skipping each user's excluded items.
+
+    exclude_edges (2, E) holds (user, item) pairs whose scores are set to -inf.
+    One pass serves every k' <= k: the first k' columns are the top-k' list.
+    """
+    num_users = user_emb.size(0)
+    order = torch.argsort(exclude_edges[0], stable=True)
+    excluded_users, excluded_items = exclude_edges[0, order], exclude_edges[1, order]
+    boundaries = torch.searchsorted(excluded_users, torch.arange(0, num_users + batch_size, batch_size,
+                                                                device=excluded_users.device))
+    topk_index = torch.empty(num_users, k, dtype=torch.long, device=user_emb.device)
+    for batch, start in enumerate(range(0, num_users, batch_size)):
+        end = min(start + batch_size, num_users)
+        scores = user_emb[start:end] @ item_emb.t()  # (batch, num_items)
+        lo, hi = boundaries[batch], boundaries[batch + 1]
+        scores[excluded_users[lo:hi] - start, excluded_items[lo:hi]] = float("-inf")
+        topk_index[start:end] = scores.topk(k, dim=1).indices
+    return topk_index
+
+
+def ground_truth_matrix(gt_edges, num_users, num_items):
+    """Boolean (num_users, num_items) relevance and per-user ground-truth counts (edges, as published)."""
+    relevant = torch.zeros(num_users, num_items, dtype=torch.bool, device=gt_edges.device)
+    relevant[gt_edges[0], gt_edges[1]] = True
+    gt_count = torch.bincount(gt_edges[0], minlength=num_users)
+    return relevant, gt_count
+
+
+def ranking_metrics(topk_index, relevant, gt_count, ks):
+    """[(precision@k, recall@k, ndcg@k) for k in ks], means over users with gt_count > 0.
+
+    topk_index (U, >= max(ks)) ranked item indices; relevant (U, I) bool; gt_count (U,) ints.
+    """
+    has_gt = gt_count > 0
+    hits = relevant.gather(1, topk_index)[has_gt].float()  # (users with gt, max k)
+    gt = gt_count[has_gt].float()
+    discount = 1.0 / torch.log2(torch.arange(2, hits.size(1) + 2, device=hits.device, dtype=torch.float))
+    ideal_len = relevant[has_gt].sum(dim=1)  # distinct relevant items
+    results = []
+    for k in ks:
+        hit_count = hits[:, :k].sum(dim=1)
+        dcg = (hits[:, :k] * discount[:k]).sum(dim=1)
+        ideal_hits = (torch.arange(k, device=hits.device) < ideal_len.unsqueeze(1)).float()
+        idcg = (ideal_hits * discount[:k]).sum(dim=1)
+        results.append((float((hit_count / k).mean()),
+                        float((hit_count / gt).mean()),
+                        float((dcg / idcg).mean())))
+    return results
