@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="strict also masks validation items when testing (published: not masked)")
     extras.add_argument("--resume", action="store_true",
                         help="continue an interrupted run from result/<dataset>/<path_name>.last.pt")
+    extras.add_argument("--sampler", choices=["auto", "dense", "sparse"], default="auto",
+                        help="negative sampler: dense (published, draw-for-draw), sparse (no users x items "
+                             "matrix, same distribution), auto (dense up to 2**28 user-item pairs)")
     return parser
 
 
@@ -83,7 +86,8 @@ def print_config(args) -> None:
                  ("top_k", args.top_k), ("epochs", args.epochs),
                  ("real_negative_sampling_probabilities", args.real_neg_samp_prob), ("p", args.p),
                  ("q", args.q), ("r", args.r), ("s", args.s), ("t", args.t), ("path_name", args.path_name)]
-    extras = [("data_dir", args.data_dir), ("device", args.device), ("eval_protocol", args.eval_protocol)]
+    extras = [("data_dir", args.data_dir), ("device", args.device), ("eval_protocol", args.eval_protocol),
+              ("sampler", args.sampler)]
     print(RULE)
     for key, value in published + extras:
         print(f"{key}: {value}")
@@ -125,19 +129,18 @@ def check_args(args, data) -> None:
             raise InputError(f"--{flag} must be positive, got {getattr(args, flag)}")
 
 
-def train_one_epoch(model, optimizer, data, base_weights, epoch, args):
+def train_one_epoch(model, optimizer, data, negative_sampler, epoch, args):
     """One pass over the shuffled train positives; returns the example-weighted mean loss."""
     num_users = data.num_users
-    weights = base_weights
+    weights = negative_sampler.base()
     if epoch >= args.t:
         with torch.no_grad():
             item_emb = model.propagate_embeddings()[num_users:]
-        weights = sampler.refine_weights_by_similarity(base_weights, item_emb, data.train_pos, data.train_neg,
-                                                       s=args.s, r=args.r, q=args.q, p=args.p)
-    total_loss = torch.zeros((), dtype=torch.float64, device=base_weights.device)
-    for index in sampler.shuffled_batches(data.train_pos.size(1), args.batch_size):
-        users, pos_items = data.train_pos[:, index.to(base_weights.device)]
-        neg_items = sampler.draw_negatives(weights, users)
+        weights = negative_sampler.refine(item_emb)
+    total_loss = torch.zeros((), dtype=torch.float64, device=data.train_pos.device)
+    for index in sampler.shuffled_batches(data.train_pos.size(1), args.batch_size, data.train_pos.device):
+        users, pos_items = data.train_pos[:, index]
+        neg_items = weights.draw(users)
         edge_label_index = torch.stack([torch.cat([users, users]),
                                         torch.cat([pos_items, neg_items]) + num_users])
         optimizer.zero_grad()
@@ -229,8 +232,9 @@ def run(args) -> int:
     model = LightGCN(data.num_users + data.num_items, args.embedding_dim, args.layers,
                      data.graph_edge_index()).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
-    base_weights = sampler.base_sampling_weights(data.num_users, data.num_items, data.train_pos,
-                                                 data.train_neg, args.real_neg_samp_prob)
+    negative_sampler = sampler.build_negative_sampler(args.sampler, data.num_users, data.num_items, data.train_pos,
+                                                      data.train_neg, args.real_neg_samp_prob,
+                                                      s=args.s, r=args.r, q=args.q, p=args.p)
     train_interactions = data.train_interactions()
 
     result_dir = Path("result") / args.dataset
@@ -258,7 +262,7 @@ def run(args) -> int:
             if early_stopping.early_stop:
                 break
             model.train()
-            loss = train_one_epoch(model, optimizer, data, base_weights, epoch, args)
+            loss = train_one_epoch(model, optimizer, data, negative_sampler, epoch, args)
             if epoch % args.evaluation_step == 0:
                 results = evaluate(model, data, data.valid, train_interactions, args)
                 lines = [f"\nEpoch: {epoch:03d}, Loss: {loss:.4f}", format_metrics(args.top_k, results)]

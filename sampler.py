@@ -1,6 +1,6 @@
 """Negative sampling weights of ReFINe and the weighted negative draw (SPEC section 3).
 
-    python -m pytest tests/test_sampler.py
+    python -m pytest tests/test_sampler.py tests/test_perf.py
 
 W (num_users, num_items) starts at 1, is 0 at train positives and `real_neg_samp_prob` at
 confirmed negatives. From epoch t on, each epoch refines a fresh copy of W with item-item
@@ -8,6 +8,14 @@ similarity of the current embeddings: the s items most similar to a positive of 
 (less likely), the r items most similar to a confirmed negative of u get p (more likely),
 each only where the weight is still exactly 1. A positive (u, i) is paired with one negative
 j ~ W[u, :] / sum(W[u, :]).
+
+Two samplers compute this, with the same interface (`build_negative_sampler`):
+
+- DenseNegativeSampler: the published design, a dense W and torch.multinomial per batch row;
+  it draws from the global RNG exactly as the published code does (runs match its log).
+- SparseNegativeSampler: W stored as 1 plus a sorted list of exceptions (the entries != 1),
+  memory O(train pairs + refined pairs) instead of O(users x items); each negative costs one
+  uniform number and two binary searches. Same distribution, different RNG use.
 """
 import torch
 
@@ -20,12 +28,14 @@ def base_sampling_weights(num_users, num_items, train_pos, train_neg, real_neg_s
     return weights
 
 
-def most_similar_items(item_emb: torch.Tensor, k: int, chunk_size: int = 4096) -> torch.Tensor:
+def most_similar_items(item_emb: torch.Tensor, k: int, chunk_size: int = None) -> torch.Tensor:
     """(num_items, k) indices of each item's k highest dot-product neighbours, itself excluded.
 
-    Row chunks keep memory at chunk_size x num_items instead of the full item-item matrix.
+    Row chunks keep memory at chunk_size x num_items instead of the full item-item matrix
+    (default: about 2**25 scores, 128 MiB, per chunk; one chunk below 5,792 items).
     """
     num_items = item_emb.size(0)
+    chunk_size = chunk_size or max(1, (1 << 25) // num_items)
     neighbours = torch.empty(num_items, k, dtype=torch.long, device=item_emb.device)
     for start in range(0, num_items, chunk_size):
         end = min(start + chunk_size, num_items)
@@ -65,15 +75,197 @@ def draw_negatives(weights: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
     return torch.multinomial(weights[users], num_samples=1).squeeze(1)
 
 
-def shuffled_batches(num_examples: int, batch_size: int):
+def shuffled_batches(num_examples: int, batch_size: int, device=None):
     """Index batches of a fresh permutation, drawn exactly as DataLoader(range(n), shuffle=True) draws it.
 
     Each DataLoader epoch takes two int64s from the global torch RNG: the iterator's worker base
     seed (unused without workers), then the seed of the private generator that permutes. Doing
     the same keeps every later global draw (the negatives) identical to the published run,
-    without DataLoader's per-batch Python collation.
+    without DataLoader's per-batch Python collation. `device` is where the batches go.
     """
     torch.empty((), dtype=torch.int64).random_()  # the DataLoader iterator's base seed
     seed = int(torch.empty((), dtype=torch.int64).random_().item())
     permutation = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed))
-    return permutation.split(batch_size)
+    # One host-to-device copy per epoch instead of one per batch.
+    return permutation.to(device).split(batch_size)
+
+
+# --- One interface, two implementations ---------------------------------------------------
+#
+# A sampler is built once per run; `base()` gives the weights of epochs before t, `refine(item_emb)`
+# a fresh refined copy for one epoch. Both return a weights object whose `draw(users)` gives one
+# negative item per user and whose `to_dense()` gives W (for tests and small cases).
+
+# Below this many user-item entries (1 GiB as float32) `--sampler auto` keeps the dense published
+# sampler: ML-100K, ML-1M and Netflix-1M stay draw-for-draw identical to the published code.
+AUTO_DENSE_MAX_ENTRIES = 1 << 28
+
+
+class DenseWeights:
+    """One epoch's dense W (num_users, num_items)."""
+
+    def __init__(self, weights: torch.Tensor):
+        self.weights = weights
+
+    def draw(self, users: torch.Tensor) -> torch.Tensor:
+        return draw_negatives(self.weights, users)
+
+    def to_dense(self) -> torch.Tensor:
+        return self.weights
+
+
+class DenseNegativeSampler:
+    """The published sampler: dense W, cloned and refined each epoch, torch.multinomial draws."""
+
+    def __init__(self, num_users, num_items, train_pos, train_neg, real_neg_samp_prob, s, r, q, p):
+        self.train_pos, self.train_neg = train_pos, train_neg
+        self.s, self.r, self.q, self.p = s, r, q, p
+        self.base_weights = DenseWeights(base_sampling_weights(num_users, num_items, train_pos, train_neg,
+                                                               real_neg_samp_prob))
+
+    def base(self) -> DenseWeights:
+        return self.base_weights
+
+    def refine(self, item_emb: torch.Tensor) -> DenseWeights:
+        return DenseWeights(refine_weights_by_similarity(self.base_weights.weights, item_emb, self.train_pos,
+                                                         self.train_neg, self.s, self.r, self.q, self.p))
+
+
+def _last_per_key(keys: torch.Tensor, values: torch.Tensor):
+    """Sorted unique keys, each with the value of its LAST occurrence (later writes win, as in W[idx] = v)."""
+    keys, order = torch.sort(keys, stable=True)
+    values = values[order]
+    is_last = torch.ones_like(keys, dtype=torch.bool)
+    is_last[:-1] = keys[1:] != keys[:-1]
+    return keys[is_last], values[is_last]
+
+
+def _merge_sorted(keys, values, new_keys, new_values):
+    """Merge two sorted key lists with no key in common, without a full re-sort."""
+    merged_keys = torch.empty(keys.numel() + new_keys.numel(), dtype=keys.dtype, device=keys.device)
+    merged_values = torch.empty(merged_keys.numel(), dtype=values.dtype, device=values.device)
+    old_slots = torch.arange(keys.numel(), device=keys.device) + torch.searchsorted(new_keys, keys)
+    new_slots = torch.arange(new_keys.numel(), device=keys.device) + torch.searchsorted(keys, new_keys)
+    merged_keys[old_slots], merged_values[old_slots] = keys, values
+    merged_keys[new_slots], merged_values[new_slots] = new_keys, new_values
+    return merged_keys, merged_values
+
+
+class SparseWeights:
+    """W = 1 except at sorted unique `keys` = user * num_items + item, where it is `values` (!= 1).
+
+    draw(users) is exact: with n_u exceptions of total weight m_u, row u's mass is
+    (num_items - n_u) + m_u. One uniform x in [0, mass) picks an exception by its cumulative
+    weight when x < m_u, else the floor(x - m_u)-th item that is not an exception (all weight 1).
+    """
+
+    def __init__(self, num_users: int, num_items: int, keys: torch.Tensor, values: torch.Tensor,
+                 generator: torch.Generator = None):
+        device = keys.device
+        self.num_users, self.num_items, self.generator = num_users, num_items, generator
+        values = values.to(torch.float32)  # as the dense W stores them
+        keep = values != 1.0  # a stored 1 equals the default: canonical form drops it
+        self.keys, self.values = keys[keep], values[keep]
+        users = torch.div(self.keys, num_items, rounding_mode="floor")
+        items = self.keys - users * num_items
+        row_start = torch.searchsorted(self.keys, torch.arange(num_users + 1, device=device) * num_items)
+        exception_count = row_start[1:] - row_start[:-1]
+        # Free items of a row (not exceptions): the k-th of them is k + #{exceptions e_m of the row,
+        # m-th in order, with e_m - m <= k}; rank_keys holds e_m - m, offset per user to stay sorted.
+        rank_in_row = torch.arange(self.keys.numel(), device=device) - row_start[users]
+        self.rank_keys = users * (num_items + 1) + (items - rank_in_row)
+        self.row_start = row_start
+        self.free_count = num_items - exception_count
+        # Exceptions that can be drawn (weight > 0), with per-row cumulative weights in float64.
+        positive = self.values > 0
+        self.draw_items = items[positive]
+        draw_users = users[positive]
+        cumulative = torch.cumsum(self.values[positive].double(), 0)
+        self.draw_row_start = torch.searchsorted(draw_users, torch.arange(num_users + 1, device=device))
+        cumulative_before = torch.cat([cumulative.new_zeros(1), cumulative])
+        self.cumulative = cumulative
+        self.row_offset = cumulative_before[self.draw_row_start[:-1]]
+        self.exception_mass = cumulative_before[self.draw_row_start[1:]] - self.row_offset
+        self.row_mass = self.free_count.double() + self.exception_mass
+        self.has_empty_row = bool((self.row_mass <= 0).any())  # checked once, not per batch (a GPU sync)
+
+    def draw(self, users: torch.Tensor) -> torch.Tensor:
+        """One item per entry of users, with probability W[u, j] / sum(W[u, :])."""
+        if self.has_empty_row and bool((self.row_mass[users] <= 0).any()):
+            raise ValueError("a user's sampling weights are all zero (every item is a train positive)")
+        x = torch.rand(users.numel(), dtype=torch.float64, device=users.device, generator=self.generator)
+        x = x * self.row_mass[users]
+        exception_mass = self.exception_mass[users]
+        from_exceptions = x < exception_mass
+        # Stage 1: an exception, by binary search on the global cumulative weights.
+        target = self.row_offset[users] + x
+        slot = torch.searchsorted(self.cumulative, target, right=True)
+        # Float rounding at a row's end must not leave the row.
+        last = (self.draw_row_start[users + 1] - 1).clamp(min=0)
+        slot = torch.minimum(slot, last).clamp(max=max(self.draw_items.numel() - 1, 0))
+        exception_item = self.draw_items[slot] if self.draw_items.numel() else torch.zeros_like(users)
+        # Stage 2: the rank-th free item of the row.
+        rank = (x - exception_mass).floor().long().clamp(min=0)
+        rank = torch.minimum(rank, self.free_count[users] - 1).clamp(min=0)
+        preceding = torch.searchsorted(self.rank_keys, users * (self.num_items + 1) + rank, right=True)
+        free_item = rank + preceding - self.row_start[users]
+        return torch.where(from_exceptions, exception_item, free_item)
+
+    def to_dense(self) -> torch.Tensor:
+        weights = torch.ones(self.num_users * self.num_items, device=self.keys.device)
+        weights[self.keys] = self.values
+        return weights.view(self.num_users, self.num_items)
+
+
+class SparseNegativeSampler:
+    """ReFINe's W without the dense matrix: 1 plus sparse exceptions; refinement edits the exceptions.
+
+    The refinement follows the dense one rule for rule: q near positives first, then p near
+    confirmed negatives, each only where the weight is still exactly 1 before that step writes.
+    """
+
+    def __init__(self, num_users, num_items, train_pos, train_neg, real_neg_samp_prob, s, r, q, p,
+                 generator: torch.Generator = None):
+        self.num_users, self.num_items, self.generator = num_users, num_items, generator
+        self.train_pos, self.train_neg = train_pos, train_neg
+        self.s, self.r, self.q, self.p = s, r, q, p
+        keys = torch.cat([self._keys(train_pos[0], train_pos[1]), self._keys(train_neg[0], train_neg[1])])
+        values = torch.cat([torch.zeros(train_pos.size(1), device=keys.device),
+                            torch.full((train_neg.size(1),), float(real_neg_samp_prob), device=keys.device)])
+        keys, values = _last_per_key(keys, values)  # negatives written after positives, as in the dense W
+        self.base_weights = self._weights(keys, values)
+
+    def _keys(self, users, items):
+        return users.long() * self.num_items + items.long()
+
+    def _weights(self, keys, values) -> SparseWeights:
+        return SparseWeights(self.num_users, self.num_items, keys, values, self.generator)
+
+    def base(self) -> SparseWeights:
+        return self.base_weights
+
+    def refine(self, item_emb: torch.Tensor) -> SparseWeights:
+        keys, values = self.base_weights.keys, self.base_weights.values
+        neighbours = most_similar_items(item_emb, max(self.s, self.r))
+        for pairs, k, value in ((self.train_pos, self.s, self.q), (self.train_neg, self.r, self.p)):
+            value = torch.tensor(value, dtype=torch.float32).item()  # compared as the dense float32 W
+            if value == 1.0 or pairs.size(1) == 0:
+                continue  # writing 1 where W is 1 changes nothing
+            candidates = self._keys(pairs[0].repeat_interleave(k), neighbours[pairs[1], :k].reshape(-1))
+            # Stored keys are exactly the entries != 1: a candidate is "still 1" iff it is not stored.
+            slot = torch.searchsorted(keys, candidates).clamp(max=max(keys.numel() - 1, 0))
+            stored = keys[slot] == candidates if keys.numel() else torch.zeros_like(candidates, dtype=torch.bool)
+            new_keys = torch.unique(candidates[~stored])
+            keys, values = _merge_sorted(keys, values, new_keys, torch.full_like(new_keys, value, dtype=values.dtype))
+        return self._weights(keys, values)
+
+
+def build_negative_sampler(kind: str, num_users, num_items, train_pos, train_neg, real_neg_samp_prob,
+                           s, r, q, p):
+    """`kind` dense, sparse or auto (dense while num_users * num_items <= AUTO_DENSE_MAX_ENTRIES)."""
+    if kind == "auto":
+        kind = "dense" if num_users * num_items <= AUTO_DENSE_MAX_ENTRIES else "sparse"
+    samplers = {"dense": DenseNegativeSampler, "sparse": SparseNegativeSampler}
+    if kind not in samplers:
+        raise ValueError(f"unknown sampler {kind!r} (use auto, dense or sparse)")
+    return samplers[kind](num_users, num_items, train_pos, train_neg, real_neg_samp_prob, s, r, q, p)
