@@ -1,0 +1,250 @@
+"""Time ReFINe epochs (train, similarity refinement, evaluation) against the published design.
+
+    python bench/bench_epoch.py --data_dir ../shared/datasets --dataset ML-100K --out bench/ml100k.json
+    python bench/bench_epoch.py --synthetic amazon-book --impls sparse --epochs 1 --t 1   # scale run
+
+Implementations (--impls, run interleaved in one process, order alternating per epoch, so
+machine load hits all of them alike): `published` is bench/baseline.py; `dense` and `sparse`
+are main.py's own train_one_epoch and evaluate with that --sampler. Each epoch is timed as
+weights (the epoch's W: clone or refinement), train (all batches) and eval (validation ranking).
+Epochs >= --t refine W by item similarity. Ratios are published / ours on the median epoch.
+Peak memory: the process's peak RSS on CPU (run one implementation alone to attribute it),
+torch.cuda.max_memory_allocated per implementation on GPU.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from argparse import Namespace
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import dataloader  # noqa: E402
+import main as refine_main  # noqa: E402
+import sampler  # noqa: E402
+import synthetic  # noqa: E402
+from baseline import PublishedDesign  # noqa: E402
+from model import LightGCN  # noqa: E402
+from utils import atomic_write  # noqa: E402
+
+IMPLS = ("published", "dense", "sparse")
+
+
+class FixedWeights:
+    """A sampler stand-in whose base() is a given epoch's weights: main.train_one_epoch then
+    trains on weights refined (and timed) outside it."""
+
+    def __init__(self, weights):
+        self.weights = weights
+
+    def base(self):
+        return self.weights
+
+
+class OursDesign:
+    """main.py's model, sampler and loop functions with one --sampler."""
+
+    def __init__(self, data, args):
+        self.data, self.args = data, args
+        self.model = LightGCN(data.num_users + data.num_items, args.embedding_dim, args.layers,
+                              data.graph_edge_index())
+        self.model.to(data.train_pos.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.learning_rate)
+        self.negative_sampler = sampler.build_negative_sampler(
+            args.sampler, data.num_users, data.num_items, data.train_pos, data.train_neg, args.real_neg_samp_prob,
+            s=args.s, r=args.r, q=args.q, p=args.p)
+        self.exclude = data.train_interactions()
+
+    def epoch_weights(self, refine: bool):
+        if not refine:
+            return self.negative_sampler.base()
+        with torch.no_grad():
+            item_emb = self.model.propagate_embeddings()[self.data.num_users:]
+        return self.negative_sampler.refine(item_emb)
+
+    def train_batches(self, weights) -> float:
+        no_refine = Namespace(**{**vars(self.args), "t": float("inf")})
+        return refine_main.train_one_epoch(self.model, self.optimizer, self.data, FixedWeights(weights), 1, no_refine)
+
+    def evaluate(self, ground_truth, ks):
+        return refine_main.evaluate(self.model, self.data, ground_truth, self.exclude, self.args)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def current_rss_mib():
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def load_data(opts):
+    if opts.synthetic:
+        data = synthetic.generate(opts.synthetic, opts.scale, opts.seed)
+        name = f"synthetic {opts.synthetic} x{opts.scale:g}"
+    else:
+        data = dataloader.load_splits(opts.data_dir, opts.dataset, True)
+        name = opts.dataset
+    return name, data
+
+
+def build(impl, data, args):
+    if impl == "published":
+        return PublishedDesign(data, args.embedding_dim, args.layers, args.learning_rate, args.real_neg_samp_prob,
+                               args.s, args.r, args.q, args.p, args.batch_size, args.test_batch_size)
+    return OursDesign(data, Namespace(**{**vars(args), "sampler": impl}))
+
+
+def time_epoch(design, epoch, opts, device):
+    """Seconds of the epoch's weights, training and evaluation; the final loss."""
+    times = {}
+    sync(device)
+    start = time.perf_counter()
+    weights = design.epoch_weights(refine=epoch >= opts.t)
+    sync(device)
+    times["weights"] = time.perf_counter() - start
+    start = time.perf_counter()
+    loss = design.train_batches(weights)
+    sync(device)
+    times["train"] = time.perf_counter() - start
+    del weights
+    start = time.perf_counter()
+    design.evaluate(design.data.valid, opts.top_k)
+    sync(device)
+    times["eval"] = time.perf_counter() - start
+    return times, loss
+
+
+def summarize(records, impls, t):
+    """Median seconds per phase per implementation; epochs before t and from t apart."""
+    summary = {}
+    for impl in impls:
+        rows = [r for r in records if r["impl"] == impl]
+        plain = [r for r in rows if r["epoch"] < t] or rows
+        refined = [r for r in rows if r["epoch"] >= t]
+        entry = {"train": statistics.median(r["train"] for r in plain),
+                 "eval": statistics.median(r["eval"] for r in plain),
+                 "epoch": statistics.median(r["weights"] + r["train"] + r["eval"] for r in plain)}
+        if refined:
+            entry["refine"] = statistics.median(r["weights"] for r in refined)
+            entry["epoch_refined"] = statistics.median(r["weights"] + r["train"] + r["eval"] for r in refined)
+        summary[impl] = entry
+    return summary
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--synthetic", choices=sorted(synthetic.PRESETS), help="a generated graph of this size")
+    parser.add_argument("--data_dir", default=os.environ.get("REFINE_DATA_DIR", "dataset"))
+    parser.add_argument("--dataset", default="ML-100K")
+    parser.add_argument("--scale", type=float, default=1.0, help="shrink a synthetic preset (users, items, edges)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--impls", default="published,dense",
+                        help=f"comma-separated, from {', '.join(IMPLS)}; the first is the ratios' reference")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--t", type=int, default=3, help="epochs >= t refine W (published default 50)")
+    parser.add_argument("--r", type=int, default=None, help="default: the preset's, else 100")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (set explicitly; printed)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", help="write the results as JSON here")
+    opts = parser.parse_args(argv)
+    opts.impls = opts.impls.split(",")
+    unknown = [impl for impl in opts.impls if impl not in IMPLS]
+    if unknown:
+        parser.error(f"unknown --impls {','.join(unknown)} (choose from {', '.join(IMPLS)})")
+    return opts
+
+
+def main(argv=None) -> int:
+    opts = parse_args(argv)
+    torch.set_num_threads(opts.threads)
+    device = torch.device(opts.device)
+    if opts.r is None:
+        opts.r = synthetic.PRESETS[opts.synthetic].r if opts.synthetic else 100
+    args = refine_main.build_parser().parse_args(["--r", str(opts.r), "--t", str(opts.t)])
+    opts.top_k = args.top_k
+    load_before = os.getloadavg()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}, "
+          f"load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, cpus {os.cpu_count()}")
+
+    start = time.perf_counter()
+    name, data = load_data(opts)
+    data = data.to(device)
+    print(f"{name}: {data.num_users} users x {data.num_items} items, {data.train_pos.size(1)} train positives, "
+          f"{data.train_neg.size(1)} confirmed negatives ({time.perf_counter() - start:.1f} s to load)")
+
+    designs, setup, gpu_peak = {}, {}, {}
+    for impl in opts.impls:
+        torch.manual_seed(opts.seed)
+        start = time.perf_counter()
+        designs[impl] = build(impl, data, args)
+        setup[impl] = time.perf_counter() - start
+        gpu_peak[impl] = 0
+
+    records = []
+    for epoch in range(1, opts.epochs + 1):
+        order = opts.impls if epoch % 2 else opts.impls[::-1]
+        for impl in order:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            times, loss = time_epoch(designs[impl], epoch, opts, device)
+            if device.type == "cuda":
+                gpu_peak[impl] = max(gpu_peak[impl], torch.cuda.max_memory_allocated(device) / 2**20)
+            records.append({"impl": impl, "epoch": epoch, "loss": loss, **times})
+            print(f"epoch {epoch} {impl:>9}: weights {times['weights']:8.3f} s  train {times['train']:8.3f} s  "
+                  f"eval {times['eval']:7.3f} s  loss {loss:.4f}", flush=True)
+
+    summary = summarize(records, opts.impls, opts.t)
+    reference = opts.impls[0]
+    print(f"\nmedian seconds (epochs < t: weights+train+eval; refined: epochs >= t); ratio = {reference} / impl")
+    ratios = {}
+    for impl, entry in summary.items():
+        ratios[impl] = {phase: summary[reference][phase] / value for phase, value in entry.items()
+                        if phase in summary[reference] and value > 0}
+        cells = "  ".join(f"{phase} {value:.3f} s (x{ratios[impl].get(phase, float('nan')):.1f})"
+                          for phase, value in entry.items())
+        print(f"{impl:>9}: {cells}")
+    load_after = os.getloadavg()
+    memory = {"peak_rss_mib": peak_rss_mib(), "rss_mib_now": current_rss_mib()}
+    if device.type == "cuda":
+        memory["cuda_max_allocated_mib"] = gpu_peak
+    print(f"peak RSS {memory['peak_rss_mib']:.0f} MiB (whole process)"
+          + (f", CUDA peak allocated per impl (MiB): {gpu_peak}" if device.type == "cuda" else "")
+          + f"; load average now {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
+
+    result = {"dataset": name, "num_users": data.num_users, "num_items": data.num_items,
+              "train_positives": data.train_pos.size(1), "confirmed_negatives": data.train_neg.size(1),
+              "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+              else platform.processor() or platform.machine(),
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+              "loadavg_before": load_before, "loadavg_after": load_after, "epochs": opts.epochs, "t": opts.t,
+              "r": opts.r, "setup_s": setup, "records": records, "median_s": summary, "ratio_vs_" + reference: ratios,
+              "memory": memory}
+    if opts.out:
+        with atomic_write(opts.out) as handle:
+            json.dump(result, handle, indent=1)
+        print(f"wrote {opts.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Fast paths against independent implementations: propagation, samplers, metrics, the published log.
+
+    python -m pytest tests/test_perf.py
+
+- propagation (precomputed CSR adjacency) == torch_geometric's LGConv stack, forward and gradient;
+- sparse sampler: refinement densifies to exactly the dense W; draws follow W (chi-square);
+- one-pass metrics == the published per-k evaluation (bench/baseline.py);
+- the default run's first 3 epochs print exactly the published code's CPU log.
+"""
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch_geometric.nn
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import main  # noqa: E402
+import metrics  # noqa: E402
+import sampler  # noqa: E402
+import synthetic  # noqa: E402
+from baseline import published_metrics  # noqa: E402
+from model import LightGCN  # noqa: E402
+
+
+def random_bipartite(num_users, num_items, num_edges, seed):
+    """(2, E) user-item pairs with duplicates allowed, every user and item present."""
+    generator = torch.Generator().manual_seed(seed)
+    users = torch.cat([torch.arange(num_users), torch.randint(0, num_users, (num_edges,), generator=generator)])
+    items = torch.cat([torch.randint(0, num_items, (num_users,), generator=generator),
+                       torch.randint(0, num_items, (num_edges,), generator=generator)])
+    items[:num_items] = torch.arange(num_items)[:min(num_items, users.numel())]
+    return torch.stack([users, items])
+
+
+@pytest.mark.parametrize("num_layers,dim", [(1, 8), (3, 16), (4, 64)])
+def test_propagation_matches_lgconv_forward_and_gradient(num_layers, dim):
+    num_users, num_items = 30, 40
+    pairs = random_bipartite(num_users, num_items, 200, seed=num_layers)
+    users, items = pairs[0], pairs[1] + num_users
+    edge_index = torch.cat([torch.stack([users, items]), torch.stack([items, users])], dim=1)
+    ours = LightGCN(num_users + num_items, dim, num_layers, edge_index)
+    reference = torch_geometric.nn.LightGCN(num_users + num_items, dim, num_layers)
+    reference.load_state_dict(ours.state_dict())
+    upstream_out = reference.get_embedding(edge_index)
+    our_out = ours.propagate_embeddings()
+    assert torch.allclose(our_out, upstream_out, atol=1e-5)
+    upstream_weight = torch.randn_like(upstream_out)  # a loss touching every output coordinate
+    (upstream_out * upstream_weight).sum().backward()
+    (our_out * upstream_weight).sum().backward()
+    assert torch.allclose(ours.embedding.weight.grad, reference.embedding.weight.grad, atol=1e-5)
+    assert ours.embedding.weight.grad.abs().sum() > 0
+
+
+def make_samplers(num_users, num_items, train_pos, train_neg, real_neg_samp_prob, s, r, q, p):
+    config = (num_users, num_items, train_pos, train_neg, real_neg_samp_prob, s, r, q, p)
+    return sampler.DenseNegativeSampler(*config), sampler.SparseNegativeSampler(*config)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_sparse_refinement_equals_dense_exactly(seed):
+    generator = torch.Generator().manual_seed(seed)
+    num_users, num_items = 7, 25
+    train_pos = random_bipartite(num_users, num_items, 40, seed)
+    # Negatives repeat pairs and overlap positives (the dense W writes them last, so they win).
+    train_neg = torch.cat([train_pos[:, :5], torch.stack([torch.randint(0, num_users, (30,), generator=generator),
+                                                          torch.randint(0, num_items, (30,), generator=generator)])], 1)
+    train_neg = torch.cat([train_neg, train_neg[:, :6]], dim=1)
+    # Odd seeds: integer embeddings, so similarity ties; some seeds write the value 1.
+    item_emb = torch.randn(num_items, 6, generator=generator)
+    if seed % 2:
+        item_emb = torch.randint(-1, 2, (num_items, 6), generator=generator).float()
+    real_neg, q, p = [(1.5, 0.75, 1.5), (1.5, 0.75, 2.0), (1.0, 0.5, 2.0), (2.0, 1.0, 1.0)][seed % 4]
+    dense, sparse = make_samplers(num_users, num_items, train_pos, train_neg, real_neg, s=3, r=6, q=q, p=p)
+    assert torch.equal(sparse.base().to_dense(), dense.base().to_dense())
+    refined = dense.refine(item_emb).to_dense()
+    assert torch.equal(sparse.refine(item_emb).to_dense(), refined)
+    assert not torch.equal(refined, dense.base().to_dense()) or q == 1.0 == p
+
+
+def chi_square_case():
+    """3 users x 12 items whose refined W holds 0, 1, 1.5 (negatives), q = 0.75 and p = 2."""
+    train_pos = torch.tensor([[0, 0, 0, 0, 0, 0, 0, 1, 2, 2], [0, 1, 2, 3, 4, 5, 6, 2, 3, 8]])
+    train_neg = torch.tensor([[0, 1, 1, 2], [9, 6, 7, 0]])
+    item_emb = torch.randn(12, 4, generator=torch.Generator().manual_seed(3))
+    dense, sparse = make_samplers(3, 12, train_pos, train_neg, 1.5, s=2, r=3, q=0.75, p=2.0)
+    return dense.refine(item_emb), sparse.refine(item_emb)
+
+
+def test_sparse_draws_follow_dense_weights():
+    dense, sparse = chi_square_case()
+    weights = dense.to_dense()
+    assert {0.0, 1.0, 1.5, 0.75, 2.0} <= set(weights.flatten().tolist())
+    torch.manual_seed(0)  # fixed: p-values over seeds were checked to be uniform
+    draws = 60_000
+    for user in range(3):
+        counts = torch.bincount(sparse.draw(torch.full((draws,), user)), minlength=12).double()
+        expected = weights[user].double() / weights[user].sum() * draws
+        assert counts[expected == 0].sum() == 0  # train positives are never drawn
+        drawable = expected > 0
+        assert stats.chisquare(counts[drawable], expected[drawable]).pvalue > 1e-3
+        # The test has power: ignoring the weights (uniform over drawable items) is rejected.
+        uniform = drawable.double() / drawable.sum() * draws
+        assert stats.chisquare(counts[drawable], uniform[drawable]).pvalue < 1e-6
+        # And dense (torch.multinomial) draws are indistinguishable from sparse ones.
+        dense_counts = torch.bincount(dense.draw(torch.full((draws,), user)), minlength=12).double()
+        table = torch.stack([counts[drawable], dense_counts[drawable]]).numpy()
+        assert stats.chi2_contingency(table).pvalue > 1e-3
+
+
+def test_sparse_uniform_part_finds_every_free_item():
+    """A user whose only exceptions are 0s draws uniformly among the others, edges included."""
+    train_pos = torch.tensor([[0, 0, 0, 0, 0], [0, 3, 4, 5, 9]])
+    weights = sampler.SparseNegativeSampler(1, 10, train_pos, torch.zeros(2, 0, dtype=torch.long), 1.5,
+                                            s=1, r=1, q=0.75, p=1.5).base()
+    torch.manual_seed(0)
+    counts = torch.bincount(weights.draw(torch.zeros(20_000, dtype=torch.long)), minlength=10)
+    assert counts[[0, 3, 4, 5, 9]].sum() == 0
+    assert stats.chisquare(counts[[1, 2, 6, 7, 8]].double()).pvalue > 1e-3
+
+
+def test_sparse_draw_rejects_a_row_without_weight():
+    weights = sampler.SparseNegativeSampler(2, 2, torch.tensor([[0, 0, 1], [0, 1, 0]]),
+                                            torch.zeros(2, 0, dtype=torch.long), 1.5, 1, 1, 0.75, 1.5).base()
+    assert weights.draw(torch.tensor([1])).tolist() == [1]
+    with pytest.raises(ValueError, match="all zero"):
+        weights.draw(torch.tensor([0, 1]))
+
+
+def test_auto_sampler_is_dense_only_for_small_matrices(monkeypatch):
+    config = (torch.tensor([[0], [0]]), torch.zeros(2, 0, dtype=torch.long), 1.5, 1, 1, 0.75, 1.5)
+    assert isinstance(sampler.build_negative_sampler("auto", 3, 4, *config), sampler.DenseNegativeSampler)
+    monkeypatch.setattr(sampler, "AUTO_DENSE_MAX_ENTRIES", 11)
+    assert isinstance(sampler.build_negative_sampler("auto", 3, 4, *config), sampler.SparseNegativeSampler)
+    assert isinstance(sampler.build_negative_sampler("dense", 3, 4, *config), sampler.DenseNegativeSampler)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_one_pass_metrics_equal_published_per_k_evaluation(seed):
+    generator = torch.Generator().manual_seed(seed)
+    num_users, num_items, batch = 50, 60, 16  # several user batches, a partial last one
+    user_emb = torch.randn(num_users, 8, generator=generator)
+    item_emb = torch.randn(num_items, 8, generator=generator)
+    exclude = [random_bipartite(num_users, num_items, n, seed + n) for n in (150, 40, 40)]
+    truth = torch.stack([torch.randint(0, num_users - 5, (200,), generator=generator),
+                         torch.randint(0, num_items, (200,), generator=generator)])  # dupes; 5 users without
+    ks = [1, 5, 10, 20]
+    expected = published_metrics(user_emb, item_emb, exclude, truth, ks, test_batch_size=batch)
+    topk = metrics.masked_topk(user_emb, item_emb, torch.cat(exclude, dim=1), max(ks), batch_size=batch)
+    relevant, count = metrics.ground_truth_matrix(truth, num_users, num_items)
+    got = metrics.ranking_metrics(topk, relevant, count, ks)
+    assert torch.allclose(torch.tensor(got, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64),
+                          rtol=1e-5, atol=1e-7)
+
+
+def epoch_blocks(log: str, epochs: int) -> list:
+    """The 'Epoch: NNN, Loss: ...' line and the lines after it, up to the next blank line."""
+    blocks = re.findall(r"^Epoch: \d{3}, Loss: .*?(?=\n\n|\Z)", log, flags=re.M | re.S)
+    return [block.strip() for block in blocks[:epochs]]
+
+
+def test_default_run_prints_the_published_cpu_log(shared_dir, tmp_path, monkeypatch, capsys):
+    """Dense sampler (auto on ML-100K): 3 epochs equal the published code's CPU log, digit for digit."""
+    reference = (shared_dir / "reference-logs" / "ReFINe_ML-100K.published-code-on-cpu.out").read_text()
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # same numbers, far less time on a busy 2-core machine
+    try:
+        assert main.main(["--data_dir", str(shared_dir / "datasets"), "--epochs", "3", "--device", "cpu"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    assert "sampler: auto" in printed
+    assert epoch_blocks(printed, 3) == epoch_blocks(reference, 3)
+    assert len(epoch_blocks(printed, 3)) == 3
+
+
+def test_sparse_sampler_trains_on_synthetic_splits(tmp_path, monkeypatch, capsys):
+    """main.py --sampler sparse with refinement from epoch 2, on a generated split."""
+    synthetic.write_splits(synthetic.generate("ml-100k", scale=0.05, seed=1), tmp_path / "data", "tiny")
+    monkeypatch.chdir(tmp_path)
+    argv = ["--data_dir", str(tmp_path / "data"), "--dataset", "tiny", "--epochs", "3", "--t", "2", "--r", "4",
+            "--top_k", "5", "--device", "cpu", "--sampler", "sparse"]
+    assert main.main(argv) == 0
+    printed = capsys.readouterr().out
+    losses = [float(x) for x in re.findall(r"^Epoch: \d{3}, Loss: ([\d.]+)", printed, flags=re.M)]
+    assert len(losses) == 3 and losses[2] < losses[0] < 0.7
+    assert "Final Test Results" in printed
