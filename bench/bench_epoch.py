@@ -178,10 +178,6 @@ def main(argv=None) -> int:
     opts = parse_args(argv)
     torch.set_num_threads(opts.threads)
     device = torch.device(opts.device)
-    if opts.r is None:
-        opts.r = synthetic.PRESETS[opts.synthetic].r if opts.synthetic else 100
-    args = refine_main.build_parser().parse_args(["--r", str(opts.r), "--t", str(opts.t)])
-    opts.top_k = args.top_k
     load_before = os.getloadavg()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}, "
           f"load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, cpus {os.cpu_count()}")
@@ -189,8 +185,12 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     name, data = load_data(opts)
     data = data.to(device)
+    if opts.r is None:  # the preset's r, at most num_items - 1 on shrunk graphs
+        opts.r = min(synthetic.PRESETS[opts.synthetic].r if opts.synthetic else 100, data.num_items - 1)
+    args = refine_main.build_parser().parse_args(["--r", str(opts.r), "--t", str(opts.t)])
+    opts.top_k = args.top_k
     print(f"{name}: {data.num_users} users x {data.num_items} items, {data.train_pos.size(1)} train positives, "
-          f"{data.train_neg.size(1)} confirmed negatives ({time.perf_counter() - start:.1f} s to load)")
+          f"{data.train_neg.size(1)} confirmed negatives, r {opts.r} ({time.perf_counter() - start:.1f} s to load)")
 
     designs, setup, gpu_peak = {}, {}, {}
     for impl in opts.impls:
