@@ -43,11 +43,31 @@ def ranking_metrics(topk_index, relevant, gt_count, ks):
 
     topk_index (U, >= max(ks)) ranked item indices; relevant (U, I) bool; gt_count (U,) ints.
     """
+    hits = relevant.gather(1, topk_index)
+    return _metrics_from_hits(hits, gt_count, relevant.sum(dim=1), ks)
+
+
+def ranking_metrics_from_edges(topk_index, gt_edges, num_items, ks):
+    """ranking_metrics of the ground-truth pairs gt_edges (2, E) without the dense (U, I) matrix.
+
+    Memory O(E + U k) instead of O(U I): a top-k entry is a hit when its user * num_items + item
+    key is among the sorted ground-truth keys. Same numbers as the dense route (tested equal).
+    """
+    num_users = topk_index.size(0)
+    keys = torch.unique(gt_edges[0] * num_items + gt_edges[1])  # distinct pairs, sorted
+    users = torch.arange(num_users, device=topk_index.device).unsqueeze(1)
+    hits = torch.isin(users * num_items + topk_index, keys)
+    distinct = torch.bincount(torch.div(keys, num_items, rounding_mode="floor"), minlength=num_users)
+    return _metrics_from_hits(hits, torch.bincount(gt_edges[0], minlength=num_users), distinct, ks)
+
+
+def _metrics_from_hits(hits, gt_count, distinct_count, ks):
+    """Means of precision, recall, NDCG@k from hits (U, >= max k) bool, edge counts and distinct item counts."""
     has_gt = gt_count > 0
-    hits = relevant.gather(1, topk_index)[has_gt].float()  # (users with gt, max k)
+    hits = hits[has_gt].float()  # (users with gt, max k)
     gt = gt_count[has_gt].float()
     discount = 1.0 / torch.log2(torch.arange(2, hits.size(1) + 2, device=hits.device, dtype=torch.float))
-    ideal_len = relevant[has_gt].sum(dim=1)  # distinct relevant items
+    ideal_len = distinct_count[has_gt]  # distinct relevant items
     results = []
     for k in ks:
         hit_count = hits[:, :k].sum(dim=1)

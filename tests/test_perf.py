@@ -154,6 +154,7 @@ def test_one_pass_metrics_equal_published_per_k_evaluation(seed):
     got = metrics.ranking_metrics(topk, relevant, count, ks)
     assert torch.allclose(torch.tensor(got, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64),
                           rtol=1e-5, atol=1e-7)
+    assert metrics.ranking_metrics_from_edges(topk, truth, num_items, ks) == got  # no dense matrix, same floats
 
 
 def epoch_blocks(log: str, epochs: int) -> list:
