@@ -158,8 +158,8 @@ def evaluate(model, data, ground_truth, exclude_edges, args):
     emb = model.propagate_embeddings()
     user_emb, item_emb = emb[:data.num_users], emb[data.num_users:]
     topk_index = metrics.masked_topk(user_emb, item_emb, exclude_edges, max(args.top_k), args.test_batch_size)
-    relevant, gt_count = metrics.ground_truth_matrix(ground_truth, data.num_users, data.num_items)
-    return metrics.ranking_metrics(topk_index, relevant, gt_count, args.top_k)
+    # From the pairs, not a dense users x items matrix: same numbers, O(pairs) memory.
+    return metrics.ranking_metrics_from_edges(topk_index, ground_truth, data.num_items, args.top_k)
 
 
 def save_torch(obj, path: Path) -> None:

@@ -8,7 +8,8 @@ machine load hits all of them alike): `published` is bench/baseline.py; `dense` 
 are main.py's own train_one_epoch and evaluate with that --sampler. Each epoch is timed as
 weights (the epoch's W: clone or refinement), train (all batches) and eval (validation ranking).
 Epochs >= --t refine W by item similarity. Ratios are published / ours on the median epoch.
-Peak memory: the process's peak RSS on CPU (run one implementation alone to attribute it),
+Peak memory: the process's peak RSS on CPU, read after each phase (run one implementation alone
+to attribute it),
 torch.cuda.max_memory_allocated per implementation on GPU.
 """
 import argparse
@@ -121,15 +122,18 @@ def time_epoch(design, epoch, opts, device):
     weights = design.epoch_weights(refine=epoch >= opts.t)
     sync(device)
     times["weights"] = time.perf_counter() - start
+    times["peak_rss_mib_after_weights"] = peak_rss_mib()
     start = time.perf_counter()
     loss = design.train_batches(weights)
     sync(device)
     times["train"] = time.perf_counter() - start
+    times["peak_rss_mib_after_train"] = peak_rss_mib()
     del weights
     start = time.perf_counter()
     design.evaluate(design.data.valid, opts.top_k)
     sync(device)
     times["eval"] = time.perf_counter() - start
+    times["peak_rss_mib_after_eval"] = peak_rss_mib()
     return times, loss
 
 
@@ -211,7 +215,9 @@ def main(argv=None) -> int:
                 gpu_peak[impl] = max(gpu_peak[impl], torch.cuda.max_memory_allocated(device) / 2**20)
             records.append({"impl": impl, "epoch": epoch, "loss": loss, **times})
             print(f"epoch {epoch} {impl:>9}: weights {times['weights']:8.3f} s  train {times['train']:8.3f} s  "
-                  f"eval {times['eval']:7.3f} s  loss {loss:.4f}", flush=True)
+                  f"eval {times['eval']:7.3f} s  loss {loss:.4f}  peak RSS after weights/train/eval "
+                  f"{times['peak_rss_mib_after_weights']:.0f}/{times['peak_rss_mib_after_train']:.0f}/"
+                  f"{times['peak_rss_mib_after_eval']:.0f} MiB", flush=True)
 
     summary = summarize(records, opts.impls, opts.t)
     reference = opts.impls[0]
