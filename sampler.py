@@ -251,11 +251,12 @@ class SparseNegativeSampler:
             value = torch.tensor(value, dtype=torch.float32).item()  # compared as the dense float32 W
             if value == 1.0 or pairs.size(1) == 0:
                 continue  # writing 1 where W is 1 changes nothing
-            candidates = self._keys(pairs[0].repeat_interleave(k), neighbours[pairs[1], :k].reshape(-1))
+            # Deduplicated first: repeated pairs write the same value, and sorted queries search fast.
+            candidates = torch.unique(self._keys(pairs[0].repeat_interleave(k), neighbours[pairs[1], :k].reshape(-1)))
             # Stored keys are exactly the entries != 1: a candidate is "still 1" iff it is not stored.
             slot = torch.searchsorted(keys, candidates).clamp(max=max(keys.numel() - 1, 0))
             stored = keys[slot] == candidates if keys.numel() else torch.zeros_like(candidates, dtype=torch.bool)
-            new_keys = torch.unique(candidates[~stored])
+            new_keys = candidates[~stored]
             keys, values = _merge_sorted(keys, values, new_keys, torch.full_like(new_keys, value, dtype=values.dtype))
         return self._weights(keys, values)
 
