@@ -10,7 +10,8 @@ weights (the epoch's W: clone or refinement), train (all batches) and eval (vali
 Epochs >= --t refine W by item similarity. Ratios are published / ours on the median epoch.
 Peak memory: the process's peak RSS on CPU, read after each phase (run one implementation alone
 to attribute it),
-torch.cuda.max_memory_allocated per implementation on GPU.
+on GPU per implementation: what its state holds (torch.cuda.memory_allocated after building it)
+plus the largest torch.cuda.max_memory_allocated rise during one of its epochs.
 """
 import argparse
 import json
@@ -196,23 +197,31 @@ def main(argv=None) -> int:
     print(f"{name}: {data.num_users} users x {data.num_items} items, {data.train_pos.size(1)} train positives, "
           f"{data.train_neg.size(1)} confirmed negatives, r {opts.r} ({time.perf_counter() - start:.1f} s to load)")
 
-    designs, setup, gpu_peak = {}, {}, {}
+    # GPU memory per implementation: what its built state holds (resident) plus the most an epoch
+    # allocates on top of everything already allocated (the other implementations' state included).
+    designs, setup, gpu_resident, gpu_epoch_extra = {}, {}, {}, {}
     for impl in opts.impls:
         torch.manual_seed(opts.seed)
+        allocated = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
         start = time.perf_counter()
         designs[impl] = build(impl, data, args)
+        sync(device)
         setup[impl] = time.perf_counter() - start
-        gpu_peak[impl] = 0
+        if device.type == "cuda":
+            gpu_resident[impl] = (torch.cuda.memory_allocated(device) - allocated) / 2**20
+        gpu_epoch_extra[impl] = 0.0
 
     records = []
     for epoch in range(1, opts.epochs + 1):
         order = opts.impls if epoch % 2 else opts.impls[::-1]
         for impl in order:
             if device.type == "cuda":
+                allocated = torch.cuda.memory_allocated(device)
                 torch.cuda.reset_peak_memory_stats(device)
             times, loss = time_epoch(designs[impl], epoch, opts, device)
             if device.type == "cuda":
-                gpu_peak[impl] = max(gpu_peak[impl], torch.cuda.max_memory_allocated(device) / 2**20)
+                extra = (torch.cuda.max_memory_allocated(device) - allocated) / 2**20
+                gpu_epoch_extra[impl] = max(gpu_epoch_extra[impl], extra)
             records.append({"impl": impl, "epoch": epoch, "loss": loss, **times})
             print(f"epoch {epoch} {impl:>9}: weights {times['weights']:8.3f} s  train {times['train']:8.3f} s  "
                   f"eval {times['eval']:7.3f} s  loss {loss:.4f}  peak RSS after weights/train/eval "
@@ -232,9 +241,12 @@ def main(argv=None) -> int:
     load_after = os.getloadavg()
     memory = {"peak_rss_mib": peak_rss_mib(), "rss_mib_now": current_rss_mib()}
     if device.type == "cuda":
-        memory["cuda_max_allocated_mib"] = gpu_peak
+        memory["cuda_resident_mib"], memory["cuda_epoch_extra_mib"] = gpu_resident, gpu_epoch_extra
+        memory["cuda_total_mib"] = {impl: gpu_resident[impl] + gpu_epoch_extra[impl] for impl in opts.impls}
     print(f"peak RSS {memory['peak_rss_mib']:.0f} MiB (whole process)"
-          + (f", CUDA peak allocated per impl (MiB): {gpu_peak}" if device.type == "cuda" else "")
+          + (f"; CUDA MiB per impl, resident + epoch peak: "
+             + ", ".join(f"{impl} {gpu_resident[impl]:.0f} + {gpu_epoch_extra[impl]:.0f}" for impl in opts.impls)
+             if device.type == "cuda" else "")
           + f"; load average now {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
 
     result = {"dataset": name, "num_users": data.num_users, "num_items": data.num_items,

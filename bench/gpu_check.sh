@@ -31,7 +31,7 @@ status=0
 echo "== 1. ML-100K default run (--epochs $EPOCHS, device $DEVICE)"
 RUN_DIR=$(mktemp -d)  # main.py writes result/ into its working directory
 start=$(date +%s)
-(cd "$RUN_DIR" && timeout 240 "$PYTHON" "$REPO/main.py" --data_dir "$DATA_DIR" --dataset ML-100K \
+(cd "$RUN_DIR" && timeout 270 "$PYTHON" "$REPO/main.py" --data_dir "$DATA_DIR" --dataset ML-100K \
     --epochs "$EPOCHS" --device "$DEVICE" > "$OUT/ML-100K.out" 2> "$OUT/ML-100K.err") || { echo "ML-100K run failed or timed out"; status=1; }
 end=$(date +%s)
 grep -E "^(Early stopping at|Training completed)" "$OUT/ML-100K.out"
@@ -49,8 +49,8 @@ bench() {  # preset, time limit, epochs, then extra flags
         --impls published,dense,sparse --epochs "$epochs" --t "$epochs" --out "$OUT/bench_$preset.json" "$@" \
         2>&1 | grep -v -i -E "warning|^ +(adjacency|return|total_loss)|^Consider" || status=1
 }
-bench ml-1m 120 3
-bench amazon-book 180 2
+bench ml-1m 75 3
+bench amazon-book 120 2
 echo "== done (status $status); files in $OUT"
 ls -l "$OUT"
 exit $status
