@@ -79,6 +79,8 @@ def read_split(path: Path) -> pd.DataFrame:
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(missing)} "
                          f"(found: {', '.join(map(str, frame.columns))})")
+    if frame.empty:  # header only: no rows to type
+        return frame.astype({USER: "int64", ITEM: "int64", RATING: "float64"})
     if not pd.api.types.is_numeric_dtype(frame[RATING]):
         raise InputError(f"{path}: column {RATING} must be numeric")
     for column in (USER, ITEM, RATING):

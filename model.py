@@ -13,11 +13,16 @@ Score(u, i) = <out_u, out_i>.  BPR loss of a batch of (u, i, j) triples, as torc
 
 with `nodes` the unique node ids of the batch and x_0 the embedding table (not the propagated output).
 """
+import warnings
+
 import torch
 import torch.nn.functional as F
 import torch_geometric.nn
 
 LAMBDA_REG = 1e-4  # torch_geometric's default for LightGCN.recommendation_loss
+
+# CSR matrix products are stable for what is used here (sparse @ dense); the beta notice is noise in logs.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 
 def normalized_adjacency(edge_index: torch.Tensor, num_nodes: int) -> torch.Tensor:
@@ -34,7 +39,8 @@ def normalized_adjacency(edge_index: torch.Tensor, num_nodes: int) -> torch.Tens
     inv_sqrt[torch.isinf(inv_sqrt)] = 0.0
     weight = inv_sqrt[row] * inv_sqrt[col]
     # Message passing sends x[row] to col: entry (col, row).
-    adjacency = torch.sparse_coo_tensor(torch.stack([col, row]), weight, (num_nodes, num_nodes))
+    adjacency = torch.sparse_coo_tensor(torch.stack([col, row]), weight, (num_nodes, num_nodes),
+                                        check_invariants=False)
     return adjacency.coalesce().to_sparse_csr()
 
 
