@@ -563,7 +563,13 @@ def preprocess(name, data_dir, options, log=print):
     if name not in DATASETS and not (folder / info.inter_file).exists():
         raise InputError(f"no raw files for dataset {name!r}: expected {folder / info.inter_file} "
                          f"(known datasets: {', '.join(DATASETS)})")
+    log(f"reading {folder}/ ...")
     frame = load_interactions(name, folder, info)
+    size = info.sample_users if options.sample_users is None else options.sample_users
+    if size:
+        # before the duplicate check: it is per (user, item), so the order does not matter,
+        # and Netflix has 100M rows before sampling
+        frame = sample_users(frame, size, options.seed)
     duplicated = frame.duplicated(subset=[USER, ITEM])
     if duplicated.any() and options.duplicates == "error":
         first = frame[duplicated].iloc[0]
@@ -571,9 +577,6 @@ def preprocess(name, data_dir, options, log=print):
                          f"e.g. user {first[USER]} item {first[ITEM]}; pass --duplicates keep|first|last")
     if options.duplicates in ("first", "last"):
         frame = frame.drop_duplicates(subset=[USER, ITEM], keep=options.duplicates)
-    size = info.sample_users if options.sample_users is None else options.sample_users
-    if size:
-        frame = sample_users(frame, size, options.seed)
     drop_unseen = (info.drop_unseen_eval_items if options.drop_unseen_eval_items is None
                    else options.drop_unseen_eval_items)
     splits = make_splits(frame, options.positive_threshold, options.min_user, options.min_item,
