@@ -37,6 +37,7 @@ REFINED_URL = "https://raw.githubusercontent.com/Chanwoo-Jeong-2000/ReFINe_plus/
 # HEAD resolves to the repository's default branch on raw.githubusercontent.com.
 GENRES_URL = ("https://raw.githubusercontent.com/tommasocarraro/netflix-prize-with-genres/HEAD/"
               "netflix_genres.csv")
+REFINED_PAGE = "https://github.com/Chanwoo-Jeong-2000/ReFINe_plus/tree/main/dataset/"
 MOVIE_TITLES_PAGE = "https://www.kaggle.com/datasets/netflix-inc/netflix-prize-data"
 
 # sha256 of files whose published bytes we know (measured on the files in ../shared, which are
@@ -228,7 +229,7 @@ def download_refined(name, data_dir, refined_url, progress, log):
             sha = fetch(url, dest, EXPECTED_SHA256.get(dest.name), progress)
         except DownloadError as error:
             raise DownloadError(f"{error}. Download the four {name}_*.csv files by hand from "
-                                f"{_join(refined_url, name + '/')} into {folder}/") from None
+                                f"{REFINED_PAGE}{name} into {folder}/") from None
         _report(dest, sha, log)
 
 
@@ -316,8 +317,14 @@ def download_raw(name, data_dir, urls, progress, log):
     info = DATASETS[name]
     folder = Path(data_dir) / name
     wanted = [f for f in (info.inter_file, info.item_file) if f]
+    grouplens_files = {"ML-100K": ["u.data", "u.item"], "ML-1M": ["ratings.dat", "movies.dat"]}.get(name, [])
     if all((folder / f).exists() for f in wanted):
         log(f"  {', '.join(wanted)} already present in {folder}, skipped")
+    elif grouplens_files and all((folder / f).exists() for f in grouplens_files):
+        log(f"  converting GroupLens {', '.join(grouplens_files)} found in {folder}")
+        convert_grouplens(folder, name)
+        for f in wanted:
+            _report(folder / f, sha256_of(folder / f), log)
     else:
         recbole = _join(urls["recbole"], info.recbole_zip)
         archive = folder / Path(info.recbole_zip).name
@@ -330,9 +337,8 @@ def download_raw(name, data_dir, urls, progress, log):
             # RecBole's bucket has answered "Access Denied" before (RecBole issue 2218).
             grouplens = _join(urls["grouplens"], info.grouplens_zip)
             log(f"  RecBole failed ({error}); falling back to {grouplens}")
-            members = ["u.data", "u.item"] if name == "ML-100K" else ["ratings.dat", "movies.dat"]
             try:
-                fetch_zip(grouplens, folder / ("grouplens-" + info.grouplens_zip), members, folder,
+                fetch_zip(grouplens, folder / ("grouplens-" + info.grouplens_zip), grouplens_files, folder,
                           progress, log)
             except DownloadError as error2:
                 raise DownloadError(f"{error}; fallback {error2}. Download {recbole} (or {grouplens}) "
@@ -341,8 +347,10 @@ def download_raw(name, data_dir, urls, progress, log):
             for f in wanted:
                 _report(folder / f, sha256_of(folder / f), log)
         except DownloadError as error:
+            alternative = (f" (or put GroupLens's {' and '.join(grouplens_files)} from "
+                           f"{_join(GROUPLENS_URL, info.grouplens_zip)} there and rerun)" if grouplens_files else "")
             raise DownloadError(f"{error}. Download {recbole} by hand and unzip {', '.join(wanted)} "
-                                f"into {folder}/") from None
+                                f"into {folder}/{alternative}") from None
     if name == "Netflix-1M":
         genres = folder / "netflix_genres.csv"
         if genres.exists():

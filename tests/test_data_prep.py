@@ -467,6 +467,13 @@ def test_download_offline_says_where_to_put_files(tmp_path, capsys):
                                "--recbole_url", f"http://127.0.0.1:{port}/"], capsys)
     assert code == 2 and err.count("\n") == 1
     assert "cannot reach" in err and "by hand" in err and str(tmp_path / "ML-1M") in err
+    # the manual GroupLens route named in that message works without the network
+    (tmp_path / "ML-1M" / "ratings.dat").write_text("1::1193::5::978300760\n")
+    (tmp_path / "ML-1M" / "movies.dat").write_text("1193::Heat (1995)::Action|Crime\n")
+    code, out, err = run_main(["download", "ML-1M", "--data_dir", tmp_path, "--no_progress",
+                               "--recbole_url", f"http://127.0.0.1:{port}/"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "ML-1M" / "ml-1m.item").read_text().endswith("1193\tHeat\t1995\tAction Crime\n")
 
 
 # ---------------------------------------------------------------------------------------------
