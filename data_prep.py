@@ -285,7 +285,7 @@ def convert_grouplens(folder, name):
     with atomic_write(folder / info.inter_file, "w", encoding="utf-8", newline="") as out:
         out.write(f"{USER}\t{ITEM}\t{RATING}\ttimestamp:float\n")
         for row in ratings:
-            out.write("\t".join(field.strip() for field in row) + "\n")
+            out.write("\t".join(value.strip() for value in row) + "\n")
     title_col, year_col, genre_col = info.item_columns
     with atomic_write(folder / info.item_file, "w", encoding="utf-8", newline="") as out:
         out.write(f"{ITEM}\t{title_col}\t{year_col}\t{genre_col}\n")
