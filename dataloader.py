@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from data_prep import missing_split_message, split_path
 from utils import InputError
 
 USER, ITEM, RATING = "user_id:token", "item_id:token", "rating:float"
@@ -50,21 +51,6 @@ class RecData:
             if isinstance(value, torch.Tensor):
                 setattr(self, name, value.to(device))
         return self
-
-
-def split_paths(data_dir, name: str, augment: bool) -> dict:
-    folder = Path(data_dir) / name
-    train = f"{name}_train_augment.csv" if augment else f"{name}_train_original.csv"
-    return {"train": folder / train, "validation": folder / f"{name}_validation.csv",
-            "test": folder / f"{name}_test.csv"}
-
-
-def missing_files_message(paths, name: str) -> str:
-    missing = ", ".join(str(path) for path in paths)
-    return (f"missing split file(s): {missing}. Create them with "
-            f"`python dataloader.py download {name} --refined` (the published refined splits), or "
-            f"`python dataloader.py download {name}`, `python dataloader.py preprocess {name}` and "
-            f"`python refine_llm.py run {name}` (add --data_dir DIR to each if not ./dataset)")
 
 
 def read_split(path: Path) -> pd.DataFrame:
@@ -107,10 +93,12 @@ def encode(frame: pd.DataFrame, user_ids, item_ids, path: Path) -> torch.Tensor:
 
 def load_splits(data_dir, name: str, augment: bool = True) -> RecData:
     """Read and encode the three split files of dataset `name` under data_dir."""
-    paths = split_paths(data_dir, name, augment)
-    missing = [path for path in paths.values() if not path.is_file()]
-    if missing:
-        raise InputError(missing_files_message(missing, name))
+    train_split = "train_augment" if augment else "train_original"
+    message = missing_split_message(data_dir, name, (train_split, "validation", "test"))
+    if message:
+        raise InputError(message)
+    paths = {"train": split_path(data_dir, name, train_split),
+             "validation": split_path(data_dir, name, "validation"), "test": split_path(data_dir, name, "test")}
     train, validation, test = frames = [read_split(paths[split]) for split in SPLITS]
     for column in (USER, ITEM):
         # Numeric ids sort as numbers (as the published label encoder sees them); ids that are
@@ -139,6 +127,6 @@ def load_splits(data_dir, name: str, augment: bool = True) -> RecData:
 
 if __name__ == "__main__":
     # The raw-data commands live in data_prep.py; this keeps the published entry point name.
-    from data_prep import main as data_prep_main
+    import data_prep
 
-    sys.exit(data_prep_main(sys.argv[1:]))
+    sys.exit(data_prep.main(sys.argv[1:]))
