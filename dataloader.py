@@ -29,7 +29,9 @@ class RecData:
 
     num_users: int
     num_items: int
-    train_pos: torch.Tensor      # rating >= 4: the graph's edges
+    train_pos: torch.Tensor      # rating >= 4
+    graph_edges: torch.Tensor    # the graph's edges: train_pos, or (ReFINe++) positives and negatives
+    graph_ratings: torch.Tensor  # (E,) rating of each graph edge
     train_neg: torch.Tensor      # rating <= 1: confirmed negatives
     train_neutral: torch.Tensor  # rating 2 or 3
     valid: torch.Tensor          # validation positives
@@ -38,8 +40,8 @@ class RecData:
     item_ids: np.ndarray         # raw id of each item index
 
     def graph_edge_index(self) -> torch.Tensor:
-        """(2, 2P) homogeneous edge_index of the train positives, both directions, items offset by U."""
-        users, items = self.train_pos[0], self.train_pos[1] + self.num_users
+        """(2, 2E) homogeneous edge_index of graph_edges, both directions, items offset by U."""
+        users, items = self.graph_edges[0], self.graph_edges[1] + self.num_users
         return torch.cat([torch.stack([users, items]), torch.stack([items, users])], dim=1)
 
     def train_interactions(self) -> torch.Tensor:
@@ -91,8 +93,12 @@ def encode(frame: pd.DataFrame, user_ids, item_ids, path: Path) -> torch.Tensor:
     return torch.from_numpy(np.stack(pairs).astype(np.int64))
 
 
-def load_splits(data_dir, name: str, augment: bool = True) -> RecData:
-    """Read and encode the three split files of dataset `name` under data_dir."""
+def load_splits(data_dir, name: str, augment: bool = True, encode_negatives: bool = False) -> RecData:
+    """Read and encode the three split files of dataset `name` under data_dir.
+
+    The label encoder is fitted on the train positives (ReFINe), or with encode_negatives on the
+    positives and the confirmed negatives together (ReFINe++, whose graph holds both).
+    """
     train_split = "train_augment" if augment else "train_original"
     message = missing_split_message(data_dir, name, (train_split, "validation", "test"))
     if message:
@@ -110,12 +116,16 @@ def load_splits(data_dir, name: str, augment: bool = True) -> RecData:
     positives = train[train[RATING] >= 4]
     if positives.empty:
         raise InputError(f"{paths['train']}: no train positives (rating >= 4)")
-    user_ids = np.unique(positives[USER].to_numpy())
-    item_ids = np.unique(positives[ITEM].to_numpy())
+    encoded_rows = train[(train[RATING] >= 4) | (train[RATING] <= 1)] if encode_negatives else positives
+    user_ids = np.unique(encoded_rows[USER].to_numpy())
+    item_ids = np.unique(encoded_rows[ITEM].to_numpy())
+    graph_rows = encoded_rows  # file order, as upstream builds its edge_index
     return RecData(
         num_users=len(user_ids),
         num_items=len(item_ids),
         train_pos=encode(positives, user_ids, item_ids, paths["train"]),
+        graph_edges=encode(graph_rows, user_ids, item_ids, paths["train"]),
+        graph_ratings=torch.tensor(graph_rows[RATING].to_numpy(), dtype=torch.float32),
         train_neg=encode(train[train[RATING] <= 1], user_ids, item_ids, paths["train"]),
         train_neutral=encode(train[train[RATING].isin([2, 3])], user_ids, item_ids, paths["train"]),
         valid=encode(validation[validation[RATING] >= 4], user_ids, item_ids, paths["validation"]),
