@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -479,14 +479,29 @@ class OpenAIBackend:
         return request, request.prompt + text
 
     def generate(self, requests):
+        first_error = None
         with ThreadPoolExecutor(self.concurrency) as pool:
             futures = [pool.submit(self._complete, r) for r in requests]
             try:
                 for future in as_completed(futures):
-                    yield future.result()
+                    try:
+                        result = future.result()
+                    except InputError as err:
+                        # Stop sending, but still hand over answers already in flight, so a
+                        # rerun does not ask them again.
+                        if first_error is None:
+                            first_error = err
+                            for pending in futures:
+                                pending.cancel()
+                        continue
+                    except CancelledError:
+                        continue
+                    yield result
             finally:
                 for future in futures:
                     future.cancel()
+        if first_error is not None:
+            raise first_error
 
 
 class ReplayBackend:
