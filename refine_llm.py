@@ -22,7 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections import Counter, defaultdict
+from collections import Counter
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -662,7 +662,11 @@ class AnswerCache:
                     continue
                 self.records[(rec["user"], rec["chunk"], rec["prompt"], rec["hash"])] = rec
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A run killed mid-write leaves a torn last line; start ours on a fresh line.
+        torn = self.path.is_file() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")
         self._handle = open(self.path, "a", encoding="utf-8")
+        if torn:
+            self._handle.write("\n")
         self._txt = None
 
     def get(self, request):

@@ -36,6 +36,21 @@ def build_tiny_llm(folder, texts, vocab_size=400, hidden=64, layers=2, seed=0):
     return folder
 
 
+def synthetic_joined(n_users=8, n_items=60, per_user=12, seed=0):
+    """A train_original-like frame with title/genre columns, ready for refine_llm.build_prompts."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    genres = ["Drama", "Comedy", "Action Thriller", "Animation Children's", "Horror", "Sci-Fi War"]
+    rows = []
+    for user in range(1, n_users + 1):
+        for item in rng.choice(np.arange(1, n_items + 1), size=per_user, replace=False):
+            rows.append((user, int(item), int(rng.choice([1, 2, 3, 3, 3, 4, 5])),
+                         f"Movie Number {item}", genres[item % len(genres)]))
+    return pd.DataFrame(rows, columns=["user_id:token", "item_id:token", "rating:float", "title", "genre"])
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from refine_llm import INSTRUCTIONS

@@ -2,6 +2,7 @@
 
     /work/venv/bin/pytest tests/test_refine_apply.py -q
 """
+import json
 import shutil
 
 import numpy as np
@@ -92,3 +93,35 @@ def test_empty_answer_rule_is_what_reproduces_the_published_file(shared_dir):
     for user in (34, 225, 583, 688):
         ratings = augment.loc[augment[R.USER_COL] == user, R.RATING_COL]
         assert (ratings == 0.5).any() and not ratings.isin([2, 3, 4.5]).any()
+
+
+def test_netflix_titles_split_on_first_two_commas(tmp_path):
+    folder = tmp_path / "Netflix-1M"
+    folder.mkdir()
+    (folder / "movie_titles.csv").write_bytes(
+        "1,2003,Dinosaur Planet\n2,NULL,Good, Bad and Ugly, The\n3,1999,Caf\u00e9 Lumi\u00e8re\n".encode("ISO-8859-1"))
+    (folder / "netflix_genres.csv").write_text("movieId,genres\n1,Documentary|Animation\n2,Western\n3,Drama\n")
+    pd.DataFrame({R.USER_COL: [7, 7, 7], R.ITEM_COL: [2, 3, 1], R.RATING_COL: [3, 5, 2]}).to_csv(
+        folder / "Netflix-1M_train_original.csv", index=False)
+    _, joined = R.load_train(tmp_path, "Netflix-1M")
+    assert joined["title"].tolist() == ["Good, Bad and Ugly, The", "Caf\u00e9 Lumi\u00e8re", "Dinosaur Planet"]
+    assert joined["genre"].tolist() == ["Western", "Drama", "Documentary|Animation"]
+    answers = tmp_path / "a.txt"
+    answers.write_text(R.format_answer_block(7, "['<Good, Bad and Ugly, The>']"))
+    assert R.main(["apply", "Netflix-1M", "--data_dir", str(tmp_path), "--answers", str(answers)]) == 0
+    out = pd.read_csv(folder / "Netflix-1M_train_augment.csv")
+    assert out[R.RATING_COL].tolist() == [4.5, 5.0, 0.5]
+
+
+def test_prompts_stage_writes_every_prompt(tmp_path, capsys):
+    items = [(i, f"Film {i}", 1990, "Drama") for i in range(1, 9)]
+    train = [(1, i, r) for i, r in zip(range(1, 9), [5, 4, 3, 3, 3, 3, 3, 3])] + [(2, 1, 5), (2, 2, 2)]
+    folder = write_small_dataset(tmp_path, train, items)
+    (folder / "llm_skip_users.txt").write_text("2\n")
+    assert R.main(["prompts", "ML-100K", "--data_dir", str(tmp_path)]) == 0
+    lines = (folder / "llm" / "prompts.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    # User 1 has six 3-star rows -> chunks of 5 and 1; user 2 is on the default skip list.
+    assert [(r["user"], r["chunk"]) for r in records] == [(1, 0), (1, 1)]
+    assert all(r["hash"] == R.prompt_hash(r["prompt1"]) for r in records)
+    assert "2 prompts for 1 users (1 users in the skip list)" in capsys.readouterr().out

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import refine_llm as R
-from refine_fixtures import FakeServer, fake_answer, last_candidates, make_dataset
+from refine_fixtures import FakeServer, fake_answer, make_dataset
 
 
 def load_jobs(root):
@@ -91,8 +91,10 @@ def test_interrupted_run_resumes_without_asking_twice(tmp_path):
         assert R.main(http_args(broken, server.url, "--concurrency", "3")) == 2
         first = list(server.asked)
     assert len(first) == 7
-    cache = R.read_cache_records(broken / "ML-100K" / "llm" / "answers_cache.jsonl")
-    assert len(cache) == 7  # every answer the server gave is kept
+    cache_path = broken / "ML-100K" / "llm" / "answers_cache.jsonl"
+    assert len(R.read_cache_records(cache_path)) == 7  # every answer the server gave is kept
+    with open(cache_path, "a") as handle:
+        handle.write('{"user": 1, "chunk": 0, "pro')  # as if killed in the middle of a write
     with FakeServer() as server:
         assert R.main(http_args(broken, server.url, "--concurrency", "3")) == 0
         second = list(server.asked)

@@ -6,7 +6,6 @@ import re
 
 import numpy as np
 import pandas as pd
-import pytest
 
 import refine_llm as R
 
