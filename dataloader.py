@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from data_prep import missing_split_message, split_path
 from utils import InputError
 
 USER, ITEM, RATING = "user_id:token", "item_id:token", "rating:float"
@@ -28,7 +29,9 @@ class RecData:
 
     num_users: int
     num_items: int
-    train_pos: torch.Tensor      # rating >= 4: the graph's edges
+    train_pos: torch.Tensor      # rating >= 4
+    graph_edges: torch.Tensor    # the graph's edges: train_pos, or (ReFINe++) positives and negatives
+    graph_ratings: torch.Tensor  # (E,) rating of each graph edge
     train_neg: torch.Tensor      # rating <= 1: confirmed negatives
     train_neutral: torch.Tensor  # rating 2 or 3
     valid: torch.Tensor          # validation positives
@@ -37,8 +40,8 @@ class RecData:
     item_ids: np.ndarray         # raw id of each item index
 
     def graph_edge_index(self) -> torch.Tensor:
-        """(2, 2P) homogeneous edge_index of the train positives, both directions, items offset by U."""
-        users, items = self.train_pos[0], self.train_pos[1] + self.num_users
+        """(2, 2E) homogeneous edge_index of graph_edges, both directions, items offset by U."""
+        users, items = self.graph_edges[0], self.graph_edges[1] + self.num_users
         return torch.cat([torch.stack([users, items]), torch.stack([items, users])], dim=1)
 
     def train_interactions(self) -> torch.Tensor:
@@ -50,21 +53,6 @@ class RecData:
             if isinstance(value, torch.Tensor):
                 setattr(self, name, value.to(device))
         return self
-
-
-def split_paths(data_dir, name: str, augment: bool) -> dict:
-    folder = Path(data_dir) / name
-    train = f"{name}_train_augment.csv" if augment else f"{name}_train_original.csv"
-    return {"train": folder / train, "validation": folder / f"{name}_validation.csv",
-            "test": folder / f"{name}_test.csv"}
-
-
-def missing_files_message(paths, name: str) -> str:
-    missing = ", ".join(str(path) for path in paths)
-    return (f"missing split file(s): {missing}. Create them with "
-            f"`python dataloader.py download {name} --refined` (the published refined splits), or "
-            f"`python dataloader.py download {name}`, `python dataloader.py preprocess {name}` and "
-            f"`python refine_llm.py run {name}` (add --data_dir DIR to each if not ./dataset)")
 
 
 def read_split(path: Path) -> pd.DataFrame:
@@ -79,6 +67,8 @@ def read_split(path: Path) -> pd.DataFrame:
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(missing)} "
                          f"(found: {', '.join(map(str, frame.columns))})")
+    if frame.empty:  # header only: no rows to type
+        return frame.astype({USER: "int64", ITEM: "int64", RATING: "float64"})
     if not pd.api.types.is_numeric_dtype(frame[RATING]):
         raise InputError(f"{path}: column {RATING} must be numeric")
     for column in (USER, ITEM, RATING):
@@ -103,12 +93,18 @@ def encode(frame: pd.DataFrame, user_ids, item_ids, path: Path) -> torch.Tensor:
     return torch.from_numpy(np.stack(pairs).astype(np.int64))
 
 
-def load_splits(data_dir, name: str, augment: bool = True) -> RecData:
-    """Read and encode the three split files of dataset `name` under data_dir."""
-    paths = split_paths(data_dir, name, augment)
-    missing = [path for path in paths.values() if not path.is_file()]
-    if missing:
-        raise InputError(missing_files_message(missing, name))
+def load_splits(data_dir, name: str, augment: bool = True, encode_negatives: bool = False) -> RecData:
+    """Read and encode the three split files of dataset `name` under data_dir.
+
+    The label encoder is fitted on the train positives (ReFINe), or with encode_negatives on the
+    positives and the confirmed negatives together (ReFINe++, whose graph holds both).
+    """
+    train_split = "train_augment" if augment else "train_original"
+    message = missing_split_message(data_dir, name, (train_split, "validation", "test"))
+    if message:
+        raise InputError(message)
+    paths = {"train": split_path(data_dir, name, train_split),
+             "validation": split_path(data_dir, name, "validation"), "test": split_path(data_dir, name, "test")}
     train, validation, test = frames = [read_split(paths[split]) for split in SPLITS]
     for column in (USER, ITEM):
         # Numeric ids sort as numbers (as the published label encoder sees them); ids that are
@@ -120,12 +116,16 @@ def load_splits(data_dir, name: str, augment: bool = True) -> RecData:
     positives = train[train[RATING] >= 4]
     if positives.empty:
         raise InputError(f"{paths['train']}: no train positives (rating >= 4)")
-    user_ids = np.unique(positives[USER].to_numpy())
-    item_ids = np.unique(positives[ITEM].to_numpy())
+    encoded_rows = train[(train[RATING] >= 4) | (train[RATING] <= 1)] if encode_negatives else positives
+    user_ids = np.unique(encoded_rows[USER].to_numpy())
+    item_ids = np.unique(encoded_rows[ITEM].to_numpy())
+    graph_rows = encoded_rows  # file order, as upstream builds its edge_index
     return RecData(
         num_users=len(user_ids),
         num_items=len(item_ids),
         train_pos=encode(positives, user_ids, item_ids, paths["train"]),
+        graph_edges=encode(graph_rows, user_ids, item_ids, paths["train"]),
+        graph_ratings=torch.tensor(graph_rows[RATING].to_numpy(), dtype=torch.float32),
         train_neg=encode(train[train[RATING] <= 1], user_ids, item_ids, paths["train"]),
         train_neutral=encode(train[train[RATING].isin([2, 3])], user_ids, item_ids, paths["train"]),
         valid=encode(validation[validation[RATING] >= 4], user_ids, item_ids, paths["validation"]),
@@ -137,6 +137,6 @@ def load_splits(data_dir, name: str, augment: bool = True) -> RecData:
 
 if __name__ == "__main__":
     # The raw-data commands live in data_prep.py; this keeps the published entry point name.
-    from data_prep import main as data_prep_main
+    import data_prep
 
-    sys.exit(data_prep_main(sys.argv[1:]))
+    sys.exit(data_prep.main(sys.argv[1:]))

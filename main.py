@@ -20,7 +20,7 @@ from tqdm import tqdm
 import dataloader
 import metrics
 import sampler
-from model import LightGCN, bpr_loss
+from model import LightGCN, ReFINePlus, bpr_loss
 from utils import EarlyStopping, InputError, atomic_write, format_metrics, set_seed
 
 RULE = "#" * 77
@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--path_name", type=str, default="nothing")
 
     extras = parser.add_argument_group("reproduction extras")
+    extras.add_argument("--model", choices=["refine", "refine_plus", "lightgcn"], default="refine",
+                        help="refine: ReFINe; refine_plus: ReFINe++; lightgcn: uniform negatives over non-positives")
+    extras.add_argument("--refine_plus_negatives", choices=["shared", "per_positive"], default="shared",
+                        help="ReFINe++ only. shared (published): every positive of a batch uses the negatives "
+                             "drawn for the batch's second positive; per_positive: each uses its own")
     extras.add_argument("--data_dir", type=str, default=os.environ.get("REFINE_DATA_DIR", "dataset"),
                         help="folder holding <NAME>/<NAME>_*.csv (default: $REFINE_DATA_DIR or ./dataset)")
     extras.add_argument("--device", type=str, default="auto",
@@ -72,22 +77,32 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue an interrupted run from result/<dataset>/<path_name>.last.pt")
     extras.add_argument("--sampler", choices=["auto", "dense", "sparse"], default="auto",
                         help="negative sampler: dense (published, draw-for-draw), sparse (no users x items "
-                             "matrix, same distribution), auto (dense up to 2**28 user-item pairs)")
+                             "matrix, same distribution), auto (dense up to 2**28 user-item pairs); "
+                             "ReFINe++ is always dense")
     return parser
 
 
 def print_config(args) -> None:
-    """The published header (its key spellings included), then the extra flags."""
+    """The published header (its key spellings included), then the extra flags.
+
+    ReFINe++'s published header has no p, q, r, s, t and spells dataset_augment as a word.
+    """
+    refine_plus = args.model == "refine_plus"
+    augment = ("augment" if args.dataset_augment else "original") if refine_plus else args.dataset_augment
     published = [("ramdom_seed", args.random_seed), ("gpu_id", args.gpu_id), ("dataset", args.dataset),
-                 ("dataset_augment", args.dataset_augment), ("batch_size", args.batch_size),
+                 ("dataset_augment", augment), ("batch_size", args.batch_size),
                  ("test_batch_size", args.test_batch_size), ("embedding_dim", args.embedding_dim),
                  ("layers", args.layers), ("learning_rate", args.learning_rate),
                  ("evaluation_step", args.evaluation_step), ("early_stopping_step", args.early_stopping_step),
                  ("top_k", args.top_k), ("epochs", args.epochs),
-                 ("real_negative_sampling_probabilities", args.real_neg_samp_prob), ("p", args.p),
-                 ("q", args.q), ("r", args.r), ("s", args.s), ("t", args.t), ("path_name", args.path_name)]
+                 ("real_negative_sampling_probabilities", args.real_neg_samp_prob)]
+    if not refine_plus:
+        published += [("p", args.p), ("q", args.q), ("r", args.r), ("s", args.s), ("t", args.t)]
+    published.append(("path_name", args.path_name))
     extras = [("data_dir", args.data_dir), ("device", args.device), ("eval_protocol", args.eval_protocol),
-              ("sampler", args.sampler)]
+              ("sampler", args.sampler), ("model", args.model)]
+    if refine_plus:
+        extras.append(("refine_plus_negatives", args.refine_plus_negatives))
     print(RULE)
     for key, value in published + extras:
         print(f"{key}: {value}")
@@ -129,11 +144,11 @@ def check_args(args, data) -> None:
             raise InputError(f"--{flag} must be positive, got {getattr(args, flag)}")
 
 
-def train_one_epoch(model, optimizer, data, negative_sampler, epoch, args):
-    """One pass over the shuffled train positives; returns the example-weighted mean loss."""
+def train_refine_epoch(model, optimizer, data, negative_sampler, epoch, args):
+    """ReFINe / LightGCN: one BPR pass over the shuffled train positives; the example-weighted mean loss."""
     num_users = data.num_users
     weights = negative_sampler.base()
-    if epoch >= args.t:
+    if args.model == "refine" and epoch >= args.t:
         with torch.no_grad():
             item_emb = model.propagate_embeddings()[num_users:]
         weights = negative_sampler.refine(item_emb)
@@ -150,6 +165,59 @@ def train_one_epoch(model, optimizer, data, negative_sampler, epoch, args):
         optimizer.step()
         total_loss += loss.detach().double() * pos_score.numel()  # float64, as float(loss) sums upstream
     return float(total_loss) / data.train_pos.size(1)
+
+
+def train_refine_plus_epoch(model, optimizer, data, base_weights, epoch, args):
+    """ReFINe++: batches of all graph edges (positives and confirmed negatives); per positive,
+    I // 10 negatives drawn without replacement; the mean loss weighted by positives per batch."""
+    num_negatives = data.num_items // 10
+    device = base_weights.device
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    total_positives = 0
+    for index in sampler.shuffled_batches(data.graph_edges.size(1), args.batch_size):
+        index = index.to(device)
+        users, items = data.graph_edges[:, index]
+        positive = data.graph_ratings[index] >= 4
+        pos_users, pos_items = users[positive], items[positive]
+        if pos_users.numel() == 0:
+            continue
+        neg_items = torch.multinomial(base_weights[pos_users], num_negatives, replacement=False)  # (P, J)
+        if args.refine_plus_negatives == "shared":
+            # Published quirk: the negatives drawn for the batch's second positive serve every positive.
+            neg_items = neg_items[min(1, len(neg_items) - 1)].expand_as(neg_items)
+        optimizer.zero_grad()
+        loss = model.loss(pos_users, pos_items, neg_items, torch.stack([users[~positive], items[~positive]]))
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.detach().double() * pos_users.numel()
+        total_positives += pos_users.numel()
+    return float(total_loss) / max(total_positives, 1)
+
+
+def build_model(args, data):
+    """(model, negatives, epoch function) for --model; negatives: the --sampler for ReFINe and LightGCN,
+    the dense sampling weights W (num_users, num_items) for ReFINe++."""
+    num_nodes = data.num_users + data.num_items
+    if args.model == "refine_plus":
+        if args.sampler == "sparse":
+            raise InputError("--sampler sparse: ReFINe++ draws negatives without replacement from the dense W only")
+        model = ReFINePlus(data.num_users, data.num_items, args.embedding_dim, args.layers,
+                           data.graph_edge_index())
+        # W: 0 at every graph edge (positives and negatives), then 1.5 at confirmed negatives.
+        weights = sampler.base_sampling_weights(data.num_users, data.num_items, data.graph_edges,
+                                                data.train_neg, args.real_neg_samp_prob)
+        candidates = int((weights > 0).sum(dim=1).min())
+        if not 1 <= data.num_items // 10 <= candidates:
+            raise InputError(f"ReFINe++ draws item count // 10 = {data.num_items // 10} negatives per positive "
+                             f"without replacement, but a user has only {candidates} items outside the graph")
+        return model, weights, train_refine_plus_epoch
+    model = LightGCN(num_nodes, args.embedding_dim, args.layers, data.graph_edge_index())
+    # Plain LightGCN draws uniformly over non-positives: confirmed negatives keep weight 1.
+    negative_weight = args.real_neg_samp_prob if args.model == "refine" else 1.0
+    negative_sampler = sampler.build_negative_sampler(args.sampler, data.num_users, data.num_items, data.train_pos,
+                                                      data.train_neg, negative_weight,
+                                                      s=args.s, r=args.r, q=args.q, p=args.p)
+    return model, negative_sampler, train_refine_epoch
 
 
 @torch.no_grad()
@@ -187,7 +255,7 @@ def set_rng_state(state: dict) -> None:
 
 
 # Flags that must match for --resume to continue the same run.
-RUN_IDENTITY = ("random_seed", "dataset", "dataset_augment", "batch_size", "embedding_dim", "layers",
+RUN_IDENTITY = ("model", "refine_plus_negatives", "random_seed", "dataset", "dataset_augment", "batch_size", "embedding_dim", "layers",
                 "learning_rate", "evaluation_step", "early_stopping_step", "top_k", "real_neg_samp_prob",
                 "p", "q", "r", "s", "t", "data_dir")
 
@@ -219,22 +287,20 @@ def run(args) -> int:
     print(RULE)
     print("data loading...")
     print("train set: train_augment" if args.dataset_augment else "train set: train_original")
-    data = dataloader.load_splits(args.data_dir, args.dataset, bool(args.dataset_augment))
+    data = dataloader.load_splits(args.data_dir, args.dataset, bool(args.dataset_augment),
+                                  encode_negatives=args.model == "refine_plus")
     check_args(args, data)
     print(f"user: {data.num_users},  item: {data.num_items}")
-    print(f"train interations: {data.train_pos.size(1)}")
+    print(f"train interations: {data.graph_edges.size(1)}")
     print(f"valid interations: {data.valid.size(1)}")
     print(f"test interations: {data.test.size(1)}")
     print("done!")
     print(RULE)
     data = data.to(device)
 
-    model = LightGCN(data.num_users + data.num_items, args.embedding_dim, args.layers,
-                     data.graph_edge_index()).to(device)
+    model, negatives, train_one_epoch = build_model(args, data)
+    model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
-    negative_sampler = sampler.build_negative_sampler(args.sampler, data.num_users, data.num_items, data.train_pos,
-                                                      data.train_neg, args.real_neg_samp_prob,
-                                                      s=args.s, r=args.r, q=args.q, p=args.p)
     train_interactions = data.train_interactions()
 
     result_dir = Path("result") / args.dataset
@@ -262,7 +328,7 @@ def run(args) -> int:
             if early_stopping.early_stop:
                 break
             model.train()
-            loss = train_one_epoch(model, optimizer, data, negative_sampler, epoch, args)
+            loss = train_one_epoch(model, optimizer, data, negatives, epoch, args)
             if epoch % args.evaluation_step == 0:
                 results = evaluate(model, data, data.valid, train_interactions, args)
                 lines = [f"\nEpoch: {epoch:03d}, Loss: {loss:.4f}", format_metrics(args.top_k, results)]

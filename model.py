@@ -13,11 +13,16 @@ Score(u, i) = <out_u, out_i>.  BPR loss of a batch of (u, i, j) triples, as torc
 
 with `nodes` the unique node ids of the batch and x_0 the embedding table (not the propagated output).
 """
+import warnings
+
 import torch
 import torch.nn.functional as F
 import torch_geometric.nn
 
 LAMBDA_REG = 1e-4  # torch_geometric's default for LightGCN.recommendation_loss
+
+# CSR matrix products are stable for what is used here (sparse @ dense); the beta notice is noise in logs.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 
 def normalized_adjacency(edge_index: torch.Tensor, num_nodes: int) -> torch.Tensor:
@@ -34,7 +39,8 @@ def normalized_adjacency(edge_index: torch.Tensor, num_nodes: int) -> torch.Tens
     inv_sqrt[torch.isinf(inv_sqrt)] = 0.0
     weight = inv_sqrt[row] * inv_sqrt[col]
     # Message passing sends x[row] to col: entry (col, row).
-    adjacency = torch.sparse_coo_tensor(torch.stack([col, row]), weight, (num_nodes, num_nodes))
+    adjacency = torch.sparse_coo_tensor(torch.stack([col, row]), weight, (num_nodes, num_nodes),
+                                        check_invariants=False)
     return adjacency.coalesce().to_sparse_csr()
 
 
@@ -88,3 +94,84 @@ def bpr_loss(pos_score, neg_score, embedding_weight, node_id, lambda_reg: float 
     ranking = -F.logsigmoid(pos_score - neg_score).mean()
     regularization = lambda_reg * embedding_weight[node_id].norm(p=2).pow(2) / pos_score.size(0)
     return ranking + regularization
+
+
+class DispreferenceAutoencoder(torch.nn.Module):
+    """ReFINe++'s autoencoder of confirmed negatives: n -> hidden -> latent -> hidden -> n.
+
+    ReLU between the linear layers, sigmoid output, Xavier-uniform weights. The latent code
+    (after its ReLU) is what the LightGCN representations are aligned with.
+    """
+
+    def __init__(self, num_inputs: int, hidden_dim: int = 600, latent_dim: int = 64):
+        super().__init__()
+        self.encoder = torch.nn.Sequential(torch.nn.Linear(num_inputs, hidden_dim), torch.nn.ReLU(),
+                                           torch.nn.Linear(hidden_dim, latent_dim), torch.nn.ReLU())
+        self.decoder = torch.nn.Sequential(torch.nn.Linear(latent_dim, hidden_dim), torch.nn.ReLU(),
+                                           torch.nn.Linear(hidden_dim, num_inputs), torch.nn.Sigmoid())
+        for module in self.modules():
+            if isinstance(module, torch.nn.Linear):
+                torch.nn.init.xavier_uniform_(module.weight)
+
+    def forward(self, x):
+        """(reconstruction (rows, n), latent (rows, latent_dim)) of a binary matrix x (rows, n)."""
+        latent = self.encoder(x)
+        return self.decoder(latent), latent
+
+
+class ReFINePlus(torch.nn.Module):
+    """ReFINe++ (SPEC section 6): LightGCN over positive AND negative edges, a multi-negative
+    ranking loss, and user/item autoencoders of the batch's confirmed negatives whose codes the
+    LightGCN representations are pulled towards:
+
+        L = mean_{(u,i)} log(1 + sum_j exp(s_uj - s_ui)) + 1e-7/2 ||x_0||^2                  (ranking)
+          + BCE(AE_u(N), N) + BCE(AE_i(N^T), N^T) + 1e-5/2 ||theta_AE||^2                  (autoencoders)
+          + MSE(out_users, z_users) + MSE(out_items, z_items)                               (alignment)
+
+    with N the (num_users, num_items) 0/1 matrix of the batch's negative edges.
+    """
+
+    EMBEDDING_REG = 1e-7 / 2
+    AE_REG = 1e-5 / 2
+
+    def __init__(self, num_users, num_items, embedding_dim, num_layers, edge_index, hidden_dim=600):
+        super().__init__()
+        self.num_users, self.num_items = num_users, num_items
+        self.gcn = LightGCN(num_users + num_items, embedding_dim, num_layers, edge_index)
+        self.user_ae = DispreferenceAutoencoder(num_items, hidden_dim, embedding_dim)
+        self.item_ae = DispreferenceAutoencoder(num_users, hidden_dim, embedding_dim)
+
+    def propagate_embeddings(self) -> torch.Tensor:
+        return self.gcn.propagate_embeddings()
+
+    def loss(self, pos_users, pos_items, neg_items, neg_edges):
+        """Total loss of one batch.
+
+        pos_users, pos_items (P,): the batch's positive edges; neg_items (P, J): sampled
+        negatives per positive; neg_edges (2, N): the batch's confirmed-negative (user, item) edges.
+        """
+        out = self.propagate_embeddings()
+        user_out, item_out = out[:self.num_users], out[self.num_users:]
+        pos_score = (user_out[pos_users] * item_out[pos_items]).sum(-1)                   # (P,)
+        neg_score = (user_out[pos_users].unsqueeze(1) * item_out[neg_items]).sum(-1)      # (P, J)
+        ranking = multi_negative_ranking_loss(pos_score, neg_score)
+        ranking = ranking + self.EMBEDDING_REG * self.gcn.embedding.weight.pow(2).sum()
+
+        dislikes = torch.zeros(self.num_users, self.num_items, device=out.device)
+        dislikes[neg_edges[0], neg_edges[1]] = 1.0
+        user_recon, user_latent = self.user_ae(dislikes)
+        item_recon, item_latent = self.item_ae(dislikes.t())
+        autoencoder = (F.binary_cross_entropy(user_recon, dislikes) + F.binary_cross_entropy(item_recon, dislikes.t())
+                       + self.AE_REG * sum(p.pow(2).sum() for ae in (self.user_ae, self.item_ae)
+                                           for p in ae.parameters()))
+        alignment = F.mse_loss(user_out, user_latent) + F.mse_loss(item_out, item_latent)
+        return ranking + autoencoder + alignment
+
+
+def multi_negative_ranking_loss(pos_score, neg_score):
+    """mean over positives of log(1 + sum_j exp(s_uj - s_ui)); pos_score (P,), neg_score (P, J).
+
+    Computed as logsumexp over [0, s_uj - s_ui] so large score gaps do not overflow.
+    """
+    gaps = neg_score - pos_score.unsqueeze(1)
+    return torch.logsumexp(F.pad(gaps, (1, 0)), dim=1).mean()

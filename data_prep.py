@@ -1,0 +1,677 @@
+"""Raw data -> split CSVs: the `download` and `preprocess` commands behind dataloader.py.
+
+    python dataloader.py download ML-100K --refined        # published splits, ready to train
+    python dataloader.py download ML-100K                  # raw RecBole atomic files
+    python dataloader.py preprocess ML-100K                # raw files -> the three split CSVs
+
+Files go to <data_dir>/<NAME>/ (data_dir: --data_dir, else $REFINE_DATA_DIR, else ./dataset).
+Preprocessing follows SPEC 1.1-1.2 and reproduces the published ML-100K splits byte for byte.
+"""
+import argparse
+import hashlib
+import http.client
+import os
+import re
+import socket
+import sys
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from utils import InputError, atomic_write
+
+USER, ITEM, RATING = "user_id:token", "item_id:token", "rating:float"
+SPLIT_COLUMNS = [USER, ITEM, RATING]
+SPLITS = ("train_original", "validation", "test")
+REFINED_SPLITS = ("train_original", "train_augment", "validation", "test")
+
+RECBOLE_URL = "https://recbole.s3-accelerate.amazonaws.com/ProcessedDatasets/"
+GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/"
+REFINED_URL = "https://raw.githubusercontent.com/Chanwoo-Jeong-2000/ReFINe_plus/main/dataset/"
+# HEAD resolves to the repository's default branch on raw.githubusercontent.com.
+GENRES_URL = ("https://raw.githubusercontent.com/tommasocarraro/netflix-prize-with-genres/HEAD/"
+              "netflix_genres.csv")
+REFINED_PAGE = "https://github.com/Chanwoo-Jeong-2000/ReFINe_plus/tree/main/dataset/"
+MOVIE_TITLES_PAGE = "https://www.kaggle.com/datasets/netflix-inc/netflix-prize-data"
+
+# sha256 of files whose published bytes we know (measured on the files in ../shared, which are
+# the published ones). Other downloads are not checked, only their sha256 is printed.
+EXPECTED_SHA256 = {
+    "ML-100K_train_original.csv": "95cdb054ed18553543fc3cc265388087fb99307a44e54d759dfaaa331913002e",
+    "ML-100K_train_augment.csv": "b50f8938679dbba9f570714c816c21ba92e90cfa264295b47d0900b8769d71bf",
+    "ML-100K_validation.csv": "7cfd6f78cfade304e7c8e1d1c1fde9150f06262ba98dc092c0eef0cf90cf4b6a",
+    "ML-100K_test.csv": "a9fddd2989c4fa7fd0d1c5fd7d308472eda4c44d8472d814dcbbebb45f8eb69b",
+    "ML-1M_validation.csv": "e71400059ba92a017bab25114321621c6bc07889c78788b195402a02f44908dc",
+    "ML-1M_test.csv": "827ff3ec5c2544f8ddba7c00d19488d4d6b6a41c96aeb6778916d15ce509bd79",
+    "Netflix-1M_validation.csv": "70a3ea4011b304d4e5fa3967e8af5fabcff27247e5e101b0516fb761efb2e34f",
+    "Netflix-1M_test.csv": "267129901366d86f77e90312c37a85bb74c3bf283aa51ce0f1cacbfdff06cb45",
+    # members of RecBole's ml-100k.zip (the raw files the published ML-100K splits come from)
+    "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
+    "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
+}
+
+# GroupLens u.genre, in flag order (u.item carries 19 0/1 genre flags).
+ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+                 "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+                 "Romance", "Sci-Fi", "Thriller", "War", "Western"]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Where a dataset's raw files come from and how SPEC 1.2 reads them."""
+    inter_file: str
+    item_file: str | None          # RecBole .item file merged on item id (None: Netflix)
+    item_columns: tuple            # item fields that must be present (SPEC 1.2 step 1)
+    recbole_zip: str | None        # path under the RecBole bucket
+    grouplens_zip: str | None = None
+    sample_users: int = 0          # SPEC 1.1: Netflix-1M keeps 5,000 sampled users
+    drop_unseen_eval_items: bool = False
+    extra_files: tuple = field(default_factory=tuple)
+
+
+DATASETS = {
+    "ML-100K": DatasetInfo("ml-100k.inter", "ml-100k.item",
+                           ("movie_title:token_seq", "release_year:token", "class:token_seq"),
+                           "MovieLens/ml-100k.zip", grouplens_zip="ml-100k.zip"),
+    "ML-1M": DatasetInfo("ml-1m.inter", "ml-1m.item",
+                         ("movie_title:token_seq", "release_year:token", "genre:token_seq"),
+                         "MovieLens/ml-1m.zip", grouplens_zip="ml-1m.zip"),
+    # The authors' Netflix notebook also drops validation/test rows whose item has no train
+    # positive; SPEC 1.2 does not say so, the published Netflix-1M files were made that way.
+    "Netflix-1M": DatasetInfo("netflix.inter", None,
+                              ("year:token", "title:token", "genres:token"),
+                              "Netflix/netflix.zip", sample_users=5000,
+                              drop_unseen_eval_items=True,
+                              extra_files=("movie_titles.csv", "netflix_genres.csv")),
+}
+
+
+def default_data_dir():
+    return os.environ.get("REFINE_DATA_DIR", "dataset")
+
+
+# ----------------------------------------------------------------------------------------------
+# Messages other modules use
+
+def split_path(data_dir, name, split):
+    return Path(data_dir) / name / f"{name}_{split}.csv"
+
+
+def missing_split_message(data_dir, name, splits=REFINED_SPLITS):
+    """One-line message naming missing split files and the commands that create them; None if
+    all of `splits` exist. main.py prints it when a split CSV is absent."""
+    missing = [split_path(data_dir, name, s) for s in splits if not split_path(data_dir, name, s).exists()]
+    if not missing:
+        return None
+    dir_flag = f" --data_dir {data_dir}"
+    how = (f"get the published splits with `python dataloader.py download {name} --refined{dir_flag}`, "
+           f"or build them from raw RecBole files with `python dataloader.py download {name}{dir_flag}` "
+           f"then `python dataloader.py preprocess {name}{dir_flag}`")
+    if any(p.name.endswith("_train_augment.csv") for p in missing):
+        how += f" and `python refine_llm.py run {name}` (makes _train_augment.csv)"
+    return f"missing {', '.join(str(p) for p in missing)}: {how}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Download
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch(url, dest, expected_sha256=None, progress=True, timeout=60):
+    """Download `url` to `dest` via `dest.part`; resume a previous .part with an HTTP Range request.
+
+    Returns the sha256 of the file. Raises InputError on network errors (the .part is kept so a
+    rerun resumes) and on a checksum mismatch (the .part is removed). Nothing is ever left under
+    `dest` unless it is complete and, when `expected_sha256` is given, verified.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    offset = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "refine-repro"})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and offset:
+            # The .part is already as long as the file (or longer): start over.
+            part.unlink()
+            return fetch(url, dest, expected_sha256, progress, timeout)
+        raise DownloadHTTPError(f"{url}: HTTP {error.code} {error.reason}", error.code) from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise DownloadError(f"cannot reach {url} ({reason})") from None
+
+    with response:
+        resumed = offset and response.status == 206
+        if not resumed:
+            offset = 0  # server ignored Range (200): restart from byte 0
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length is not None else None
+        digest = hashlib.sha256()
+        if resumed:
+            with open(part, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        received = offset
+        bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+                   desc=dest.name, disable=not progress, file=sys.stderr)
+        try:
+            with open(part, "ab" if resumed else "wb") as handle:
+                while True:
+                    block = response.read(1 << 16)
+                    if not block:
+                        break
+                    handle.write(block)
+                    digest.update(block)
+                    received += len(block)
+                    bar.update(len(block))
+        except (http.client.IncompleteRead, OSError, socket.timeout) as error:
+            raise DownloadError(f"download of {url} interrupted after {received} bytes ({error!r}); "
+                                f"partial file kept at {part}, rerun the same command to resume") from None
+        finally:
+            bar.close()
+    if total is not None and received != total:
+        raise DownloadError(f"download of {url} stopped at {received} of {total} bytes; partial file "
+                            f"kept at {part}, rerun the same command to resume")
+    got = digest.hexdigest()
+    if expected_sha256 and got != expected_sha256:
+        part.unlink()
+        raise InputError(f"checksum mismatch for {url}: expected sha256 {expected_sha256}, got {got}; "
+                         f"the corrupted download was deleted, rerun to try again")
+    os.replace(part, dest)
+    return got
+
+
+class DownloadError(InputError):
+    """A download that failed on the network side (the user may retry or fetch by hand)."""
+
+
+class DownloadHTTPError(DownloadError):
+    def __init__(self, message, code):
+        super().__init__(message)
+        self.code = code
+
+
+def _join(base, path):
+    return base.rstrip("/") + "/" + path
+
+
+def _report(dest, sha, log):
+    known = EXPECTED_SHA256.get(Path(dest).name)
+    note = "verified" if known == sha else "no recorded checksum" if known is None else "MISMATCH"
+    log(f"  {dest}  sha256 {sha} ({note})")
+
+
+def download_refined(name, data_dir, refined_url, progress, log):
+    """Fetch <name>_{train_original,train_augment,validation,test}.csv from ReFINe_plus."""
+    folder = Path(data_dir) / name
+    for split in REFINED_SPLITS:
+        dest = split_path(data_dir, name, split)
+        if dest.exists():
+            log(f"  {dest} already present, skipped")
+            continue
+        url = _join(refined_url, f"{name}/{dest.name}")
+        try:
+            sha = fetch(url, dest, EXPECTED_SHA256.get(dest.name), progress)
+        except DownloadError as error:
+            raise DownloadError(f"{error}. Download the four {name}_*.csv files by hand from "
+                                f"{REFINED_PAGE}{name} into {folder}/") from None
+        _report(dest, sha, log)
+
+
+def extract_members(archive, wanted, folder, log):
+    """Write the zip members whose base name is in `wanted` into `folder` (atomically)."""
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            members = {Path(m).name: m for m in zipped.namelist() if not m.endswith("/")}
+            absent = [w for w in wanted if w not in members]
+            if absent:
+                raise InputError(f"{archive} lacks {', '.join(absent)} (it has: {', '.join(sorted(members))})")
+            for base in wanted:
+                with zipped.open(members[base]) as source, atomic_write(Path(folder) / base, "wb") as target:
+                    for block in iter(lambda: source.read(1 << 20), b""):
+                        target.write(block)
+    except zipfile.BadZipFile:
+        archive.unlink()
+        raise InputError(f"{archive} is not a valid zip archive (deleted it; rerun to fetch it again)") from None
+    for base in wanted:
+        path = Path(folder) / base
+        sha = sha256_of(path)
+        known = EXPECTED_SHA256.get(base)
+        if known and sha != known:
+            path.unlink()
+            raise InputError(f"{path}: sha256 {sha} differs from the published file's {known}; removed it")
+        _report(path, sha, log)
+
+
+def fetch_zip(url, archive, wanted, folder, progress, log):
+    fetch(url, archive, None, progress)
+    extract_members(archive, wanted, folder, log)
+    archive.unlink()
+
+
+def convert_grouplens(folder, name):
+    """Turn GroupLens files in `folder` (ml-100k: u.data, u.item; ml-1m: ratings.dat, movies.dat)
+    into RecBole atomic files <inter_file>, <item_file>. Differences from RecBole's own files are
+    listed in docs/README-data.md."""
+    folder = Path(folder)
+    info = DATASETS[name]
+    if name == "ML-100K":
+        ratings = [line.split("\t") for line in _read_lines(folder / "u.data", "latin-1")]
+        items = []
+        for parts in (line.split("|") for line in _read_lines(folder / "u.item", "latin-1")):
+            if len(parts) < 5 + len(ML100K_GENRES):
+                raise InputError(f"{folder / 'u.item'}: item {parts[0]!r} has {len(parts)} fields, expected 24")
+            genres = [g for g, flag in zip(ML100K_GENRES, parts[5:]) if flag.strip() == "1"]
+            items.append((parts[0], parts[1], genres))
+    else:
+        ratings = [line.split("::") for line in _read_lines(folder / "ratings.dat", "latin-1")]
+        items = [(p[0], p[1], p[2].split("|")) for p in
+                 (line.split("::") for line in _read_lines(folder / "movies.dat", "latin-1"))]
+    with atomic_write(folder / info.inter_file, "w", encoding="utf-8", newline="") as out:
+        out.write(f"{USER}\t{ITEM}\t{RATING}\ttimestamp:float\n")
+        for row in ratings:
+            out.write("\t".join(value.strip() for value in row) + "\n")
+    title_col, year_col, genre_col = info.item_columns
+    with atomic_write(folder / info.item_file, "w", encoding="utf-8", newline="") as out:
+        out.write(f"{ITEM}\t{title_col}\t{year_col}\t{genre_col}\n")
+        for item_id, full_title, genres in items:
+            title, year = split_title_year(full_title)
+            out.write(f"{item_id}\t{title}\t{year}\t{' '.join(genres)}\n")
+
+
+def split_title_year(full_title):
+    """'Toy Story (1995)' -> ('Toy Story', '1995'): RecBole keeps the last parenthesised group as
+    the year ('... (1995) (V)' -> year 'V'). A title without one keeps 'unknown' as its year, so
+    the item is not dropped by SPEC 1.2 step 1 (RecBole writes 'unkonwn' for ML-100K item 267)."""
+    full_title = full_title.strip()
+    match = re.fullmatch(r"(.*) \(([^()]*)\)", full_title)
+    if match:
+        return match.group(1), match.group(2)
+    return full_title, "unknown"
+
+
+def _read_lines(path, encoding):
+    if not path.exists():
+        raise InputError(f"missing {path}")
+    with open(path, encoding=encoding) as handle:
+        return [line.rstrip("\r\n") for line in handle if line.strip()]
+
+
+def download_raw(name, data_dir, urls, progress, log):
+    """Fetch the raw files SPEC 1.1 names for `name` into <data_dir>/<name>/."""
+    info = DATASETS[name]
+    folder = Path(data_dir) / name
+    wanted = [f for f in (info.inter_file, info.item_file) if f]
+    grouplens_files = {"ML-100K": ["u.data", "u.item"], "ML-1M": ["ratings.dat", "movies.dat"]}.get(name, [])
+    if all((folder / f).exists() for f in wanted):
+        log(f"  {', '.join(wanted)} already present in {folder}, skipped")
+    elif grouplens_files and all((folder / f).exists() for f in grouplens_files):
+        log(f"  converting GroupLens {', '.join(grouplens_files)} found in {folder}")
+        convert_grouplens(folder, name)
+        for f in wanted:
+            _report(folder / f, sha256_of(folder / f), log)
+    else:
+        recbole = _join(urls["recbole"], info.recbole_zip)
+        archive = folder / Path(info.recbole_zip).name
+        try:
+            fetch_zip(recbole, archive, wanted, folder, progress, log)
+        except DownloadHTTPError as error:
+            if not info.grouplens_zip:
+                raise DownloadError(f"{error}. Download {recbole} by hand and unzip {', '.join(wanted)} "
+                                    f"into {folder}/") from None
+            # RecBole's bucket has answered "Access Denied" before (RecBole issue 2218).
+            grouplens = _join(urls["grouplens"], info.grouplens_zip)
+            log(f"  RecBole failed ({error}); falling back to {grouplens}")
+            try:
+                fetch_zip(grouplens, folder / ("grouplens-" + info.grouplens_zip), grouplens_files, folder,
+                          progress, log)
+            except DownloadError as error2:
+                raise DownloadError(f"{error}; fallback {error2}. Download {recbole} (or {grouplens}) "
+                                    f"by hand and unzip it into {folder}/") from None
+            convert_grouplens(folder, name)
+            for f in wanted:
+                _report(folder / f, sha256_of(folder / f), log)
+        except DownloadError as error:
+            alternative = (f" (or put GroupLens's {' and '.join(grouplens_files)} from "
+                           f"{_join(GROUPLENS_URL, info.grouplens_zip)} there and rerun)" if grouplens_files else "")
+            raise DownloadError(f"{error}. Download {recbole} by hand and unzip {', '.join(wanted)} "
+                                f"into {folder}/{alternative}") from None
+    if name == "Netflix-1M":
+        genres = folder / "netflix_genres.csv"
+        if genres.exists():
+            log(f"  {genres} already present, skipped")
+        else:
+            try:
+                _report(genres, fetch(urls["genres"], genres, None, progress), log)
+            except DownloadError as error:
+                raise DownloadError(f"{error}. Download netflix_genres.csv by hand from "
+                                    f"https://github.com/tommasocarraro/netflix-prize-with-genres into {folder}/") from None
+        titles = folder / "movie_titles.csv"
+        if titles.exists():
+            log(f"  {titles} already present, skipped")
+        elif urls.get("movie_titles"):
+            _report(titles, fetch(urls["movie_titles"], titles, None, progress), log)
+        else:
+            log(f"  still needed: movie_titles.csv from the Netflix Prize data ({MOVIE_TITLES_PAGE}, "
+                f"needs a Kaggle login); put it in {folder}/")
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading raw files
+
+def read_atomic(path, required, usecols=None):
+    """Read a tab-separated RecBole atomic file, checking the header has the `required` fields.
+
+    pandas' default type inference and NA handling are kept on purpose: the published splits were
+    made with a plain pd.read_csv(sep='\\t'), and ids' dtype decides the per-user order.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"missing {path}")
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        header = handle.readline().rstrip("\r\n")
+    if not header.strip():
+        raise InputError(f"{path} is empty (expected a header line like {USER}\\t{ITEM}\\t{RATING})")
+    fields = header.split("\t")
+    absent = [f for f in required if f not in fields]
+    if absent:
+        raise InputError(f"{path}: header lacks {', '.join(absent)} (found: {', '.join(fields)})")
+    columns = list(dict.fromkeys(usecols or fields))
+    try:
+        return pd.read_csv(path, sep="\t", usecols=columns, encoding="utf-8")
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+        raise InputError(f"{path}: cannot parse ({str(error).splitlines()[0]})") from None
+
+
+def check_ratings(frame, path, rating=RATING):
+    """Ratings must be numbers (missing ones are allowed: SPEC 1.2 drops those rows)."""
+    if pd.api.types.is_numeric_dtype(frame[rating]):
+        return
+    numeric = pd.to_numeric(frame[rating], errors="coerce")
+    bad = numeric.isna() & frame[rating].notna()
+    row = int(np.flatnonzero(bad.to_numpy())[0])
+    raise InputError(f"{path} line {row + 2}: {rating} value {frame[rating].iloc[row]!r} is not a number")
+
+
+def parse_movie_titles(path):
+    """Netflix movie_titles.csv (ISO-8859-1): 'id,year,title', split on the first two commas only.
+
+    'NULL' years stay the string 'NULL' (the published pipeline did not treat them as missing).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"missing {path} (Netflix Prize data, {MOVIE_TITLES_PAGE})")
+    rows = []
+    with open(path, encoding="ISO-8859-1") as handle:
+        for number, line in enumerate(handle, 1):
+            line = line.strip()
+            if not line:
+                continue
+            parts = line.split(",", 2)
+            try:
+                parts[0] = int(parts[0])
+            except ValueError:
+                raise InputError(f"{path} line {number}: movie id {parts[0]!r} is not an integer") from None
+            rows.append(parts + [None] * (3 - len(parts)))
+    if not rows:
+        raise InputError(f"{path} is empty")
+    return pd.DataFrame(rows, columns=[ITEM, "year:token", "title:token"])
+
+
+def read_netflix_genres(path):
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"missing {path} (https://github.com/tommasocarraro/netflix-prize-with-genres)")
+    try:
+        genres = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path} is empty") from None
+    if genres.shape[1] != 2:
+        raise InputError(f"{path}: expected 2 columns (movie id, genres), found {genres.shape[1]}")
+    genres.columns = [ITEM, "genres:token"]
+    return genres
+
+
+def filter_by_items(inter, item_tables, path):
+    """SPEC 1.2 step 1 without materialising the merge: a left merge on item id followed by
+    dropna over the item columns keeps each interaction once per complete matching item row
+    (normally 0 or 1 times), in the interactions' order."""
+    inter = inter.dropna(subset=[USER, ITEM, RATING])
+    multiplicity = pd.Series(1, index=inter.index)
+    for table, columns in item_tables:
+        if pd.api.types.is_numeric_dtype(table[ITEM]) != pd.api.types.is_numeric_dtype(inter[ITEM]):
+            raise InputError(f"{path}: item ids are numbers in one file and text in the other")
+        complete = table.dropna(subset=list(columns))[ITEM].value_counts()
+        multiplicity *= inter[ITEM].map(complete).fillna(0).astype("int64")
+    return inter.loc[inter.index.repeat(multiplicity.to_numpy())]
+
+
+def load_interactions(name, folder, info):
+    """Raw files of `name` -> interactions (user, item, rating) after the item-field drop."""
+    inter_path = folder / info.inter_file
+    inter = read_atomic(inter_path, [USER, ITEM, RATING], usecols=[USER, ITEM, RATING])
+    if inter.empty:
+        raise InputError(f"{inter_path} has a header but no rows")
+    check_ratings(inter, inter_path)
+    if info.extra_files:  # Netflix-1M
+        titles = parse_movie_titles(folder / "movie_titles.csv")
+        genres = read_netflix_genres(folder / "netflix_genres.csv")
+        tables = [(titles, ("year:token", "title:token")), (genres, ("genres:token",))]
+    elif info.item_file:
+        item_path = folder / info.item_file
+        item = read_atomic(item_path, [ITEM, *info.item_columns], usecols=[ITEM, *info.item_columns])
+        tables = [(item, info.item_columns)]
+    else:
+        tables = []
+    return filter_by_items(inter, tables, inter_path)[SPLIT_COLUMNS]
+
+
+# ----------------------------------------------------------------------------------------------
+# SPEC 1.2: pure functions on DataFrames
+
+def sample_users(frame, size, seed):
+    """Keep the rows of `size` users drawn without replacement from the sorted unique user ids,
+    as np.random.seed(seed); np.random.choice(ids, size, replace=False) does."""
+    user_ids = np.unique(frame[USER].to_numpy())
+    if size > len(user_ids):
+        raise InputError(f"cannot sample {size} users: only {len(user_ids)} have complete rows")
+    chosen = np.random.RandomState(seed).choice(user_ids, size=size, replace=False)
+    return frame[frame[USER].isin(chosen)]
+
+
+def filter_min_counts(rows, min_user, min_item):
+    """Drop items with fewer than `min_item` rows, then users with fewer than `min_user` rows."""
+    if min_item > 0:
+        counts = rows[ITEM].value_counts()
+        rows = rows[rows[ITEM].isin(counts.index[counts >= min_item])]
+    if min_user > 0:
+        counts = rows[USER].value_counts()
+        rows = rows[rows[USER].isin(counts.index[counts >= min_user])]
+    return rows
+
+
+def k_core(frame, threshold=4, min_user=5, min_item=5):
+    """SPEC 1.2 steps 2-3: iterate until the row count stops changing; returns (positives,
+    negatives restricted to the users and items of the final positives)."""
+    previous, current = -1, len(frame)
+    while current != previous:
+        positives = frame[frame[RATING] >= threshold]
+        negatives = frame[frame[RATING] < threshold]
+        previous = current
+        positives = filter_min_counts(positives, min_user, min_item)
+        frame = filter_min_counts(pd.concat([positives, negatives]), min_user, min_item)
+        current = len(frame)
+    negatives = negatives[negatives[USER].isin(positives[USER].unique())
+                          & negatives[ITEM].isin(positives[ITEM].unique())]
+    return positives, negatives
+
+
+def split_positives(positives, seed=2024, test_ratio=0.2, valid_ratio=0.1, min_rows=5):
+    """SPEC 1.2 step 4: per user in ascending id order, perm = permutation(n) from one RNG seeded
+    once; test = perm[:int(0.2 n)], validation = next int(0.1 n), train = rest. Rows keep their
+    order inside each user. Users with fewer than `min_rows` rows go to train whole."""
+    codes, _ = pd.factorize(positives[USER], sort=True)
+    order = np.argsort(codes, kind="stable")           # groupby order, stable inside a user
+    sorted_codes = codes[order]
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+    ends = np.r_[starts[1:], len(order)]
+    part = np.zeros(len(order), dtype=np.int8)          # 0 train, 1 validation, 2 test (sorted order)
+    rng = np.random.RandomState(seed)
+    for start, end in tqdm(zip(starts, ends), total=len(starts), desc="split users",
+                           disable=len(starts) < 20000, file=sys.stderr):
+        n = end - start
+        if n < min_rows:
+            continue
+        perm = rng.permutation(n)
+        test_size, valid_size = int(test_ratio * n), int(valid_ratio * n)
+        part[start + perm[:test_size]] = 2
+        part[start + perm[test_size:test_size + valid_size]] = 1
+    in_order = positives.iloc[order]
+    return in_order[part == 0], in_order[part == 1], in_order[part == 2]
+
+
+def make_splits(frame, threshold=4, min_user=5, min_item=5, seed=2024, test_ratio=0.2,
+                valid_ratio=0.1, drop_unseen_eval_items=False):
+    """Interactions -> (train_original, validation, test) DataFrames, SPEC 1.2 steps 2-5."""
+    positives, negatives = k_core(frame, threshold, min_user, min_item)
+    if positives.empty:
+        raise InputError(f"no interactions left after the {min_user}/{min_item}-core filter")
+    train, valid, test = split_positives(positives, seed, test_ratio, valid_ratio, min_rows=5)
+    if drop_unseen_eval_items:
+        seen = train[ITEM].unique()
+        valid, test = valid[valid[ITEM].isin(seen)], test[test[ITEM].isin(seen)]
+    return pd.concat([train, negatives], ignore_index=True), valid, test
+
+
+def write_split(frame, path):
+    with atomic_write(path, "w", encoding="utf-8", newline="") as handle:
+        frame[SPLIT_COLUMNS].to_csv(handle, index=False, lineterminator="\n")
+
+
+def preprocess(name, data_dir, options, log=print):
+    """Read <data_dir>/<name>/ raw files, write the three split CSVs beside them."""
+    folder = Path(data_dir) / name
+    info = DATASETS.get(name) or DatasetInfo(f"{name}.inter", options.item_file,
+                                             tuple(options.item_columns or ()), None)
+    if name not in DATASETS and not (folder / info.inter_file).exists():
+        raise InputError(f"no raw files for dataset {name!r}: expected {folder / info.inter_file} "
+                         f"(known datasets: {', '.join(DATASETS)})")
+    log(f"reading {folder}/ ...")
+    frame = load_interactions(name, folder, info)
+    size = info.sample_users if options.sample_users is None else options.sample_users
+    if size:
+        # before the duplicate check: it is per (user, item), so the order does not matter,
+        # and Netflix has 100M rows before sampling
+        frame = sample_users(frame, size, options.seed)
+    duplicated = frame.duplicated(subset=[USER, ITEM])
+    if duplicated.any() and options.duplicates == "error":
+        first = frame[duplicated].iloc[0]
+        raise InputError(f"{folder / info.inter_file}: {int(duplicated.sum())} duplicate (user, item) rows, "
+                         f"e.g. user {first[USER]} item {first[ITEM]}; pass --duplicates keep|first|last")
+    if options.duplicates in ("first", "last"):
+        frame = frame.drop_duplicates(subset=[USER, ITEM], keep=options.duplicates)
+    drop_unseen = (info.drop_unseen_eval_items if options.drop_unseen_eval_items is None
+                   else options.drop_unseen_eval_items)
+    splits = make_splits(frame, options.positive_threshold, options.min_user, options.min_item,
+                         options.seed, options.test_ratio, options.valid_ratio, drop_unseen)
+    for split, table in zip(SPLITS, splits):
+        path = split_path(data_dir, name, split)
+        write_split(table, path)
+        log(f"wrote {path} ({len(table)} rows)")
+    return splits
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python dataloader.py",
+                                     description="Fetch raw or published data; make split CSVs.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    down = commands.add_parser("download", help="fetch raw RecBole files, or with --refined the published splits")
+    down.add_argument("name", help=f"dataset ({', '.join(DATASETS)})")
+    down.add_argument("--refined", action="store_true",
+                      help="fetch the authors' split CSVs (train_original/augment, validation, test)")
+    down.add_argument("--data_dir", default=default_data_dir(), help="default: $REFINE_DATA_DIR or ./dataset")
+    down.add_argument("--recbole_url", default=os.environ.get("REFINE_RECBOLE_URL", RECBOLE_URL))
+    down.add_argument("--grouplens_url", default=os.environ.get("REFINE_GROUPLENS_URL", GROUPLENS_URL))
+    down.add_argument("--refined_url", default=os.environ.get("REFINE_REFINED_URL", REFINED_URL))
+    down.add_argument("--genres_url", default=os.environ.get("REFINE_GENRES_URL", GENRES_URL))
+    down.add_argument("--movie_titles_url", default=os.environ.get("REFINE_MOVIE_TITLES_URL"),
+                      help="a mirror of Netflix movie_titles.csv, if you have one")
+    down.add_argument("--no_progress", action="store_true")
+
+    prep = commands.add_parser("preprocess", help="raw files in DATA_DIR/NAME/ -> the three split CSVs")
+    prep.add_argument("name", help="dataset; another name reads DATA_DIR/NAME/NAME.inter")
+    prep.add_argument("--data_dir", default=default_data_dir(), help="default: $REFINE_DATA_DIR or ./dataset")
+    prep.add_argument("--positive_threshold", type=float, default=4, help="positive: rating >= this")
+    prep.add_argument("--min_user", type=int, default=5, help="k-core: min rows per user")
+    prep.add_argument("--min_item", type=int, default=5, help="k-core: min rows per item")
+    prep.add_argument("--test_ratio", type=float, default=0.2)
+    prep.add_argument("--valid_ratio", type=float, default=0.1)
+    prep.add_argument("--seed", type=int, default=2024)
+    prep.add_argument("--sample_users", type=int, default=None,
+                      help="keep N randomly drawn users (default: 5000 for Netflix-1M, else all)")
+    prep.add_argument("--drop_unseen_eval_items", type=_yes_no, default=None, metavar="{yes,no}",
+                      help="drop validation/test rows whose item has no train positive "
+                           "(default: yes for Netflix-1M, as published; no otherwise)")
+    prep.add_argument("--duplicates", choices=["error", "keep", "first", "last"], default="error",
+                      help="what to do with repeated (user, item) rows (default: error)")
+    prep.add_argument("--item_file", default=None,
+                      help="for other datasets: a RecBole .item file in DATA_DIR/NAME/ to merge")
+    prep.add_argument("--item_columns", nargs="+", default=None,
+                      help="for other datasets: item fields that must be present (rows without them are dropped)")
+    return parser
+
+
+def _yes_no(text):
+    if text.lower() in ("yes", "true", "1"):
+        return True
+    if text.lower() in ("no", "false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    log = print
+    try:
+        if args.command == "download":
+            if args.name not in DATASETS:
+                raise InputError(f"no known source for dataset {args.name!r} (known: {', '.join(DATASETS)}); "
+                                 f"put its RecBole files in {Path(args.data_dir) / args.name}/ by hand")
+            log(f"{args.name} -> {Path(args.data_dir) / args.name}/")
+            if args.refined:
+                download_refined(args.name, args.data_dir, args.refined_url, not args.no_progress, log)
+            else:
+                urls = {"recbole": args.recbole_url, "grouplens": args.grouplens_url,
+                        "genres": args.genres_url, "movie_titles": args.movie_titles_url}
+                download_raw(args.name, args.data_dir, urls, not args.no_progress, log)
+        else:
+            if args.item_columns and not args.item_file and args.name not in DATASETS:
+                args.item_file = f"{args.name}.item"
+            preprocess(args.name, args.data_dir, args, log)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

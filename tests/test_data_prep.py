@@ -1,0 +1,531 @@
+"""Tests for data_prep.py: SPEC 1.2 preprocessing, GroupLens conversion, downloads over real HTTP.
+
+    /work/venv/bin/pytest tests/test_data_prep.py -q
+"""
+import hashlib
+import http.server
+import io
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import data_prep
+from data_prep import ITEM, RATING, USER
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADER = f"{USER}\t{ITEM}\t{RATING}\ttimestamp:float\n"
+
+
+def frame(rows):
+    return pd.DataFrame(rows, columns=[USER, ITEM, RATING])
+
+
+def write_inter(path, rows, header=HEADER):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(header + "".join("\t".join(map(str, r)) + "\n" for r in rows), encoding="utf-8")
+
+
+def run_main(argv, capsys):
+    code = data_prep.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# ---------------------------------------------------------------------------------------------
+# Reproduction of the published splits
+
+def test_ml100k_preprocess_reproduces_published_splits(shared_dir, tmp_path, capsys):
+    published = shared_dir / "datasets" / "ML-100K"
+    (tmp_path / "ML-100K").mkdir()
+    for name in ("ml-100k.inter", "ml-100k.item"):
+        shutil.copy(published / name, tmp_path / "ML-100K" / name)
+    code, out, err = run_main(["preprocess", "ML-100K", "--data_dir", tmp_path], capsys)
+    assert code == 0, err
+    for split, rows in (("train_original", 79683), ("validation", 5018), ("test", 10514)):
+        ours = (tmp_path / "ML-100K" / f"ML-100K_{split}.csv").read_bytes()
+        theirs = (published / f"ML-100K_{split}.csv").read_bytes()
+        assert ours.count(b"\n") == rows + 1
+        assert ours == theirs, f"{split} differs from the published file"
+
+
+# ---------------------------------------------------------------------------------------------
+# SPEC 1.2 on synthetic data
+
+# Hand-worked 2-core example (threshold 4). Row numbers are 1-based file order.
+#  pass 1, positives {1,2,3,4,5,6,7,13,14,15,16}: items all >= 2; user d has 1 -> drop row 7.
+#          all = 10 positives + negatives {8,9,10,11,12,17}: item z has only row 6 -> drop it;
+#          then c (row 5) and d (row 8) have 1 row each -> dropped. 17 -> 13 rows.
+#  pass 2, positives {1,2,3,4,13,14,15,16} all survive, all keeps 13 rows -> converged.
+#  step 3: negatives 9,10 (item w), 11,12 (user e) are not in the positives; only 17 remains.
+HAND_ROWS = [("a", "x", 5), ("a", "y", 4), ("b", "x", 4), ("b", "y", 5), ("c", "y", 5),
+             ("c", "z", 4), ("d", "z", 5), ("d", "x", 1), ("a", "w", 1), ("b", "w", 2),
+             ("e", "x", 1), ("e", "y", 2), ("a", "u", 4), ("b", "u", 5), ("f", "x", 5),
+             ("f", "y", 4), ("f", "u", 2)]
+
+
+def test_k_core_converges_to_hand_computed_result():
+    positives, negatives = data_prep.k_core(frame(HAND_ROWS), threshold=4, min_user=2, min_item=2)
+    assert list(positives.index + 1) == [1, 2, 3, 4, 13, 14, 15, 16]
+    assert list(negatives.index + 1) == [17]
+
+
+def naive_k_core(rows, threshold, k):
+    """Independent loop over plain lists: same SPEC 1.2 procedure, no pandas."""
+    current = list(range(len(rows)))
+    while True:
+        pos = [r for r in current if rows[r][2] >= threshold]
+        neg = [r for r in current if rows[r][2] < threshold]
+
+        def keep(ids):
+            items = {}
+            for r in ids:
+                items[rows[r][1]] = items.get(rows[r][1], 0) + 1
+            ids = [r for r in ids if items[rows[r][1]] >= k]
+            users = {}
+            for r in ids:
+                users[rows[r][0]] = users.get(rows[r][0], 0) + 1
+            return [r for r in ids if users[rows[r][0]] >= k]
+
+        pos = keep(pos)
+        new = keep(pos + neg)
+        if len(new) == len(current):
+            break
+        current = new
+    kept_users = {rows[r][0] for r in pos}
+    kept_items = {rows[r][1] for r in pos}
+    return pos, [r for r in neg if rows[r][0] in kept_users and rows[r][1] in kept_items]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_k_core_matches_naive_loop_on_random_data(seed):
+    rng = np.random.default_rng(seed)
+    pairs = [(u, i) for u in range(60) for i in range(40) if rng.random() < 0.4]
+    rows = [(u, i, int(rng.integers(1, 6))) for u, i in pairs]
+    rng.shuffle(rows)
+    positives, negatives = data_prep.k_core(frame(rows), threshold=4, min_user=5, min_item=5)
+    expected_pos, expected_neg = naive_k_core(rows, 4, 5)
+    assert list(positives.index) == expected_pos
+    assert list(negatives.index) == expected_neg
+    assert len(expected_pos) > 0 and len(expected_neg) > 0  # the data exercises both parts
+
+
+def test_split_positives_per_user_order_and_small_users():
+    # user 2 (10 rows) comes first in the file, user 1 has 5, user 3 has 3 (goes to train whole).
+    rows = [(2, 100 + k, 5) for k in range(10)] + [(1, 200 + k, 4) for k in range(5)] \
+        + [(3, 300 + k, 4) for k in range(3)]
+    train, valid, test = data_prep.split_positives(frame(rows), seed=2024)
+    rng = np.random.RandomState(2024)
+    perm_user1 = rng.permutation(5)      # users in ascending id order, one RNG seeded once
+    perm_user2 = rng.permutation(10)
+    assert list(test[ITEM]) == [200 + perm_user1[0]] + sorted(100 + perm_user2[:2])
+    assert list(valid[ITEM]) == [] + sorted(100 + perm_user2[2:3])
+    assert list(train[USER]) == [1] * 4 + [2] * 7 + [3] * 3
+    assert list(train[ITEM][train[USER] == 2]) == sorted(100 + perm_user2[3:])  # file order kept
+    assert list(train[ITEM][train[USER] == 3]) == [300, 301, 302]
+
+
+def test_negatives_restricted_to_kept_users_and_items(tmp_path, capsys):
+    folder = tmp_path / "toy"
+    write_inter(folder / "toy.inter", [(*r, 880000000 + n) for n, r in enumerate(HAND_ROWS)])
+    code, out, err = run_main(["preprocess", "toy", "--data_dir", tmp_path, "--min_user", 2,
+                               "--min_item", 2], capsys)
+    assert code == 0, err
+    train = pd.read_csv(folder / "toy_train_original.csv")
+    negatives = train[train[RATING] < 4]
+    assert negatives.values.tolist() == [["f", "u", 2]]
+    everything = pd.concat([train, pd.read_csv(folder / "toy_validation.csv"),
+                            pd.read_csv(folder / "toy_test.csv")])
+    assert set(everything[USER]) == {"a", "b", "f"} and set(everything[ITEM]) == {"x", "y", "u"}
+
+
+def test_item_file_drop_and_integer_rating_format(tmp_path, capsys):
+    # Items 3 has an empty year and 4 is absent from the item file: their rows are dropped.
+    folder = tmp_path / "ML-100K"
+    rows = [(u, i, 5 if (u + i) % 4 else 2, 1) for u in range(1, 11) for i in range(1, 11)]
+    write_inter(folder / "ml-100k.inter", rows)
+    items = "".join(f"{i}\tTitle {i}\t{'' if i == 3 else 1990 + i}\tDrama\n" for i in range(1, 11) if i != 4)
+    (folder / "ml-100k.item").write_text(
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n" + items)
+    code, out, err = run_main(["preprocess", "ML-100K", "--data_dir", tmp_path], capsys)
+    assert code == 0, err
+    text = (folder / "ML-100K_train_original.csv").read_text()
+    assert text.startswith("user_id:token,item_id:token,rating:float\n")
+    assert re.search(r",5\n", text) and ".0" not in text
+    items_out = set(pd.read_csv(folder / "ML-100K_train_original.csv")[ITEM])
+    assert 3 not in items_out and 4 not in items_out
+
+
+def test_drop_unseen_eval_items_removes_only_items_without_train_positive():
+    # every user has 9 shared items and one item nobody else rated (min_item=1 keeps it)
+    rows = [(u, i, 5) for u in range(10) for i in list(range(9)) + [100 + u]]
+    kept = data_prep.make_splits(frame(rows), min_user=5, min_item=1, drop_unseen_eval_items=False)
+    dropped = data_prep.make_splits(frame(rows), min_user=5, min_item=1, drop_unseen_eval_items=True)
+    train_items = set(kept[0][ITEM])
+    assert dropped[0].equals(kept[0])
+    for full, filtered in zip(kept[1:], dropped[1:]):
+        assert filtered.equals(full[full[ITEM].isin(train_items)])
+    removed = sum(len(f) - len(d) for f, d in zip(kept[1:], dropped[1:]))
+    assert removed > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Netflix specifics
+
+def test_netflix_titles_commas_and_latin1(tmp_path):
+    path = tmp_path / "movie_titles.csv"
+    path.write_bytes("1,2003,Dinosaur Planet\r\n2,NULL,Character, The\n3,1997,Caf\u00e9, Cr\u00e8me, Br\u00fbl\u00e9e\n"
+                     .encode("ISO-8859-1"))
+    titles = data_prep.parse_movie_titles(path)
+    assert titles.values.tolist() == [[1, "2003", "Dinosaur Planet"], [2, "NULL", "Character, The"],
+                                      [3, "1997", "Caf\u00e9, Cr\u00e8me, Br\u00fbl\u00e9e"]]
+
+
+def test_netflix_merge_sample_and_unseen_eval_items(tmp_path, capsys):
+    folder = tmp_path / "Netflix-1M"
+    rng = np.random.default_rng(7)
+    rows = [(u, i, int(rng.choice([1, 2, 3, 4, 5, 5, 5])), 0) for u in range(1, 41)
+            for i in range(1, 31) if rng.random() < 0.8]
+    write_inter(folder / "netflix.inter", rows)
+    # item 5: year NULL (kept); item 6: no title line; item 7: no genres -> rows of 6 and 7 dropped
+    titles = "".join(f"{i},{'NULL' if i == 5 else 2000},Movie, number {i}\n" for i in range(1, 31) if i != 6)
+    (folder / "movie_titles.csv").write_bytes(titles.encode("ISO-8859-1"))
+    (folder / "netflix_genres.csv").write_text(
+        "movieId,genres\n" + "".join(f"{i},Drama|Comedy\n" for i in range(1, 31) if i != 7))
+    code, out, err = run_main(["preprocess", "Netflix-1M", "--data_dir", tmp_path,
+                               "--sample_users", 25], capsys)
+    assert code == 0, err
+    train = pd.read_csv(folder / "Netflix-1M_train_original.csv")
+    valid = pd.read_csv(folder / "Netflix-1M_validation.csv")
+    test = pd.read_csv(folder / "Netflix-1M_test.csv")
+    users = pd.concat([train, valid, test])[USER].unique()
+    expected_users = np.random.RandomState(2024).choice(np.arange(1, 41), size=25, replace=False)
+    assert set(users) == set(expected_users)
+    items = set(pd.concat([train, valid, test])[ITEM])
+    assert 5 in items and not items & {6, 7}
+    train_pos_items = set(train[train[RATING] >= 4][ITEM])
+    assert set(valid[ITEM]) <= train_pos_items and set(test[ITEM]) <= train_pos_items
+
+
+# ---------------------------------------------------------------------------------------------
+# GroupLens fallback conversion
+
+MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+
+
+def month_numbers(text):
+    """The change present in shared/.../grouplens/u.item: month names -> numbers, case-insensitive."""
+    for number, month in enumerate(MONTHS, 1):
+        text = re.sub(month, f"{number:02d}", text, flags=re.IGNORECASE)
+    return text
+
+
+def test_grouplens_conversion_matches_recbole_files(shared_dir, tmp_path, capsys):
+    source = shared_dir / "datasets" / "ML-100K"
+    folder = tmp_path / "ML-100K"
+    folder.mkdir()
+    for name in ("u.data", "u.item"):
+        shutil.copy(source / "grouplens" / name, folder / name)
+    data_prep.convert_grouplens(folder, "ML-100K")
+    assert (folder / "ml-100k.inter").read_bytes() == (source / "ml-100k.inter").read_bytes()
+
+    ours = pd.read_csv(folder / "ml-100k.item", sep="\t", dtype=str, keep_default_na=False)
+    theirs = pd.read_csv(source / "ml-100k.item", sep="\t", dtype=str, keep_default_na=False)
+    assert list(ours.columns) == list(theirs.columns)
+    merged = theirs.merge(ours, on=ITEM, how="left", suffixes=("_recbole", "_ours"), indicator=True)
+    # Difference 1: this copy of u.item has no line for item 267 (RecBole: 'unkonwn' x2, 'unknown').
+    assert merged.loc[merged["_merge"] == "left_only", ITEM].tolist() == ["267"]
+    both = merged[merged["_merge"] == "both"]
+    # ('... (1995) (V)' keeps the last parenthesis as the year, as RecBole did for item 1412)
+    assert both.loc[both[ITEM] == "1412", "release_year:token_ours"].tolist() == ["V"]
+    for column in ("release_year:token", "class:token_seq"):
+        assert (both[f"{column}_recbole"] == both[f"{column}_ours"]).all(), column
+    # Difference 2: titles that contain a month name were altered in this copy (the official
+    # archive has dates like 01-Jan-1995; this copy has 01-01-1995 and '03ried' for 'Married').
+    title_diff = both[both["movie_title:token_seq_recbole"] != both["movie_title:token_seq_ours"]]
+    assert len(title_diff) == 48
+    assert (title_diff["movie_title:token_seq_recbole"].map(month_numbers)
+            == title_diff["movie_title:token_seq_ours"]).all()
+
+    # With item 267's line back (as in the official archive), the converted files give the
+    # published splits: titles do not enter preprocessing, only their presence does.
+    with open(folder / "u.item", "a", encoding="latin-1") as handle:
+        handle.write("267|unknown||||1" + "|0" * 18 + "\n")
+    data_prep.convert_grouplens(folder, "ML-100K")
+    assert run_main(["preprocess", "ML-100K", "--data_dir", tmp_path], capsys)[0] == 0
+    for split in ("train_original", "validation", "test"):
+        assert (folder / f"ML-100K_{split}.csv").read_bytes() == \
+            (source / f"ML-100K_{split}.csv").read_bytes()
+
+
+def test_grouplens_ml1m_conversion(tmp_path):
+    (tmp_path / "ratings.dat").write_text("1::1193::5::978300760\n2::661::3::978302109\n")
+    (tmp_path / "movies.dat").write_bytes("1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n"
+                                          "661::Cit\u00e9 des enfants perdus, La (1995)::Adventure|Sci-Fi\n"
+                                          .encode("latin-1"))
+    data_prep.convert_grouplens(tmp_path, "ML-1M")
+    assert (tmp_path / "ml-1m.inter").read_text() == HEADER + "1\t1193\t5\t978300760\n2\t661\t3\t978302109\n"
+    assert (tmp_path / "ml-1m.item").read_text(encoding="utf-8") == (
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\tgenre:token_seq\n"
+        "1193\tOne Flew Over the Cuckoo's Nest\t1975\tDrama\n"
+        "661\tCit\u00e9 des enfants perdus, La\t1995\tAdventure Sci-Fi\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Downloads over a real local HTTP server
+
+class FixtureServer:
+    """http.server on 127.0.0.1 serving `files` {url path: bytes}; can fail on purpose."""
+
+    def __init__(self):
+        self.files, self.status, self.truncate_once = {}, {}, set()
+        self.honor_range = True
+        self.requests = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.requests.append((self.path, self.headers.get("Range")))
+                if self.path in server.status:
+                    self.send_error(server.status[self.path], "Access Denied")
+                    return
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                start, code = 0, 200
+                match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+                if match and server.honor_range:
+                    start, code = int(match.group(1)), 206
+                    if start >= len(body):
+                        self.send_error(416)
+                        return
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body) - start))
+                if code == 206:
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                self.end_headers()
+                if self.path in server.truncate_once:
+                    server.truncate_once.discard(self.path)
+                    self.wfile.write(body[start:start + (len(body) - start) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True  # short body: fewer bytes than Content-Length
+                    return
+                self.wfile.write(body[start:])
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def split_fixtures(name):
+    rng = np.random.default_rng(3)
+    files = {}
+    for split in data_prep.REFINED_SPLITS:
+        lines = "".join(f"{u},{int(rng.integers(1, 500))},{int(rng.integers(1, 6))}\n" for u in range(1, 3000))
+        files[f"{name}_{split}.csv"] = ("user_id:token,item_id:token,rating:float\n" + lines).encode()
+    return files
+
+
+@pytest.fixture
+def refined_server(monkeypatch):
+    fixtures = split_fixtures("ML-100K")
+    for base, body in fixtures.items():
+        monkeypatch.setitem(data_prep.EXPECTED_SHA256, base, hashlib.sha256(body).hexdigest())
+    with FixtureServer() as server:
+        server.files = {f"/dataset/ML-100K/{base}": body for base, body in fixtures.items()}
+        yield server, fixtures
+
+
+def test_download_refined_verifies_and_skips_present_files(refined_server, tmp_path, capsys):
+    server, fixtures = refined_server
+    argv = ["download", "ML-100K", "--refined", "--data_dir", tmp_path,
+            "--refined_url", server.url + "dataset/", "--no_progress"]
+    code, out, err = run_main(argv, capsys)
+    assert code == 0, err
+    for base, body in fixtures.items():
+        assert (tmp_path / "ML-100K" / base).read_bytes() == body
+        assert f"sha256 {hashlib.sha256(body).hexdigest()} (verified)" in out
+    assert not list((tmp_path / "ML-100K").glob("*.part"))
+    before = len(server.requests)
+    code, out, err = run_main(argv, capsys)
+    assert code == 0 and len(server.requests) == before and out.count("already present") == 4
+
+
+def test_download_checksum_mismatch_leaves_nothing(refined_server, tmp_path, capsys):
+    server, fixtures = refined_server
+    path = "/dataset/ML-100K/ML-100K_test.csv"
+    server.files[path] = server.files[path].replace(b",5\n", b",4\n", 1)  # one corrupted byte
+    code, out, err = run_main(["download", "ML-100K", "--refined", "--data_dir", tmp_path,
+                               "--refined_url", server.url + "dataset/", "--no_progress"], capsys)
+    assert code == 2
+    assert err.startswith("error: checksum mismatch for ") and err.count("\n") == 1
+    assert not (tmp_path / "ML-100K" / "ML-100K_test.csv").exists()
+    assert not (tmp_path / "ML-100K" / "ML-100K_test.csv.part").exists()
+
+
+@pytest.mark.parametrize("honor_range", [True, False], ids=["resume", "restart"])
+def test_download_interrupted_then_rerun(refined_server, tmp_path, capsys, honor_range):
+    server, fixtures = refined_server
+    path = "/dataset/ML-100K/ML-100K_train_original.csv"
+    server.truncate_once.add(path)
+    argv = ["download", "ML-100K", "--refined", "--data_dir", tmp_path,
+            "--refined_url", server.url + "dataset/", "--no_progress"]
+    code, out, err = run_main(argv, capsys)
+    final = tmp_path / "ML-100K" / "ML-100K_train_original.csv"
+    body = fixtures[final.name]
+    assert code == 2 and "rerun the same command to resume" in err
+    assert not final.exists()
+    part = final.with_name(final.name + ".part")
+    assert part.read_bytes() == body[:len(body) // 2]
+
+    server.honor_range = honor_range
+    code, out, err = run_main(argv, capsys)
+    assert code == 0, err
+    assert final.read_bytes() == body and not part.exists()
+    assert (path, f"bytes={len(body) // 2}-") in server.requests
+
+
+def zip_bytes(members):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zipped:
+        for name, data in members.items():
+            zipped.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_download_raw_recbole_zip(tmp_path, capsys, monkeypatch):
+    monkeypatch.delitem(data_prep.EXPECTED_SHA256, "ml-100k.inter")
+    monkeypatch.delitem(data_prep.EXPECTED_SHA256, "ml-100k.item")
+    inter, item = HEADER + "1\t2\t5\t0\n", "item_id:token\tmovie_title:token_seq\n2\tA\n"
+    with FixtureServer() as server:
+        server.files["/MovieLens/ml-100k.zip"] = zip_bytes({"ml-100k/ml-100k.inter": inter,
+                                                             "ml-100k/ml-100k.item": item})
+        code, out, err = run_main(["download", "ML-100K", "--data_dir", tmp_path,
+                                   "--recbole_url", server.url, "--no_progress"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "ML-100K" / "ml-100k.inter").read_text() == inter
+    assert (tmp_path / "ML-100K" / "ml-100k.item").read_text() == item
+    assert sorted(p.name for p in (tmp_path / "ML-100K").iterdir()) == ["ml-100k.inter", "ml-100k.item"]
+
+
+def test_download_falls_back_to_grouplens_when_recbole_denies(tmp_path, capsys, monkeypatch):
+    monkeypatch.delitem(data_prep.EXPECTED_SHA256, "ml-100k.item")
+    u_item = "1|Toy Story (1995)|01-Jan-1995||http://x|0|0|0|1|1|1" + "|0" * 13 + "\n"
+    with FixtureServer() as server:
+        server.status["/MovieLens/ml-100k.zip"] = 403
+        server.files["/movielens/ml-100k.zip"] = zip_bytes({"ml-100k/u.data": "196\t242\t3\t881250949\n",
+                                                             "ml-100k/u.item": u_item})
+        code, out, err = run_main(["download", "ML-100K", "--data_dir", tmp_path, "--no_progress",
+                                   "--recbole_url", server.url, "--grouplens_url", server.url + "movielens/"],
+                                  capsys)
+    assert code == 0, err
+    assert "falling back" in out and "HTTP 403" in out
+    folder = tmp_path / "ML-100K"
+    assert (folder / "ml-100k.inter").read_text() == HEADER + "196\t242\t3\t881250949\n"
+    assert (folder / "ml-100k.item").read_text() == (
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+        "1\tToy Story\t1995\tAnimation Children's Comedy\n")
+
+
+def test_download_netflix_fetches_genres_and_names_manual_file(tmp_path, capsys):
+    with FixtureServer() as server:
+        server.files["/Netflix/netflix.zip"] = zip_bytes({"netflix.inter": HEADER + "1\t1\t5\t0\n"})
+        server.files["/genres.csv"] = b"movieId,genres\n1,Drama\n"
+        code, out, err = run_main(["download", "Netflix-1M", "--data_dir", tmp_path, "--no_progress",
+                                   "--recbole_url", server.url, "--genres_url", server.url + "genres.csv"],
+                                  capsys)
+    assert code == 0, err
+    assert (tmp_path / "Netflix-1M" / "netflix_genres.csv").read_bytes() == b"movieId,genres\n1,Drama\n"
+    assert "movie_titles.csv" in out and "kaggle.com" in out
+
+
+def test_download_offline_says_where_to_put_files(tmp_path, capsys):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code, out, err = run_main(["download", "ML-1M", "--data_dir", tmp_path, "--no_progress",
+                               "--recbole_url", f"http://127.0.0.1:{port}/"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "cannot reach" in err and "by hand" in err and str(tmp_path / "ML-1M") in err
+    # the manual GroupLens route named in that message works without the network
+    (tmp_path / "ML-1M" / "ratings.dat").write_text("1::1193::5::978300760\n")
+    (tmp_path / "ML-1M" / "movies.dat").write_text("1193::Heat (1995)::Action|Crime\n")
+    code, out, err = run_main(["download", "ML-1M", "--data_dir", tmp_path, "--no_progress",
+                               "--recbole_url", f"http://127.0.0.1:{port}/"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "ML-1M" / "ml-1m.item").read_text().endswith("1193\tHeat\t1995\tAction Crime\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one-line errors, exit code 2
+
+@pytest.mark.parametrize("content, message", [
+    (f"{USER}\t{ITEM}\ttimestamp:float\n1\t2\t3\n", "header lacks rating:float"),
+    (HEADER + "1\t2\t5\t0\n1\t3\tfive\t0\n", "line 3: rating:float value 'five' is not a number"),
+    ("", "is empty"),
+    (HEADER, "has a header but no rows"),
+    (HEADER + "1\t2\t5\t0\n1\t3\t4\t0\n1\t2\t3\t1\n", "1 duplicate (user, item) rows, e.g. user 1 item 2"),
+])
+def test_bad_input_is_one_line_error(tmp_path, capsys, content, message):
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "own.inter").write_text(content)
+    code, out, err = run_main(["preprocess", "own", "--data_dir", tmp_path], capsys)
+    assert code == 2
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_duplicates_first_keeps_first_row(tmp_path, capsys):
+    rows = [(u, i, 5, 0) for u in range(1, 7) for i in range(1, 7)] + [(1, 1, 2, 9)]
+    write_inter(tmp_path / "own" / "own.inter", rows)
+    code, out, err = run_main(["preprocess", "own", "--data_dir", tmp_path, "--duplicates", "first"], capsys)
+    assert code == 0, err
+    train = pd.read_csv(tmp_path / "own" / "own_train_original.csv")
+    assert (train[RATING] == 5).all()  # the later (1, 1, 2) row was dropped
+
+
+def test_unknown_dataset_errors(tmp_path, capsys):
+    code, out, err = run_main(["download", "Nope", "--data_dir", tmp_path], capsys)
+    assert code == 2 and "no known source for dataset 'Nope'" in err
+    code, out, err = run_main(["preprocess", "Nope", "--data_dir", tmp_path], capsys)
+    assert code == 2 and "no raw files for dataset 'Nope'" in err
+
+
+def test_cli_subprocess_reports_error_and_exit_code(tmp_path):
+    (tmp_path / "ML-1M").mkdir()
+    (tmp_path / "ML-1M" / "ml-1m.inter").write_text(HEADER + "1\t2\tabc\t0\n")
+    result = subprocess.run([sys.executable, "dataloader.py", "preprocess", "ML-1M", "--data_dir",
+                             str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr == f"error: {tmp_path / 'ML-1M' / 'ml-1m.inter'} line 2: rating:float value 'abc' is not a number\n"
+
+
+def test_missing_split_message_names_commands(tmp_path):
+    message = data_prep.missing_split_message(tmp_path, "ML-1M")
+    assert f"{tmp_path}/ML-1M/ML-1M_train_augment.csv" in message
+    assert f"python dataloader.py download ML-1M --refined --data_dir {tmp_path}" in message
+    assert f"python dataloader.py preprocess ML-1M --data_dir {tmp_path}" in message
+    assert "python refine_llm.py run ML-1M" in message
+    for split in data_prep.REFINED_SPLITS:
+        (tmp_path / "ML-1M").mkdir(exist_ok=True)
+        (tmp_path / "ML-1M" / f"ML-1M_{split}.csv").write_text("x")
+    assert data_prep.missing_split_message(tmp_path, "ML-1M") is None

@@ -1,0 +1,72 @@
+"""Id encoding, the three train masks (positive / confirmed negative / neutral) and input errors."""
+import pytest
+import torch
+
+import dataloader
+from utils import InputError
+
+HEADER = "user_id:token,item_id:token,rating:float\n"
+
+
+def write_splits(folder, train, validation="", test="", name="T"):
+    (folder / name).mkdir(exist_ok=True)
+    (folder / name / f"{name}_train_augment.csv").write_text(HEADER + train)
+    (folder / name / f"{name}_validation.csv").write_text(HEADER + validation)
+    (folder / name / f"{name}_test.csv").write_text(HEADER + test)
+
+
+def test_encoding_and_masks(tmp_path):
+    # Positive users {10, 30}, items {5, 7, 9}: encoded by sorted raw id.
+    write_splits(tmp_path,
+                 "30,9,5\n10,7,4.5\n10,5,0.5\n30,7,2\n10,9,3\n30,5,1\n10,5,4\n",
+                 validation="10,9,4\n30,5,2\n",  # the 2-star row is not a validation positive
+                 test="30,5,5\n")
+    data = dataloader.load_splits(tmp_path, "T")
+    assert (data.num_users, data.num_items) == (2, 3)
+    assert data.user_ids.tolist() == [10, 30] and data.item_ids.tolist() == [5, 7, 9]
+    assert data.train_pos.tolist() == [[1, 0, 0], [2, 1, 0]]       # file order kept
+    assert data.train_neg.tolist() == [[0, 1], [0, 0]]             # 0.5 and 1
+    assert data.train_neutral.tolist() == [[1, 0], [1, 2]]         # 2 and 3
+    assert data.valid.tolist() == [[0], [2]]
+    assert data.test.tolist() == [[1], [0]]
+    assert data.graph_edge_index().tolist() == [[1, 0, 0, 4, 3, 2], [4, 3, 2, 1, 0, 0]]
+
+
+def test_original_split_is_read_with_augment_zero(tmp_path):
+    write_splits(tmp_path, "1,1,4\n")
+    (tmp_path / "T" / "T_train_original.csv").write_text(HEADER + "1,1,4\n2,1,5\n")
+    assert dataloader.load_splits(tmp_path, "T", augment=False).num_users == 2
+
+
+def test_unseen_validation_id_is_reported(tmp_path):
+    write_splits(tmp_path, "1,1,4\n", validation="1,99,5\n")
+    with pytest.raises(InputError, match=r"T_validation.csv: item id 99 \(line 2\)"):
+        dataloader.load_splits(tmp_path, "T")
+
+
+def test_missing_file_names_it_and_the_command(tmp_path):
+    with pytest.raises(InputError) as error:
+        dataloader.load_splits(tmp_path, "ML-100K")
+    message = str(error.value)
+    assert "ML-100K_train_augment.csv" in message and "ML-100K_test.csv" in message
+    assert "python dataloader.py download ML-100K --refined" in message
+
+
+def test_missing_column(tmp_path):
+    write_splits(tmp_path, "1,1,4\n")
+    (tmp_path / "T" / "T_test.csv").write_text("user_id:token,item_id:token\n1,1\n")
+    with pytest.raises(InputError, match=r"T_test.csv: missing column\(s\) rating:float"):
+        dataloader.load_splits(tmp_path, "T")
+
+
+def test_string_ids_are_tokens(tmp_path):
+    write_splits(tmp_path, "u2,A,4\nu1,B,5\nu1,A,1\n", test="u2,B,4\n")
+    data = dataloader.load_splits(tmp_path, "T")
+    assert data.user_ids.tolist() == ["u1", "u2"] and data.item_ids.tolist() == ["A", "B"]
+    assert torch.equal(data.test, torch.tensor([[1], [1]]))
+
+
+def test_published_ml100k_counts(shared_dir):
+    data = dataloader.load_splits(shared_dir / "datasets", "ML-100K")
+    assert (data.num_users, data.num_items) == (938, 1008)
+    assert (data.train_pos.size(1), data.valid.size(1), data.test.size(1)) == (52984, 5018, 10514)

@@ -1,0 +1,151 @@
+"""End-to-end runs of main.py on synthetic data (and 2 epochs of ML-100K when ../shared exists)."""
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+import main
+from conftest import ROOT, write_synthetic_dataset
+
+PUBLISHED_DEFAULTS = {
+    "random_seed": 2024, "gpu_id": 4, "dataset": "ML-100K", "dataset_augment": 1, "batch_size": 1024,
+    "test_batch_size": 8192, "embedding_dim": 64, "layers": 4, "learning_rate": 0.001, "evaluation_step": 1,
+    "early_stopping_step": 50, "top_k": [5, 10, 15, 20], "epochs": 1000, "real_neg_samp_prob": 1.5,
+    "p": 1.5, "q": 0.75, "r": 100, "s": 5, "t": 50, "path_name": "nothing",
+}
+SMALL = ["--dataset", "TOY", "--batch_size", "64", "--top_k", "1", "5", "10", "--r", "5", "--s", "2", "--t", "3",
+         "--embedding_dim", "16", "--layers", "2", "--learning_rate", "0.01"]
+METRIC_LINE = r"Precision@\d+: +\d\.\d{4}, Recall@\d+: +\d\.\d{4}, NDCG@\d+: +\d\.\d{4}"
+
+
+def run_main(argv, capsys):
+    code = main.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """A synthetic dataset under tmp_path/data; the working directory (for result/) is tmp_path."""
+    write_synthetic_dataset(tmp_path / "data", "TOY")
+    monkeypatch.chdir(tmp_path)
+    return ["--data_dir", str(tmp_path / "data")] + SMALL
+
+
+def without_timing(log):
+    return re.sub(r"Training completed in [\d.]+ seconds", "Training completed in S seconds", log)
+
+
+def test_parser_defaults_equal_published():
+    args = vars(main.build_parser().parse_args([]))
+    assert {key: args[key] for key in PUBLISHED_DEFAULTS} == PUBLISHED_DEFAULTS
+    # The published flags come first, in the published order.
+    assert list(args)[:len(PUBLISHED_DEFAULTS)] == list(PUBLISHED_DEFAULTS)
+
+
+@pytest.mark.parametrize("value,expected", [("1", 1), ("0", 0), ("augment", 1), ("original", 0)])
+def test_dataset_augment_spellings(value, expected):
+    assert main.build_parser().parse_args(["--dataset_augment", value]).dataset_augment == expected
+
+
+def test_end_to_end_log_structure(toy, tmp_path, capsys):
+    code, out, _ = run_main(toy + ["--epochs", "12"], capsys)
+    assert code == 0
+    lines = out.splitlines()
+    header = lines[1:lines.index("#" * 77, 1)]
+    keys = [line.split(":")[0] for line in header]
+    assert keys[:3] == ["ramdom_seed", "gpu_id", "dataset"]
+    assert "real_negative_sampling_probabilities" in keys and keys.index("path_name") < keys.index("data_dir")
+    assert "top_k: [1, 5, 10]" in header
+    assert re.search(r"data loading...\ntrain set: train_augment\nuser: 40,  item: \d+\n"
+                     r"train interations: \d+\nvalid interations: \d+\ntest interations: \d+\ndone!\n", out)
+    blocks = re.findall(rf"\nEpoch: (\d{{3}}), Loss: (\d\.\d{{4}})\n(?:{METRIC_LINE}\n){{3}}"
+                        r"(Save: result/TOY/nothing.pt|EarlyStopping counter: \d+ out of 50)\n", out)
+    assert [int(epoch) for epoch, _, _ in blocks] == list(range(1, 13))
+    losses = [float(loss) for _, loss, _ in blocks]
+    assert losses[-1] < losses[0] * 0.8  # training reduces the BPR loss
+    assert re.search(rf"Early stopping does not trigger.\nTesting the best checkpoint \(epoch \d+\).*\n\n#+\n"
+                     rf"Final Test Results\n(?:{METRIC_LINE}\n){{3}}#+\n$", out)
+    records = [json.loads(line) for line in (tmp_path / "result/TOY/nothing.metrics.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in records] == list(range(1, 13))
+    assert records[0]["loss"] == pytest.approx(losses[0], abs=1e-4)
+    assert set(records[0]["validation"]) == {"1", "5", "10"}
+    assert (tmp_path / "result/TOY/nothing.pt").is_file()
+
+
+def test_early_stop_reports_best_epoch(toy, capsys):
+    code, out, _ = run_main(toy + ["--epochs", "200", "--early_stopping_step", "2", "--learning_rate", "0.05"], capsys)
+    assert code == 0
+    stop = re.search(r"\nEarly stopping at epoch (\d+)\. Best Validation Results:\n((?:.+\n){3})", out)
+    assert stop, out[-2000:]
+    best_epoch = int(stop.group(1))
+    epoch_block = re.search(rf"\nEpoch: {best_epoch:03d}, Loss: .+\n((?:.+\n){{3}})Save:", out)
+    assert epoch_block.group(1) == stop.group(2)  # best block = that epoch's validation lines
+    assert out.count("EarlyStopping counter: 2 out of 2") == 1
+    assert "Final Test Results" in out and "does not trigger" not in out
+
+
+def test_two_runs_with_one_seed_are_identical(toy, capsys):
+    first = run_main(toy + ["--epochs", "6"], capsys)[1]
+    second = run_main(toy + ["--epochs", "6"], capsys)[1]
+    assert without_timing(first) == without_timing(second)
+    assert first != run_main(toy + ["--epochs", "6", "--random_seed", "1"], capsys)[1]
+
+
+def test_interrupted_run_resumes_to_the_same_log(toy, capsys, monkeypatch):
+    uninterrupted = run_main(toy + ["--epochs", "7"], capsys)[1]
+
+    evaluate, calls = main.evaluate, []
+
+    def interrupt_in_epoch_5(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(main, "evaluate", interrupt_in_epoch_5)
+    code, _, err = run_main(toy + ["--epochs", "7", "--path_name", "resumed"], capsys)
+    assert code == 2 and "interrupted during epoch 5" in err and "--resume" in err
+    monkeypatch.setattr(main, "evaluate", evaluate)
+    code, resumed, err = run_main(toy + ["--epochs", "7", "--path_name", "resumed", "--resume"], capsys)
+    assert code == 0 and "resumed after epoch 4" in err
+    expected = uninterrupted.replace("nothing", "resumed")
+    assert without_timing(resumed).replace("resume: True", "resume: False") == without_timing(expected)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--top_k", "5", "500"], "--top_k 500 is larger than the item count"),
+    (["--r", "1000"], "--r 1000 must be between 1 and the item count"),
+    (["--s", "0"], "--s 0 must be between 1"),
+    (["--device", "tpu"], "--device tpu"),
+    (["--device", "cuda:7"], "--device cuda:7"),
+    (["--dataset", "NOPE"], "NOPE_train_augment.csv"),
+])
+def test_bad_input_one_line_exit_2(toy, capsys, extra, message):
+    code, _, err = run_main(toy + ["--epochs", "1"] + extra, capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+
+
+def test_cli_missing_data_exits_2(tmp_path):
+    process = subprocess.run([sys.executable, str(ROOT / "main.py"), "--data_dir", str(tmp_path)],
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert process.returncode == 2
+    assert process.stderr.startswith("error: missing") and "download ML-100K --refined" in process.stderr
+
+
+def test_ml100k_matches_published_code_on_cpu(shared_dir, tmp_path, monkeypatch, capsys):
+    """Two epochs on the published splits: the statistics lines equal the published log, and the
+    epoch blocks equal the published code's own CPU run (same RNG stream, draw for draw)."""
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_main(["--data_dir", str(shared_dir / "datasets"), "--epochs", "2"], capsys)
+    assert code == 0
+    published = (shared_dir / "reference-logs/ReFINe_ML-100K.out").read_text()
+    stats = "user: 938,  item: 1008\ntrain interations: 52984\nvalid interations: 5018\ntest interations: 10514\n"
+    assert stats in published and stats in out
+    on_cpu = (shared_dir / "reference-logs/ReFINe_ML-100K.published-code-on-cpu.out").read_text()
+    for epoch in (1, 2):
+        pattern = rf"\nEpoch: {epoch:03d}, Loss: .+\n(?:.+\n){{5}}"
+        assert re.search(pattern, out).group(0) == re.search(pattern, on_cpu).group(0)

@@ -1,0 +1,127 @@
+"""Apply fidelity: answers -> train_augment, checked by hand and against the published ML-100K file.
+
+    /work/venv/bin/pytest tests/test_refine_apply.py -q
+"""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+
+import refine_llm as R
+
+
+def write_small_dataset(root, train_rows, item_rows):
+    folder = root / "ML-100K"
+    folder.mkdir(parents=True)
+    pd.DataFrame(train_rows, columns=[R.USER_COL, R.ITEM_COL, R.RATING_COL]).to_csv(
+        folder / "ML-100K_train_original.csv", index=False)
+    pd.DataFrame(item_rows, columns=["item_id:token", "movie_title:token_seq", "release_year:token",
+                                     "class:token_seq"]).to_csv(folder / "ml-100k.item", sep="\t", index=False)
+    return folder
+
+
+def test_parse_published_answers_file(tmp_path):
+    path = tmp_path / "answers.txt"
+    path.write_text(
+        R.format_answer_block(3, "['<Heat (genre: Action)>' '<Up>']")
+        + R.format_answer_block(3, "some chatter\n[\"<Ulee's Gold>\"]")
+        + R.format_answer_block(5, "[]")
+        + R.format_answer_block(9, "no list here <Ignored>"))
+    liked = R.parse_answers(path)
+    # User 5's `[]` counts as answered (empty set); user 9 has no `[` line, so no entry.
+    assert liked == {3: {"Heat", "Up", "Ulee's Gold"}, 5: set()}
+
+
+def test_apply_relabels_by_hand(tmp_path):
+    items = [(1, "Heat", 1995, "Action"), (2, "Up", 2009, "Animation"), (3, "Ran", 1985, "Drama"),
+             (4, "Big", 1988, "Comedy")]
+    # user 1: answered [Heat]; user 2: answered []; user 3: no answer.
+    train = [(1, 1, 3), (1, 2, 2), (1, 3, 5), (1, 4, 1), (2, 1, 2), (2, 3, 4), (3, 2, 3), (3, 4, 2)]
+    folder = write_small_dataset(tmp_path, train, items)
+    answers = tmp_path / "answers.txt"
+    answers.write_text(R.format_answer_block(1, "['<Heat>']") + R.format_answer_block(2, "[]"))
+    assert R.main(["apply", "ML-100K", "--data_dir", str(tmp_path), "--answers", str(answers)]) == 0
+    text = (folder / "ML-100K_train_augment.csv").read_text()
+    assert text == ("user_id:token,item_id:token,rating:float\n"
+                    "1,1,4.5\n1,2,0.5\n1,3,5.0\n1,4,1.0\n"
+                    "2,1,0.5\n2,3,4.0\n"
+                    "3,2,3.0\n3,4,2.0\n")
+
+
+def published_answers(original, augment, titles):
+    """Per user, an answers block naming the titles the published file relabelled to 4.5.
+
+    Users with 0.5 rows but no 4.5 row (ML-100K: 34, 225, 583, 688, asked with an empty list)
+    get `[]`: upstream's defaultdict made a parsed empty list count as an answer.
+    """
+    frame = pd.DataFrame({"user": original[R.USER_COL], "title": titles, "new": augment[R.RATING_COL]})
+    blocks = []
+    for user, rows in frame.groupby("user", sort=True):
+        if not rows["new"].isin([0.5, 4.5]).any():
+            continue
+        picked = sorted(set(rows.loc[rows["new"] == 4.5, "title"]))
+        with np.printoptions(linewidth=np.inf):
+            line = str(np.array([f"<{t}>" for t in picked], dtype=object))
+        blocks.append(R.format_answer_block(int(user), line))
+    return "".join(blocks)
+
+
+def test_apply_reproduces_published_ml100k_augment(shared_dir, tmp_path):
+    source = shared_dir / "datasets" / "ML-100K"
+    folder = tmp_path / "ML-100K"
+    folder.mkdir()
+    for name in ("ML-100K_train_original.csv", "ml-100k.item"):
+        shutil.copy(source / name, folder / name)
+    original = pd.read_csv(folder / "ML-100K_train_original.csv")
+    augment = pd.read_csv(source / "ML-100K_train_augment.csv")
+    item = pd.read_csv(folder / "ml-100k.item", sep="\t")
+    titles = original.merge(item, on=R.ITEM_COL, how="left")["movie_title:token_seq"].to_numpy()
+    answers = tmp_path / "llama_distinguish_answer.txt"
+    answers.write_text(published_answers(original, augment, titles), encoding="utf-8")
+    assert answers.read_text().count("LLaMA's cut recommendation for user") == 819
+    assert R.main(["apply", "ML-100K", "--data_dir", str(tmp_path), "--answers", str(answers)]) == 0
+    ours = (folder / "ML-100K_train_augment.csv").read_bytes()
+    assert ours == (source / "ML-100K_train_augment.csv").read_bytes()
+
+
+def test_empty_answer_rule_is_what_reproduces_the_published_file(shared_dir):
+    # Counter-check: were `[]` answers ignored, the four users asked with an empty list would keep
+    # their 2-star rows, and the published file shows 0.5 there.
+    source = shared_dir / "datasets" / "ML-100K"
+    augment = pd.read_csv(source / "ML-100K_train_augment.csv")
+    for user in (34, 225, 583, 688):
+        ratings = augment.loc[augment[R.USER_COL] == user, R.RATING_COL]
+        assert (ratings == 0.5).any() and not ratings.isin([2, 3, 4.5]).any()
+
+
+def test_netflix_titles_split_on_first_two_commas(tmp_path):
+    folder = tmp_path / "Netflix-1M"
+    folder.mkdir()
+    (folder / "movie_titles.csv").write_bytes(
+        "1,2003,Dinosaur Planet\n2,NULL,Good, Bad and Ugly, The\n3,1999,Caf\u00e9 Lumi\u00e8re\n".encode("ISO-8859-1"))
+    (folder / "netflix_genres.csv").write_text("movieId,genres\n1,Documentary|Animation\n2,Western\n3,Drama\n")
+    pd.DataFrame({R.USER_COL: [7, 7, 7], R.ITEM_COL: [2, 3, 1], R.RATING_COL: [3, 5, 2]}).to_csv(
+        folder / "Netflix-1M_train_original.csv", index=False)
+    _, joined = R.load_train(tmp_path, "Netflix-1M")
+    assert joined["title"].tolist() == ["Good, Bad and Ugly, The", "Caf\u00e9 Lumi\u00e8re", "Dinosaur Planet"]
+    assert joined["genre"].tolist() == ["Western", "Drama", "Documentary|Animation"]
+    answers = tmp_path / "a.txt"
+    answers.write_text(R.format_answer_block(7, "['<Good, Bad and Ugly, The>']"))
+    assert R.main(["apply", "Netflix-1M", "--data_dir", str(tmp_path), "--answers", str(answers)]) == 0
+    out = pd.read_csv(folder / "Netflix-1M_train_augment.csv")
+    assert out[R.RATING_COL].tolist() == [4.5, 5.0, 0.5]
+
+
+def test_prompts_stage_writes_every_prompt(tmp_path, capsys):
+    items = [(i, f"Film {i}", 1990, "Drama") for i in range(1, 9)]
+    train = [(1, i, r) for i, r in zip(range(1, 9), [5, 4, 3, 3, 3, 3, 3, 3])] + [(2, 1, 5), (2, 2, 2)]
+    folder = write_small_dataset(tmp_path, train, items)
+    (folder / "llm_skip_users.txt").write_text("2\n")
+    assert R.main(["prompts", "ML-100K", "--data_dir", str(tmp_path)]) == 0
+    lines = (folder / "llm" / "prompts.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    # User 1 has six 3-star rows -> chunks of 5 and 1; user 2 is on the default skip list.
+    assert [(r["user"], r["chunk"]) for r in records] == [(1, 0), (1, 1)]
+    assert all(r["hash"] == R.prompt_hash(r["prompt1"]) for r in records)
+    assert "2 prompts for 1 users (1 users in the skip list)" in capsys.readouterr().out

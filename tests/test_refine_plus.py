@@ -1,0 +1,126 @@
+"""ReFINe++ loss terms against a hand computation, and each --model training on synthetic data."""
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import dataloader
+import main
+from conftest import write_synthetic_dataset
+from model import ReFINePlus, multi_negative_ranking_loss
+
+
+def test_ranking_loss_by_hand():
+    # positive 0: log(1 + e^(0.5-1) + e^(2-1)); positive 1: log(1 + e^(-1-0) + e^(0-0))
+    pos = torch.tensor([1.0, 0.0])
+    neg = torch.tensor([[0.5, 2.0], [-1.0, 0.0]])
+    expected = (math.log(1 + math.exp(-0.5) + math.exp(1)) + math.log(1 + math.exp(-1) + 1)) / 2
+    assert multi_negative_ranking_loss(pos, neg).item() == pytest.approx(expected, rel=1e-6)
+    # No overflow where exp() would: log(1 + e^200) = 200.
+    assert multi_negative_ranking_loss(torch.tensor([0.0]), torch.tensor([[200.0]])).item() == pytest.approx(200.0)
+
+
+def test_total_loss_equals_term_by_term_numpy():
+    torch.manual_seed(0)
+    num_users, num_items = 3, 4
+    edges = torch.tensor([[0, 1, 2, 0], [3, 4, 5, 6]])  # user -> item node (items offset by 3)
+    edge_index = torch.cat([edges, edges.flip(0)], dim=1)
+    model = ReFINePlus(num_users, num_items, embedding_dim=2, num_layers=1, edge_index=edge_index, hidden_dim=3)
+    pos_users, pos_items = torch.tensor([0, 2]), torch.tensor([0, 2])
+    neg_items = torch.tensor([[1, 3], [1, 3]])
+    neg_edges = torch.tensor([[1], [1]])  # user 1 dislikes item 1
+    loss = model.loss(pos_users, pos_items, neg_items, neg_edges).item()
+
+    with torch.no_grad():
+        out = model.propagate_embeddings().double().numpy()
+        x0 = model.gcn.embedding.weight.double().numpy()
+    users, items = out[:num_users], out[num_users:]
+    ranking = np.mean([np.log(1 + sum(np.exp(users[u] @ items[j] - users[u] @ items[i]) for j in neg_items[n].tolist()))
+                       for n, (u, i) in enumerate(zip(pos_users.tolist(), pos_items.tolist()))])
+    ranking += 1e-7 / 2 * (x0 ** 2).sum()
+
+    def run_ae(ae, x):
+        layers = [(m.weight.detach().double().numpy(), m.bias.detach().double().numpy())
+                  for m in ae.modules() if isinstance(m, torch.nn.Linear)]
+        relu = lambda v: np.maximum(v, 0)  # noqa: E731
+        h = relu(x @ layers[0][0].T + layers[0][1])
+        z = relu(h @ layers[1][0].T + layers[1][1])
+        h = relu(z @ layers[2][0].T + layers[2][1])
+        recon = 1 / (1 + np.exp(-(h @ layers[3][0].T + layers[3][1])))
+        reg = sum((w ** 2).sum() + (b ** 2).sum() for w, b in layers)
+        return recon, z, reg
+
+    dislikes = np.zeros((num_users, num_items))
+    dislikes[1, 1] = 1
+    bce = lambda p, y: -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()  # noqa: E731
+    user_recon, user_z, user_reg = run_ae(model.user_ae, dislikes)
+    item_recon, item_z, item_reg = run_ae(model.item_ae, dislikes.T)
+    autoencoder = bce(user_recon, dislikes) + bce(item_recon, dislikes.T) + 1e-5 / 2 * (user_reg + item_reg)
+    alignment = ((users - user_z) ** 2).mean() + ((items - item_z) ** 2).mean()
+    assert loss == pytest.approx(ranking + autoencoder + alignment, rel=1e-5)
+
+
+def test_refine_plus_encodes_negatives_and_builds_unsigned_graph(tmp_path):
+    folder = tmp_path / "T"
+    folder.mkdir()
+    header = "user_id:token,item_id:token,rating:float\n"
+    # Item 9 occurs only as a confirmed negative: ReFINe drops it, ReFINe++ keeps it.
+    (folder / "T_train_augment.csv").write_text(header + "1,5,4\n2,7,5\n1,9,0.5\n2,5,3\n")
+    (folder / "T_validation.csv").write_text(header)
+    (folder / "T_test.csv").write_text(header + "1,7,4\n")
+    with pytest.raises(Exception, match="item id 9"):
+        dataloader.load_splits(tmp_path, "T")
+    data = dataloader.load_splits(tmp_path, "T", encode_negatives=True)
+    assert data.item_ids.tolist() == [5, 7, 9]
+    assert data.graph_edges.tolist() == [[0, 1, 0], [0, 1, 2]]
+    assert data.graph_ratings.tolist() == [4, 5, 0.5]
+    assert data.train_pos.tolist() == [[0, 1], [0, 1]]
+
+
+@pytest.mark.parametrize("model_name", ["refine", "refine_plus", "lightgcn"])
+def test_each_model_trains_with_falling_loss(model_name, tmp_path, monkeypatch, capsys):
+    write_synthetic_dataset(tmp_path / "data", "TOY", num_users=40, num_items=60)
+    monkeypatch.chdir(tmp_path)
+    code = main.main(["--data_dir", str(tmp_path / "data"), "--dataset", "TOY", "--model", model_name,
+                      "--epochs", "10", "--batch_size", "64", "--top_k", "5", "10", "--r", "5", "--t", "4",
+                      "--embedding_dim", "16", "--layers", "2", "--learning_rate", "0.01"])
+    out = capsys.readouterr().out
+    assert code == 0
+    losses = [float(loss) for loss in re.findall(r"Epoch: \d+, Loss: (\d+\.\d+)", out)]
+    assert len(losses) == 10 and losses[-1] < losses[0]
+    assert "Final Test Results" in out
+    header_keys = re.findall(r"^(\w+): ", out.split("data loading")[0], flags=re.M)
+    assert ("r" in header_keys) == (model_name != "refine_plus")  # ReFINe++'s header has no p..t
+    assert f"model: {model_name}" in out
+
+
+def test_shared_negatives_quirk_and_per_positive_fix(monkeypatch):
+    """Published ReFINe++ gives every positive the negatives of the batch's second positive."""
+    seen = []
+
+    def record_loss(self, pos_users, pos_items, neg_items, neg_edges):
+        seen.append((pos_users.clone(), neg_items.clone()))
+        return self.gcn.embedding.weight.sum() * 0
+
+    monkeypatch.setattr(ReFINePlus, "loss", record_loss)
+    data = dataloader.RecData(
+        num_users=3, num_items=20, train_pos=torch.tensor([[0, 1, 2], [0, 1, 2]]),
+        graph_edges=torch.tensor([[0, 1, 2], [0, 1, 2]]), graph_ratings=torch.tensor([5.0, 4.0, 4.0]),
+        train_neg=torch.zeros(2, 0, dtype=torch.long), train_neutral=torch.zeros(2, 0, dtype=torch.long),
+        valid=torch.zeros(2, 0, dtype=torch.long), test=torch.zeros(2, 0, dtype=torch.long),
+        user_ids=np.arange(3), item_ids=np.arange(20))
+    for mode in ("shared", "per_positive"):
+        args = main.build_parser().parse_args(["--model", "refine_plus", "--refine_plus_negatives", mode])
+        model, weights, train_epoch = main.build_model(args, data)
+        optimizer = torch.optim.Adam(model.parameters())
+        torch.manual_seed(0)
+        train_epoch(model, optimizer, data, weights, 1, args)
+    (_, shared), (users, per_positive) = seen
+    assert shared.shape == per_positive.shape == (3, 2)  # 20 // 10 negatives per positive
+    assert all(torch.equal(row, shared[1]) for row in shared)
+    assert not all(torch.equal(row, per_positive[0]) for row in per_positive)
+    # Without replacement, never a graph item of that user.
+    for row, user in zip(per_positive, users.tolist()):
+        assert len(set(row.tolist())) == 2 and user not in row.tolist()  # user u's graph item is item u
