@@ -255,7 +255,7 @@ def set_rng_state(state: dict) -> None:
 
 
 # Flags that must match for --resume to continue the same run.
-RUN_IDENTITY = ("model", "refine_plus_negatives", "random_seed", "dataset", "dataset_augment", "batch_size", "embedding_dim", "layers",
+RUN_IDENTITY = ("model", "refine_plus_negatives", "sampler", "random_seed", "dataset", "dataset_augment", "batch_size", "embedding_dim", "layers",
                 "learning_rate", "evaluation_step", "early_stopping_step", "top_k", "real_neg_samp_prob",
                 "p", "q", "r", "s", "t", "data_dir")
 
