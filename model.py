@@ -118,6 +118,22 @@ class DispreferenceAutoencoder(torch.nn.Module):
         latent = self.encoder(x)
         return self.decoder(latent), latent
 
+    def bce_and_codes(self, x):
+        """(mean BCE of reconstructing x (rows, n), latent codes (rows, latent_dim)), as forward() on every row.
+
+        A batch holds few dislikes, so most rows of x are all zero: they share one code and one
+        reconstruction, computed once here and counted with their multiplicity. Equal to the
+        row-by-row computation up to float summation order (tested), several times less work.
+        """
+        active = x.any(dim=1).nonzero().squeeze(1)
+        rows = torch.cat([x[active], x.new_zeros(1, x.size(1))])  # the active rows, then one all-zero row
+        recon, latent = self(rows)
+        row_bce = F.binary_cross_entropy(recon, rows, reduction="none").sum(dim=1)
+        idle_rows = x.size(0) - active.numel()
+        bce = (row_bce[:-1].sum() + idle_rows * row_bce[-1]) / x.numel()
+        codes = latent[-1].expand(x.size(0), -1).index_copy(0, active, latent[:-1])
+        return bce, codes
+
 
 class ReFINePlus(torch.nn.Module):
     """ReFINe++ (SPEC section 6): LightGCN over positive AND negative edges, a multi-negative
@@ -159,9 +175,9 @@ class ReFINePlus(torch.nn.Module):
 
         dislikes = torch.zeros(self.num_users, self.num_items, device=out.device)
         dislikes[neg_edges[0], neg_edges[1]] = 1.0
-        user_recon, user_latent = self.user_ae(dislikes)
-        item_recon, item_latent = self.item_ae(dislikes.t())
-        autoencoder = (F.binary_cross_entropy(user_recon, dislikes) + F.binary_cross_entropy(item_recon, dislikes.t())
+        user_bce, user_latent = self.user_ae.bce_and_codes(dislikes)
+        item_bce, item_latent = self.item_ae.bce_and_codes(dislikes.t())
+        autoencoder = (user_bce + item_bce
                        + self.AE_REG * sum(p.pow(2).sum() for ae in (self.user_ae, self.item_ae)
                                            for p in ae.parameters()))
         alignment = F.mse_loss(user_out, user_latent) + F.mse_loss(item_out, item_latent)

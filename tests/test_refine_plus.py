@@ -124,3 +124,25 @@ def test_shared_negatives_quirk_and_per_positive_fix(monkeypatch):
     # Without replacement, never a graph item of that user.
     for row, user in zip(per_positive, users.tolist()):
         assert len(set(row.tolist())) == 2 and user not in row.tolist()  # user u's graph item is item u
+
+
+def test_autoencoder_shortcut_equals_every_row():
+    """bce_and_codes computes all-zero rows once; values and gradients equal the full forward."""
+    from model import DispreferenceAutoencoder
+
+    torch.manual_seed(1)
+    ae = DispreferenceAutoencoder(num_inputs=12, hidden_dim=7, latent_dim=3)
+    x = torch.zeros(9, 12)
+    x[2, 5] = x[2, 7] = x[6, 0] = 1.0
+    align_target = torch.randn(9, 3)
+
+    bce, codes = ae.bce_and_codes(x)
+    (bce + ((codes - align_target) ** 2).mean()).backward()
+    shortcut_grads = [p.grad.clone() for p in ae.parameters()]
+    ae.zero_grad()
+
+    recon, latent = ae(x)
+    full_bce = torch.nn.functional.binary_cross_entropy(recon, x)
+    (full_bce + ((latent - align_target) ** 2).mean()).backward()
+    assert torch.allclose(bce, full_bce, atol=1e-6) and torch.allclose(codes, latent, atol=1e-6)
+    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(shortcut_grads, ae.parameters()))
