@@ -181,10 +181,15 @@ def train_refine_plus_epoch(model, optimizer, data, base_weights, epoch, args):
         pos_users, pos_items = users[positive], items[positive]
         if pos_users.numel() == 0:
             continue
-        neg_items = torch.multinomial(base_weights[pos_users], num_negatives, replacement=False)  # (P, J)
         if args.refine_plus_negatives == "shared":
             # Published quirk: the negatives drawn for the batch's second positive serve every positive.
-            neg_items = neg_items[min(1, len(neg_items) - 1)].expand_as(neg_items)
+            # Upstream draws a row per positive and keeps row 1; drawing row 1 alone has the same
+            # distribution at a fraction of the cost (a third of the epoch here).
+            second = pos_users[min(1, len(pos_users) - 1)]
+            neg_items = torch.multinomial(base_weights[second], num_negatives, replacement=False)
+            neg_items = neg_items.expand(len(pos_users), -1)  # (P, J)
+        else:
+            neg_items = torch.multinomial(base_weights[pos_users], num_negatives, replacement=False)  # (P, J)
         optimizer.zero_grad()
         loss = model.loss(pos_users, pos_items, neg_items, torch.stack([users[~positive], items[~positive]]))
         loss.backward()

@@ -117,9 +117,10 @@ def test_shared_negatives_quirk_and_per_positive_fix(monkeypatch):
         optimizer = torch.optim.Adam(model.parameters())
         torch.manual_seed(0)
         train_epoch(model, optimizer, data, weights, 1, args)
-    (_, shared), (users, per_positive) = seen
+    (shared_users, shared), (users, per_positive) = seen
     assert shared.shape == per_positive.shape == (3, 2)  # 20 // 10 negatives per positive
     assert all(torch.equal(row, shared[1]) for row in shared)
+    assert shared_users[1].item() not in shared[1].tolist()  # drawn from the second positive's row of W
     assert not all(torch.equal(row, per_positive[0]) for row in per_positive)
     # Without replacement, never a graph item of that user.
     for row, user in zip(per_positive, users.tolist()):
