@@ -21,7 +21,7 @@ import dataloader
 import metrics
 import sampler
 from model import LightGCN, ReFINePlus, bpr_loss
-from utils import EarlyStopping, InputError, atomic_write, format_metrics, set_seed
+from utils import EarlyStopping, InputError, atomic_write, format_metrics, metrics_by_k, set_seed
 
 RULE = "#" * 77
 
@@ -344,8 +344,7 @@ def run(args) -> int:
                     lines.append(f"EarlyStopping counter: {early_stopping.counter} out of {early_stopping.patience}")
                 print("\n".join(lines), flush=True)
                 history.append({"epoch": epoch, "loss": loss, "log": "\n".join(lines),
-                                "validation": {str(k): dict(zip(("precision", "recall", "ndcg"), values))
-                                               for k, values in zip(args.top_k, results)}})
+                                "validation": metrics_by_k(args.top_k, results)})
                 with atomic_write(metrics_path) as handle:
                     handle.writelines(json.dumps({key: value for key, value in record.items() if key != "log"})
                                       + "\n" for record in history)
@@ -382,8 +381,7 @@ def run(args) -> int:
     print(RULE)
     with atomic_write(result_dir / f"{args.path_name}.test.json") as handle:
         json.dump({"best_epoch": early_stopping.best_epoch, "eval_protocol": args.eval_protocol,
-                   "test": {str(k): dict(zip(("precision", "recall", "ndcg"), values))
-                            for k, values in zip(args.top_k, results)}}, handle, indent=1)
+                   "test": metrics_by_k(args.top_k, results)}, handle, indent=1)
     return 0
 
 

@@ -87,3 +87,8 @@ def format_metrics(ks, results) -> str:
         lines.append(f"Precision@{k}: {precision:{width}.4f}, Recall@{k}: {recall:{width}.4f}, "
                      f"NDCG@{k}: {ndcg:{width}.4f}")
     return "\n".join(lines)
+
+
+def metrics_by_k(ks, results) -> dict:
+    """{"k": {"precision": .., "recall": .., "ndcg": ..}}: the metrics block as JSON for tools."""
+    return {str(k): dict(zip(("precision", "recall", "ndcg"), values)) for k, values in zip(ks, results)}
