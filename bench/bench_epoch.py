@@ -244,7 +244,7 @@ def main(argv=None) -> int:
         memory["cuda_resident_mib"], memory["cuda_epoch_extra_mib"] = gpu_resident, gpu_epoch_extra
         memory["cuda_total_mib"] = {impl: gpu_resident[impl] + gpu_epoch_extra[impl] for impl in opts.impls}
     print(f"peak RSS {memory['peak_rss_mib']:.0f} MiB (whole process)"
-          + (f"; CUDA MiB per impl, resident + epoch peak: "
+          + ("; CUDA MiB per impl, resident + epoch peak: "
              + ", ".join(f"{impl} {gpu_resident[impl]:.0f} + {gpu_epoch_extra[impl]:.0f}" for impl in opts.impls)
              if device.type == "cuda" else "")
           + f"; load average now {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")

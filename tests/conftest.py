@@ -57,3 +57,26 @@ def write_synthetic_dataset(data_dir, name="TOY", num_users=40, num_items=60, se
         lines = "".join(f"{u},{i},{r}\n" for u, i, r in rows[split])
         (folder / filename).write_text(header + lines)
     return folder
+
+
+class LocalHTTPServer:
+    """A threaded HTTP server on 127.0.0.1 (a free port) serving `handler`; use it with `with`.
+
+    Subclasses build their handler class in __init__ and call super().__init__(handler, path).
+    """
+
+    def __init__(self, handler, path="/"):
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()

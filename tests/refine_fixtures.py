@@ -2,12 +2,13 @@
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pandas as pd
 
 import refine_llm as R
+from conftest import LocalHTTPServer
 
 
 def make_dataset(root, n_users=6, n_items=30, per_user=14, seed=0):
@@ -57,7 +58,7 @@ def fake_answer(prompt):
     return body + "\n\n" + R.SEPARATOR + "\n\nBased on the User's Positively Rated Movie List, more"
 
 
-class FakeServer:
+class FakeServer(LocalHTTPServer):
     """ThreadingHTTPServer on 127.0.0.1 with /v1/completions and /tokenize (vLLM-like).
 
     Tokens are whitespace-separated words plus one BOS. `fail_after` makes completions answer
@@ -101,14 +102,4 @@ class FakeServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler, "/v1")

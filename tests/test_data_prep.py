@@ -10,7 +10,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import zipfile
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pandas as pd
 import pytest
 
 import data_prep
+from conftest import LocalHTTPServer
 from data_prep import ITEM, RATING, USER
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,7 +282,7 @@ def test_grouplens_ml1m_conversion(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Downloads over a real local HTTP server
 
-class FixtureServer:
+class FixtureServer(LocalHTTPServer):
     """http.server on 127.0.0.1 serving `files` {url path: bytes}; can fail on purpose."""
 
     def __init__(self):
@@ -324,17 +324,7 @@ class FixtureServer:
                     return
                 self.wfile.write(body[start:])
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler, "/")
 
 
 def split_fixtures(name):

@@ -1,5 +1,4 @@
 """Sampling weights, the epoch-wise similarity refinement and the draws, checked by hand."""
-import pytest
 import torch
 from scipy.stats import chisquare
 
