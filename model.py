@@ -169,7 +169,9 @@ class ReFINePlus(torch.nn.Module):
         out = self.propagate_embeddings()
         user_out, item_out = out[:self.num_users], out[self.num_users:]
         pos_score = (user_out[pos_users] * item_out[pos_items]).sum(-1)                   # (P,)
-        neg_score = (user_out[pos_users].unsqueeze(1) * item_out[neg_items]).sum(-1)      # (P, J)
+        # Score against each distinct negative once, then pick: one matmul instead of a (P, J, dim) gather.
+        distinct_items, slot = torch.unique(neg_items, return_inverse=True)
+        neg_score = (user_out[pos_users] @ item_out[distinct_items].t()).gather(1, slot)  # (P, J)
         ranking = multi_negative_ranking_loss(pos_score, neg_score)
         ranking = ranking + self.EMBEDDING_REG * self.gcn.embedding.weight.pow(2).sum()
 
