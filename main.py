@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="strict also masks validation items when testing (published: not masked)")
     extras.add_argument("--resume", action="store_true",
                         help="continue an interrupted run from result/<dataset>/<path_name>.last.pt")
+    extras.add_argument("--flush_denormal", action="store_true",
+                        help="CPU: flush denormal floats (< 1.2e-38) to zero; ReFINe++ epochs run 3x faster "
+                             "once its weights reach that range (off: computed as published)")
     extras.add_argument("--sampler", choices=["auto", "dense", "sparse"], default="auto",
                         help="negative sampler: dense (published, draw-for-draw), sparse (no users x items "
                              "matrix, same distribution), auto (dense up to 2**28 user-item pairs); "
@@ -101,6 +104,8 @@ def print_config(args) -> None:
     published.append(("path_name", args.path_name))
     extras = [("data_dir", args.data_dir), ("device", args.device), ("eval_protocol", args.eval_protocol),
               ("sampler", args.sampler), ("model", args.model)]
+    if args.flush_denormal:
+        extras.append(("flush_denormal", True))
     if refine_plus:
         extras.append(("refine_plus_negatives", args.refine_plus_negatives))
     print(RULE)
@@ -286,6 +291,7 @@ def main(argv=None) -> int:
 
 def run(args) -> int:
     set_seed(args.random_seed)
+    torch.set_flush_denormal(args.flush_denormal)
     device = resolve_device(args.device, args.gpu_id)
     print_config(args)
 
