@@ -16,10 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from data_prep import missing_split_message, split_path
+from data_prep import ITEM, RATING, USER, missing_split_message, split_path
 from utils import InputError
 
-USER, ITEM, RATING = "user_id:token", "item_id:token", "rating:float"
 SPLITS = ("train", "validation", "test")
 
 

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data_prep import ITEM as ITEM_COL, RATING as RATING_COL, USER as USER_COL
 from utils import InputError, atomic_write
 
-USER_COL, ITEM_COL, RATING_COL = "user_id:token", "item_id:token", "rating:float"
 SEPARATOR = "-" * 45
 ANSWER_HEADER = "LLaMA's cut recommendation for user {user}:"
 DEFAULT_MODEL = "meta-llama/Llama-2-7b-hf"
