@@ -1,5 +1,4 @@
 """LightGCN propagation and the BPR loss against torch_geometric's own implementation."""
-import pytest
 import torch
 import torch_geometric
 
@@ -14,25 +13,15 @@ def random_bipartite(num_users, num_items, num_edges, seed):
     return torch.cat([edges, edges.flip(0)], dim=1)
 
 
-@pytest.mark.parametrize("num_layers,dim", [(1, 4), (3, 8), (4, 16)])
-def test_propagation_equals_pyg_lightgcn(num_layers, dim):
-    edge_index = random_bipartite(12, 15, 60, seed=num_layers)  # duplicates and isolated nodes included
-    num_nodes = 27
+def test_initialisation_uses_the_rng_as_upstream():
+    # Same seed, same parameters: the published run's initial embeddings, draw for draw.
+    # (Propagation against LGConv, forward and gradient: tests/test_perf.py.)
+    edge_index = random_bipartite(12, 15, 60, seed=0)
     torch.manual_seed(0)
-    ours = LightGCN(num_nodes, dim, num_layers, edge_index)
+    ours = LightGCN(27, 8, 3, edge_index)
     torch.manual_seed(0)
-    reference = torch_geometric.nn.LightGCN(num_nodes, dim, num_layers)
-    # Same seed, same parameters: initialisation consumes the RNG as upstream does.
+    reference = torch_geometric.nn.LightGCN(27, 8, 3)
     assert torch.equal(ours.embedding.weight, reference.embedding.weight)
-
-    out = ours.propagate_embeddings()
-    expected = reference.get_embedding(edge_index)
-    assert torch.allclose(out, expected, atol=1e-5)
-    # Gradients through the custom sparse product equal autograd through LGConv.
-    weights = torch.randn_like(out)
-    (out * weights).sum().backward()
-    (expected * weights).sum().backward()
-    assert torch.allclose(ours.embedding.weight.grad, reference.embedding.weight.grad, atol=1e-5)
 
 
 def test_normalized_adjacency_by_hand():
