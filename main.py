@@ -1,6 +1,7 @@
-"""Train and evaluate ReFINe (LightGCN + BPR with LLM-refined negative sampling).
+"""Train and evaluate ReFINe (LightGCN + BPR with LLM-refined negative sampling), or ReFINe++ / LightGCN.
 
     python main.py --dataset ML-100K --r 100 > results4comparison/ReFINe_ML-100K.out
+    python main.py --dataset ML-100K --model refine_plus --flush_denormal
 
 Command-compatible with the published script: same flags, defaults and log lines, so `diff`
 against the published log shows only number differences. The method is ../shared/SPEC.md
@@ -179,8 +180,7 @@ def train_refine_plus_epoch(model, optimizer, data, base_weights, epoch, args):
     device = base_weights.device
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     total_positives = 0
-    for index in sampler.shuffled_batches(data.graph_edges.size(1), args.batch_size):
-        index = index.to(device)
+    for index in sampler.shuffled_batches(data.graph_edges.size(1), args.batch_size, device):
         users, items = data.graph_edges[:, index]
         positive = data.graph_ratings[index] >= 4
         pos_users, pos_items = users[positive], items[positive]
