@@ -670,6 +670,11 @@ def main(argv=None):
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Downloads keep their .part and resume; outputs are only ever renamed into place.
+        print("error: interrupted; nothing half-written is left under a final name; rerun the same "
+              "command to continue", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -960,8 +960,10 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished answers are in the cache; rerun the same command to resume", file=sys.stderr)
-        return 130
+        # Exit code 2 like every other stop on the user's side (main.py does the same).
+        print("error: interrupted; finished answers are in the cache; rerun the same command to resume",
+              file=sys.stderr)
+        return 2
     return 0
 
 
