@@ -10,6 +10,7 @@ sections 3-5; the deviations from the published code are listed in README.md.
 import argparse
 import json
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -236,8 +237,7 @@ def evaluate(model, data, ground_truth, exclude_edges, args):
     emb = model.propagate_embeddings()
     user_emb, item_emb = emb[:data.num_users], emb[data.num_users:]
     topk_index = metrics.masked_topk(user_emb, item_emb, exclude_edges, max(args.top_k), args.test_batch_size)
-    # From the pairs, not a dense users x items matrix: same numbers, O(pairs) memory.
-    return metrics.ranking_metrics_from_edges(topk_index, ground_truth, data.num_items, args.top_k)
+    return metrics.ranking_metrics(topk_index, ground_truth, data.num_items, args.top_k)
 
 
 def save_torch(obj, path: Path) -> None:
@@ -246,8 +246,6 @@ def save_torch(obj, path: Path) -> None:
 
 
 def rng_state() -> dict:
-    import random
-
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -255,8 +253,6 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    import random
-
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])

@@ -30,44 +30,25 @@ def masked_topk(user_emb, item_emb, exclude_edges, k, batch_size=8192):
     return topk_index
 
 
-def ground_truth_matrix(gt_edges, num_users, num_items):
-    """Boolean (num_users, num_items) relevance and per-user ground-truth counts (edges, as published)."""
-    relevant = torch.zeros(num_users, num_items, dtype=torch.bool, device=gt_edges.device)
-    relevant[gt_edges[0], gt_edges[1]] = True
-    gt_count = torch.bincount(gt_edges[0], minlength=num_users)
-    return relevant, gt_count
+def ranking_metrics(topk_index, gt_edges, num_items, ks):
+    """[(precision@k, recall@k, ndcg@k) for k in ks], means over users with ground truth.
 
-
-def ranking_metrics(topk_index, relevant, gt_count, ks):
-    """[(precision@k, recall@k, ndcg@k) for k in ks], means over users with gt_count > 0.
-
-    topk_index (U, >= max(ks)) ranked item indices; relevant (U, I) bool; gt_count (U,) ints.
-    """
-    hits = relevant.gather(1, topk_index)
-    return _metrics_from_hits(hits, gt_count, relevant.sum(dim=1), ks)
-
-
-def ranking_metrics_from_edges(topk_index, gt_edges, num_items, ks):
-    """ranking_metrics of the ground-truth pairs gt_edges (2, E) without the dense (U, I) matrix.
-
-    Memory O(E + U k) instead of O(U I): a top-k entry is a hit when its user * num_items + item
-    key is among the sorted ground-truth keys. Same numbers as the dense route (tested equal).
+    topk_index (U, >= max(ks)) ranked item indices; gt_edges (2, E) ground-truth (user, item)
+    pairs. A top-k entry is a hit when its key user * num_items + item is among the sorted
+    ground-truth keys: O(E + U k) memory, no dense users x items matrix. Recall divides by the
+    user's ground-truth edges (duplicates counted, as published); IDCG uses distinct items.
     """
     num_users = topk_index.size(0)
     keys = torch.unique(gt_edges[0] * num_items + gt_edges[1])  # distinct pairs, sorted
     users = torch.arange(num_users, device=topk_index.device).unsqueeze(1)
     hits = torch.isin(users * num_items + topk_index, keys)
-    distinct = torch.bincount(torch.div(keys, num_items, rounding_mode="floor"), minlength=num_users)
-    return _metrics_from_hits(hits, torch.bincount(gt_edges[0], minlength=num_users), distinct, ks)
-
-
-def _metrics_from_hits(hits, gt_count, distinct_count, ks):
-    """Means of precision, recall, NDCG@k from hits (U, >= max k) bool, edge counts and distinct item counts."""
+    gt_count = torch.bincount(gt_edges[0], minlength=num_users)
+    distinct_count = torch.bincount(torch.div(keys, num_items, rounding_mode="floor"), minlength=num_users)
     has_gt = gt_count > 0
     hits = hits[has_gt].float()  # (users with gt, max k)
     gt = gt_count[has_gt].float()
     discount = 1.0 / torch.log2(torch.arange(2, hits.size(1) + 2, device=hits.device, dtype=torch.float))
-    ideal_len = distinct_count[has_gt]  # distinct relevant items
+    ideal_len = distinct_count[has_gt]
     results = []
     for k in ks:
         hit_count = hits[:, :k].sum(dim=1)

@@ -16,8 +16,7 @@ def test_hand_computed_three_users():
     # @3: user0 P=2/3, R=1, DCG=1 + 1/log2(4) = 1.5, IDCG = 1 + 1/log2(3);  user1 zeros
     topk_index = torch.tensor([[0, 1, 2], [3, 4, 0], [1, 2, 3]])
     gt_edges = torch.tensor([[0, 0, 1], [0, 2, 1]])
-    relevant, gt_count = metrics.ground_truth_matrix(gt_edges, 3, 5)
-    (p1, r1, n1), (p3, r3, n3) = metrics.ranking_metrics(topk_index, relevant, gt_count, [1, 3])
+    (p1, r1, n1), (p3, r3, n3) = metrics.ranking_metrics(topk_index, gt_edges, 5, [1, 3])
     assert p1 == pytest.approx(0.5) and r1 == pytest.approx(0.25) and n1 == pytest.approx(0.5)
     assert p3 == pytest.approx((2 / 3) / 2)
     assert r3 == pytest.approx(0.5)
@@ -60,8 +59,7 @@ def test_vectorised_equals_naive_loop(batch_size):
     ks = [1, 3, 5, 10]
 
     topk_index = metrics.masked_topk(user_emb, item_emb, exclude_edges, max(ks), batch_size=batch_size)
-    relevant, gt_count = metrics.ground_truth_matrix(gt_edges, num_users, num_items)
-    got = metrics.ranking_metrics(topk_index, relevant, gt_count, ks)
+    got = metrics.ranking_metrics(topk_index, gt_edges, num_items, ks)
     expected = naive_metrics(user_emb @ item_emb.t(), exclude, gt, ks)
     for got_k, expected_k in zip(got, expected):
         assert got_k == pytest.approx(expected_k, abs=1e-6)

@@ -150,17 +150,9 @@ def test_one_pass_metrics_equal_published_per_k_evaluation(seed):
     ks = [1, 5, 10, 20]
     expected = published_metrics(user_emb, item_emb, exclude, truth, ks, test_batch_size=batch)
     topk = metrics.masked_topk(user_emb, item_emb, torch.cat(exclude, dim=1), max(ks), batch_size=batch)
-    relevant, count = metrics.ground_truth_matrix(truth, num_users, num_items)
-    got = metrics.ranking_metrics(topk, relevant, count, ks)
+    got = metrics.ranking_metrics(topk, truth, num_items, ks)
     assert torch.allclose(torch.tensor(got, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64),
                           rtol=1e-5, atol=1e-7)
-    assert metrics.ranking_metrics_from_edges(topk, truth, num_items, ks) == got  # no dense matrix, same floats
-
-
-def epoch_blocks(log: str, epochs: int) -> list:
-    """The 'Epoch: NNN, Loss: ...' line and the lines after it, up to the next blank line."""
-    blocks = re.findall(r"^Epoch: \d{3}, Loss: .*?(?=\n\n|\Z)", log, flags=re.M | re.S)
-    return [block.strip() for block in blocks[:epochs]]
 
 
 def test_sparse_sampler_trains_on_synthetic_splits(tmp_path, monkeypatch, capsys):
