@@ -519,13 +519,3 @@ def test_missing_split_message_names_commands(tmp_path):
         (tmp_path / "ML-1M").mkdir(exist_ok=True)
         (tmp_path / "ML-1M" / f"ML-1M_{split}.csv").write_text("x")
     assert data_prep.missing_split_message(tmp_path, "ML-1M") is None
-
-
-def test_ctrl_c_is_one_line_and_exit_2(monkeypatch, capsys):
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(data_prep, "preprocess", interrupted)
-    assert data_prep.main(["preprocess", "ML-100K", "--data_dir", "/nonexistent"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: interrupted")

@@ -149,3 +149,20 @@ def test_ml100k_matches_published_code_on_cpu(shared_dir, tmp_path, monkeypatch,
     for epoch in (1, 2):
         pattern = rf"\nEpoch: {epoch:03d}, Loss: .+\n(?:.+\n){{5}}"
         assert re.search(pattern, out).group(0) == re.search(pattern, on_cpu).group(0)
+
+
+@pytest.mark.parametrize("module_name,stage,argv", [
+    ("refine_llm", "stage_prompts", ["run", "ML-100K"]),
+    ("data_prep", "preprocess", ["preprocess", "ML-100K"]),
+])
+def test_ctrl_c_in_other_commands_is_one_line_and_exit_2(module_name, stage, argv, monkeypatch, capsys):
+    """Like main.py's: an interrupted refine_llm / data_prep command ends with one error line, code 2."""
+    module = __import__(module_name)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, stage, interrupted)
+    assert module.main(argv + ["--data_dir", "/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: interrupted")

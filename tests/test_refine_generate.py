@@ -243,15 +243,3 @@ def test_transformers_backend_stops_at_separator(tiny_model):
     budget = R._SeparatorStop(backend.tokenizer, prompt_width=2, limits=[3, 4])
     assert budget(torch.tensor([[1, 5, 9, 9, 9], [1, 5, 9, 9, 9]]), None).tolist() == [True, False]
     assert budget.finished_at(0, 3) == 3
-
-
-def test_ctrl_c_is_one_line_and_exit_2(monkeypatch, capsys):
-    import refine_llm
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(refine_llm, "stage_prompts", interrupted)
-    assert refine_llm.main(["run", "ML-100K", "--data_dir", "/nonexistent"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: interrupted")
