@@ -75,8 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto (cuda:<gpu_id> when a GPU exists, else cpu), cpu, cuda or cuda:N")
     extras.add_argument("--eval_protocol", choices=["faithful", "strict"], default="faithful",
                         help="strict also masks validation items when testing (published: not masked)")
+    extras.add_argument("--result_dir", type=str, default=None,
+                        help="folder of the outputs (default: result/<dataset>, as published)")
     extras.add_argument("--resume", action="store_true",
-                        help="continue an interrupted run from result/<dataset>/<path_name>.last.pt")
+                        help="continue an interrupted run from RESULT_DIR/<path_name>.last.pt")
     extras.add_argument("--flush_denormal", action="store_true",
                         help="CPU: flush denormal floats (< 1.2e-38) to zero; ReFINe++ epochs run 3x faster "
                              "once its weights reach that range (off: computed as published)")
@@ -106,6 +108,8 @@ def print_config(args) -> None:
     published.append(("path_name", args.path_name))
     extras = [("data_dir", args.data_dir), ("device", args.device), ("eval_protocol", args.eval_protocol),
               ("sampler", args.sampler), ("model", args.model)]
+    if args.result_dir:
+        extras.append(("result_dir", args.result_dir))
     if args.flush_denormal:
         extras.append(("flush_denormal", True))
     if refine_plus:
@@ -232,12 +236,27 @@ def build_model(args, data):
 
 
 @torch.no_grad()
-def evaluate(model, data, ground_truth, exclude_edges, args):
-    """[(precision, recall, ndcg) for k in top_k] of a full ranking against ground_truth (2, E)."""
+def ranked_items(model, data, exclude_edges, args):
+    """(num_users, max(top_k)) each user's top items by score, exclude_edges (2, E) left out."""
     emb = model.propagate_embeddings()
     user_emb, item_emb = emb[:data.num_users], emb[data.num_users:]
-    topk_index = metrics.masked_topk(user_emb, item_emb, exclude_edges, max(args.top_k), args.test_batch_size)
+    return metrics.masked_topk(user_emb, item_emb, exclude_edges, max(args.top_k), args.test_batch_size)
+
+
+def evaluate(model, data, ground_truth, exclude_edges, args):
+    """[(precision, recall, ndcg) for k in top_k] of a full ranking against ground_truth (2, E)."""
+    topk_index = ranked_items(model, data, exclude_edges, args)
     return metrics.ranking_metrics(topk_index, ground_truth, data.num_items, args.top_k)
+
+
+def write_per_user_metrics(path, data, users, per_k, ks):
+    """CSV of each test user's (raw id) precision, recall and NDCG at max(ks): paired tests over users."""
+    k = max(ks)
+    precision, recall, ndcg = (values.tolist() for values in per_k[ks.index(k)])
+    with atomic_write(path) as handle:
+        handle.write(f"user_id,precision@{k},recall@{k},ndcg@{k}\n")
+        for user, *values in zip(data.user_ids[users.cpu().numpy()].tolist(), precision, recall, ndcg):
+            handle.write(f"{user}," + ",".join(map(repr, values)) + "\n")  # repr: every float digit
 
 
 def save_torch(obj, path: Path) -> None:
@@ -310,7 +329,7 @@ def run(args) -> int:
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
     train_interactions = data.train_interactions()
 
-    result_dir = Path("result") / args.dataset
+    result_dir = Path(args.result_dir) if args.result_dir else Path("result") / args.dataset
     checkpoint_path = result_dir / f"{args.path_name}.pt"
     state_path = result_dir / f"{args.path_name}.last.pt"
     metrics_path = result_dir / f"{args.path_name}.metrics.jsonl"
@@ -361,10 +380,14 @@ def run(args) -> int:
     if early_stopping.early_stop:
         print(f"\nEarly stopping at epoch {early_stopping.best_epoch}. Best Validation Results:")
         print(format_metrics(args.top_k, early_stopping.best_metrics))
-    print(f"\nTraining completed in {time.time() - start_time} seconds.")
+    train_seconds = time.time() - start_time
+    print(f"\nTraining completed in {train_seconds} seconds.")
     if not early_stopping.early_stop:
         # Published: save the last model, print this line and stop without a test result.
-        save_torch(model.state_dict(), Path("result") / f"{args.dataset}_not_early_stop.pt")
+        # Published name and place, beside (not inside) result/<dataset>; inside a given --result_dir.
+        not_early_stop = f"{args.dataset}_not_early_stop.pt"
+        save_torch(model.state_dict(), result_dir / not_early_stop if args.result_dir
+                   else Path("result") / not_early_stop)
         print("Early stopping does not trigger.")
         if early_stopping.best_epoch is None:
             return 0
@@ -376,14 +399,18 @@ def run(args) -> int:
     exclude = train_interactions
     if args.eval_protocol == "strict":
         exclude = torch.cat([train_interactions, data.valid], dim=1)
-    results = evaluate(model, data, data.test, exclude, args)
+    users, per_k = metrics.per_user_metrics(ranked_items(model, data, exclude, args), data.test,
+                                            data.num_items, args.top_k)
+    results = metrics.mean_over_users(per_k)
     print("\n" + RULE)
     print("Final Test Results")
     print(format_metrics(args.top_k, results))
     print(RULE)
+    # The per-user file first: a test.json marks a finished run, with everything beside it.
+    write_per_user_metrics(result_dir / f"{args.path_name}.test_users.csv", data, users, per_k, args.top_k)
     with atomic_write(result_dir / f"{args.path_name}.test.json") as handle:
         json.dump({"best_epoch": early_stopping.best_epoch, "eval_protocol": args.eval_protocol,
-                   "test": metrics_by_k(args.top_k, results)}, handle, indent=1)
+                   "train_seconds": train_seconds, "test": metrics_by_k(args.top_k, results)}, handle, indent=1)
     return 0
 
 

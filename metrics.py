@@ -30,8 +30,8 @@ def masked_topk(user_emb, item_emb, exclude_edges, k, batch_size=8192):
     return topk_index
 
 
-def ranking_metrics(topk_index, gt_edges, num_items, ks):
-    """[(precision@k, recall@k, ndcg@k) for k in ks], means over users with ground truth.
+def per_user_metrics(topk_index, gt_edges, num_items, ks):
+    """(users (G,), [(precision (G,), recall (G,), ndcg (G,)) for k in ks]) of the G users with ground truth.
 
     topk_index (U, >= max(ks)) ranked item indices; gt_edges (2, E) ground-truth (user, item)
     pairs. A top-k entry is a hit when its key user * num_items + item is among the sorted
@@ -49,13 +49,21 @@ def ranking_metrics(topk_index, gt_edges, num_items, ks):
     gt = gt_count[has_gt].float()
     discount = 1.0 / torch.log2(torch.arange(2, hits.size(1) + 2, device=hits.device, dtype=torch.float))
     ideal_len = distinct_count[has_gt]
-    results = []
+    per_k = []
     for k in ks:
         hit_count = hits[:, :k].sum(dim=1)
         dcg = (hits[:, :k] * discount[:k]).sum(dim=1)
         ideal_hits = (torch.arange(k, device=hits.device) < ideal_len.unsqueeze(1)).float()
         idcg = (ideal_hits * discount[:k]).sum(dim=1)
-        results.append((float((hit_count / k).mean()),
-                        float((hit_count / gt).mean()),
-                        float((dcg / idcg).mean())))
-    return results
+        per_k.append((hit_count / k, hit_count / gt, dcg / idcg))
+    return has_gt.nonzero().squeeze(1), per_k
+
+
+def mean_over_users(per_k):
+    """[(precision@k, recall@k, ndcg@k) as floats] from per_user_metrics' per-k tensors."""
+    return [tuple(float(values.mean()) for values in metrics_k) for metrics_k in per_k]
+
+
+def ranking_metrics(topk_index, gt_edges, num_items, ks):
+    """[(precision@k, recall@k, ndcg@k) for k in ks], means over the users with ground truth."""
+    return mean_over_users(per_user_metrics(topk_index, gt_edges, num_items, ks)[1])
