@@ -228,7 +228,7 @@ def plan_runs(out: Path, dataset: str, configs, seeds, extra_flags) -> list:
     runs = []
     for name, flags in configs:
         for seed in seeds:
-            folder = (out / name / f"seed{seed}").resolve()
+            folder = out / name / f"seed{seed}"  # as given: the log's "Save:" lines stay short
             runs.append(Run(name, seed, folder, flags, run_status(folder)))
     return runs
 
@@ -335,7 +335,7 @@ def execute_local(runs, devices, jobs, progress) -> None:
         write_run_record(run, command, device, threads)
         progress.started(run)
         try:
-            child = children[run.label] = start_run(command, run_environment(threads), run.folder)
+            child = children[run.label] = start_run(command, run_environment(threads), run.folder, os.getcwd())
             returncode = child.wait()
         finally:
             with lock:
