@@ -66,9 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     extras = parser.add_argument_group("reproduction extras")
     extras.add_argument("--model", choices=["refine", "refine_plus", "lightgcn"], default="refine",
                         help="refine: ReFINe; refine_plus: ReFINe++; lightgcn: uniform negatives over non-positives")
-    extras.add_argument("--refine_plus_negatives", choices=["shared", "per_positive"], default="shared",
-                        help="ReFINe++ only. shared (published): every positive of a batch uses the negatives "
-                             "drawn for the batch's second positive; per_positive: each uses its own")
+    extras.add_argument("--refine_plus_negatives", choices=["shared", "shared_fast", "per_positive"],
+                        default="shared",
+                        help="ReFINe++ only. shared (published, draw for draw): every positive of a batch uses the "
+                             "negatives drawn for the batch's second positive; shared_fast: the same, drawing "
+                             "only that row (same distribution, other random numbers); per_positive: each "
+                             "positive its own draw")
     extras.add_argument("--data_dir", type=str, default=os.environ.get("REFINE_DATA_DIR", "dataset"),
                         help="folder holding <NAME>/<NAME>_*.csv (default: $REFINE_DATA_DIR or ./dataset)")
     extras.add_argument("--device", type=str, default="auto",
@@ -191,15 +194,8 @@ def train_refine_plus_epoch(model, optimizer, data, base_weights, epoch, args):
         pos_users, pos_items = users[positive], items[positive]
         if pos_users.numel() == 0:
             continue
-        if args.refine_plus_negatives == "shared":
-            # Published quirk: the negatives drawn for the batch's second positive serve every positive.
-            # Upstream draws a row per positive and keeps row 1; drawing row 1 alone has the same
-            # distribution at a fraction of the cost (a third of the epoch here).
-            second = pos_users[min(1, len(pos_users) - 1)]
-            neg_items = torch.multinomial(base_weights[second], num_negatives, replacement=False)
-            neg_items = neg_items.expand(len(pos_users), -1)  # (P, J)
-        else:
-            neg_items = torch.multinomial(base_weights[pos_users], num_negatives, replacement=False)  # (P, J)
+        neg_items = sampler.refine_plus_negatives(base_weights, pos_users, num_negatives,
+                                                  args.refine_plus_negatives)  # (P, J)
         optimizer.zero_grad()
         loss = model.loss(pos_users, pos_items, neg_items, torch.stack([users[~positive], items[~positive]]))
         loss.backward()

@@ -97,21 +97,25 @@ def bpr_loss(pos_score, neg_score, embedding_weight, node_id, lambda_reg: float 
 
 
 class DispreferenceAutoencoder(torch.nn.Module):
-    """ReFINe++'s autoencoder of confirmed negatives: n -> hidden -> latent -> hidden -> n.
+    """ReFINe++'s autoencoder of confirmed negatives, as published (SPEC 6):
 
-    ReLU between the linear layers, sigmoid output, Xavier-uniform weights. The latent code
-    (after its ReLU) is what the LightGCN representations are aligned with.
+        encoder: Linear(n, hidden), ReLU, Linear(hidden, latent)      -- the latent code has no activation
+        decoder: Linear(latent, hidden), ReLU, Linear(hidden, n), Sigmoid
+
+    The latent code is what the LightGCN representations are aligned with. Its Linear layers keep
+    PyTorch's default initialisation here; ReFINePlus re-initialises them in the published order.
     """
 
     def __init__(self, num_inputs: int, hidden_dim: int = 600, latent_dim: int = 64):
         super().__init__()
         self.encoder = torch.nn.Sequential(torch.nn.Linear(num_inputs, hidden_dim), torch.nn.ReLU(),
-                                           torch.nn.Linear(hidden_dim, latent_dim), torch.nn.ReLU())
+                                           torch.nn.Linear(hidden_dim, latent_dim))
         self.decoder = torch.nn.Sequential(torch.nn.Linear(latent_dim, hidden_dim), torch.nn.ReLU(),
                                            torch.nn.Linear(hidden_dim, num_inputs), torch.nn.Sigmoid())
-        for module in self.modules():
-            if isinstance(module, torch.nn.Linear):
-                torch.nn.init.xavier_uniform_(module.weight)
+
+    def linears(self):
+        """The Linear layers in creation order: encoder's, then decoder's."""
+        return [module for module in self.modules() if isinstance(module, torch.nn.Linear)]
 
     def forward(self, x):
         """(reconstruction (rows, n), latent (rows, latent_dim)) of a binary matrix x (rows, n)."""
@@ -153,9 +157,26 @@ class ReFINePlus(torch.nn.Module):
     def __init__(self, num_users, num_items, embedding_dim, num_layers, edge_index, hidden_dim=600):
         super().__init__()
         self.num_users, self.num_items = num_users, num_items
-        self.gcn = LightGCN(num_users + num_items, embedding_dim, num_layers, edge_index)
-        self.user_ae = DispreferenceAutoencoder(num_items, hidden_dim, embedding_dim)
-        self.item_ae = DispreferenceAutoencoder(num_users, hidden_dim, embedding_dim)
+        # Construction draws random numbers in another order than the published model;
+        # reset_parameters() below makes the published draws, from the generator state as it was here.
+        with torch.random.fork_rng(devices=[]):
+            self.gcn = LightGCN(num_users + num_items, embedding_dim, num_layers, edge_index)
+            self.user_ae = DispreferenceAutoencoder(num_items, hidden_dim, embedding_dim)
+            self.item_ae = DispreferenceAutoencoder(num_users, hidden_dim, embedding_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Initialise as the published model does, in its order of random draws (SPEC 6):
+        the embedding's N(0, 1) init, then each Linear's default init (weight, then bias) in the order
+        user encoder, user decoder, item encoder, item decoder; then Xavier-uniform on the embedding,
+        then on each Linear's weight in the same order. Biases keep their default init."""
+        linears = self.user_ae.linears() + self.item_ae.linears()
+        torch.nn.init.normal_(self.gcn.embedding.weight)  # nn.Embedding's own init
+        for linear in linears:
+            linear.reset_parameters()
+        torch.nn.init.xavier_uniform_(self.gcn.embedding.weight)
+        for linear in linears:
+            torch.nn.init.xavier_uniform_(linear.weight)
 
     def propagate_embeddings(self) -> torch.Tensor:
         return self.gcn.propagate_embeddings()

@@ -75,6 +75,28 @@ def draw_negatives(weights: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
     return torch.multinomial(weights[users], num_samples=1).squeeze(1)
 
 
+def refine_plus_negatives(weights, pos_users, num_negatives, mode="shared"):
+    """(P, J) ReFINe++ negatives for the batch's positive users pos_users (P,): J = num_negatives items
+    per positive, drawn without replacement with probability proportional to weights[u, :].
+
+    - shared (published, draw for draw): one torch.multinomial over the rows of ALL positives, of
+      which the second row serves every positive (the published quirk; a one-positive batch uses its own);
+    - shared_fast: the same quirk, drawing only that row: the same distribution, P times fewer random
+      numbers, other values;
+    - per_positive: every positive its own row.
+    """
+    if mode == "per_positive":
+        return torch.multinomial(weights[pos_users], num_negatives, replacement=False)
+    second = min(1, len(pos_users) - 1)
+    if mode == "shared":
+        row = torch.multinomial(weights[pos_users], num_negatives, replacement=False)[second]
+    elif mode == "shared_fast":
+        row = torch.multinomial(weights[pos_users[second]], num_negatives, replacement=False)
+    else:
+        raise ValueError(f"unknown ReFINe++ negative mode {mode!r}")
+    return row.expand(len(pos_users), -1)
+
+
 def shuffled_batches(num_examples: int, batch_size: int, device=None):
     """Index batches of a fresh permutation, drawn exactly as DataLoader(range(n), shuffle=True) draws it.
 

@@ -8,6 +8,7 @@ import torch
 
 import dataloader
 import main
+import sampler
 from conftest import write_synthetic_dataset
 from model import ReFINePlus, multi_negative_ranking_loss
 
@@ -46,7 +47,7 @@ def test_total_loss_equals_term_by_term_numpy():
                   for m in ae.modules() if isinstance(m, torch.nn.Linear)]
         relu = lambda v: np.maximum(v, 0)  # noqa: E731
         h = relu(x @ layers[0][0].T + layers[0][1])
-        z = relu(h @ layers[1][0].T + layers[1][1])
+        z = h @ layers[1][0].T + layers[1][1]  # the latent code has no activation (published)
         h = relu(z @ layers[2][0].T + layers[2][1])
         recon = 1 / (1 + np.exp(-(h @ layers[3][0].T + layers[3][1])))
         reg = sum((w ** 2).sum() + (b ** 2).sum() for w, b in layers)
@@ -111,20 +112,101 @@ def test_shared_negatives_quirk_and_per_positive_fix(monkeypatch):
         train_neg=torch.zeros(2, 0, dtype=torch.long), train_neutral=torch.zeros(2, 0, dtype=torch.long),
         valid=torch.zeros(2, 0, dtype=torch.long), test=torch.zeros(2, 0, dtype=torch.long),
         user_ids=np.arange(3), item_ids=np.arange(20))
-    for mode in ("shared", "per_positive"):
+    for mode in ("shared", "shared_fast", "per_positive"):
         args = main.build_parser().parse_args(["--model", "refine_plus", "--refine_plus_negatives", mode])
         model, weights, train_epoch = main.build_model(args, data)
         optimizer = torch.optim.Adam(model.parameters())
         torch.manual_seed(0)
         train_epoch(model, optimizer, data, weights, 1, args)
-    (shared_users, shared), (users, per_positive) = seen
-    assert shared.shape == per_positive.shape == (3, 2)  # 20 // 10 negatives per positive
-    assert all(torch.equal(row, shared[1]) for row in shared)
-    assert shared_users[1].item() not in shared[1].tolist()  # drawn from the second positive's row of W
+    (shared_users, shared), (fast_users, fast), (users, per_positive) = seen
+    assert shared.shape == fast.shape == per_positive.shape == (3, 2)  # 20 // 10 negatives per positive
+    for users_seen, draw in ((shared_users, shared), (fast_users, fast)):
+        assert all(torch.equal(row, draw[1]) for row in draw)
+        assert users_seen[1].item() not in draw[1].tolist()  # drawn from the second positive's row of W
     assert not all(torch.equal(row, per_positive[0]) for row in per_positive)
     # Without replacement, never a graph item of that user.
     for row, user in zip(per_positive, users.tolist()):
         assert len(set(row.tolist())) == 2 and user not in row.tolist()  # user u's graph item is item u
+
+
+def test_shared_draw_consumes_the_published_random_stream():
+    """shared = one multinomial over all positives' rows, row 1 kept: the published call, draw for draw."""
+    weights = torch.rand(6, 30)
+    pos_users = torch.tensor([4, 0, 2, 2, 5])
+    torch.manual_seed(3)
+    published = torch.multinomial(weights[pos_users], 3, replacement=False)[1]
+    after_published = torch.rand(1)
+    torch.manual_seed(3)
+    ours = sampler.refine_plus_negatives(weights, pos_users, 3, "shared")
+    assert torch.equal(ours, published.expand(5, -1)) and torch.equal(torch.rand(1), after_published)
+
+
+def exact_pair_probabilities(w):
+    """P({a, b}) of two draws without replacement, each proportional to the remaining weights."""
+    total = w.sum()
+    return {(a, b): w[a] / total * w[b] / (total - w[a]) + w[b] / total * w[a] / (total - w[b])
+            for a in range(len(w)) for b in range(a + 1, len(w))}
+
+
+@pytest.mark.parametrize("mode", ["shared", "shared_fast"])
+def test_shared_draws_have_the_published_distribution(mode):
+    """Chi-square goodness of fit of the drawn negative pairs against the exact probabilities of
+    drawing 2 of 6 items without replacement from W[u] = (0, 1, 1.5, 1, 0.5, 1.5); and the
+    alternative (a uniform draw over the non-zero items) is rejected, so the test has power."""
+    from scipy import stats
+
+    weights = torch.tensor([[1.0, 1, 1, 1, 1, 1], [0, 1, 1.5, 1, 0.5, 1.5]])
+    pos_users = torch.tensor([0, 1, 0])  # the second positive is user 1
+    torch.manual_seed(7)
+    draws = [tuple(sorted(sampler.refine_plus_negatives(weights, pos_users, 2, mode)[0].tolist()))
+             for _ in range(6000)]
+    exact = exact_pair_probabilities(weights[1].double().numpy())
+    pairs = [pair for pair, prob in exact.items() if prob > 0]
+    assert set(draws) <= set(pairs)  # item 0 (weight 0) is never drawn
+    observed = [draws.count(pair) for pair in pairs]
+    assert stats.chisquare(observed, [exact[pair] * len(draws) for pair in pairs]).pvalue > 1e-3
+    uniform = exact_pair_probabilities(np.array([0, 1, 1, 1, 1, 1.0]))
+    assert stats.chisquare(observed, [uniform[pair] * len(draws) for pair in pairs]).pvalue < 1e-6
+
+
+def test_initialisation_follows_the_published_order():
+    """Parameters equal those of the published creation and initialisation order, built here from
+    plain torch modules, and the generator ends in the same state (SPEC 6)."""
+    num_users, num_items, dim, hidden = 5, 7, 4, 6
+    torch.manual_seed(11)
+    embedding = torch.nn.Embedding(num_users + num_items, dim)
+    linears = [torch.nn.Linear(a, b) for a, b in ((num_items, hidden), (hidden, dim), (dim, hidden), (hidden, num_items),
+                                                  (num_users, hidden), (hidden, dim), (dim, hidden), (hidden, num_users))]
+    torch.nn.init.xavier_uniform_(embedding.weight)
+    for linear in linears:
+        torch.nn.init.xavier_uniform_(linear.weight)
+    next_draw = torch.rand(3)
+
+    torch.manual_seed(11)
+    edges = torch.tensor([[0, 1], [num_users, num_users + 1]])
+    model = ReFINePlus(num_users, num_items, dim, 1, torch.cat([edges, edges.flip(0)], 1), hidden_dim=hidden)
+    assert torch.equal(torch.rand(3), next_draw)
+    assert torch.equal(model.gcn.embedding.weight, embedding.weight)
+    ours = model.user_ae.linears() + model.item_ae.linears()
+    for mine, published in zip(ours, linears):
+        assert torch.equal(mine.weight, published.weight) and torch.equal(mine.bias, published.bias)
+    # The encoder ends with its Linear: the latent code has no activation.
+    assert isinstance(model.user_ae.encoder[-1], torch.nn.Linear)
+
+
+def test_ml100k_matches_published_refine_plus_code_on_cpu(shared_dir, tmp_path, monkeypatch, capsys):
+    """Two epochs of the default ReFINe++ run on the published splits: the statistics lines and every
+    epoch block equal the published ReFINe++ code's own CPU log (same random stream, draw for draw)."""
+    monkeypatch.chdir(tmp_path)
+    code = main.main(["--data_dir", str(shared_dir / "datasets"), "--model", "refine_plus", "--epochs", "2"])
+    out = capsys.readouterr().out
+    assert code == 0
+    on_cpu = (shared_dir / "reference-logs/ReFINe_plus_ML-100K.published-code-on-cpu.out").read_text()
+    stats = "user: 938,  item: 1008\ntrain interations: 65841\nvalid interations: 5018\ntest interations: 10514\n"
+    assert stats in on_cpu and stats in out
+    for epoch in (1, 2):
+        pattern = rf"\nEpoch: {epoch:03d}, Loss: .+\n(?:.+\n){{4}}"
+        assert re.search(pattern, out).group(0) == re.search(pattern, on_cpu).group(0)
 
 
 def test_autoencoder_shortcut_equals_every_row():
