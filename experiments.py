@@ -309,11 +309,11 @@ class Progress:
                 test = json.loads((run.folder / "run.test.json").read_text())
                 recall = test["test"].get(self.k, {}).get("recall", math.nan)
                 self.bar.write(f"done: {run.label} (best epoch {test['best_epoch']}, "
-                               f"test Recall@{self.k} {recall:.4f})")
+                               f"test Recall@{self.k} {recall:.4f})", file=sys.stderr)
                 self.bar.update(1)
             else:
                 self.failed.append(run)
-                self.bar.write(f"failed: {run.label} (exit code {returncode}): {last_line(run)}")
+                self.bar.write(f"failed: {run.label} (exit code {returncode}): {last_line(run)}", file=sys.stderr)
             self._postfix()
 
     def close(self):
@@ -726,6 +726,10 @@ def report(out: Path, baseline=None, k=20) -> dict:
     return summary
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # a SIGTERM stops the sweep as Ctrl-C does: runs save their state
+
+
 def main(argv=None) -> int:
     options = parse_args(argv)
     try:
@@ -742,4 +746,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminate)
     sys.exit(main())
