@@ -245,15 +245,16 @@ def last_line(run: Run) -> str:
 
 
 def start_run(command, env, folder, cwd=None) -> subprocess.Popen:
-    """Start one main.py command; stdout -> run.out, stderr -> run.err.
+    """Start one main.py command; it writes its own log (run.out), its stderr goes to run.err.
 
     The child runs in its own session so that a terminal's Ctrl-C reaches it only through the
     driver: one SIGINT, which main.py turns into a saved state and a clean exit.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "run.out", "w") as out, open(folder / "run.err", "a") as err:
-        return subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err, start_new_session=True)
+    with open(folder / "run.err", "a") as err:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True)
 
 
 def run_environment(threads: int) -> dict:

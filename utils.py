@@ -1,8 +1,9 @@
-"""Shared helpers: user-facing errors and atomic file writes.
+"""Shared helpers: user-facing errors, atomic file writes, the run's log file, early stopping.
 
     python -c "import utils"   # imported by main.py, dataloader.py, refine_llm.py
 """
 import contextlib
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -37,6 +38,32 @@ def atomic_write(path, mode="w", **open_kwargs):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+class RunLog(io.TextIOBase):
+    """A text stream that writes through to `stream` (stdout) and keeps all of it for `path`.
+
+    main.py prints through it (contextlib.redirect_stdout), so the log file holds exactly what
+    stdout showed; `save()` rewrites the file with everything so far, atomically.
+    """
+
+    def __init__(self, stream, path):
+        self.stream, self.path, self.parts = stream, Path(path), []
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        self.parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def getvalue(self) -> str:
+        return "".join(self.parts)
+
+    def save(self) -> None:
+        with atomic_write(self.path) as handle:
+            handle.write(self.getvalue())
 
 
 def set_seed(seed: int) -> None:

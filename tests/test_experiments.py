@@ -235,7 +235,7 @@ def test_failing_config_is_reported_and_the_others_finish(toy_data, tmp_path):
     command = sweep_command(toy_data, out, "--config", "broken=--learning_rate fast", configs=("refine",))
     result = run_sweep(command, tmp_path)
     assert result.returncode == 1
-    assert "failed: broken seed 2024 (exit code 2): main.py: error: argument --learning_rate: invalid float value: 'fast'" \
+    assert "failed: broken seed 2024 (exit code 2): error: argument --learning_rate: invalid float value: 'fast'" \
         in result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert [(entry["name"], entry["seeds"]) for entry in summary["configs"]] == [("refine", 2), ("broken", 0)]

@@ -94,8 +94,10 @@ def test_two_runs_with_one_seed_are_identical(toy, capsys):
     assert first != run_main(toy + ["--epochs", "6", "--random_seed", "1"], capsys)[1]
 
 
-def test_interrupted_run_resumes_to_the_same_log(toy, capsys, monkeypatch):
+def test_interrupted_run_resumes_to_the_same_log(toy, tmp_path, capsys, monkeypatch):
+    """Ctrl-C in epoch 5, then --resume: stdout and the log file equal an uninterrupted run's."""
     uninterrupted = run_main(toy + ["--epochs", "7"], capsys)[1]
+    assert (tmp_path / "result/TOY/nothing.out").read_text() == uninterrupted
 
     evaluate, calls = main.evaluate, []
 
@@ -112,13 +114,15 @@ def test_interrupted_run_resumes_to_the_same_log(toy, capsys, monkeypatch):
     code, resumed, err = run_main(toy + ["--epochs", "7", "--path_name", "resumed", "--resume"], capsys)
     assert code == 0 and "resumed after epoch 4" in err
     expected = uninterrupted.replace("nothing", "resumed")
-    assert without_timing(resumed).replace("resume: True", "resume: False") == without_timing(expected)
+    assert without_timing(resumed) == without_timing(expected)
+    log_file = (tmp_path / "result/TOY/resumed.out").read_text()
+    assert log_file == resumed and without_timing(log_file) == without_timing(expected)
 
 
 @pytest.mark.parametrize("extra,message", [
     (["--top_k", "5", "500"], "--top_k 500 is larger than the item count"),
     (["--r", "1000"], "--r 1000 must be between 1 and the item count"),
-    (["--s", "0"], "--s 0 must be between 1"),
+    (["--s", "60"], "--s 60 must be between 1"),
     (["--device", "tpu"], "--device tpu"),
     (["--device", "cuda:7"], "--device cuda:7"),
     (["--dataset", "NOPE"], "NOPE_train_augment.csv"),

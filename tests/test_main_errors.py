@@ -1,0 +1,276 @@
+"""Bad input, bad files and Ctrl-C in main.py: one `error:` line, exit code 2, nothing half-written.
+
+    OMP_NUM_THREADS=1 /work/venv/bin/python -m pytest -q tests/test_main_errors.py
+
+One test per cause of issue 10 that concerns main.py, each on the real entry point (main.main, or
+`python main.py` where the flags alone decide) and a small synthetic dataset.
+"""
+import json
+import contextlib
+import io
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import main
+from conftest import ROOT, write_synthetic_dataset
+from test_main import SMALL, run_main, without_timing
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    write_synthetic_dataset(tmp_path / "data", "TOY")
+    monkeypatch.chdir(tmp_path)
+    return ["--data_dir", str(tmp_path / "data")] + SMALL
+
+
+def snapshot(folder: Path) -> dict:
+    """{relative path: bytes} of every file under folder: equal snapshots = nothing written or replaced."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def assert_one_error_line(err: str, *culprits: str) -> None:
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert "Traceback" not in err
+    for culprit in culprits:
+        assert culprit in err, (culprit, err)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 2-epoch run in its own folder: data/TOY, result/TOY/run.* (a valid .last.pt included)."""
+    folder = tmp_path_factory.mktemp("finished")
+    write_synthetic_dataset(folder / "data", "TOY")
+    argv = ["--data_dir", str(folder / "data")] + SMALL + ["--epochs", "2", "--path_name", "run"]
+    with contextlib.chdir(folder), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        assert main.main(argv) == 0
+    return folder, argv
+
+
+@pytest.fixture
+def copy_of_finished_run(finished_run, tmp_path, monkeypatch):
+    folder, argv = finished_run
+    shutil.copytree(folder, tmp_path, dirs_exist_ok=True)
+    monkeypatch.chdir(tmp_path)
+    data_dir_at = argv.index("--data_dir") + 1
+    return argv[:data_dir_at] + [str(tmp_path / "data")] + argv[data_dir_at + 1:]
+
+
+# --- Cause 1: a train user with no possible negative -------------------------------------------------
+
+@pytest.mark.parametrize("model_name,positive_items", [("refine", 60), ("lightgcn", 60), ("refine_plus", 55)])
+def test_user_without_enough_negatives_is_named(toy, tmp_path, capsys, model_name, positive_items):
+    """ReFINe and LightGCN need 1 item outside a user's positives; ReFINe++ needs item count // 10 = 6."""
+    train = tmp_path / "data/TOY/TOY_train_augment.csv"
+    with train.open("a") as handle:
+        handle.writelines(f"777,{item},5\n" for item in range(1, positive_items + 1))
+    code, out, err = run_main(toy + ["--epochs", "1", "--model", model_name], capsys)
+    assert code == 2
+    assert_one_error_line(err, str(train), "user 777")
+    assert "Epoch:" not in out and not (tmp_path / "result/TOY/nothing.last.pt").exists()
+
+
+def test_a_user_with_one_free_item_trains(toy, tmp_path, capsys):
+    """The bound is exact: 59 of 60 items positive leaves one negative to draw (ReFINe)."""
+    with (tmp_path / "data/TOY/TOY_train_augment.csv").open("a") as handle:
+        handle.writelines(f"777,{item},5\n" for item in range(1, 60))
+    assert run_main(toy + ["--epochs", "1"], capsys)[0] == 0
+
+
+# --- Cause 2: flag values, checked before torch is imported -------------------------------------------
+
+@pytest.mark.parametrize("flag,value", [
+    ("--learning_rate", "-0.01"), ("--learning_rate", "nan"), ("--learning_rate", "0"),
+    ("--real_neg_samp_prob", "-1"), ("--real_neg_samp_prob", "inf"), ("--p", "-1"), ("--p", "nan"),
+    ("--q", "inf"), ("--q", "0"), ("--t", "0"), ("--top_k", "0"), ("--epochs", "-1"), ("--batch_size", "0"),
+    ("--r", "-5"), ("--early_stopping_step", "-1"), ("--random_seed", "-1"), ("--threads", "0"),
+    ("--epochs", "abc"),
+])
+def test_bad_flag_value_is_one_line_before_any_work(tmp_path, flag, value):
+    process = subprocess.run([sys.executable, str(ROOT / "main.py"), flag, value, "--data_dir", str(tmp_path)],
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert process.returncode == 2 and process.stdout == ""
+    assert_one_error_line(process.stderr, flag)
+    assert not (tmp_path / "result").exists()
+
+
+def test_published_defaults_and_a_late_t_pass_the_flag_checks():
+    main.check_flags(main.build_parser().parse_args([]))
+    main.check_flags(main.build_parser().parse_args(["--t", "5000", "--epochs", "10"]))  # t > epochs: no refinement
+
+
+# --- Cause 3: a corrupt, truncated or wrong-kind .last.pt ---------------------------------------------
+
+def truncated(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def random_bytes(path):
+    path.write_bytes(bytes(range(256)) * 40)
+
+
+def best_checkpoint_copy(path):
+    shutil.copy(path.with_name("run.pt"), path)
+
+
+def other_dict(path):
+    torch.save({"epoch": 3, "note": "not a state"}, path)
+
+
+def empty(path):
+    path.write_bytes(b"")
+
+
+@pytest.mark.parametrize("damage,words", [
+    (truncated, "cannot be read"), (random_bytes, "cannot be read"), (empty, "cannot be read"),
+    (best_checkpoint_copy, "a model checkpoint"), (other_dict, "not a training state"),
+])
+def test_resume_from_a_bad_state_file(copy_of_finished_run, tmp_path, capsys, damage, words):
+    state_path = tmp_path / "result/TOY/run.last.pt"
+    damage(state_path)
+    before = snapshot(tmp_path / "result")
+    code, out, err = run_main(copy_of_finished_run + ["--epochs", "4", "--resume"], capsys)
+    assert code == 2 and out == ""
+    assert_one_error_line(err, f"--resume: {Path('result/TOY/run.last.pt')}", words, "rerun without --resume")
+    assert snapshot(tmp_path / "result") == before
+
+
+# --- Cause 4: output paths taken by a file or a folder ------------------------------------------------
+
+@pytest.mark.parametrize("taken,as_folder", [
+    ("result", False), ("result/TOY", False), ("result/TOY/nothing.last.pt", True), ("result/TOY/nothing.pt", True),
+    ("result/TOY/nothing.out", True), ("result/TOY/nothing.metrics.jsonl", True),
+    ("result/TOY/nothing.test.json", True), ("result/TOY_not_early_stop.pt", True),
+])
+def test_unwritable_output_path_stops_before_epoch_1(toy, tmp_path, capsys, taken, as_folder):
+    path = tmp_path / taken
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir() if as_folder else path.write_text("in the way\n")
+    before = snapshot(tmp_path)
+    code, out, err = run_main(toy + ["--epochs", "1"], capsys)
+    assert code == 2 and "Epoch:" not in out and out == ""
+    assert_one_error_line(err, taken)
+    assert snapshot(tmp_path) == before
+
+
+# --- Cause 5: --resume after the data changed ---------------------------------------------------------
+
+@pytest.mark.parametrize("changed_file,change", [
+    ("TOY_train_augment.csv", lambda text: text + "1,59,2\n"),  # one train row added (a neutral: same shapes)
+    ("TOY_validation.csv", lambda text: text.rsplit("\n", 2)[0] + "\n"),  # last validation row removed
+])
+def test_resume_after_the_data_changed(copy_of_finished_run, tmp_path, capsys, changed_file, change):
+    path = tmp_path / "data/TOY" / changed_file
+    path.write_text(change(path.read_text()))
+    before = snapshot(tmp_path / "result")
+    code, out, err = run_main(copy_of_finished_run + ["--epochs", "4", "--resume"], capsys)
+    assert code == 2 and out == ""
+    assert_one_error_line(err, changed_file, "changed since", "run.last.pt")
+    assert snapshot(tmp_path / "result") == before
+
+
+def test_resume_of_unchanged_data_continues(copy_of_finished_run, capsys):
+    code, out, err = run_main(copy_of_finished_run + ["--epochs", "3", "--resume"], capsys)
+    assert code == 0 and "resumed after epoch 2" in err and "\nEpoch: 003" in out
+
+
+# --- Causes 6 and 7: Ctrl-C before any state, during loading, during the final test -------------------
+
+def interrupt_on_call(monkeypatch, module, name, call_number):
+    """Replace module.name by a wrapper that raises KeyboardInterrupt on its call_number-th call."""
+    original, calls = getattr(module, name), []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call_number:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+    return original
+
+
+def test_ctrl_c_in_epoch_1_says_nothing_can_be_resumed(toy, tmp_path, capsys, monkeypatch):
+    interrupt_on_call(monkeypatch, main, "evaluate", 1)
+    code, _, err = run_main(toy + ["--epochs", "3"], capsys)
+    assert code == 2
+    assert_one_error_line(err, "interrupted during epoch 1", "nothing can be resumed")
+    assert "--resume" not in err and not (tmp_path / "result/TOY/nothing.last.pt").exists()
+
+
+def test_ctrl_c_in_epoch_3_names_the_epoch_it_continues_after(toy, tmp_path, capsys, monkeypatch):
+    interrupt_on_call(monkeypatch, main, "evaluate", 3)
+    code, out, err = run_main(toy + ["--epochs", "4"], capsys)
+    assert code == 2
+    assert_one_error_line(err, "interrupted during epoch 3", "--resume to continue after epoch 2")
+    assert torch.load(tmp_path / "result/TOY/nothing.last.pt", weights_only=True)["epoch"] == 2
+    # The log file holds what stdout showed up to the last finished epoch.
+    assert (tmp_path / "result/TOY/nothing.out").read_text() == out
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_ctrl_c_during_data_loading(copy_of_finished_run, tmp_path, capsys, monkeypatch, resume):
+    interrupt_on_call(monkeypatch, main.dataloader, "load_splits", 1)
+    before = snapshot(tmp_path / "result")
+    code, _, err = run_main(copy_of_finished_run + ["--epochs", "3"] + ["--resume"] * resume, capsys)
+    assert code == 2
+    if resume:
+        assert_one_error_line(err, "interrupted before training", "run.last.pt is unchanged", "resume from it")
+    else:
+        assert_one_error_line(err, "interrupted while loading the data", "nothing can be resumed")
+    assert snapshot(tmp_path / "result") == before
+
+
+def test_ctrl_c_during_the_final_test_then_resume_tests_without_training(toy, tmp_path, capsys, monkeypatch):
+    uninterrupted = run_main(toy + ["--epochs", "3"], capsys)[1]
+    ranked_items = interrupt_on_call(monkeypatch, main, "ranked_items", 4)  # 3 validations, then the test
+    code, _, err = run_main(toy + ["--epochs", "3", "--path_name", "cut"], capsys)
+    assert code == 2
+    assert_one_error_line(err, "interrupted during the final test", "result/TOY/cut.pt", "--resume to test it")
+    assert not (tmp_path / "result/TOY/cut.test.json").exists()
+    monkeypatch.setattr(main, "ranked_items", ranked_items)
+    code, resumed, err = run_main(toy + ["--epochs", "3", "--path_name", "cut", "--resume"], capsys)
+    assert code == 0 and "resumed after epoch 3" in err
+    assert without_timing(resumed) == without_timing(uninterrupted.replace("nothing", "cut"))
+    assert (tmp_path / "result/TOY/cut.out").read_text() == resumed
+    tested, reference = (json.loads((tmp_path / f"result/TOY/{name}.test.json").read_text()) for name in ("cut", "nothing"))
+    assert tested.pop("train_seconds") > 0 and reference.pop("train_seconds") > 0
+    assert tested == reference
+
+
+def test_ctrl_c_while_importing_is_one_line(tmp_path):
+    """The handler main.py installs before its slow imports (run as a script)."""
+    code = ("import os, signal, sys, time; sys.argv = ['main.py']; import cli; cli.parse_before_imports(); "
+            "os.kill(os.getpid(), signal.SIGINT); time.sleep(5)")
+    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert process.returncode == 2
+    assert_one_error_line(process.stderr, "interrupted while starting", "nothing can be resumed")
+
+
+# --- Metrics files stay valid JSON ---------------------------------------------------------------------
+
+def test_a_diverged_loss_is_an_error_not_nan_in_json(toy, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(main, "train_refine_epoch", lambda *args: float("nan"))
+    code, out, err = run_main(toy + ["--epochs", "2"], capsys)
+    assert code == 2 and "Epoch:" not in out
+    assert_one_error_line(err, "epoch 1", "loss is nan", "--learning_rate")
+    assert not (tmp_path / "result/TOY/nothing.metrics.jsonl").exists()
+
+
+def test_to_json_refuses_nan():
+    with pytest.raises(main.InputError, match="the test metrics: a value is NaN"):
+        main.to_json({"recall": float("nan")}, "the test metrics")
+
+
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_a_split_without_positives_stops_before_training(toy, tmp_path, capsys, split):
+    path = tmp_path / f"data/TOY/TOY_{split}.csv"
+    path.write_text(path.read_text().splitlines()[0] + "\n")  # header only
+    code, out, err = run_main(toy + ["--epochs", "2"], capsys)
+    assert code == 2 and "Epoch:" not in out
+    assert_one_error_line(err, str(path), "no positive")
