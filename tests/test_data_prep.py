@@ -5,6 +5,7 @@
 import hashlib
 import http.server
 import io
+import os
 import re
 import shutil
 import socket
@@ -23,6 +24,27 @@ from data_prep import ITEM, RATING, USER
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = f"{USER}\t{ITEM}\t{RATING}\ttimestamp:float\n"
+
+
+def closed_port():
+    """A 127.0.0.1 port nothing listens on (connections are refused at once)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """No test here reaches the network: every URL default points at a closed local port, and
+    pip (the recbole-wheel source) sees no package index and no user configuration."""
+    closed = f"http://127.0.0.1:{closed_port()}/"
+    for variable in ("REFINE_RECBOLE_URL", "REFINE_GROUPLENS_URL", "REFINE_REFINED_URL", "REFINE_GENRES_URL"):
+        monkeypatch.setenv(variable, closed)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    for variable in ("PIP_FIND_LINKS", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "REFINE_PIP_ARGS"):
+        monkeypatch.delenv(variable, raising=False)
+    return closed
 
 
 def frame(rows):
@@ -429,7 +451,7 @@ def test_download_falls_back_to_grouplens_when_recbole_denies(tmp_path, capsys, 
                                    "--recbole_url", server.url, "--grouplens_url", server.url + "movielens/"],
                                   capsys)
     assert code == 0, err
-    assert "falling back" in out and "HTTP 403" in out
+    assert "recbole-wheel failed: pip could not download" in out and "recbole-zip failed" in out and "HTTP 403" in out
     folder = tmp_path / "ML-100K"
     assert (folder / "ml-100k.inter").read_text() == HEADER + "196\t242\t3\t881250949\n"
     assert (folder / "ml-100k.item").read_text() == (
@@ -509,13 +531,29 @@ def test_cli_subprocess_reports_error_and_exit_code(tmp_path):
     assert result.stderr == f"error: {tmp_path / 'ML-1M' / 'ml-1m.inter'} line 2: rating:float value 'abc' is not a number\n"
 
 
-def test_missing_split_message_names_commands(tmp_path):
-    message = data_prep.missing_split_message(tmp_path, "ML-1M")
-    assert f"{tmp_path}/ML-1M/ML-1M_train_augment.csv" in message
-    assert f"python dataloader.py download ML-1M --refined --data_dir {tmp_path}" in message
-    assert f"python dataloader.py preprocess ML-1M --data_dir {tmp_path}" in message
-    assert "python refine_llm.py run ML-1M" in message
+def test_missing_split_message_names_commands_with_the_users_data_dir(tmp_path):
+    data_dir = tmp_path / "my data"  # a space: the commands quote it
+    message = data_prep.missing_split_message(data_dir, "ML-1M")
+    assert f"{data_dir}/ML-1M/ML-1M_train_augment.csv" in message
+    commands = re.findall(r"`([^`]*)`", message)
+    assert commands == [f"python dataloader.py download ML-1M --data_dir '{data_dir}' --refined",
+                        f"python dataloader.py download ML-1M --data_dir '{data_dir}'",
+                        f"python dataloader.py preprocess ML-1M --data_dir '{data_dir}'",
+                        f"python refine_llm.py run ML-1M --data_dir '{data_dir}'"]
+    assert "--dataset_augment 0" not in message  # no original split to train on yet
     for split in data_prep.REFINED_SPLITS:
+        (data_dir / "ML-1M").mkdir(parents=True, exist_ok=True)
+        (data_dir / "ML-1M" / f"ML-1M_{split}.csv").write_text("x")
+    assert data_prep.missing_split_message(data_dir, "ML-1M") is None
+
+
+def test_missing_augment_split_suggests_the_original_split(tmp_path):
+    for split in ("train_original", "validation", "test"):
         (tmp_path / "ML-1M").mkdir(exist_ok=True)
         (tmp_path / "ML-1M" / f"ML-1M_{split}.csv").write_text("x")
-    assert data_prep.missing_split_message(tmp_path, "ML-1M") is None
+    message = data_prep.missing_split_message(tmp_path, "ML-1M")
+    assert message.startswith(f"missing {tmp_path}/ML-1M/ML-1M_train_augment.csv: ")
+    assert re.findall(r"`([^`]*)`", message) == [
+        f"python main.py --dataset ML-1M --data_dir {tmp_path} --dataset_augment 0",
+        f"python refine_llm.py run ML-1M --data_dir {tmp_path}",
+        f"python dataloader.py download ML-1M --data_dir {tmp_path} --refined"]

@@ -49,7 +49,7 @@ def test_missing_file_names_it_and_the_command(tmp_path):
         dataloader.load_splits(tmp_path, "ML-100K")
     message = str(error.value)
     assert "ML-100K_train_augment.csv" in message and "ML-100K_test.csv" in message
-    assert "python dataloader.py download ML-100K --refined" in message
+    assert f"python dataloader.py download ML-100K --data_dir {tmp_path} --refined" in message
 
 
 def test_missing_column(tmp_path):
