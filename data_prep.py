@@ -131,18 +131,19 @@ def missing_split_message(data_dir, name, splits=REFINED_SPLITS):
     missing = [split_path(data_dir, name, s) for s in splits if not split_path(data_dir, name, s).exists()]
     if not missing:
         return None
-    flags = f"{shlex.quote(name)} --data_dir {shlex.quote(str(data_dir))}"
+    quoted, dir_flag = shlex.quote(name), f"--data_dir {shlex.quote(str(data_dir))}"
+    refined = f"`python dataloader.py download {quoted} --refined {dir_flag}`"
     augment_only = [p.name for p in missing] == [f"{name}_train_augment.csv"]
     if augment_only and split_path(data_dir, name, "train_original").exists():
-        how = (f"train on the original split now with `python main.py --dataset {flags} --dataset_augment 0`, "
-               f"or make it with the LLM step `python refine_llm.py run {flags}`, "
-               f"or fetch the authors' file with `python dataloader.py download {flags} --refined`")
+        how = (f"train on the original split now with `python main.py --dataset {quoted} {dir_flag} "
+               f"--dataset_augment 0`, or make it with the LLM step `python refine_llm.py run {quoted} {dir_flag}`, "
+               f"or fetch the authors' file with {refined}")
     else:
-        how = (f"get the published splits with `python dataloader.py download {flags} --refined`, "
-               f"or build them from raw RecBole files with `python dataloader.py download {flags}` "
-               f"then `python dataloader.py preprocess {flags}`")
+        how = (f"get the published splits with {refined}, or build them from raw RecBole files with "
+               f"`python dataloader.py download {quoted} {dir_flag}` then "
+               f"`python dataloader.py preprocess {quoted} {dir_flag}`")
         if any(p.name.endswith("_train_augment.csv") for p in missing):
-            how += f" and `python refine_llm.py run {flags}` (makes _train_augment.csv)"
+            how += f" and `python refine_llm.py run {quoted} {dir_flag}` (makes _train_augment.csv)"
     return f"missing {', '.join(str(p) for p in missing)}: {how}"
 
 

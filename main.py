@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="negative sampler: dense (published, draw-for-draw), sparse (no users x items "
                              "matrix, same distribution), auto (dense up to 2**28 user-item pairs); "
                              "ReFINe++ is always dense")
+    extras.add_argument("--duplicate_pairs", choices=["error", "first", "last"], default="error",
+                        help="split rows that repeat a (user, item) pair (e.g. a positive and a confirmed "
+                             "negative): error refuses them with their line numbers; first / last keeps the "
+                             "pair's first / last row (docs/bad-input.md)")
     return parser
 
 
@@ -295,7 +299,7 @@ def run(args) -> int:
     print("data loading...")
     print("train set: train_augment" if args.dataset_augment else "train set: train_original")
     data = dataloader.load_splits(args.data_dir, args.dataset, bool(args.dataset_augment),
-                                  encode_negatives=args.model == "refine_plus")
+                                  encode_negatives=args.model == "refine_plus", duplicate_pairs=args.duplicate_pairs)
     check_args(args, data)
     print(f"user: {data.num_users},  item: {data.num_items}")
     print(f"train interations: {data.graph_edges.size(1)}")

@@ -536,7 +536,7 @@ def test_missing_split_message_names_commands_with_the_users_data_dir(tmp_path):
     message = data_prep.missing_split_message(data_dir, "ML-1M")
     assert f"{data_dir}/ML-1M/ML-1M_train_augment.csv" in message
     commands = re.findall(r"`([^`]*)`", message)
-    assert commands == [f"python dataloader.py download ML-1M --data_dir '{data_dir}' --refined",
+    assert commands == [f"python dataloader.py download ML-1M --refined --data_dir '{data_dir}'",
                         f"python dataloader.py download ML-1M --data_dir '{data_dir}'",
                         f"python dataloader.py preprocess ML-1M --data_dir '{data_dir}'",
                         f"python refine_llm.py run ML-1M --data_dir '{data_dir}'"]
@@ -556,4 +556,4 @@ def test_missing_augment_split_suggests_the_original_split(tmp_path):
     assert re.findall(r"`([^`]*)`", message) == [
         f"python main.py --dataset ML-1M --data_dir {tmp_path} --dataset_augment 0",
         f"python refine_llm.py run ML-1M --data_dir {tmp_path}",
-        f"python dataloader.py download ML-1M --data_dir {tmp_path} --refined"]
+        f"python dataloader.py download ML-1M --refined --data_dir {tmp_path}"]
