@@ -14,7 +14,6 @@ flag error and refine_llm.py's import of the column names answer without loading
 import argparse
 import contextlib
 import hashlib
-import http.client
 import math
 import os
 import re
@@ -23,8 +22,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +40,7 @@ REFINED_URL = "https://raw.githubusercontent.com/Chanwoo-Jeong-2000/ReFINe_plus/
 GENRES_URL = ("https://raw.githubusercontent.com/tommasocarraro/netflix-prize-with-genres/HEAD/"
               "netflix_genres.csv")
 REFINED_PAGE = "https://github.com/Chanwoo-Jeong-2000/ReFINe_plus/tree/main/dataset/"
+REFINED_FILE_PAGE = "https://github.com/Chanwoo-Jeong-2000/ReFINe_plus/blob/main/dataset/"
 MOVIE_TITLES_PAGE = "https://www.kaggle.com/datasets/netflix-inc/netflix-prize-data"
 
 # sha256 of files whose published bytes we know (measured on the files in ../shared, which are
@@ -208,6 +206,10 @@ def fetch(url, dest, expected_sha256=None, progress=True, timeout=60):
     resumes), InputError on a checksum mismatch (the .part is removed). Nothing is ever left
     under `dest` unless it is complete and, when `expected_sha256` is given, verified.
     """
+    import http.client  # here, not at the top: with urllib they cost 0.1 s of every `--help`
+    import urllib.error
+    import urllib.request
+
     from tqdm import tqdm
 
     dest = Path(dest)
@@ -308,7 +310,6 @@ def download_refined(name, args, log):
     """Fetch the missing <name>_{train_original,train_augment,validation,test}.csv from
     ReFINe_plus. Returns None, or the DownloadError that made the source unusable (the caller
     falls back to raw files + preprocess). A transfer that broke off is raised: it resumes."""
-    folder = Path(args.data_dir) / name
     for dest in [split_path(args.data_dir, name, split) for split in REFINED_SPLITS]:
         if dest.exists():
             continue
@@ -318,8 +319,7 @@ def download_refined(name, args, log):
         except DownloadInterrupted:
             raise
         except DownloadError as error:
-            return DownloadError(f"{error} (the four {name}_*.csv files are at {REFINED_PAGE}{name}; "
-                                 f"downloaded by hand into {folder}/ they are checked when you rerun)")
+            return error
         _report(dest, sha, log)
     return None
 
@@ -843,31 +843,34 @@ def download(args, log, warn):
         download_raw(name, args, log)
     except DownloadError as error:
         if unusable:
-            raise DownloadError(f"neither the refined splits ({unusable}) nor the raw files could be "
-                                f"fetched: {error}") from None
+            raise DownloadError(f"neither the refined splits ({unusable}; they are at {REFINED_PAGE}{name}) "
+                                f"nor the raw files could be fetched: {error}") from None
         warn(f"note: the splits are complete, but not the raw files that refine_llm.py reads: {error}")
         return
     if not unusable:
         return
-    log(f"  the refined splits cannot be fetched ({unusable}); building the original splits from the raw "
-        f"files instead (SPEC 1.2, byte-identical to the published ones for ML-100K)")
-    options = build_parser().parse_args(["preprocess", name, "--data_dir", str(args.data_dir)])
-    try:
-        preprocess(name, args.data_dir, options, log, keep_present=True)
-    except InputError as error:
-        raise InputError(f"the refined splits cannot be fetched ({unusable}) and preprocessing the raw "
-                         f"files failed: {error}") from None
-    for split in SPLITS:
-        _report(split_path(args.data_dir, name, split), sha256_of(split_path(args.data_dir, name, split)), log)
+    if not all(split_path(args.data_dir, name, split).exists() for split in SPLITS):
+        log(f"  the refined splits cannot be fetched ({unusable}); building the original splits from the raw "
+            f"files instead (SPEC 1.2; for ML-100K byte-identical to the published ones)")
+        options = build_parser().parse_args(["preprocess", name, "--data_dir", str(args.data_dir)])
+        try:
+            preprocess(name, args.data_dir, options, log, keep_present=True)
+        except InputError as error:
+            raise InputError(f"the refined splits cannot be fetched ({unusable}) and preprocessing the raw "
+                             f"files failed: {error}") from None
+        for split in SPLITS:
+            _report(split_path(args.data_dir, name, split), sha256_of(split_path(args.data_dir, name, split)), log)
     augment = split_path(args.data_dir, name, "train_augment")
     if not augment.exists():
-        flags = f"{shlex.quote(name)} --data_dir {shlex.quote(str(args.data_dir))}"
-        warn(f"note: {augment} (the LLM-refined train split) is still missing: {unusable}\n"
-             f"  get it in one of two ways:\n"
-             f"    the authors' file: save {REFINED_PAGE}{name}/{augment.name} into {folder}/, then rerun "
-             f"`python dataloader.py download {flags} --refined` to check it\n"
-             f"    the LLM step (SPEC 2, needs an LLM backend): python refine_llm.py run {flags}\n"
-             f"  train on the original split now: python main.py --dataset {flags} --dataset_augment 0")
+        quoted, dir_flag = shlex.quote(name), f"--data_dir {shlex.quote(str(args.data_dir))}"
+        warn(f"note: {augment} is still missing: the authors' LLM-refined train split could not be fetched "
+             f"({unusable}); the original splits are there. Either\n"
+             f"  save {REFINED_FILE_PAGE}{name}/{augment.name} into {folder}/ and check it with\n"
+             f"    python dataloader.py download {quoted} --refined {dir_flag}\n"
+             f"  or make it with the LLM step (SPEC 2, needs an LLM backend):\n"
+             f"    python refine_llm.py run {quoted} {dir_flag}\n"
+             f"  To train on the original split now:\n"
+             f"    python main.py --dataset {quoted} {dir_flag} --dataset_augment 0")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -893,7 +896,7 @@ def build_parser():
     data_dir_help = "folder holding NAME/ (default: $REFINE_DATA_DIR, else ./dataset)"
     down = commands.add_parser(
         "download", formatter_class=HelpFormatter, help="fetch raw RecBole files, or with --refined the published splits",
-        description="Fetch the raw files of NAME, or with --refined the authors' split CSVs, into DATA_DIR/NAME/. "
+        description="Fetch the raw files of NAME, or with --refined the authors' split CSVs, into DATA_DIR/NAME/.\n"
                     "Files already there are checked against their published sha256 and kept.",
         epilog="examples:\n  python dataloader.py download ML-100K --refined --data_dir dataset\n"
                "  python dataloader.py download ML-100K --source recbole-wheel --pip_args=\"--index-url URL\"")
@@ -927,9 +930,9 @@ def build_parser():
 
     prep = commands.add_parser(
         "preprocess", formatter_class=HelpFormatter, help="raw files in DATA_DIR/NAME/ -> the three split CSVs",
-        description="SPEC 1.2: raw files in DATA_DIR/NAME/ -> NAME_train_original.csv, NAME_validation.csv, "
-                    "NAME_test.csv beside them (written together, or none). The defaults are the published "
-                    "settings and reproduce the published ML-100K splits byte for byte.",
+        description="SPEC 1.2: raw files in DATA_DIR/NAME/ -> NAME_train_original.csv, NAME_validation.csv and\n"
+                    "NAME_test.csv beside them (written together, or none). The defaults are the published\n"
+                    "settings; they reproduce the published ML-100K splits byte for byte.",
         epilog="examples:\n  python dataloader.py preprocess ML-100K\n"
                "  python dataloader.py preprocess MyData --item_file MyData.item --item_columns title:token")
     prep.add_argument("name", help="dataset; another name reads DATA_DIR/NAME/NAME.inter")
