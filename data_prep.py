@@ -188,12 +188,6 @@ class DownloadError(InputError):
     """A download that failed on the network side (the user may retry or fetch by hand)."""
 
 
-class DownloadHTTPError(DownloadError):
-    def __init__(self, message, code):
-        super().__init__(message)
-        self.code = code
-
-
 class DownloadInterrupted(DownloadError):
     """A transfer that broke off midway; its .part file is kept and the same command resumes it."""
 
@@ -226,7 +220,7 @@ def fetch(url, dest, expected_sha256=None, progress=True, timeout=60):
             # The .part is already as long as the file (or longer): start over.
             part.unlink()
             return fetch(url, dest, expected_sha256, progress, timeout)
-        raise DownloadHTTPError(f"{url}: HTTP {error.code} {error.reason}", error.code) from None
+        raise DownloadError(f"{url}: HTTP {error.code} {error.reason}") from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise DownloadError(f"cannot reach {url} ({reason})") from None
@@ -284,13 +278,11 @@ def _report(dest, sha, log):
 
 def check_present(paths, accept_changed, log):
     """Check the files of `paths` that already exist against their published sha256 (where one
-    is known); return the paths still missing. A changed file is an InputError naming it, and
-    nothing is touched, unless `accept_changed`."""
-    missing = []
+    is known). A changed file is an InputError naming it, and nothing is touched, unless
+    `accept_changed`. Paths where no file can be written are refused too."""
     for path in map(Path, paths):
         check_output_path(path, "download target")
         if not path.exists():
-            missing.append(path)
             continue
         sha, known = sha256_of(path), EXPECTED_SHA256.get(path.name)
         if known is None:
@@ -303,7 +295,6 @@ def check_present(paths, accept_changed, log):
             raise InputError(f"{path} is already present but differs from the published file (sha256 {sha}, "
                              f"published {known}); nothing was changed: move it away and rerun to download "
                              f"it again, or pass --accept_changed to keep it")
-    return missing
 
 
 def download_refined(name, args, log):
@@ -423,52 +414,60 @@ def raw_files(name):
     return [f for f in (info.inter_file, info.item_file) if f]
 
 
+def fetch_from_sources(name, folder, wanted, args, log):
+    """Try the sources of --source in order until one gives the `wanted` raw files."""
+    failures = []
+    for source in raw_sources(name, args.source):
+        try:
+            return FETCHERS[source](name, folder, wanted, args, log)
+        except DownloadError as error:
+            failures.append(f"{source}: {error}")
+            log(f"  {source} failed: {error}")
+    info, grouplens_files = DATASETS[name], GROUPLENS_FILES.get(name, ())
+    recbole = _join(args.recbole_url, info.recbole_zip)
+    alternative = (f" (or put GroupLens's {' and '.join(grouplens_files)} from "
+                   f"{_join(GROUPLENS_URL, info.grouplens_zip)} there and rerun)" if grouplens_files else "")
+    raise DownloadError(f"no source gave {', '.join(wanted)} ({'; '.join(failures)}). Download {recbole} "
+                        f"by hand and unzip {', '.join(wanted)} into {folder}/{alternative}")
+
+
 def download_raw(name, args, log):
-    """Fetch the raw files SPEC 1.1 names for `name` into <data_dir>/<name>/, trying the sources
-    of --source in order; present files are kept (check_present has vetted them)."""
-    info = DATASETS[name]
+    """Fetch the raw files SPEC 1.1 names for `name` into <data_dir>/<name>/; files present are
+    kept (check_present has vetted them), GroupLens files present are converted."""
     folder = Path(args.data_dir) / name
     wanted = raw_files(name)
     grouplens_files = GROUPLENS_FILES.get(name, ())
-    recbole = _join(args.recbole_url, info.recbole_zip)
     if all((folder / f).exists() for f in wanted):
-        pass
+        pass  # nothing to fetch
     elif grouplens_files and all((folder / f).exists() for f in grouplens_files):
         log(f"  converting GroupLens {', '.join(grouplens_files)} found in {folder}")
         convert_grouplens(folder, name, log)
     else:
-        folder.mkdir(parents=True, exist_ok=True)
-        failures = []
-        for source in raw_sources(name, args.source):
-            try:
-                FETCHERS[source](name, folder, wanted, args, log)
-                break
-            except DownloadError as error:
-                failures.append(f"{source}: {error}")
-                log(f"  {source} failed: {error}")
-        else:
-            alternative = (f" (or put GroupLens's {' and '.join(grouplens_files)} from "
-                           f"{_join(GROUPLENS_URL, info.grouplens_zip)} there and rerun)" if grouplens_files else "")
-            raise DownloadError(f"no source gave {', '.join(wanted)} ({'; '.join(failures)}). Download {recbole} "
-                                f"by hand and unzip {', '.join(wanted)} into {folder}/{alternative}")
+        fetch_from_sources(name, folder, wanted, args, log)
     if name == "Netflix-1M":
-        genres = folder / "netflix_genres.csv"
-        if genres.exists():
-            log(f"  {genres} already present, skipped")
-        else:
-            try:
-                _report(genres, fetch(args.genres_url, genres, None, not args.no_progress), log)
-            except DownloadError as error:
-                raise DownloadError(f"{error}. Download netflix_genres.csv by hand from "
-                                    f"https://github.com/tommasocarraro/netflix-prize-with-genres into {folder}/") from None
-        titles = folder / "movie_titles.csv"
-        if titles.exists():
-            log(f"  {titles} already present, skipped")
-        elif args.movie_titles_url:
-            _report(titles, fetch(args.movie_titles_url, titles, None, not args.no_progress), log)
-        else:
-            log(f"  still needed: movie_titles.csv from the Netflix Prize data ({MOVIE_TITLES_PAGE}, "
-                f"needs a Kaggle login); put it in {folder}/")
+        download_netflix_items(folder, args, log)
+
+
+def download_netflix_items(folder, args, log):
+    """Netflix-1M's item side (SPEC 1.1): netflix_genres.csv, and movie_titles.csv from a mirror
+    when one is given (the original needs a Kaggle login)."""
+    genres = folder / "netflix_genres.csv"
+    if genres.exists():
+        log(f"  {genres} already present, skipped")
+    else:
+        try:
+            _report(genres, fetch(args.genres_url, genres, None, not args.no_progress), log)
+        except DownloadError as error:
+            raise DownloadError(f"{error}. Download netflix_genres.csv by hand from "
+                                f"https://github.com/tommasocarraro/netflix-prize-with-genres into {folder}/") from None
+    titles = folder / "movie_titles.csv"
+    if titles.exists():
+        log(f"  {titles} already present, skipped")
+    elif args.movie_titles_url:
+        _report(titles, fetch(args.movie_titles_url, titles, None, not args.no_progress), log)
+    else:
+        log(f"  still needed: movie_titles.csv from the Netflix Prize data ({MOVIE_TITLES_PAGE}, "
+            f"needs a Kaggle login); put it in {folder}/")
 
 
 def convert_grouplens(folder, name, log=None):
@@ -838,9 +837,14 @@ def download(args, log, warn):
         check_present(raw_targets, args.accept_changed, log)
         download_raw(name, args, log)
         return
-    # --refined: also the raw files, whose item file the LLM stage (refine_llm.py) reads
+    # --refined: also what the LLM stage (refine_llm.py) reads: the item file, which comes with the
+    # interactions in one archive, or Netflix-1M's titles and genres alone (its archive is large);
+    # with the splits unreachable, preprocess needs the interactions in any case.
     try:
-        download_raw(name, args, log)
+        if unusable or DATASETS[name].item_file:
+            download_raw(name, args, log)
+        else:
+            download_netflix_items(folder, args, log)
     except DownloadError as error:
         if unusable:
             raise DownloadError(f"neither the refined splits ({unusable}; they are at {REFINED_PAGE}{name}) "

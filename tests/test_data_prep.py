@@ -634,6 +634,21 @@ def test_refined_fallback_keeps_present_splits_and_names_nothing_missing(tmp_pat
     assert (folder / "ml-100k.item").read_bytes() == SYNTHETIC_ITEM
 
 
+def test_refined_netflix_fetches_titles_side_not_the_large_archive(tmp_path, capsys, monkeypatch):
+    fixtures = split_fixtures("Netflix-1M")
+    for base, body in fixtures.items():
+        monkeypatch.setitem(data_prep.EXPECTED_SHA256, base, hashlib.sha256(body).hexdigest())
+    with FixtureServer() as server:
+        server.files = {f"/dataset/Netflix-1M/{base}": body for base, body in fixtures.items()}
+        server.files["/genres.csv"] = b"movieId,genres\n1,Drama\n"
+        code, out, err = run_main(["download", "Netflix-1M", "--refined", "--data_dir", tmp_path, "--no_progress",
+                                   "--refined_url", server.url + "dataset/", "--recbole_url", server.url,
+                                   "--genres_url", server.url + "genres.csv"], capsys)
+    assert code == 0, err
+    assert sorted(path for path, _ in server.requests) == sorted(server.files)  # not /Netflix/netflix.zip
+    assert "movie_titles.csv" in out and "kaggle.com" in out  # named, to be fetched by hand
+
+
 # ---------------------------------------------------------------------------------------------
 # Files already present are checked against the published sha256
 
