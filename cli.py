@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="negative sampler: dense (published, draw-for-draw), sparse (no users x items "
                              "matrix, same distribution), auto (dense up to 2**28 user-item pairs); "
                              "ReFINe++ is always dense")
+    extras.add_argument("--duplicate_pairs", choices=["error", "first", "last"], default="error",
+                        help="split rows that repeat a (user, item) pair (e.g. a positive and a confirmed "
+                             "negative): error refuses them with their line numbers; first / last keeps the "
+                             "pair's first / last row (docs/bad-input.md)")
     extras.add_argument("--threads", type=int, default=None,
                         help="CPU threads of torch (default: torch's own choice, usually the core count); "
                              "1 is faster on small graphs such as ML-100K")

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data_prep import HelpFormatter, check_output_path
 from utils import InputError, atomic_write
 
 RULE_RE = re.compile(r"^#{10,}\s*$")
@@ -315,16 +316,28 @@ def plot_curves(runs, labels, k, out_path=None):
     return figure, series
 
 
+EPILOG = """examples:
+  python compare.py ../shared/reference-logs/ReFINe_ML-100K.out my_ML-100K.out --labels published mine
+  python compare.py a.out b.out c.out --k 10 --markdown --plot curves.png
+
+LOG: main.py's log (its stdout, e.g. `python main.py ... > my_ML-100K.out`) or a published
+results4comparison log. Output: the table on stdout, notes on stderr; --plot writes one PNG
+(renamed into place when complete). Nothing else is written."""
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         description="Compare ReFINe training logs: final test metrics against the first log, "
-        "and learning curves."
+        "and learning curves.",
+        formatter_class=HelpFormatter,
+        epilog=EPILOG,
     )
     parser.add_argument("logs", nargs="+", metavar="LOG", help="log files; the first is the reference")
-    parser.add_argument("--labels", nargs="+", help="one name per log (default: file names)")
-    parser.add_argument("--k", type=int, default=20, help="cut-off of the compared metrics (default 20)")
-    parser.add_argument("--markdown", action="store_true", help="print a markdown table")
-    parser.add_argument("--plot", metavar="FILE.png", help="write learning curves to this PNG")
+    parser.add_argument("--labels", nargs="+", help="one name per log (default: the file names)")
+    parser.add_argument("--k", type=int, default=20, help="cut-off of the compared metrics; every log must report it")
+    parser.add_argument("--markdown", action="store_true", help="print a markdown table instead of aligned text")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="write validation Recall@k, NDCG@k and loss per epoch to this PNG (default: no plot)")
     return parser
 
 
@@ -341,8 +354,10 @@ def main(argv=None):
     try:
         if args.labels is not None and len(args.labels) != len(args.logs):
             raise InputError(f"--labels has {len(args.labels)} names for {len(args.logs)} logs")
-        if args.plot is not None and Path(args.plot).suffix.lower() != ".png":
-            raise InputError(f"--plot {args.plot}: the file name must end in .png")
+        if args.plot is not None:
+            if Path(args.plot).suffix.lower() != ".png":
+                raise InputError(f"--plot {args.plot}: the file name must end in .png")
+            check_output_path(args.plot, "--plot")
         labels = args.labels or default_labels(args.logs)
         runs = [parse_log(path) for path in args.logs]
         check_k(runs, labels, args.k)
@@ -359,6 +374,11 @@ def main(argv=None):
             print(f"wrote {args.plot}", file=sys.stderr)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        # the table goes to stdout as a whole; the PNG is written under a temporary name
+        print("error: interrupted; no plot was written, nothing to resume: rerun the same command",
+              file=sys.stderr)
         return 2
     return 0
 

@@ -6,23 +6,25 @@
 
 Files go to <data_dir>/<NAME>/ (data_dir: --data_dir, else $REFINE_DATA_DIR, else ./dataset).
 Preprocessing follows SPEC 1.1-1.2 and reproduces the published ML-100K splits byte for byte.
+docs/data.md is the reference (sources, checksums, preprocessing, own datasets).
+
+numpy, pandas and tqdm are imported inside the functions that use them, so that `--help`, a
+flag error and refine_llm.py's import of the column names answer without loading them.
 """
 import argparse
+import contextlib
 import hashlib
-import http.client
+import math
 import os
 import re
+import shlex
 import socket
+import subprocess
 import sys
-import urllib.error
-import urllib.request
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
-from tqdm import tqdm
 
 from utils import InputError, atomic_write
 
@@ -38,6 +40,7 @@ REFINED_URL = "https://raw.githubusercontent.com/Chanwoo-Jeong-2000/ReFINe_plus/
 GENRES_URL = ("https://raw.githubusercontent.com/tommasocarraro/netflix-prize-with-genres/HEAD/"
               "netflix_genres.csv")
 REFINED_PAGE = "https://github.com/Chanwoo-Jeong-2000/ReFINe_plus/tree/main/dataset/"
+REFINED_FILE_PAGE = "https://github.com/Chanwoo-Jeong-2000/ReFINe_plus/blob/main/dataset/"
 MOVIE_TITLES_PAGE = "https://www.kaggle.com/datasets/netflix-inc/netflix-prize-data"
 
 # sha256 of files whose published bytes we know (measured on the files in ../shared, which are
@@ -56,6 +59,21 @@ EXPECTED_SHA256 = {
     "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
 }
 
+# The recbole wheel on the package index carries RecBole's ml-100k.inter and ml-100k.item,
+# byte-identical to the members of its ml-100k.zip (same sha256 as above).
+RECBOLE_WHEEL = "recbole==1.2.1"
+
+# Where raw files come from. Default order, for the datasets each source has:
+# 1. recbole-wheel: the package index is the one source every user of this tool has reached
+#    (requirements.txt installs from it), pip applies the user's index, proxy and certificate
+#    settings, and the two files are checked against the published sha256;
+# 2. recbole-zip: RecBole's own bucket, the source SPEC 1.1 names; it has answered
+#    "Access Denied" before (RecBole issue 2218);
+# 3. grouplens: the original archive, converted here; last because the converted .item differs
+#    from RecBole's in a few titles (docs/data.md), which no checksum can vouch for.
+RAW_SOURCES = ("recbole-wheel", "recbole-zip", "grouplens")
+GROUPLENS_FILES = {"ML-100K": ("u.data", "u.item"), "ML-1M": ("ratings.dat", "movies.dat")}
+
 # GroupLens u.genre, in flag order (u.item carries 19 0/1 genre flags).
 ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
                  "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
@@ -73,12 +91,14 @@ class DatasetInfo:
     sample_users: int = 0          # SPEC 1.1: Netflix-1M keeps 5,000 sampled users
     drop_unseen_eval_items: bool = False
     extra_files: tuple = field(default_factory=tuple)
+    wheel_folder: str | None = None  # folder of the raw files inside the recbole wheel
 
 
 DATASETS = {
     "ML-100K": DatasetInfo("ml-100k.inter", "ml-100k.item",
                            ("movie_title:token_seq", "release_year:token", "class:token_seq"),
-                           "MovieLens/ml-100k.zip", grouplens_zip="ml-100k.zip"),
+                           "MovieLens/ml-100k.zip", grouplens_zip="ml-100k.zip",
+                           wheel_folder="recbole/dataset_example/ml-100k/"),
     "ML-1M": DatasetInfo("ml-1m.inter", "ml-1m.item",
                          ("movie_title:token_seq", "release_year:token", "genre:token_seq"),
                          "MovieLens/ml-1m.zip", grouplens_zip="ml-1m.zip"),
@@ -97,25 +117,60 @@ def default_data_dir():
 
 
 # ----------------------------------------------------------------------------------------------
-# Messages other modules use
+# Messages and checks other modules use
 
 def split_path(data_dir, name, split):
     return Path(data_dir) / name / f"{name}_{split}.csv"
 
 
 def missing_split_message(data_dir, name, splits=REFINED_SPLITS):
-    """One-line message naming missing split files and the commands that create them; None if
-    all of `splits` exist. main.py prints it when a split CSV is absent."""
+    """One-line message naming missing split files and the commands that create them, each with
+    the user's --data_dir; None if all of `splits` exist. load_splits raises it for main.py."""
     missing = [split_path(data_dir, name, s) for s in splits if not split_path(data_dir, name, s).exists()]
     if not missing:
         return None
-    dir_flag = f" --data_dir {data_dir}"
-    how = (f"get the published splits with `python dataloader.py download {name} --refined{dir_flag}`, "
-           f"or build them from raw RecBole files with `python dataloader.py download {name}{dir_flag}` "
-           f"then `python dataloader.py preprocess {name}{dir_flag}`")
-    if any(p.name.endswith("_train_augment.csv") for p in missing):
-        how += f" and `python refine_llm.py run {name}` (makes _train_augment.csv)"
+    quoted, dir_flag = shlex.quote(name), f"--data_dir {shlex.quote(str(data_dir))}"
+    refined = f"`python dataloader.py download {quoted} --refined {dir_flag}`"
+    augment_only = [p.name for p in missing] == [f"{name}_train_augment.csv"]
+    if augment_only and split_path(data_dir, name, "train_original").exists():
+        how = (f"train on the original split now with `python main.py --dataset {quoted} {dir_flag} "
+               f"--dataset_augment 0`, or make it with the LLM step `python refine_llm.py run {quoted} {dir_flag}`, "
+               f"or fetch the authors' file with {refined}")
+    else:
+        how = (f"get the published splits with {refined}, or build them from raw RecBole files with "
+               f"`python dataloader.py download {quoted} {dir_flag}` then "
+               f"`python dataloader.py preprocess {quoted} {dir_flag}`")
+        if any(p.name.endswith("_train_augment.csv") for p in missing):
+            how += f" and `python refine_llm.py run {quoted} {dir_flag}` (makes _train_augment.csv)"
     return f"missing {', '.join(str(p) for p in missing)}: {how}"
+
+
+def check_output_path(path, what="output"):
+    """InputError unless a file can be written at `path`: not a directory, no file in the way of
+    a parent folder, the nearest existing folder writable. Checked before any work starts."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a directory; move it away or write elsewhere")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{what} {path}: {parent} is a file, not a folder; move it away or write elsewhere")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise InputError(f"{what} {path}: no permission to write in {parent}")
+            return
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each flag's help ends with its default (unless the help already names it); the description
+    and the epilog keep their line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.default in (None, argparse.SUPPRESS):
+            return text
+        if action.nargs == 0:  # store_true / store_false
+            return f"{text} (default: {'on' if action.default else 'off'})"
+        return text + " (default: %(default)s)"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,13 +184,28 @@ def sha256_of(path):
     return digest.hexdigest()
 
 
+class DownloadError(InputError):
+    """A download that failed on the network side (the user may retry or fetch by hand)."""
+
+
+class DownloadInterrupted(DownloadError):
+    """A transfer that broke off midway; its .part file is kept and the same command resumes it."""
+
+
 def fetch(url, dest, expected_sha256=None, progress=True, timeout=60):
     """Download `url` to `dest` via `dest.part`; resume a previous .part with an HTTP Range request.
 
-    Returns the sha256 of the file. Raises InputError on network errors (the .part is kept so a
-    rerun resumes) and on a checksum mismatch (the .part is removed). Nothing is ever left under
-    `dest` unless it is complete and, when `expected_sha256` is given, verified.
+    Returns the sha256 of the file. Raises DownloadError when the server cannot be reached or
+    refuses, DownloadInterrupted when a transfer breaks off (the .part is kept so a rerun
+    resumes), InputError on a checksum mismatch (the .part is removed). Nothing is ever left
+    under `dest` unless it is complete and, when `expected_sha256` is given, verified.
     """
+    import http.client  # here, not at the top: with urllib they cost 0.1 s of every `--help`
+    import urllib.error
+    import urllib.request
+
+    from tqdm import tqdm
+
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -150,7 +220,7 @@ def fetch(url, dest, expected_sha256=None, progress=True, timeout=60):
             # The .part is already as long as the file (or longer): start over.
             part.unlink()
             return fetch(url, dest, expected_sha256, progress, timeout)
-        raise DownloadHTTPError(f"{url}: HTTP {error.code} {error.reason}", error.code) from None
+        raise DownloadError(f"{url}: HTTP {error.code} {error.reason}") from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise DownloadError(f"cannot reach {url} ({reason})") from None
@@ -180,13 +250,13 @@ def fetch(url, dest, expected_sha256=None, progress=True, timeout=60):
                     received += len(block)
                     bar.update(len(block))
         except (http.client.IncompleteRead, OSError, socket.timeout) as error:
-            raise DownloadError(f"download of {url} interrupted after {received} bytes ({error!r}); "
-                                f"partial file kept at {part}, rerun the same command to resume") from None
+            raise DownloadInterrupted(f"download of {url} interrupted after {received} bytes ({error!r}); "
+                                      f"partial file kept at {part}, rerun the same command to resume") from None
         finally:
             bar.close()
     if total is not None and received != total:
-        raise DownloadError(f"download of {url} stopped at {received} of {total} bytes; partial file "
-                            f"kept at {part}, rerun the same command to resume")
+        raise DownloadInterrupted(f"download of {url} stopped at {received} of {total} bytes; partial file "
+                                  f"kept at {part}, rerun the same command to resume")
     got = digest.hexdigest()
     if expected_sha256 and got != expected_sha256:
         part.unlink()
@@ -194,16 +264,6 @@ def fetch(url, dest, expected_sha256=None, progress=True, timeout=60):
                          f"the corrupted download was deleted, rerun to try again")
     os.replace(part, dest)
     return got
-
-
-class DownloadError(InputError):
-    """A download that failed on the network side (the user may retry or fetch by hand)."""
-
-
-class DownloadHTTPError(DownloadError):
-    def __init__(self, message, code):
-        super().__init__(message)
-        self.code = code
 
 
 def _join(base, path):
@@ -216,46 +276,79 @@ def _report(dest, sha, log):
     log(f"  {dest}  sha256 {sha} ({note})")
 
 
-def download_refined(name, data_dir, refined_url, progress, log):
-    """Fetch <name>_{train_original,train_augment,validation,test}.csv from ReFINe_plus."""
-    folder = Path(data_dir) / name
-    for split in REFINED_SPLITS:
-        dest = split_path(data_dir, name, split)
-        if dest.exists():
-            log(f"  {dest} already present, skipped")
+def check_present(paths, accept_changed, log):
+    """Check the files of `paths` that already exist against their published sha256 (where one
+    is known). A changed file is an InputError naming it, and nothing is touched, unless
+    `accept_changed`. Paths where no file can be written are refused too."""
+    for path in map(Path, paths):
+        check_output_path(path, "download target")
+        if not path.exists():
             continue
-        url = _join(refined_url, f"{name}/{dest.name}")
+        sha, known = sha256_of(path), EXPECTED_SHA256.get(path.name)
+        if known is None:
+            log(f"  {path} already present (no published checksum), kept")
+        elif sha == known:
+            log(f"  {path} already present, sha256 verified")
+        elif accept_changed:
+            log(f"  {path} already present and differs from the published file; kept (--accept_changed)")
+        else:
+            raise InputError(f"{path} is already present but differs from the published file (sha256 {sha}, "
+                             f"published {known}); nothing was changed: move it away and rerun to download "
+                             f"it again, or pass --accept_changed to keep it")
+
+
+def download_refined(name, args, log):
+    """Fetch the missing <name>_{train_original,train_augment,validation,test}.csv from
+    ReFINe_plus. Returns None, or the DownloadError that made the source unusable (the caller
+    falls back to raw files + preprocess). A transfer that broke off is raised: it resumes."""
+    for dest in [split_path(args.data_dir, name, split) for split in REFINED_SPLITS]:
+        if dest.exists():
+            continue
+        url = _join(args.refined_url, f"{name}/{dest.name}")
         try:
-            sha = fetch(url, dest, EXPECTED_SHA256.get(dest.name), progress)
+            sha = fetch(url, dest, EXPECTED_SHA256.get(dest.name), not args.no_progress)
+        except DownloadInterrupted:
+            raise
         except DownloadError as error:
-            raise DownloadError(f"{error}. Download the four {name}_*.csv files by hand from "
-                                f"{REFINED_PAGE}{name} into {folder}/") from None
+            return error
         _report(dest, sha, log)
+    return None
 
 
-def extract_members(archive, wanted, folder, log):
-    """Write the zip members whose base name is in `wanted` into `folder` (atomically)."""
+def extract_members(archive, wanted, folder, log, prefix=None):
+    """Write the zip members `wanted` (base names; with `prefix`, the members prefix + name,
+    else any member of that base name) into `folder`. All are written together or none is: a
+    member whose sha256 differs from the published one is refused before anything is renamed."""
+    archive = Path(archive)
     try:
         with zipfile.ZipFile(archive) as zipped:
-            members = {Path(m).name: m for m in zipped.namelist() if not m.endswith("/")}
+            names = [m for m in zipped.namelist() if not m.endswith("/")]
+            if prefix:
+                members = {base: prefix + base for base in wanted if prefix + base in names}
+            else:
+                members = {Path(m).name: m for m in names}
             absent = [w for w in wanted if w not in members]
             if absent:
-                raise InputError(f"{archive} lacks {', '.join(absent)} (it has: {', '.join(sorted(members))})")
-            for base in wanted:
-                with zipped.open(members[base]) as source, atomic_write(Path(folder) / base, "wb") as target:
-                    for block in iter(lambda: source.read(1 << 20), b""):
-                        target.write(block)
+                where = f" under {prefix}" if prefix else f" (it has: {', '.join(sorted(members))})"
+                raise InputError(f"{archive.name} lacks {', '.join(absent)}{where}")
+            shas = {}
+            with contextlib.ExitStack() as renamed_together:
+                for base in wanted:
+                    target = renamed_together.enter_context(atomic_write(Path(folder) / base, "wb"))
+                    digest = hashlib.sha256()
+                    with zipped.open(members[base]) as source:
+                        for block in iter(lambda: source.read(1 << 20), b""):
+                            target.write(block)
+                            digest.update(block)
+                    shas[base], known = digest.hexdigest(), EXPECTED_SHA256.get(base)
+                    if known and shas[base] != known:
+                        raise InputError(f"{members[base]} in {archive.name}: sha256 {shas[base]} differs from "
+                                         f"the published {base}'s {known}; refused, nothing was written")
     except zipfile.BadZipFile:
         archive.unlink()
         raise InputError(f"{archive} is not a valid zip archive (deleted it; rerun to fetch it again)") from None
     for base in wanted:
-        path = Path(folder) / base
-        sha = sha256_of(path)
-        known = EXPECTED_SHA256.get(base)
-        if known and sha != known:
-            path.unlink()
-            raise InputError(f"{path}: sha256 {sha} differs from the published file's {known}; removed it")
-        _report(path, sha, log)
+        _report(Path(folder) / base, shas[base], log)
 
 
 def fetch_zip(url, archive, wanted, folder, progress, log):
@@ -264,10 +357,123 @@ def fetch_zip(url, archive, wanted, folder, progress, log):
     archive.unlink()
 
 
-def convert_grouplens(folder, name):
+def _pip_failure(result):
+    """The line of pip's output that says why it failed."""
+    lines = [line.strip() for line in (result.stderr + result.stdout).splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR:")]
+    return (errors or lines or [f"exit code {result.returncode}"])[-1]
+
+
+def fetch_recbole_wheel(name, folder, wanted, args, log):
+    """The raw files from the recbole wheel, fetched by `pip download` so that the user's pip
+    configuration (index URL, proxy, certificates) applies; --pip_args adds pip options."""
+    info = DATASETS[name]
+    log(f"  pip download {RECBOLE_WHEEL} (the raw files are inside the wheel) ...")
+    with tempfile.TemporaryDirectory(prefix="refine-recbole-wheel-") as scratch:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+                   "--disable-pip-version-check", "--dest", scratch, *shlex.split(args.pip_args), RECBOLE_WHEEL]
+        result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if result.returncode:
+            raise DownloadError(f"pip could not download {RECBOLE_WHEEL}: {_pip_failure(result)}")
+        wheels = sorted(Path(scratch).glob("recbole-*.whl"))
+        if not wheels:
+            raise DownloadError(f"pip download {RECBOLE_WHEEL} left no recbole wheel (found: "
+                                f"{', '.join(p.name for p in Path(scratch).iterdir()) or 'nothing'})")
+        extract_members(wheels[0], wanted, folder, log, prefix=info.wheel_folder)
+
+
+def fetch_recbole_zip(name, folder, wanted, args, log):
+    url = _join(args.recbole_url, DATASETS[name].recbole_zip)
+    fetch_zip(url, folder / Path(DATASETS[name].recbole_zip).name, wanted, folder, not args.no_progress, log)
+
+
+def fetch_grouplens(name, folder, wanted, args, log):
+    url = _join(args.grouplens_url, DATASETS[name].grouplens_zip)
+    fetch_zip(url, folder / ("grouplens-" + DATASETS[name].grouplens_zip), GROUPLENS_FILES[name], folder,
+              not args.no_progress, log)
+    convert_grouplens(folder, name, log)
+
+
+FETCHERS = {"recbole-wheel": fetch_recbole_wheel, "recbole-zip": fetch_recbole_zip, "grouplens": fetch_grouplens}
+
+
+def raw_sources(name, source):
+    """The sources to try for `name`'s raw files, in order (RAW_SOURCES explains the order)."""
+    info = DATASETS[name]
+    offered = {"recbole-wheel": info.wheel_folder, "recbole-zip": info.recbole_zip, "grouplens": info.grouplens_zip}
+    available = [s for s in RAW_SOURCES if offered[s]]
+    if source == "auto":
+        return available
+    if source not in available:
+        raise InputError(f"--source {source}: no such source for {name} (its sources: {', '.join(available)})")
+    return [source]
+
+
+def raw_files(name):
+    info = DATASETS[name]
+    return [f for f in (info.inter_file, info.item_file) if f]
+
+
+def fetch_from_sources(name, folder, wanted, args, log):
+    """Try the sources of --source in order until one gives the `wanted` raw files."""
+    failures = []
+    for source in raw_sources(name, args.source):
+        try:
+            return FETCHERS[source](name, folder, wanted, args, log)
+        except DownloadError as error:
+            failures.append(f"{source}: {error}")
+            log(f"  {source} failed: {error}")
+    info, grouplens_files = DATASETS[name], GROUPLENS_FILES.get(name, ())
+    recbole = _join(args.recbole_url, info.recbole_zip)
+    alternative = (f" (or put GroupLens's {' and '.join(grouplens_files)} from "
+                   f"{_join(GROUPLENS_URL, info.grouplens_zip)} there and rerun)" if grouplens_files else "")
+    raise DownloadError(f"no source gave {', '.join(wanted)} ({'; '.join(failures)}). Download {recbole} "
+                        f"by hand and unzip {', '.join(wanted)} into {folder}/{alternative}")
+
+
+def download_raw(name, args, log):
+    """Fetch the raw files SPEC 1.1 names for `name` into <data_dir>/<name>/; files present are
+    kept (check_present has vetted them), GroupLens files present are converted."""
+    folder = Path(args.data_dir) / name
+    wanted = raw_files(name)
+    grouplens_files = GROUPLENS_FILES.get(name, ())
+    if all((folder / f).exists() for f in wanted):
+        pass  # nothing to fetch
+    elif grouplens_files and all((folder / f).exists() for f in grouplens_files):
+        log(f"  converting GroupLens {', '.join(grouplens_files)} found in {folder}")
+        convert_grouplens(folder, name, log)
+    else:
+        fetch_from_sources(name, folder, wanted, args, log)
+    if name == "Netflix-1M":
+        download_netflix_items(folder, args, log)
+
+
+def download_netflix_items(folder, args, log):
+    """Netflix-1M's item side (SPEC 1.1): netflix_genres.csv, and movie_titles.csv from a mirror
+    when one is given (the original needs a Kaggle login)."""
+    genres = folder / "netflix_genres.csv"
+    if genres.exists():
+        log(f"  {genres} already present, skipped")
+    else:
+        try:
+            _report(genres, fetch(args.genres_url, genres, None, not args.no_progress), log)
+        except DownloadError as error:
+            raise DownloadError(f"{error}. Download netflix_genres.csv by hand from "
+                                f"https://github.com/tommasocarraro/netflix-prize-with-genres into {folder}/") from None
+    titles = folder / "movie_titles.csv"
+    if titles.exists():
+        log(f"  {titles} already present, skipped")
+    elif args.movie_titles_url:
+        _report(titles, fetch(args.movie_titles_url, titles, None, not args.no_progress), log)
+    else:
+        log(f"  still needed: movie_titles.csv from the Netflix Prize data ({MOVIE_TITLES_PAGE}, "
+            f"needs a Kaggle login); put it in {folder}/")
+
+
+def convert_grouplens(folder, name, log=None):
     """Turn GroupLens files in `folder` (ml-100k: u.data, u.item; ml-1m: ratings.dat, movies.dat)
-    into RecBole atomic files <inter_file>, <item_file>. Differences from RecBole's own files are
-    listed in docs/README-data.md."""
+    into RecBole atomic files <inter_file>, <item_file>, both renamed into place together.
+    Differences from RecBole's own files are listed in docs/data.md."""
     folder = Path(folder)
     info = DATASETS[name]
     if name == "ML-100K":
@@ -282,16 +488,20 @@ def convert_grouplens(folder, name):
         ratings = [line.split("::") for line in _read_lines(folder / "ratings.dat", "latin-1")]
         items = [(p[0], p[1], p[2].split("|")) for p in
                  (line.split("::") for line in _read_lines(folder / "movies.dat", "latin-1"))]
-    with atomic_write(folder / info.inter_file, "w", encoding="utf-8", newline="") as out:
+    title_col, year_col, genre_col = info.item_columns
+    with contextlib.ExitStack() as renamed_together:
+        out = renamed_together.enter_context(atomic_write(folder / info.inter_file, "w", encoding="utf-8", newline=""))
         out.write(f"{USER}\t{ITEM}\t{RATING}\ttimestamp:float\n")
         for row in ratings:
             out.write("\t".join(value.strip() for value in row) + "\n")
-    title_col, year_col, genre_col = info.item_columns
-    with atomic_write(folder / info.item_file, "w", encoding="utf-8", newline="") as out:
+        out = renamed_together.enter_context(atomic_write(folder / info.item_file, "w", encoding="utf-8", newline=""))
         out.write(f"{ITEM}\t{title_col}\t{year_col}\t{genre_col}\n")
         for item_id, full_title, genres in items:
             title, year = split_title_year(full_title)
             out.write(f"{item_id}\t{title}\t{year}\t{' '.join(genres)}\n")
+    for base in (info.inter_file, info.item_file):
+        if log:
+            log(f"  {folder / base}  sha256 {sha256_of(folder / base)} (converted from GroupLens)")
 
 
 def split_title_year(full_title):
@@ -312,65 +522,6 @@ def _read_lines(path, encoding):
         return [line.rstrip("\r\n") for line in handle if line.strip()]
 
 
-def download_raw(name, data_dir, urls, progress, log):
-    """Fetch the raw files SPEC 1.1 names for `name` into <data_dir>/<name>/."""
-    info = DATASETS[name]
-    folder = Path(data_dir) / name
-    wanted = [f for f in (info.inter_file, info.item_file) if f]
-    grouplens_files = {"ML-100K": ["u.data", "u.item"], "ML-1M": ["ratings.dat", "movies.dat"]}.get(name, [])
-    if all((folder / f).exists() for f in wanted):
-        log(f"  {', '.join(wanted)} already present in {folder}, skipped")
-    elif grouplens_files and all((folder / f).exists() for f in grouplens_files):
-        log(f"  converting GroupLens {', '.join(grouplens_files)} found in {folder}")
-        convert_grouplens(folder, name)
-        for f in wanted:
-            _report(folder / f, sha256_of(folder / f), log)
-    else:
-        recbole = _join(urls["recbole"], info.recbole_zip)
-        archive = folder / Path(info.recbole_zip).name
-        try:
-            fetch_zip(recbole, archive, wanted, folder, progress, log)
-        except DownloadHTTPError as error:
-            if not info.grouplens_zip:
-                raise DownloadError(f"{error}. Download {recbole} by hand and unzip {', '.join(wanted)} "
-                                    f"into {folder}/") from None
-            # RecBole's bucket has answered "Access Denied" before (RecBole issue 2218).
-            grouplens = _join(urls["grouplens"], info.grouplens_zip)
-            log(f"  RecBole failed ({error}); falling back to {grouplens}")
-            try:
-                fetch_zip(grouplens, folder / ("grouplens-" + info.grouplens_zip), grouplens_files, folder,
-                          progress, log)
-            except DownloadError as error2:
-                raise DownloadError(f"{error}; fallback {error2}. Download {recbole} (or {grouplens}) "
-                                    f"by hand and unzip it into {folder}/") from None
-            convert_grouplens(folder, name)
-            for f in wanted:
-                _report(folder / f, sha256_of(folder / f), log)
-        except DownloadError as error:
-            alternative = (f" (or put GroupLens's {' and '.join(grouplens_files)} from "
-                           f"{_join(GROUPLENS_URL, info.grouplens_zip)} there and rerun)" if grouplens_files else "")
-            raise DownloadError(f"{error}. Download {recbole} by hand and unzip {', '.join(wanted)} "
-                                f"into {folder}/{alternative}") from None
-    if name == "Netflix-1M":
-        genres = folder / "netflix_genres.csv"
-        if genres.exists():
-            log(f"  {genres} already present, skipped")
-        else:
-            try:
-                _report(genres, fetch(urls["genres"], genres, None, progress), log)
-            except DownloadError as error:
-                raise DownloadError(f"{error}. Download netflix_genres.csv by hand from "
-                                    f"https://github.com/tommasocarraro/netflix-prize-with-genres into {folder}/") from None
-        titles = folder / "movie_titles.csv"
-        if titles.exists():
-            log(f"  {titles} already present, skipped")
-        elif urls.get("movie_titles"):
-            _report(titles, fetch(urls["movie_titles"], titles, None, progress), log)
-        else:
-            log(f"  still needed: movie_titles.csv from the Netflix Prize data ({MOVIE_TITLES_PAGE}, "
-                f"needs a Kaggle login); put it in {folder}/")
-
-
 # ----------------------------------------------------------------------------------------------
 # Reading raw files
 
@@ -380,6 +531,8 @@ def read_atomic(path, required, usecols=None):
     pandas' default type inference and NA handling are kept on purpose: the published splits were
     made with a plain pd.read_csv(sep='\\t'), and ids' dtype decides the per-user order.
     """
+    import pandas as pd
+
     path = Path(path)
     if not path.exists():
         raise InputError(f"missing {path}")
@@ -399,13 +552,19 @@ def read_atomic(path, required, usecols=None):
 
 
 def check_ratings(frame, path, rating=RATING):
-    """Ratings must be numbers (missing ones are allowed: SPEC 1.2 drops those rows)."""
-    if pd.api.types.is_numeric_dtype(frame[rating]):
-        return
-    numeric = pd.to_numeric(frame[rating], errors="coerce")
-    bad = numeric.isna() & frame[rating].notna()
-    row = int(np.flatnonzero(bad.to_numpy())[0])
-    raise InputError(f"{path} line {row + 2}: {rating} value {frame[rating].iloc[row]!r} is not a number")
+    """Ratings must be finite numbers (missing ones are allowed: SPEC 1.2 drops those rows)."""
+    import numpy as np
+    import pandas as pd
+
+    if not pd.api.types.is_numeric_dtype(frame[rating]):
+        numeric = pd.to_numeric(frame[rating], errors="coerce")
+        bad = numeric.isna() & frame[rating].notna()
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise InputError(f"{path} line {row + 2}: {rating} value {frame[rating].iloc[row]!r} is not a number")
+    infinite = np.isinf(frame[rating].to_numpy(dtype=float))
+    if infinite.any():
+        row = int(np.flatnonzero(infinite)[0])
+        raise InputError(f"{path} line {row + 2}: {rating} value {frame[rating].iloc[row]} is not a finite number")
 
 
 def parse_movie_titles(path):
@@ -413,6 +572,8 @@ def parse_movie_titles(path):
 
     'NULL' years stay the string 'NULL' (the published pipeline did not treat them as missing).
     """
+    import pandas as pd
+
     path = Path(path)
     if not path.exists():
         raise InputError(f"missing {path} (Netflix Prize data, {MOVIE_TITLES_PAGE})")
@@ -434,6 +595,8 @@ def parse_movie_titles(path):
 
 
 def read_netflix_genres(path):
+    import pandas as pd
+
     path = Path(path)
     if not path.exists():
         raise InputError(f"missing {path} (https://github.com/tommasocarraro/netflix-prize-with-genres)")
@@ -451,6 +614,8 @@ def filter_by_items(inter, item_tables, path):
     """SPEC 1.2 step 1 without materialising the merge: a left merge on item id followed by
     dropna over the item columns keeps each interaction once per complete matching item row
     (normally 0 or 1 times), in the interactions' order."""
+    import pandas as pd
+
     inter = inter.dropna(subset=[USER, ITEM, RATING])
     multiplicity = pd.Series(1, index=inter.index)
     for table, columns in item_tables:
@@ -487,6 +652,8 @@ def load_interactions(name, folder, info):
 def sample_users(frame, size, seed):
     """Keep the rows of `size` users drawn without replacement from the sorted unique user ids,
     as np.random.seed(seed); np.random.choice(ids, size, replace=False) does."""
+    import numpy as np
+
     user_ids = np.unique(frame[USER].to_numpy())
     if size > len(user_ids):
         raise InputError(f"cannot sample {size} users: only {len(user_ids)} have complete rows")
@@ -508,6 +675,8 @@ def filter_min_counts(rows, min_user, min_item):
 def k_core(frame, threshold=4, min_user=5, min_item=5):
     """SPEC 1.2 steps 2-3: iterate until the row count stops changing; returns (positives,
     negatives restricted to the users and items of the final positives)."""
+    import pandas as pd
+
     previous, current = -1, len(frame)
     while current != previous:
         positives = frame[frame[RATING] >= threshold]
@@ -525,6 +694,10 @@ def split_positives(positives, seed=2024, test_ratio=0.2, valid_ratio=0.1, min_r
     """SPEC 1.2 step 4: per user in ascending id order, perm = permutation(n) from one RNG seeded
     once; test = perm[:int(0.2 n)], validation = next int(0.1 n), train = rest. Rows keep their
     order inside each user. Users with fewer than `min_rows` rows go to train whole."""
+    import numpy as np
+    import pandas as pd
+    from tqdm import tqdm
+
     codes, _ = pd.factorize(positives[USER], sort=True)
     order = np.argsort(codes, kind="stable")           # groupby order, stable inside a user
     sorted_codes = codes[order]
@@ -548,6 +721,8 @@ def split_positives(positives, seed=2024, test_ratio=0.2, valid_ratio=0.1, min_r
 def make_splits(frame, threshold=4, min_user=5, min_item=5, seed=2024, test_ratio=0.2,
                 valid_ratio=0.1, drop_unseen_eval_items=False):
     """Interactions -> (train_original, validation, test) DataFrames, SPEC 1.2 steps 2-5."""
+    import pandas as pd
+
     positives, negatives = k_core(frame, threshold, min_user, min_item)
     if positives.empty:
         raise InputError(f"no interactions left after the {min_user}/{min_item}-core filter")
@@ -558,13 +733,44 @@ def make_splits(frame, threshold=4, min_user=5, min_item=5, seed=2024, test_rati
     return pd.concat([train, negatives], ignore_index=True), valid, test
 
 
-def write_split(frame, path):
-    with atomic_write(path, "w", encoding="utf-8", newline="") as handle:
-        frame[SPLIT_COLUMNS].to_csv(handle, index=False, lineterminator="\n")
+def write_tables_together(tables):
+    """Write {path: DataFrame} as split CSVs. Each goes to a temporary name beside its path; all
+    are renamed into place once every one is complete, so a failure or Ctrl-C leaves none."""
+    with contextlib.ExitStack() as renamed_together:
+        for path, table in tables.items():
+            handle = renamed_together.enter_context(atomic_write(path, "w", encoding="utf-8", newline=""))
+            table[SPLIT_COLUMNS].to_csv(handle, index=False, lineterminator="\n")
 
 
-def preprocess(name, data_dir, options, log=print):
-    """Read <data_dir>/<name>/ raw files, write the three split CSVs beside them."""
+def check_preprocess_options(options):
+    """Refuse option values that cannot give three usable splits, before any data is read."""
+    for flag in ("test_ratio", "valid_ratio"):
+        value = getattr(options, flag)
+        if not (math.isfinite(value) and 0 < value < 1):
+            raise InputError(f"--{flag} {value}: must be a fraction strictly between 0 and 1")
+    if options.test_ratio + options.valid_ratio >= 1:
+        raise InputError(f"--test_ratio {options.test_ratio} + --valid_ratio {options.valid_ratio} leaves no "
+                         f"train rows: their sum must be below 1")
+    for flag in ("min_user", "min_item", "sample_users"):
+        value = getattr(options, flag)
+        if value is not None and value < 0:
+            raise InputError(f"--{flag} {value}: must be 0 or more")
+    if not math.isfinite(options.positive_threshold):
+        raise InputError(f"--positive_threshold {options.positive_threshold}: must be a finite number")
+    if not 0 <= options.seed < 2 ** 32:
+        raise InputError(f"--seed {options.seed}: must be between 0 and 2**32 - 1 (numpy's seed range)")
+
+
+def preprocess(name, data_dir, options, log=print, keep_present=False):
+    """Read <data_dir>/<name>/ raw files, write the three split CSVs beside them (together).
+
+    Options and output paths are checked before any data is read. With keep_present, split
+    files that already exist are left as they are and only the others are written.
+    """
+    check_preprocess_options(options)
+    outputs = [split_path(data_dir, name, split) for split in SPLITS]
+    for path in outputs:
+        check_output_path(path, "preprocess output")
     folder = Path(data_dir) / name
     info = DATASETS.get(name) or DatasetInfo(f"{name}.inter", options.item_file,
                                              tuple(options.item_columns or ()), None)
@@ -589,54 +795,171 @@ def preprocess(name, data_dir, options, log=print):
                    else options.drop_unseen_eval_items)
     splits = make_splits(frame, options.positive_threshold, options.min_user, options.min_item,
                          options.seed, options.test_ratio, options.valid_ratio, drop_unseen)
-    for split, table in zip(SPLITS, splits):
-        path = split_path(data_dir, name, split)
-        write_split(table, path)
+    for split, table in zip(SPLITS[1:], splits[1:]):
+        if table.empty:  # valid SPEC 1.2 output, but main.py refuses to train on it: say so now
+            flag = "--valid_ratio" if split == "validation" else "--test_ratio"
+            print(f"warning: the {split} split is empty ({flag} {getattr(options, flag[2:])} of each user's "
+                  f"positives rounds down to 0, or no user has 5 positives); main.py cannot evaluate on it",
+                  file=sys.stderr)
+    tables = {path: table for path, table in zip(outputs, splits) if not (keep_present and path.exists())}
+    write_tables_together(tables)
+    for path, table in tables.items():
         log(f"wrote {path} ({len(table)} rows)")
     return splits
 
 
 # ----------------------------------------------------------------------------------------------
+# The download command
+
+def download(args, log, warn):
+    """`download NAME [--refined]`: present files are checked first (before any network), then
+    the missing ones fetched. --refined falls back to raw files + preprocess when the refined
+    splits cannot be fetched, and names what is still missing."""
+    name = args.name
+    if name not in DATASETS:
+        raise InputError(f"no known source for dataset {name!r} (known: {', '.join(DATASETS)}); "
+                         f"put its RecBole files in {Path(args.data_dir) / name}/ by hand")
+    shlex.split(args.pip_args)  # an unbalanced quote fails here, not after the first download
+    raw_sources(name, args.source)
+    folder = Path(args.data_dir) / name
+    log(f"{name} -> {folder}/")
+    raw_targets = [folder / f for f in raw_files(name)]
+    grouplens_files = GROUPLENS_FILES.get(name, ())
+    if grouplens_files and all((folder / f).exists() for f in grouplens_files):
+        log(f"  GroupLens {', '.join(grouplens_files)} present: the raw files are (or will be) converted "
+            f"from them, not RecBole's bytes, so no published checksum applies")
+        raw_targets = []
+    if args.refined:
+        split_targets = [split_path(args.data_dir, name, split) for split in REFINED_SPLITS]
+        check_present(split_targets + raw_targets, args.accept_changed, log)
+        unusable = download_refined(name, args, log)
+    else:
+        check_present(raw_targets, args.accept_changed, log)
+        download_raw(name, args, log)
+        return
+    # --refined: also what the LLM stage (refine_llm.py) reads: the item file, which comes with the
+    # interactions in one archive, or Netflix-1M's titles and genres alone (its archive is large);
+    # with the splits unreachable, preprocess needs the interactions in any case.
+    try:
+        if unusable or DATASETS[name].item_file:
+            download_raw(name, args, log)
+        else:
+            download_netflix_items(folder, args, log)
+    except DownloadError as error:
+        if unusable:
+            raise DownloadError(f"neither the refined splits ({unusable}; they are at {REFINED_PAGE}{name}) "
+                                f"nor the raw files could be fetched: {error}") from None
+        warn(f"note: the splits are complete, but not the raw files that refine_llm.py reads: {error}")
+        return
+    if not unusable:
+        return
+    if not all(split_path(args.data_dir, name, split).exists() for split in SPLITS):
+        log(f"  the refined splits cannot be fetched ({unusable}); building the original splits from the raw "
+            f"files instead (SPEC 1.2; for ML-100K byte-identical to the published ones)")
+        options = build_parser().parse_args(["preprocess", name, "--data_dir", str(args.data_dir)])
+        try:
+            preprocess(name, args.data_dir, options, log, keep_present=True)
+        except InputError as error:
+            raise InputError(f"the refined splits cannot be fetched ({unusable}) and preprocessing the raw "
+                             f"files failed: {error}") from None
+        for split in SPLITS:
+            _report(split_path(args.data_dir, name, split), sha256_of(split_path(args.data_dir, name, split)), log)
+    augment = split_path(args.data_dir, name, "train_augment")
+    if not augment.exists():
+        quoted, dir_flag = shlex.quote(name), f"--data_dir {shlex.quote(str(args.data_dir))}"
+        warn(f"note: {augment} is still missing: the authors' LLM-refined train split could not be fetched "
+             f"({unusable}); the original splits are there. Either\n"
+             f"  save {REFINED_FILE_PAGE}{name}/{augment.name} into {folder}/ and check it with\n"
+             f"    python dataloader.py download {quoted} --refined {dir_flag}\n"
+             f"  or make it with the LLM step (SPEC 2, needs an LLM backend):\n"
+             f"    python refine_llm.py run {quoted} {dir_flag}\n"
+             f"  To train on the original split now:\n"
+             f"    python main.py --dataset {quoted} {dir_flag} --dataset_augment 0")
+
+
+# ----------------------------------------------------------------------------------------------
 # CLI
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog="python dataloader.py",
-                                     description="Fetch raw or published data; make split CSVs.")
-    commands = parser.add_subparsers(dest="command", required=True)
+EPILOG = """examples:
+  python dataloader.py download ML-100K --refined     # the four published split CSVs (+ raw files)
+  python dataloader.py download ML-100K               # raw ml-100k.inter / ml-100k.item
+  python dataloader.py download ML-100K --source recbole-wheel
+  python dataloader.py preprocess ML-100K             # raw files -> the three original splits
+  python dataloader.py preprocess MyData --min_user 10
 
-    down = commands.add_parser("download", help="fetch raw RecBole files, or with --refined the published splits")
+outputs: everything goes to DATA_DIR/NAME/ (DATA_DIR: --data_dir, else $REFINE_DATA_DIR, else
+./dataset): downloads as <file>.part until complete and verified, split CSVs renamed into place
+together. Reference: docs/data.md; the rules for bad input: docs/bad-input.md."""
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python dataloader.py", formatter_class=HelpFormatter, epilog=EPILOG,
+                                     description="Fetch raw or published data; make split CSVs.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{download,preprocess}")
+
+    data_dir_help = "folder holding NAME/ (default: $REFINE_DATA_DIR, else ./dataset)"
+    down = commands.add_parser(
+        "download", formatter_class=HelpFormatter, help="fetch raw RecBole files, or with --refined the published splits",
+        description="Fetch the raw files of NAME, or with --refined the authors' split CSVs, into DATA_DIR/NAME/.\n"
+                    "Files already there are checked against their published sha256 and kept.",
+        epilog="examples:\n  python dataloader.py download ML-100K --refined --data_dir dataset\n"
+               "  python dataloader.py download ML-100K --source recbole-wheel --pip_args=\"--index-url URL\"")
     down.add_argument("name", help=f"dataset ({', '.join(DATASETS)})")
     down.add_argument("--refined", action="store_true",
-                      help="fetch the authors' split CSVs (train_original/augment, validation, test)")
-    down.add_argument("--data_dir", default=default_data_dir(), help="default: $REFINE_DATA_DIR or ./dataset")
-    down.add_argument("--recbole_url", default=os.environ.get("REFINE_RECBOLE_URL", RECBOLE_URL))
-    down.add_argument("--grouplens_url", default=os.environ.get("REFINE_GROUPLENS_URL", GROUPLENS_URL))
-    down.add_argument("--refined_url", default=os.environ.get("REFINE_REFINED_URL", REFINED_URL))
-    down.add_argument("--genres_url", default=os.environ.get("REFINE_GENRES_URL", GENRES_URL))
+                      help="fetch the authors' split CSVs (train_original/augment, validation, test) and the raw "
+                           "files; when the splits cannot be fetched, build the original ones from the raw files")
+    down.add_argument("--data_dir", default=default_data_dir(), help=data_dir_help)
+    down.add_argument("--source", choices=["auto", *RAW_SOURCES], default="auto",
+                      help="where the raw files come from: recbole-wheel (ML-100K: the recbole 1.2.1 wheel via pip), "
+                           "recbole-zip (RecBole's bucket), grouplens (converted); auto tries them in that order")
+    down.add_argument("--pip_args", default=os.environ.get("REFINE_PIP_ARGS", ""),
+                      help="extra options for the `pip download` of --source recbole-wheel, as one string: "
+                           "--pip_args=\"--index-url URL\" (your pip configuration applies anyway; "
+                           "default: $REFINE_PIP_ARGS, else none)")
+    down.add_argument("--accept_changed", action="store_true",
+                      help="keep files already present whose sha256 differs from the published file "
+                           "(without it that is an error and nothing is changed)")
+    down.add_argument("--recbole_url", default=os.environ.get("REFINE_RECBOLE_URL", RECBOLE_URL),
+                      help="base URL of RecBole's dataset bucket ($REFINE_RECBOLE_URL)")
+    down.add_argument("--grouplens_url", default=os.environ.get("REFINE_GROUPLENS_URL", GROUPLENS_URL),
+                      help="base URL of the GroupLens archives ($REFINE_GROUPLENS_URL)")
+    down.add_argument("--refined_url", default=os.environ.get("REFINE_REFINED_URL", REFINED_URL),
+                      help="base URL of the authors' split CSVs ($REFINE_REFINED_URL)")
+    down.add_argument("--genres_url", default=os.environ.get("REFINE_GENRES_URL", GENRES_URL),
+                      help="URL of netflix_genres.csv, Netflix-1M only ($REFINE_GENRES_URL)")
     down.add_argument("--movie_titles_url", default=os.environ.get("REFINE_MOVIE_TITLES_URL"),
-                      help="a mirror of Netflix movie_titles.csv, if you have one")
-    down.add_argument("--no_progress", action="store_true")
+                      help="a mirror of Netflix movie_titles.csv, if you have one (default: none, "
+                           "$REFINE_MOVIE_TITLES_URL)")
+    down.add_argument("--no_progress", action="store_true", help="no progress bars on stderr")
 
-    prep = commands.add_parser("preprocess", help="raw files in DATA_DIR/NAME/ -> the three split CSVs")
+    prep = commands.add_parser(
+        "preprocess", formatter_class=HelpFormatter, help="raw files in DATA_DIR/NAME/ -> the three split CSVs",
+        description="SPEC 1.2: raw files in DATA_DIR/NAME/ -> NAME_train_original.csv, NAME_validation.csv and\n"
+                    "NAME_test.csv beside them (written together, or none). The defaults are the published\n"
+                    "settings; they reproduce the published ML-100K splits byte for byte.",
+        epilog="examples:\n  python dataloader.py preprocess ML-100K\n"
+               "  python dataloader.py preprocess MyData --item_file MyData.item --item_columns title:token")
     prep.add_argument("name", help="dataset; another name reads DATA_DIR/NAME/NAME.inter")
-    prep.add_argument("--data_dir", default=default_data_dir(), help="default: $REFINE_DATA_DIR or ./dataset")
+    prep.add_argument("--data_dir", default=default_data_dir(), help=data_dir_help)
     prep.add_argument("--positive_threshold", type=float, default=4, help="positive: rating >= this")
     prep.add_argument("--min_user", type=int, default=5, help="k-core: min rows per user")
     prep.add_argument("--min_item", type=int, default=5, help="k-core: min rows per item")
-    prep.add_argument("--test_ratio", type=float, default=0.2)
-    prep.add_argument("--valid_ratio", type=float, default=0.1)
-    prep.add_argument("--seed", type=int, default=2024)
+    prep.add_argument("--test_ratio", type=float, default=0.2, help="share of each user's positives in test")
+    prep.add_argument("--valid_ratio", type=float, default=0.1, help="share of each user's positives in validation")
+    prep.add_argument("--seed", type=int, default=2024, help="numpy seed of the user sample and the split")
     prep.add_argument("--sample_users", type=int, default=None,
                       help="keep N randomly drawn users (default: 5000 for Netflix-1M, else all)")
     prep.add_argument("--drop_unseen_eval_items", type=_yes_no, default=None, metavar="{yes,no}",
                       help="drop validation/test rows whose item has no train positive "
                            "(default: yes for Netflix-1M, as published; no otherwise)")
     prep.add_argument("--duplicates", choices=["error", "keep", "first", "last"], default="error",
-                      help="what to do with repeated (user, item) rows (default: error)")
+                      help="repeated (user, item) rows: error, keep all, or keep the first / last")
     prep.add_argument("--item_file", default=None,
-                      help="for other datasets: a RecBole .item file in DATA_DIR/NAME/ to merge")
+                      help="for other datasets: a RecBole .item file in DATA_DIR/NAME/ to merge "
+                           "(default: NAME.item when --item_columns is given, else none)")
     prep.add_argument("--item_columns", nargs="+", default=None,
-                      help="for other datasets: item fields that must be present (rows without them are dropped)")
+                      help="for other datasets: item fields that must be present, rows without them are "
+                           "dropped (default: none)")
     return parser
 
 
@@ -650,30 +973,28 @@ def _yes_no(text):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    log = print
+
+    def warn(message):
+        print(message, file=sys.stderr)
+
     try:
         if args.command == "download":
-            if args.name not in DATASETS:
-                raise InputError(f"no known source for dataset {args.name!r} (known: {', '.join(DATASETS)}); "
-                                 f"put its RecBole files in {Path(args.data_dir) / args.name}/ by hand")
-            log(f"{args.name} -> {Path(args.data_dir) / args.name}/")
-            if args.refined:
-                download_refined(args.name, args.data_dir, args.refined_url, not args.no_progress, log)
-            else:
-                urls = {"recbole": args.recbole_url, "grouplens": args.grouplens_url,
-                        "genres": args.genres_url, "movie_titles": args.movie_titles_url}
-                download_raw(args.name, args.data_dir, urls, not args.no_progress, log)
+            download(args, print, warn)
         else:
             if args.item_columns and not args.item_file and args.name not in DATASETS:
                 args.item_file = f"{args.name}.item"
-            preprocess(args.name, args.data_dir, args, log)
+            preprocess(args.name, args.data_dir, args, print)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        # Downloads keep their .part and resume; outputs are only ever renamed into place.
-        print("error: interrupted; nothing half-written is left under a final name; rerun the same "
-              "command to continue", file=sys.stderr)
+        if args.command == "download":
+            what = ("partial downloads are kept as <file>.part and resume when you rerun the same command; "
+                    "every file under its final name is complete")
+        else:
+            what = ("no split file was written or replaced (the three are renamed into place together at "
+                    "the end); rerun the same command")
+        print(f"error: interrupted; {what}", file=sys.stderr)
         return 2
     return 0
 

@@ -7,17 +7,27 @@ Reads `<data_dir>/<NAME>/<NAME>_{train_augment|train_original,validation,test}.c
 ids are encoded with a label encoder (sorted unique raw ids -> 0..n-1) fitted on the train
 POSITIVES (rating >= 4); confirmed negatives (rating <= 1), neutrals (2 or 3), validation and
 test positives are mapped with it. Users are nodes 0..U-1 and items U..U+I-1 in the graph.
+The rules for bad rows (ratings, classes, repeated pairs, empty splits) are in docs/bad-input.md.
 """
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
+if __name__ == "__main__":
+    # The raw-data commands live in data_prep.py, which loads neither torch nor pandas before it
+    # has parsed its flags: run them before this module's own imports, so that --help and a
+    # flag error answer at once. This keeps the published entry point name.
+    import data_prep
 
-from data_prep import ITEM, RATING, USER, missing_split_message, split_path
-from utils import InputError
+    sys.exit(data_prep.main(sys.argv[1:]))
+
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from data_prep import ITEM, RATING, USER, missing_split_message, split_path  # noqa: E402
+from utils import InputError  # noqa: E402
 
 SPLITS = ("train", "validation", "test")
 
@@ -54,8 +64,23 @@ class RecData:
         return self
 
 
+# The rating rules (docs/bad-input.md). Valid: a finite number in RATING_RANGE, which covers the
+# 5-star scale and the 0.5 / 4.5 relabels of the LLM step. Classes in train: positive >= 4,
+# confirmed negative <= 1, neutral exactly 2 or 3 (as published); any other valid rating (1.5,
+# 2.5, 3.5) is in no class: such rows are counted on stderr and otherwise ignored, as published.
+# Validation and test: rows >= 4 are the ground truth, others are counted and ignored.
+RATING_RANGE = (0.0, 5.0)
+POSITIVE_MIN, NEGATIVE_MAX, NEUTRAL_RATINGS = 4, 1, (2, 3)
+
+
+def first_line(mask) -> int:
+    """File line of the first True row of a boolean Series over a frame read with a header."""
+    return int(np.flatnonzero(np.asarray(mask))[0]) + 2
+
+
 def read_split(path: Path) -> pd.DataFrame:
-    """One split CSV with numeric user, item and rating columns, or an InputError naming the file."""
+    """One split CSV with numeric user, item and rating columns, or an InputError naming the file
+    (and the line); ratings must lie in RATING_RANGE."""
     try:
         frame = pd.read_csv(path)
     except pd.errors.EmptyDataError:
@@ -68,13 +93,49 @@ def read_split(path: Path) -> pd.DataFrame:
                          f"(found: {', '.join(map(str, frame.columns))})")
     if frame.empty:  # header only: no rows to type
         return frame.astype({USER: "int64", ITEM: "int64", RATING: "float64"})
-    if not pd.api.types.is_numeric_dtype(frame[RATING]):
-        raise InputError(f"{path}: column {RATING} must be numeric")
     for column in (USER, ITEM, RATING):
         if frame[column].isna().any():
-            row = int(frame[column].isna().to_numpy().argmax()) + 2
-            raise InputError(f"{path}: empty value in column {column} at line {row}")
+            raise InputError(f"{path}: empty value in column {column} at line {first_line(frame[column].isna())}")
+    if not pd.api.types.is_numeric_dtype(frame[RATING]):
+        not_number = pd.to_numeric(frame[RATING], errors="coerce").isna()
+        line = first_line(not_number)
+        raise InputError(f"{path} line {line}: {RATING} value {frame[RATING].iloc[line - 2]!r} is not a number")
+    low, high = RATING_RANGE
+    ratings = frame[RATING].to_numpy(dtype=float)
+    invalid = ~np.isfinite(ratings) | (ratings < low) | (ratings > high)
+    if invalid.any():
+        line = first_line(invalid)
+        raise InputError(f"{path} line {line}: rating {ratings[line - 2]:g} is not a valid rating (a number from "
+                         f"{low:g} to {high:g}); {int(invalid.sum())} such row(s) in this file")
     return frame
+
+
+def check_duplicate_pairs(frame: pd.DataFrame, path: Path, rule: str) -> pd.DataFrame:
+    """Rows that repeat a (user, item) pair: an InputError with their lines (rule "error"), or
+    the pair's first / last row kept in file order (rule "first" / "last")."""
+    repeated = frame.duplicated(subset=[USER, ITEM], keep=False)
+    if not repeated.any():
+        return frame
+    if rule == "error":
+        pairs = frame[repeated].groupby([USER, ITEM], sort=False)
+        (user, item), rows = next(iter(pairs))
+        ratings = rows[RATING].to_numpy()
+        kind = ("a positive and a confirmed negative rating"
+                if (ratings >= POSITIVE_MIN).any() and (ratings <= NEGATIVE_MAX).any() else "repeated rows")
+        lines = ", ".join(str(index + 2) for index in rows.index)
+        raise InputError(f"{path}: {pairs.ngroups} (user, item) pair(s) on more than one row, e.g. user {user} "
+                         f"item {item} on lines {lines} ({kind}: {', '.join(f'{r:g}' for r in ratings)}); "
+                         f"fix the file, or pass --duplicate_pairs first|last to keep one row of each pair")
+    return frame[~frame.duplicated(subset=[USER, ITEM], keep=rule)]
+
+
+def report_unclassed(frame: pd.DataFrame, classified, path: Path, what: str) -> None:
+    """One stderr line counting the rows of no class (they are ignored, but not silently)."""
+    unclassed = ~np.asarray(classified)
+    if unclassed.any():
+        line = first_line(unclassed)
+        print(f"note: {path}: {int(unclassed.sum())} row(s) {what}, ignored (e.g. line {line}, rating "
+              f"{frame[RATING].iloc[line - 2]:g})", file=sys.stderr)
 
 
 def encode(frame: pd.DataFrame, user_ids, item_ids, path: Path) -> torch.Tensor:
@@ -92,11 +153,14 @@ def encode(frame: pd.DataFrame, user_ids, item_ids, path: Path) -> torch.Tensor:
     return torch.from_numpy(np.stack(pairs).astype(np.int64))
 
 
-def load_splits(data_dir, name: str, augment: bool = True, encode_negatives: bool = False) -> RecData:
-    """Read and encode the three split files of dataset `name` under data_dir.
+def load_splits(data_dir, name: str, augment: bool = True, encode_negatives: bool = False,
+                duplicate_pairs: str = "error") -> RecData:
+    """Read, check and encode the three split files of dataset `name` under data_dir.
 
     The label encoder is fitted on the train positives (ReFINe), or with encode_negatives on the
     positives and the confirmed negatives together (ReFINe++, whose graph holds both).
+    duplicate_pairs: "error" refuses rows repeating a (user, item) pair; "first" / "last" keep
+    one row of each. docs/bad-input.md lists every rule.
     """
     train_split = "train_augment" if augment else "train_original"
     message = missing_split_message(data_dir, name, (train_split, "validation", "test"))
@@ -104,7 +168,8 @@ def load_splits(data_dir, name: str, augment: bool = True, encode_negatives: boo
         raise InputError(message)
     paths = {"train": split_path(data_dir, name, train_split),
              "validation": split_path(data_dir, name, "validation"), "test": split_path(data_dir, name, "test")}
-    train, validation, test = frames = [read_split(paths[split]) for split in SPLITS]
+    train, validation, test = frames = [check_duplicate_pairs(read_split(paths[split]), paths[split], duplicate_pairs)
+                                        for split in SPLITS]
     for column in (USER, ITEM):
         # Numeric ids sort as numbers (as the published label encoder sees them); ids that are
         # tokens anywhere are compared as strings everywhere.
@@ -112,10 +177,24 @@ def load_splits(data_dir, name: str, augment: bool = True, encode_negatives: boo
             for frame in frames:
                 frame[column] = frame[column].astype(str).to_numpy(dtype=object)
 
-    positives = train[train[RATING] >= 4]
+    is_positive, is_negative = train[RATING] >= POSITIVE_MIN, train[RATING] <= NEGATIVE_MAX
+    is_neutral = train[RATING].isin(NEUTRAL_RATINGS)
+    report_unclassed(train, is_positive | is_negative | is_neutral, paths["train"],
+                     f"with a rating in no class (positive >= {POSITIVE_MIN}, confirmed negative <= "
+                     f"{NEGATIVE_MAX}, neutral {' or '.join(map(str, NEUTRAL_RATINGS))})")
+    positives = train[is_positive]
     if positives.empty:
-        raise InputError(f"{paths['train']}: no train positives (rating >= 4)")
-    encoded_rows = train[(train[RATING] >= 4) | (train[RATING] <= 1)] if encode_negatives else positives
+        raise InputError(f"{paths['train']}: no train positives (rating >= {POSITIVE_MIN})")
+    ground_truth = {}
+    for split, frame in (("validation", validation), ("test", test)):
+        is_truth = frame[RATING] >= POSITIVE_MIN
+        if not is_truth.any():
+            content = "no rows" if frame.empty else f"only ratings below {POSITIVE_MIN}"
+            raise InputError(f"{paths[split]}: no {split} positives (rating >= {POSITIVE_MIN}), the file has "
+                             f"{content}: every {split} metric would be undefined")
+        report_unclassed(frame, is_truth, paths[split], f"below {POSITIVE_MIN}, not {split} positives")
+        ground_truth[split] = frame[is_truth]
+    encoded_rows = train[is_positive | is_negative] if encode_negatives else positives
     user_ids = np.unique(encoded_rows[USER].to_numpy())
     item_ids = np.unique(encoded_rows[ITEM].to_numpy())
     graph_rows = encoded_rows  # file order, as upstream builds its edge_index
@@ -125,17 +204,10 @@ def load_splits(data_dir, name: str, augment: bool = True, encode_negatives: boo
         train_pos=encode(positives, user_ids, item_ids, paths["train"]),
         graph_edges=encode(graph_rows, user_ids, item_ids, paths["train"]),
         graph_ratings=torch.tensor(graph_rows[RATING].to_numpy(), dtype=torch.float32),
-        train_neg=encode(train[train[RATING] <= 1], user_ids, item_ids, paths["train"]),
-        train_neutral=encode(train[train[RATING].isin([2, 3])], user_ids, item_ids, paths["train"]),
-        valid=encode(validation[validation[RATING] >= 4], user_ids, item_ids, paths["validation"]),
-        test=encode(test[test[RATING] >= 4], user_ids, item_ids, paths["test"]),
+        train_neg=encode(train[is_negative], user_ids, item_ids, paths["train"]),
+        train_neutral=encode(train[is_neutral], user_ids, item_ids, paths["train"]),
+        valid=encode(ground_truth["validation"], user_ids, item_ids, paths["validation"]),
+        test=encode(ground_truth["test"], user_ids, item_ids, paths["test"]),
         user_ids=user_ids,
         item_ids=item_ids,
     )
-
-
-if __name__ == "__main__":
-    # The raw-data commands live in data_prep.py; this keeps the published entry point name.
-    import data_prep
-
-    sys.exit(data_prep.main(sys.argv[1:]))

@@ -64,6 +64,8 @@ def print_config(args) -> None:
         extras.append(("flush_denormal", True))
     if args.threads is not None:
         extras.append(("threads", args.threads))
+    if args.duplicate_pairs != "error":
+        extras.append(("duplicate_pairs", args.duplicate_pairs))
     if refine_plus:
         extras.append(("refine_plus_negatives", args.refine_plus_negatives))
     print(RULE)
@@ -292,7 +294,7 @@ def data_fingerprint(args) -> dict:
 # data fingerprint checks that the files hold the same bytes wherever they are.
 RUN_IDENTITY = ("model", "refine_plus_negatives", "sampler", "random_seed", "dataset", "dataset_augment", "batch_size",
                 "embedding_dim", "layers", "learning_rate", "evaluation_step", "early_stopping_step", "top_k",
-                "real_neg_samp_prob", "p", "q", "r", "s", "t")
+                "real_neg_samp_prob", "p", "q", "r", "s", "t", "duplicate_pairs")
 STATE_KIND = "main.py training state v2"  # v1 (no kind, numpy arrays inside) predates the data fingerprint
 STATE_KEYS = ("model", "optimizer", "epoch", "early_stopping", "history", "elapsed", "rng", "args", "data_sha256")
 
@@ -392,7 +394,8 @@ def run(args, log: RunLog, progress: Progress) -> int:
     print("data loading...")
     print("train set: train_augment" if args.dataset_augment else "train set: train_original")
     data = dataloader.load_splits(args.data_dir, args.dataset, bool(args.dataset_augment),
-                                  encode_negatives=args.model == "refine_plus")
+                                  encode_negatives=args.model == "refine_plus",
+                                  duplicate_pairs=args.duplicate_pairs)
     check_args(args, data)
     data_sha256 = data_fingerprint(args)
     print(f"user: {data.num_users},  item: {data.num_items}")

@@ -250,12 +250,44 @@ def test_cli_unfinished_run_shows_dash(tmp_path, refine_log, capsys):
     (lambda tmp, log: [str(log), "--k", "50"], "k=50 not reported"),
     (lambda tmp, log: [str(log), "--labels", "a", "b"], "--labels has 2 names for 1 logs"),
     (lambda tmp, log: [str(log), "--plot", str(tmp / "x.pdf")], "must end in .png"),
+    (lambda tmp, log: [str(log), "--plot", str(tmp / "data.csv" / "x.png")], "data.csv is a file, not a folder"),
+    (lambda tmp, log: [str(log), "--plot", str(tmp / "folder.png")], "folder.png is a directory"),
 ])
 def test_cli_errors(tmp_path, refine_log, capsys, make_args, fragment):
     (tmp_path / "data.csv").write_text("user,item\n1,2\n")
+    (tmp_path / "folder.png").mkdir()
+    before = sorted(tmp_path.rglob("*"))
     assert compare.main(make_args(tmp_path, refine_log)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and fragment in err and err.count("\n") == 1
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_ctrl_c_while_plotting_is_one_line_and_writes_nothing(two_runs, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare, "plot_curves", interrupted)
+    assert compare.main([str(p) for p in two_runs] + ["--plot", str(tmp_path / "c.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: interrupted") and err.count("\n") == 1
+    assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob(".*"))
+
+
+def test_cli_subprocess_plot_under_a_file(two_runs, tmp_path):
+    """The real entry point: one error line, exit code 2, no traceback."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    blocker = tmp_path / "result"
+    blocker.write_text("a file where a folder is expected")
+    process = subprocess.run([sys.executable, str(ROOT / "compare.py"), *map(str, two_runs),
+                              "--plot", str(blocker / "ML-100K" / "c.png")], capture_output=True, text=True)
+    assert process.returncode == 2
+    assert process.stderr == f"error: --plot {blocker / 'ML-100K' / 'c.png'}: {blocker} is a file, not a folder; " \
+                             f"move it away or write elsewhere\n"
 
 
 def test_parse_log_raises_input_error_for_non_log(tmp_path):

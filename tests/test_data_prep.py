@@ -5,6 +5,7 @@
 import hashlib
 import http.server
 import io
+import os
 import re
 import shutil
 import socket
@@ -23,6 +24,27 @@ from data_prep import ITEM, RATING, USER
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = f"{USER}\t{ITEM}\t{RATING}\ttimestamp:float\n"
+
+
+def closed_port():
+    """A 127.0.0.1 port nothing listens on (connections are refused at once)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """No test here reaches the network: every URL default points at a closed local port, and
+    pip (the recbole-wheel source) sees no package index and no user configuration."""
+    closed = f"http://127.0.0.1:{closed_port()}/"
+    for variable in ("REFINE_RECBOLE_URL", "REFINE_GROUPLENS_URL", "REFINE_REFINED_URL", "REFINE_GENRES_URL"):
+        monkeypatch.setenv(variable, closed)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    for variable in ("PIP_FIND_LINKS", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "REFINE_PIP_ARGS"):
+        monkeypatch.delenv(variable, raising=False)
+    return closed
 
 
 def frame(rows):
@@ -410,9 +432,10 @@ def test_download_raw_recbole_zip(tmp_path, capsys, monkeypatch):
     with FixtureServer() as server:
         server.files["/MovieLens/ml-100k.zip"] = zip_bytes({"ml-100k/ml-100k.inter": inter,
                                                              "ml-100k/ml-100k.item": item})
-        code, out, err = run_main(["download", "ML-100K", "--data_dir", tmp_path,
+        code, out, err = run_main(["download", "ML-100K", "--data_dir", tmp_path, "--source", "recbole-zip",
                                    "--recbole_url", server.url, "--no_progress"], capsys)
     assert code == 0, err
+    assert "pip" not in out  # --source recbole-zip: the wheel is not tried
     assert (tmp_path / "ML-100K" / "ml-100k.inter").read_text() == inter
     assert (tmp_path / "ML-100K" / "ml-100k.item").read_text() == item
     assert sorted(p.name for p in (tmp_path / "ML-100K").iterdir()) == ["ml-100k.inter", "ml-100k.item"]
@@ -429,7 +452,7 @@ def test_download_falls_back_to_grouplens_when_recbole_denies(tmp_path, capsys, 
                                    "--recbole_url", server.url, "--grouplens_url", server.url + "movielens/"],
                                   capsys)
     assert code == 0, err
-    assert "falling back" in out and "HTTP 403" in out
+    assert "recbole-wheel failed: pip could not download" in out and "recbole-zip failed" in out and "HTTP 403" in out
     folder = tmp_path / "ML-100K"
     assert (folder / "ml-100k.inter").read_text() == HEADER + "196\t242\t3\t881250949\n"
     assert (folder / "ml-100k.item").read_text() == (
@@ -467,6 +490,198 @@ def test_download_offline_says_where_to_put_files(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------
+# The recbole wheel as a source (pip against a local find-links folder, never the network)
+
+def write_recbole_wheel(folder, inter, item, version="1.2.1"):
+    """A minimal wheel pip accepts as recbole==VERSION, carrying the two raw files where the real
+    wheel has them (recbole/dataset_example/ml-100k/)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dist_info = f"recbole-{version}.dist-info"
+    members = {
+        "recbole/__init__.py": b"",
+        "recbole/dataset_example/ml-100k/ml-100k.inter": inter,
+        "recbole/dataset_example/ml-100k/ml-100k.item": item,
+        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: recbole\nVersion: {version}\n".encode(),
+        f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(f"{name},,\n" for name in members) + f"{dist_info}/RECORD,,\n"
+    path = folder / f"recbole-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as wheel:
+        for name, data in members.items():
+            wheel.writestr(name, data)
+        wheel.writestr(f"{dist_info}/RECORD", record)
+    return path
+
+
+def wheel_argv(data_dir, links, *extra):
+    """`download ML-100K` with pip pointed at the local folder only (the offline fixture closes
+    every other source)."""
+    return ["download", "ML-100K", "--data_dir", str(data_dir), "--no_progress",
+            f"--pip_args=--no-index --find-links {links}", *extra]
+
+
+SYNTHETIC_INTER = (HEADER + "1\t2\t5\t0\n").encode()
+SYNTHETIC_ITEM = b"item_id:token\tmovie_title:token_seq\n2\tA\n"
+
+
+@pytest.fixture
+def synthetic_sums(monkeypatch):
+    """Pretend the synthetic raw files are the published ones."""
+    monkeypatch.setitem(data_prep.EXPECTED_SHA256, "ml-100k.inter", hashlib.sha256(SYNTHETIC_INTER).hexdigest())
+    monkeypatch.setitem(data_prep.EXPECTED_SHA256, "ml-100k.item", hashlib.sha256(SYNTHETIC_ITEM).hexdigest())
+
+
+def test_download_from_recbole_wheel_with_other_sources_closed(tmp_path, capsys, synthetic_sums):
+    write_recbole_wheel(tmp_path / "links", SYNTHETIC_INTER, SYNTHETIC_ITEM)
+    code, out, err = run_main(wheel_argv(tmp_path / "data", tmp_path / "links"), capsys)
+    assert code == 0, err
+    folder = tmp_path / "data" / "ML-100K"
+    assert (folder / "ml-100k.inter").read_bytes() == SYNTHETIC_INTER
+    assert (folder / "ml-100k.item").read_bytes() == SYNTHETIC_ITEM
+    assert sorted(p.name for p in folder.iterdir()) == ["ml-100k.inter", "ml-100k.item"]  # only those two
+    assert out.count("(verified)") == 2 and "recbole-zip" not in out  # the first source sufficed
+
+
+def test_recbole_wheel_with_a_changed_member_is_refused(tmp_path, capsys, synthetic_sums):
+    write_recbole_wheel(tmp_path / "links", SYNTHETIC_INTER, SYNTHETIC_ITEM.replace(b"A", b"B"))
+    code, out, err = run_main(wheel_argv(tmp_path / "data", tmp_path / "links"), capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("error: recbole/dataset_example/ml-100k/ml-100k.item in recbole-1.2.1-py3-none-any.whl: "
+                          "sha256 ") and "refused, nothing was written" in err
+    assert list((tmp_path / "data" / "ML-100K").iterdir()) == []  # not even the verified .inter
+
+
+def test_source_flag_forces_one_source(tmp_path, capsys, offline):
+    code, out, err = run_main(["download", "ML-1M", "--data_dir", tmp_path, "--source", "recbole-wheel"], capsys)
+    assert (code, err) == (2, "error: --source recbole-wheel: no such source for ML-1M "
+                              "(its sources: recbole-zip, grouplens)\n")
+    code, out, err = run_main(["download", "ML-100K", "--data_dir", tmp_path, "--no_progress",
+                               "--source", "grouplens"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert f"grouplens: cannot reach {offline}ml-100k.zip" in err
+    assert "pip" not in out + err and "recbole-zip" not in out + err
+
+
+def real_wheel_files(shared_dir):
+    folder = shared_dir / "datasets" / "ML-100K"
+    return (folder / "ml-100k.inter").read_bytes(), (folder / "ml-100k.item").read_bytes()
+
+
+def test_real_entry_point_gets_the_published_raw_files_from_a_wheel(shared_dir, tmp_path):
+    inter, item = real_wheel_files(shared_dir)
+    write_recbole_wheel(tmp_path / "links", inter, item)
+    process = subprocess.run([sys.executable, str(ROOT / "dataloader.py"), *wheel_argv(tmp_path / "data",
+                              tmp_path / "links")], capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr
+    folder = tmp_path / "data" / "ML-100K"
+    assert (folder / "ml-100k.inter").read_bytes() == inter and (folder / "ml-100k.item").read_bytes() == item
+    assert process.stdout.count("(verified)") == 2
+
+
+def test_real_entry_point_refuses_a_tampered_wheel(shared_dir, tmp_path):
+    inter, item = real_wheel_files(shared_dir)
+    write_recbole_wheel(tmp_path / "links", inter.replace(b"\t5\t", b"\t4\t", 1), item)
+    process = subprocess.run([sys.executable, str(ROOT / "dataloader.py"), *wheel_argv(tmp_path / "data",
+                              tmp_path / "links")], capture_output=True, text=True, timeout=300)
+    assert process.returncode == 2
+    assert process.stderr.startswith("error: recbole/dataset_example/ml-100k/ml-100k.inter in ")
+    assert process.stderr.count("\n") == 1 and "Traceback" not in process.stderr
+    assert list((tmp_path / "data" / "ML-100K").iterdir()) == []
+
+
+def test_refined_unreachable_falls_back_to_raw_files_and_preprocess(shared_dir, tmp_path):
+    """The published original splits, byte for byte, from the raw files; train_augment named."""
+    write_recbole_wheel(tmp_path / "links", *real_wheel_files(shared_dir))
+    data_dir = tmp_path / "data"
+    process = subprocess.run([sys.executable, str(ROOT / "dataloader.py"), *wheel_argv(data_dir, tmp_path / "links",
+                              "--refined")], capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr
+    folder, published = data_dir / "ML-100K", shared_dir / "datasets" / "ML-100K"
+    for split in ("train_original", "validation", "test"):
+        assert (folder / f"ML-100K_{split}.csv").read_bytes() == (published / f"ML-100K_{split}.csv").read_bytes()
+    assert (folder / "ml-100k.item").read_bytes() == (published / "ml-100k.item").read_bytes()  # for the LLM step
+    assert not (folder / "ML-100K_train_augment.csv").exists()
+    note = process.stderr
+    assert note.startswith(f"note: {folder / 'ML-100K_train_augment.csv'} is still missing: the authors' "
+                           f"LLM-refined train split could not be fetched (cannot reach ")
+    assert f"python dataloader.py download ML-100K --refined --data_dir {data_dir}\n" in note
+    assert f"python refine_llm.py run ML-100K --data_dir {data_dir}\n" in note
+    assert note.endswith(f"python main.py --dataset ML-100K --data_dir {data_dir} --dataset_augment 0\n")
+    assert "ReFINe_plus/blob/main/dataset/ML-100K/ML-100K_train_augment.csv" in note
+    # a rerun (still offline) checks what is there, rebuilds nothing and names the same gap
+    before = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
+    rerun = subprocess.run(process.args, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and "wrote" not in rerun.stdout
+    assert rerun.stderr.startswith(note.split(" (cannot reach")[0]) and rerun.stderr.endswith(note.split("\n", 1)[1])
+    assert rerun.stdout.count("sha256 verified") == 5  # three splits, two raw files
+    assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} == before
+    assert "Traceback" not in note
+
+
+def test_refined_fallback_keeps_present_splits_and_names_nothing_missing(tmp_path, capsys, synthetic_sums):
+    """With all four splits present (no checksum known for these), nothing is fetched or rebuilt."""
+    folder = tmp_path / "data" / "ML-100K"
+    folder.mkdir(parents=True)
+    for split in data_prep.REFINED_SPLITS:
+        (folder / f"ML-100K_{split}.csv").write_text(f"{split}\n")
+    write_recbole_wheel(tmp_path / "links", SYNTHETIC_INTER, SYNTHETIC_ITEM)
+    code, out, err = run_main(wheel_argv(tmp_path / "data", tmp_path / "links", "--refined", "--accept_changed"),
+                              capsys)
+    assert code == 0, err
+    assert err == "" and out.count("differs from the published file; kept (--accept_changed)") == 4
+    for split in data_prep.REFINED_SPLITS:
+        assert (folder / f"ML-100K_{split}.csv").read_text() == f"{split}\n"
+    assert (folder / "ml-100k.item").read_bytes() == SYNTHETIC_ITEM
+
+
+def test_refined_netflix_fetches_titles_side_not_the_large_archive(tmp_path, capsys, monkeypatch):
+    fixtures = split_fixtures("Netflix-1M")
+    for base, body in fixtures.items():
+        monkeypatch.setitem(data_prep.EXPECTED_SHA256, base, hashlib.sha256(body).hexdigest())
+    with FixtureServer() as server:
+        server.files = {f"/dataset/Netflix-1M/{base}": body for base, body in fixtures.items()}
+        server.files["/genres.csv"] = b"movieId,genres\n1,Drama\n"
+        code, out, err = run_main(["download", "Netflix-1M", "--refined", "--data_dir", tmp_path, "--no_progress",
+                                   "--refined_url", server.url + "dataset/", "--recbole_url", server.url,
+                                   "--genres_url", server.url + "genres.csv"], capsys)
+    assert code == 0, err
+    assert sorted(path for path, _ in server.requests) == sorted(server.files)  # not /Netflix/netflix.zip
+    assert "movie_titles.csv" in out and "kaggle.com" in out  # named, to be fetched by hand
+
+
+# ---------------------------------------------------------------------------------------------
+# Files already present are checked against the published sha256
+
+@pytest.mark.parametrize("refined", [True, False], ids=["split", "raw"])
+def test_changed_present_file_is_reported_and_kept(refined_server, tmp_path, capsys, refined, synthetic_sums):
+    server, fixtures = refined_server
+    folder = tmp_path / "ML-100K"
+    folder.mkdir()
+    name = "ML-100K_test.csv" if refined else "ml-100k.inter"
+    changed = (fixtures[name] if refined else SYNTHETIC_INTER).replace(b"\n", b"\r\n")
+    (folder / name).write_bytes(changed)
+    argv = ["download", "ML-100K", "--data_dir", tmp_path, "--refined_url", server.url + "dataset/", "--no_progress"]
+    argv += ["--refined"] if refined else []
+    code, out, err = run_main(argv, capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {folder / name} is already present but differs from the published file "
+                          f"(sha256 {hashlib.sha256(changed).hexdigest()}, published ")
+    assert "--accept_changed" in err
+    assert sorted(p.name for p in folder.iterdir()) == [name] and (folder / name).read_bytes() == changed
+    assert server.requests == []  # checked before any download
+
+
+def test_verified_present_files_are_not_fetched_again(tmp_path, capsys, synthetic_sums):
+    folder = tmp_path / "ML-100K"
+    folder.mkdir()
+    (folder / "ml-100k.inter").write_bytes(SYNTHETIC_INTER)
+    (folder / "ml-100k.item").write_bytes(SYNTHETIC_ITEM)
+    code, out, err = run_main(["download", "ML-100K", "--data_dir", tmp_path], capsys)
+    assert code == 0, err
+    assert out.count("already present, sha256 verified") == 2 and "pip" not in out
+
+
+# ---------------------------------------------------------------------------------------------
 # Bad input: one-line errors, exit code 2
 
 @pytest.mark.parametrize("content, message", [
@@ -482,6 +697,88 @@ def test_bad_input_is_one_line_error(tmp_path, capsys, content, message):
     code, out, err = run_main(["preprocess", "own", "--data_dir", tmp_path], capsys)
     assert code == 2
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def toy_inter(tmp_path, name="own"):
+    """A raw file that preprocesses into three non-empty splits (6 users x 10 items, all positive)."""
+    write_inter(tmp_path / name / f"{name}.inter", [(u, i, 5, 0) for u in range(1, 7) for i in range(1, 11)])
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--test_ratio", "1.5"], "--test_ratio 1.5: must be a fraction strictly between 0 and 1"),
+    (["--valid_ratio", "-0.5"], "--valid_ratio -0.5: must be a fraction strictly between 0 and 1"),
+    (["--valid_ratio", "nan"], "--valid_ratio nan: must be a fraction strictly between 0 and 1"),
+    (["--test_ratio", "0"], "--test_ratio 0.0: must be a fraction strictly between 0 and 1"),
+    (["--test_ratio", "0.6", "--valid_ratio", "0.4"], "--test_ratio 0.6 + --valid_ratio 0.4 leaves no train rows: "
+                                                      "their sum must be below 1"),
+    (["--min_user", "-1"], "--min_user -1: must be 0 or more"),
+    (["--min_item", "-5"], "--min_item -5: must be 0 or more"),
+    (["--sample_users", "-2"], "--sample_users -2: must be 0 or more"),
+    (["--positive_threshold", "inf"], "--positive_threshold inf: must be a finite number"),
+    (["--seed", "-1"], "--seed -1: must be between 0 and 2**32 - 1 (numpy's seed range)"),
+])
+def test_preprocess_refuses_impossible_options_before_reading(tmp_path, capsys, monkeypatch, flags, message):
+    folder = toy_inter(tmp_path)
+
+    def must_not_read(*args, **kwargs):
+        raise AssertionError("data read before the options were checked")
+
+    monkeypatch.setattr(data_prep, "load_interactions", must_not_read)
+    code, out, err = run_main(["preprocess", "own", "--data_dir", tmp_path, *flags], capsys)
+    assert (code, err) == (2, f"error: {message}\n")
+    assert sorted(p.name for p in folder.iterdir()) == ["own.inter"]
+
+
+@pytest.mark.parametrize("blocked", ["train_original", "validation", "test"])
+def test_preprocess_output_that_is_a_directory_stops_before_anything(tmp_path, capsys, blocked):
+    folder = toy_inter(tmp_path)
+    (folder / f"own_{blocked}.csv").mkdir()
+    code, out, err = run_main(["preprocess", "own", "--data_dir", tmp_path], capsys)
+    assert (code, err) == (2, f"error: preprocess output {folder / f'own_{blocked}.csv'} is a directory; "
+                              f"move it away or write elsewhere\n")
+    assert "reading" not in out  # refused before the raw files were read
+    assert sorted(p.name for p in folder.iterdir()) == ["own.inter", f"own_{blocked}.csv"]
+
+
+def test_preprocess_writes_all_three_splits_or_none(tmp_path, capsys, monkeypatch):
+    """A failure (here Ctrl-C) while the third split is written leaves the old three in place."""
+    folder = toy_inter(tmp_path)
+    old = {split: f"old {split}\n" for split in data_prep.SPLITS}
+    for split, text in old.items():
+        (folder / f"own_{split}.csv").write_text(text)
+    real_to_csv, written = pd.DataFrame.to_csv, []
+
+    def to_csv_then_interrupt(self, handle, **kwargs):
+        written.append(handle.name)
+        if len(written) == 3:
+            raise KeyboardInterrupt
+        return real_to_csv(self, handle, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv_then_interrupt)
+    code, out, err = run_main(["preprocess", "own", "--data_dir", tmp_path], capsys)
+    assert code == 2 and err.startswith("error: interrupted; no split file was written or replaced")
+    assert err.count("\n") == 1 and len(written) == 3
+    assert {split: (folder / f"own_{split}.csv").read_text() for split in data_prep.SPLITS} == old
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["own.inter"] + [f"own_{s}.csv" for s in old])
+
+
+def test_preprocess_subprocess_bad_option_is_one_line(tmp_path):
+    toy_inter(tmp_path)
+    process = subprocess.run([sys.executable, "dataloader.py", "preprocess", "own", "--data_dir", str(tmp_path),
+                              "--test_ratio", "1.5"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (process.returncode, process.stderr) == (
+        2, "error: --test_ratio 1.5: must be a fraction strictly between 0 and 1\n")
+
+
+def test_ctrl_c_during_download_names_what_resumes(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data_prep, "fetch", interrupted)
+    code, out, err = run_main(["download", "ML-1M", "--data_dir", tmp_path, "--no_progress"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("error: interrupted; partial downloads are kept as <file>.part and resume")
 
 
 def test_duplicates_first_keeps_first_row(tmp_path, capsys):
@@ -509,13 +806,29 @@ def test_cli_subprocess_reports_error_and_exit_code(tmp_path):
     assert result.stderr == f"error: {tmp_path / 'ML-1M' / 'ml-1m.inter'} line 2: rating:float value 'abc' is not a number\n"
 
 
-def test_missing_split_message_names_commands(tmp_path):
-    message = data_prep.missing_split_message(tmp_path, "ML-1M")
-    assert f"{tmp_path}/ML-1M/ML-1M_train_augment.csv" in message
-    assert f"python dataloader.py download ML-1M --refined --data_dir {tmp_path}" in message
-    assert f"python dataloader.py preprocess ML-1M --data_dir {tmp_path}" in message
-    assert "python refine_llm.py run ML-1M" in message
+def test_missing_split_message_names_commands_with_the_users_data_dir(tmp_path):
+    data_dir = tmp_path / "my data"  # a space: the commands quote it
+    message = data_prep.missing_split_message(data_dir, "ML-1M")
+    assert f"{data_dir}/ML-1M/ML-1M_train_augment.csv" in message
+    commands = re.findall(r"`([^`]*)`", message)
+    assert commands == [f"python dataloader.py download ML-1M --refined --data_dir '{data_dir}'",
+                        f"python dataloader.py download ML-1M --data_dir '{data_dir}'",
+                        f"python dataloader.py preprocess ML-1M --data_dir '{data_dir}'",
+                        f"python refine_llm.py run ML-1M --data_dir '{data_dir}'"]
+    assert "--dataset_augment 0" not in message  # no original split to train on yet
     for split in data_prep.REFINED_SPLITS:
+        (data_dir / "ML-1M").mkdir(parents=True, exist_ok=True)
+        (data_dir / "ML-1M" / f"ML-1M_{split}.csv").write_text("x")
+    assert data_prep.missing_split_message(data_dir, "ML-1M") is None
+
+
+def test_missing_augment_split_suggests_the_original_split(tmp_path):
+    for split in ("train_original", "validation", "test"):
         (tmp_path / "ML-1M").mkdir(exist_ok=True)
         (tmp_path / "ML-1M" / f"ML-1M_{split}.csv").write_text("x")
-    assert data_prep.missing_split_message(tmp_path, "ML-1M") is None
+    message = data_prep.missing_split_message(tmp_path, "ML-1M")
+    assert message.startswith(f"missing {tmp_path}/ML-1M/ML-1M_train_augment.csv: ")
+    assert re.findall(r"`([^`]*)`", message) == [
+        f"python main.py --dataset ML-1M --data_dir {tmp_path} --dataset_augment 0",
+        f"python refine_llm.py run ML-1M --data_dir {tmp_path}",
+        f"python dataloader.py download ML-1M --refined --data_dir {tmp_path}"]

@@ -8,7 +8,10 @@ from utils import InputError
 HEADER = "user_id:token,item_id:token,rating:float\n"
 
 
-def write_splits(folder, train, validation="", test="", name="T"):
+def write_splits(folder, train, validation=None, test=None, name="T"):
+    """The three split files; validation and test default to the first train row (a positive)."""
+    first_row = train.splitlines(keepends=True)[0]
+    validation, test = first_row if validation is None else validation, first_row if test is None else test
     (folder / name).mkdir(exist_ok=True)
     (folder / name / f"{name}_train_augment.csv").write_text(HEADER + train)
     (folder / name / f"{name}_validation.csv").write_text(HEADER + validation)
@@ -16,20 +19,20 @@ def write_splits(folder, train, validation="", test="", name="T"):
 
 
 def test_encoding_and_masks(tmp_path):
-    # Positive users {10, 30}, items {5, 7, 9}: encoded by sorted raw id.
+    # Positive users {10, 30}, items {5, 7, 9, 11}: encoded by sorted raw id.
     write_splits(tmp_path,
-                 "30,9,5\n10,7,4.5\n10,5,0.5\n30,7,2\n10,9,3\n30,5,1\n10,5,4\n",
+                 "30,9,5\n10,7,4.5\n10,11,0.5\n30,7,2\n10,9,3\n30,5,1\n10,5,4\n30,11,5\n",
                  validation="10,9,4\n30,5,2\n",  # the 2-star row is not a validation positive
                  test="30,5,5\n")
     data = dataloader.load_splits(tmp_path, "T")
-    assert (data.num_users, data.num_items) == (2, 3)
-    assert data.user_ids.tolist() == [10, 30] and data.item_ids.tolist() == [5, 7, 9]
-    assert data.train_pos.tolist() == [[1, 0, 0], [2, 1, 0]]       # file order kept
-    assert data.train_neg.tolist() == [[0, 1], [0, 0]]             # 0.5 and 1
-    assert data.train_neutral.tolist() == [[1, 0], [1, 2]]         # 2 and 3
+    assert (data.num_users, data.num_items) == (2, 4)
+    assert data.user_ids.tolist() == [10, 30] and data.item_ids.tolist() == [5, 7, 9, 11]
+    assert data.train_pos.tolist() == [[1, 0, 0, 1], [2, 1, 0, 3]]       # file order kept
+    assert data.train_neg.tolist() == [[0, 1], [3, 0]]                   # 0.5 and 1
+    assert data.train_neutral.tolist() == [[1, 0], [1, 2]]               # 2 and 3
     assert data.valid.tolist() == [[0], [2]]
     assert data.test.tolist() == [[1], [0]]
-    assert data.graph_edge_index().tolist() == [[1, 0, 0, 4, 3, 2], [4, 3, 2, 1, 0, 0]]
+    assert data.graph_edge_index().tolist() == [[1, 0, 0, 1, 4, 3, 2, 5], [4, 3, 2, 5, 1, 0, 0, 1]]
 
 
 def test_original_split_is_read_with_augment_zero(tmp_path):
@@ -49,7 +52,7 @@ def test_missing_file_names_it_and_the_command(tmp_path):
         dataloader.load_splits(tmp_path, "ML-100K")
     message = str(error.value)
     assert "ML-100K_train_augment.csv" in message and "ML-100K_test.csv" in message
-    assert "python dataloader.py download ML-100K --refined" in message
+    assert f"python dataloader.py download ML-100K --refined --data_dir {tmp_path}" in message
 
 
 def test_missing_column(tmp_path):

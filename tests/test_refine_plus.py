@@ -69,7 +69,7 @@ def test_refine_plus_encodes_negatives_and_builds_unsigned_graph(tmp_path):
     header = "user_id:token,item_id:token,rating:float\n"
     # Item 9 occurs only as a confirmed negative: ReFINe drops it, ReFINe++ keeps it.
     (folder / "T_train_augment.csv").write_text(header + "1,5,4\n2,7,5\n1,9,0.5\n2,5,3\n")
-    (folder / "T_validation.csv").write_text(header)
+    (folder / "T_validation.csv").write_text(header + "2,5,4\n")
     (folder / "T_test.csv").write_text(header + "1,7,4\n")
     with pytest.raises(Exception, match="item id 9"):
         dataloader.load_splits(tmp_path, "T")
