@@ -124,4 +124,4 @@ def test_prompts_stage_writes_every_prompt(tmp_path, capsys):
     # User 1 has six 3-star rows -> chunks of 5 and 1; user 2 is on the default skip list.
     assert [(r["user"], r["chunk"]) for r in records] == [(1, 0), (1, 1)]
     assert all(r["hash"] == R.prompt_hash(r["prompt1"]) for r in records)
-    assert "2 prompts for 1 users (1 users in the skip list)" in capsys.readouterr().out
+    assert "2 prompts for 1 user (1 user in the skip list)" in capsys.readouterr().out

@@ -9,16 +9,12 @@ import pandas as pd
 import pytest
 
 import refine_llm as R
-from refine_fixtures import FakeServer, fake_answer, make_dataset
+from refine_fixtures import FakeServer, fake_answer, make_dataset, word_tokens
 
 
 def load_jobs(root):
     _, joined = R.load_train(root, "ML-100K")
     return joined, R.build_prompts(joined, "ML-100K")
-
-
-def word_tokens(text):
-    return len(text.split()) + 1  # the fake server's /tokenize
 
 
 def expected_outcome(job, limit):
@@ -51,7 +47,7 @@ def expected_augment(root, jobs, outcomes):
 
 def http_args(root, url, *extra):
     return ["run", "ML-100K", "--data_dir", str(root), "--backend", "openai", "--base_url", url,
-            "--tokenizer", "server", "--model", "fake", "--no_progress", *extra]
+            "--tokenizer", "server", "--model", "fake", "--no_progress", "--skip_users", "none", *extra]
 
 
 def test_http_backend_run_matches_hand_worked_answers(tmp_path):
@@ -135,9 +131,10 @@ def test_unreachable_server_is_one_line_error_and_keeps_answers(tmp_path, capsys
     assert len(before.splitlines()) == 2
     capsys.readouterr()
     # The server is gone now: nothing listens on that port.
-    assert R.main(http_args(tmp_path, server.url)) == 2
+    assert R.main(http_args(tmp_path, server.url, "--max_retries", "0")) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: cannot reach completions server at ") and "\n" not in err
+    root = server.url.removesuffix("/v1")
+    assert err.startswith(f"error: cannot reach {root}/tokenize: ") and "\n" not in err
     assert cache.read_text() == before
 
 
@@ -156,7 +153,9 @@ def test_other_bad_inputs_exit_2(tmp_path, capsys):
     folder = make_dataset(tmp_path, n_users=2)
     cases = [
         (["prompts", "ML-20M", "--data_dir", str(tmp_path)], "unknown dataset 'ML-20M'"),
-        (["prompts", "ML-100K", "--data_dir", str(tmp_path / "nowhere")], "file not found"),
+        (["prompts", "ML-100K", "--data_dir", str(tmp_path / "nowhere")],
+         f"ML-100K_train_original.csv: get the published splits with `python dataloader.py download ML-100K "
+         f"--refined --data_dir {tmp_path / 'nowhere'}`"),
         (["prompts", "ML-100K", "--data_dir", str(tmp_path), "--skip_users", str(tmp_path / "x.txt")],
          "skip list not found"),
         (["generate", "ML-100K", "--data_dir", str(tmp_path), "--backend", "hf", "--model", str(tmp_path / "no-model")],
