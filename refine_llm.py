@@ -16,7 +16,6 @@ rerun resumes), `apply` parses the answers and relabels. `run` does all three; `
 augment files. The reference is docs/llm.md.
 """
 import argparse
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -34,8 +33,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from utils import InputError, atomic_write
 
-# numpy, pandas, openai and transformers are imported inside the functions that need them, so that
-# --help and flag errors answer at once. For the same reason the column names are spelled out here
+# numpy, pandas, asyncio, openai and transformers are imported inside the functions that need them,
+# so that --help and flag errors answer at once. For the same reason the column names are spelled out here
 # rather than imported from data_prep (which loads pandas); a test checks that they agree.
 USER_COL, ITEM_COL, RATING_COL = "user_id:token", "item_id:token", "rating:float"
 
@@ -504,6 +503,8 @@ def stream_from_loop(work):
     so their answers get cached, and then lets KeyboardInterrupt go on. An error of `work` is
     raised here after the items emitted before it.
     """
+    import asyncio
+
     items = queue.Queue()
     handle = {}
     started = threading.Event()
@@ -548,6 +549,8 @@ def stream_from_loop(work):
 
 async def run_all(coroutines):
     """Await `coroutines` together; the first InputError cancels the others and is raised alone."""
+    import asyncio
+
     try:
         async with asyncio.TaskGroup() as group:
             for coroutine in coroutines:
@@ -727,6 +730,8 @@ class OpenAIBackend:
 
     def _bounded(self, items, ask):
         """Yield (item, await ask(client, item)) for every item, at most `concurrency` in flight."""
+        import asyncio
+
         async def work(emit):
             async with self._client() as client:
                 limit = asyncio.Semaphore(self.concurrency)
@@ -1165,7 +1170,8 @@ EXAMPLES = {
             "      --model some-model --api_key_env EXAMPLE_API_KEY --out_dir dataset/ML-100K/llm-some-model \\\n"
             "      --output dataset/ML-100K/some-model_train_augment.csv\n"
             "  python refine_llm.py run ML-100K --backend replay --replay answers_cache.jsonl --out_dir /tmp/replay"),
-    "diff": "  python refine_llm.py diff dataset/ML-100K/qwen_train_augment.csv ../shared/datasets/ML-100K/ML-100K_train_augment.csv",
+    "diff": ("  python refine_llm.py diff dataset/ML-100K/qwen_train_augment.csv \\\n"
+             "      ../shared/datasets/ML-100K/ML-100K_train_augment.csv"),
 }
 
 
@@ -1176,9 +1182,9 @@ def build_parser():
         epilog="examples:\n" + "\n".join(EXAMPLES.values()) + "\n\n" + OUTPUTS)
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
 
-    def stage(name, help_text):
+    def stage(name, help_text, outputs=OUTPUTS):
         return sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter,
-                              epilog=f"examples:\n{EXAMPLES[name]}\n\n{OUTPUTS}")
+                              epilog=f"examples:\n{EXAMPLES[name]}\n\n{outputs}")
 
     def common(p):
         p.add_argument("name", help="dataset: ML-100K, ML-1M or Netflix-1M")
@@ -1198,7 +1204,8 @@ def build_parser():
         p.add_argument("--model", default=DEFAULT_MODEL,
                        help="hub id or local folder (hf), the server's model name (openai)")
         p.add_argument("--max_total_tokens", type=positive_int, default=5000,
-                       help="skip a prompt whose prompt + answer-budget tokens exceed this (published: 5000)")
+                       help="skip a prompt whose prompt + answer-budget tokens exceed this "
+                            "(default: %(default)s, as published)")
         p.add_argument("--no_progress", action="store_true", help="no progress bar")
         hf = p.add_argument_group("hf backend")
         hf.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -1235,7 +1242,8 @@ def build_parser():
                             help="answers file or JSONL cache to replay (default: none; needed with --backend replay)")
 
     def app(p):
-        p.add_argument("--output", default=None, help="augment file to write (default: DATA_DIR/NAME/NAME_train_augment.csv)")
+        p.add_argument("--output", default=None,
+                       help="augment file to write (default: DATA_DIR/NAME/NAME_train_augment.csv)")
 
     p = stage("prompts", "build the prompts into OUT_DIR/prompts.jsonl")
     common(p)
@@ -1251,7 +1259,8 @@ def build_parser():
     common(p)
     gen(p)
     app(p)
-    p = stage("diff", "compare two augment files of the same train_original (relabel counts, agreement)")
+    p = stage("diff", "compare two augment files of the same train_original (relabel counts, agreement)",
+              "outputs: a table on stdout; nothing is written.")
     p.add_argument("first", metavar="A.csv", help="an augment file")
     p.add_argument("second", metavar="B.csv", help="another augment file of the same train_original")
     return parser
@@ -1411,11 +1420,10 @@ def stage_diff(args):
             ("rows -> 4.5", [int((r == 4.5).sum()) for r in ratings]),
             ("rows -> 0.5", [int((r == 0.5).sum()) for r in ratings]),
             ("2/3 rows left", [int(np.isin(r, (2, 3)).sum()) for r in ratings])]
-    width = max(len(str(args.first)), len(str(args.second)), 8)
-    print(f"{'':18} {'A':>{width}}  {'B':>{width}}")
-    print(f"{'file':18} {str(args.first):>{width}}  {str(args.second):>{width}}")
+    print(f"A: {args.first}\nB: {args.second}")
+    print(f"{'':18} {'A':>8} {'B':>8}")
     for label, (a, b) in rows:
-        print(f"{label:18} {a:>{width}}  {b:>{width}}")
+        print(f"{label:18} {a:>8} {b:>8}")
     both = relabelled[0] & relabelled[1]
     same = int((both & (ratings[0] == ratings[1])).sum())
     share = f"{100 * same / both.sum():.1f}%" if both.any() else "-"

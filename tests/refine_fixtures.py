@@ -103,7 +103,8 @@ class FakeServer(LocalHTTPServer):
                 chat = self.path.endswith("chat/completions")
                 prompt = body["messages"][-1]["content"] if chat else body["prompt"]
                 with server.lock:
-                    server.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body,
+                    headers = {name.lower(): value for name, value in self.headers.items()}
+                    server.requests.append({"path": self.path, "headers": headers, "body": body,
                                             "time": time.monotonic()})
                     counting = body.get("max_tokens") == 1
                     action = server.script.pop(0) if server.script and not counting else "ok"

@@ -219,7 +219,8 @@ def test_stop_modes_and_the_vllm_field_hint(tmp_path, capsys):
         body = generation_requests(server)[0]["body"]
         assert body.get("stop") == stop and ("include_stop_str_in_output" in body) == field
     # The three modes give the same answers (the cut drops the separator line in each).
-    answers = {mode: (tmp_path / mode / "llama_distinguish_answer.txt").read_text() for mode in ("vllm", "plain", "none")}
+    answers = {mode: (tmp_path / mode / "llama_distinguish_answer.txt").read_text()
+               for mode in ("vllm", "plain", "none")}
     assert answers["vllm"] == answers["plain"] == answers["none"] != ""
     with FakeServer(script=[(400, {})]) as server:
         server.error_message = "Unrecognized request argument supplied: include_stop_str_in_output"
