@@ -465,24 +465,19 @@ def public_url(url):
 def parse_headers(lines):
     """`--header 'Name: value'` options -> {name: value}; the value is never echoed (it may be a key)."""
     headers = {}
-    for line in lines or ():
+    for number, line in enumerate(lines or (), 1):
         name, sep, value = line.partition(":")
-        if not sep or not name.strip() or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name.strip()):
-            raise InputError(f"--header {name.strip()[:40]!r}...: expected 'Name: value'")
+        if not sep or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name.strip()):
+            raise InputError(f"--header number {number}: expected 'Name: value' with a header name before ':'")
         headers[name.strip()] = value.strip()
     return headers
 
 
 def error_detail(body, fallback):
     """The server's own words for an error, on one line (OpenAI, vLLM and FastAPI error shapes)."""
-    detail = body
-    if isinstance(body, dict):
-        error = body.get("error", body)
-        detail = error.get("message", error) if isinstance(error, dict) else error
-        if detail is body and "message" in body:
-            detail = body["message"]
-        elif detail is body and "detail" in body:
-            detail = body["detail"]
+    detail = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(detail, dict):
+        detail = detail.get("message", detail.get("detail", detail))
     text = detail if isinstance(detail, str) else json.dumps(detail) if detail is not None else fallback
     return " ".join(str(text).split())[:300]
 
@@ -631,10 +626,12 @@ class OpenAIBackend:
             status = err.status_code
             detail = self._masked(error_detail(err.body, err.message))
             if status in (408, 409, 429) or status >= 500:
-                wait = err.response.headers.get("retry-after")
-                after = (f" (it asks to wait {wait} s, more than the client waits)" if wait else "")
+                wait = err.response.headers.get("retry-after", "")
+                if re.fullmatch(r"\d+(\.\d*)?", wait.strip()) and float(wait) > 120:
+                    raise InputError(f"{what} answered HTTP {status} {detail} and asks to wait {wait} s "
+                                     f"(Retry-After), longer than the client waits (120 s): rerun later") from None
                 raise InputError(f"{what} answered HTTP {status} {detail}, still after {self.max_retries} "
-                                 f"retries{after}") from None
+                                 f"retries") from None
             hint = (hints or {}).get(status) or {
                 400: ("the server does not take vLLM's include_stop_str_in_output: pass --stop plain"
                       if "include_stop_str_in_output" in detail else "the server refused the request"),
@@ -1319,8 +1316,12 @@ def make_backend(args):
         return TransformersBackend(args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
     if args.backend in ("openai", "http"):
         parts = urlsplit(args.base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InputError(f"--base_url {public_url(args.base_url)!r}: expected http(s)://HOST[:PORT]/PATH")
+        try:
+            valid = parts.scheme in ("http", "https") and parts.hostname and (parts.port or True)
+        except ValueError:  # a port that is not a number
+            valid = False
+        if not valid:  # not echoed: a URL may carry a password
+            raise InputError(f"--base_url: expected http(s)://HOST[:PORT]/PATH, such as {DEFAULT_BASE_URL}")
         if args.system and args.api != "chat":
             raise InputError("--system needs --api chat (the completions API has no system message)")
         return OpenAIBackend(args.base_url, args.model, api=args.api, system=args.system,
