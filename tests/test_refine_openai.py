@@ -267,3 +267,21 @@ def test_ctrl_c_with_requests_in_flight_keeps_what_arrived_and_does_not_wait(tmp
         assert R.main(api_args(tmp_path, server.url, "--tokenizer", "server")) == 0
         second = list(server.asked)
     assert not set(first) & set(second) and len(second) >= len(jobs) - 2
+
+
+def test_flag_values_that_may_hold_secrets_are_not_echoed(tmp_path, capsys):
+    make_dataset(tmp_path, n_users=1)
+    for url, extra, message in (("http://me:pw-9f8e7d@host:port/v1", [], "--base_url: expected http(s)://"),
+                                ("http://127.0.0.1:9/v1", ["--header", "pw-9f8e7d"], "--header number 1: expected")):
+        assert R.main(api_args(tmp_path, url, *extra)) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and "pw-9f8e7d" not in err
+
+
+def test_retry_after_longer_than_the_client_waits_stops_with_that_reason(tmp_path, capsys):
+    make_dataset(tmp_path, n_users=1)
+    with FakeServer(script=[(429, {"Retry-After": "500"})]) as server:
+        assert R.main(api_args(tmp_path, server.url, "--tokenizer", "server", "--max_prompts", "1")) == 2
+    assert len(generation_requests(server)) == 1
+    err = capsys.readouterr().err
+    assert "answered HTTP 429 injected 429 and asks to wait 500 s (Retry-After)" in err and err.count("\n") == 1
