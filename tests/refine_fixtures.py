@@ -67,6 +67,41 @@ def word_tokens(text):
     return len(text.split()) + 1
 
 
+def load_jobs(root):
+    _, joined = R.load_train(root, "ML-100K")
+    return joined, R.build_prompts(joined, "ML-100K")
+
+
+def api_args(root, url, *extra):
+    """`run` through --backend openai against a FakeServer at `url`."""
+    return ["run", "ML-100K", "--data_dir", str(root), "--backend", "openai", "--base_url", url,
+            "--model", "fake", "--no_progress", "--skip_users", "none", *extra]
+
+
+def expected_outcome(job, limit, overhead=0):
+    """(status, prompt used, answer) worked out from fake_answer and the server's word counts, by
+    hand, independently of refine_llm's engine; `overhead`: tokens a chat template adds per count."""
+    for prompt_no, prompt in ((1, job.prompt1), (2, job.prompt2)):
+        budget = re.split(r"(?i)(?=candidate list:)", prompt)[-1]
+        if word_tokens(prompt) + word_tokens(budget) + 2 * overhead > limit:
+            return "too_long", prompt_no, None
+        answer = fake_answer(prompt).split("\n")[0]
+        if answer.endswith("]"):
+            return "answered", prompt_no, answer
+    return "hallucinated", 2, None
+
+
+def expected_augment(root, jobs, outcomes):
+    """Relabel by hand: union of picked titles per answered user."""
+    liked = {}
+    for job, (status, _, answer) in zip(jobs, outcomes):
+        if status == "answered":
+            liked.setdefault(job.user, set()).update(re.findall(r"<([^>]+)>", answer))
+    train, joined = R.load_train(root, "ML-100K")
+    return [(4.5 if title in liked[user] else 0.5) if user in liked and rating in (2, 3) else float(rating)
+            for user, rating, title in zip(train[R.USER_COL], train[R.RATING_COL], joined["title"])]
+
+
 class FakeServer(LocalHTTPServer):
     """An OpenAI-compatible server on 127.0.0.1 like vLLM: /v1/completions, /v1/chat/completions and
     /tokenize, answering `fake_answer` with usage counts (word_tokens; chat adds CHAT_TEMPLATE_TOKENS).

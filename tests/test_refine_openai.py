@@ -5,7 +5,6 @@ both endpoints, keys, retries, hard errors, resume, Ctrl-C with requests in flig
 """
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -16,41 +15,10 @@ import pytest
 
 import refine_llm as R
 from conftest import ROOT
-from refine_fixtures import CHAT_TEMPLATE_TOKENS, FakeServer, fake_answer, make_dataset, word_tokens
+from refine_fixtures import (CHAT_TEMPLATE_TOKENS, FakeServer, api_args, expected_augment, expected_outcome,
+                             load_jobs, make_dataset, word_tokens)
 
 KEY = "sk-test-7f3a9c1e5b2d4086"
-
-
-def api_args(root, url, *extra):
-    return ["run", "ML-100K", "--data_dir", str(root), "--backend", "openai", "--base_url", url,
-            "--model", "fake", "--no_progress", "--skip_users", "none", *extra]
-
-
-def load_jobs(root):
-    _, joined = R.load_train(root, "ML-100K")
-    return R.build_prompts(joined, "ML-100K")
-
-
-def expected_outcome(job, limit, overhead):
-    """(status, prompt number, answer text) from fake_answer and the server's word counts, by hand."""
-    for prompt_no, prompt in ((1, job.prompt1), (2, job.prompt2)):
-        budget = re.split(r"(?i)(?=candidate list:)", prompt)[-1]
-        if word_tokens(prompt) + overhead + word_tokens(budget) + overhead > limit:
-            return "too_long", prompt_no, None
-        answer = fake_answer(prompt).split("\n")[0]
-        if answer.endswith("]"):
-            return "answered", prompt_no, answer
-    return "hallucinated", 2, None
-
-
-def expected_ratings(root, jobs, outcomes):
-    liked = {}
-    for job, (status, _, answer) in zip(jobs, outcomes):
-        if status == "answered":
-            liked.setdefault(job.user, set()).update(re.findall(r"<([^>]+)>", answer))
-    train, joined = R.load_train(root, "ML-100K")
-    return [(4.5 if title in liked[user] else 0.5) if user in liked and rating in (2, 3) else float(rating)
-            for user, rating, title in zip(train[R.USER_COL], train[R.RATING_COL], joined["title"])]
 
 
 def generation_requests(server):
@@ -60,7 +28,7 @@ def generation_requests(server):
 @pytest.mark.parametrize("api, tokenizer", [("completions", "server"), ("completions", "usage"), ("chat", None)])
 def test_both_endpoints_give_the_hand_worked_answers(tmp_path, monkeypatch, api, tokenizer):
     make_dataset(tmp_path, n_users=5, seed=4)
-    jobs = load_jobs(tmp_path)
+    _, jobs = load_jobs(tmp_path)
     # Chat counts the template too (the fake server adds CHAT_TEMPLATE_TOKENS to each count).
     overhead = CHAT_TEMPLATE_TOKENS if api == "chat" else 0
     totals = sorted(word_tokens(j.prompt1) + word_tokens(R.budget_text(j.prompt1)) + 2 * overhead for j in jobs)
@@ -74,7 +42,7 @@ def test_both_endpoints_give_the_hand_worked_answers(tmp_path, monkeypatch, api,
     with FakeServer() as server:
         assert R.main(api_args(tmp_path, server.url, *extra)) == 0
     augment = pd.read_csv(tmp_path / "ML-100K" / "ML-100K_train_augment.csv")
-    assert augment[R.RATING_COL].tolist() == expected_ratings(tmp_path, jobs, outcomes)
+    assert augment[R.RATING_COL].tolist() == expected_augment(tmp_path, jobs, outcomes)
     report = json.loads((tmp_path / "ML-100K" / "llm" / "report.json").read_text())
     assert (report["answered"], report["skipped_too_long"]) == (statuses.count("answered"), statuses.count("too_long"))
     assert (report["prompt_tokens"], report["completion_tokens"]) == tuple(server.usage)
@@ -111,7 +79,7 @@ def test_chat_system_message_goes_first_and_is_part_of_the_cache_key(tmp_path):
         assert len(server.asked) == len(first)  # another system message: other answers
     with FakeServer() as server:
         assert R.main(api_args(tmp_path, server.url, "--tokenizer", "server")) == 0
-        assert len(server.asked) >= len(load_jobs(tmp_path))  # completions: not the chat answers
+        assert len(server.asked) >= len(load_jobs(tmp_path)[1])  # completions: not the chat answers
     with FakeServer() as server:
         assert R.main(api_args(tmp_path, server.url, "--api", "chat", "--system", "Be brief.")) == 0
         assert server.asked == []
@@ -158,29 +126,6 @@ def test_hard_failures_stop_at_once_with_one_line(tmp_path, capsys, failure, mes
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err and "Traceback" not in err
     assert "rerun the same command to resume" in err
-
-
-def test_server_that_keeps_failing_stops_with_exit_2_and_a_rerun_asks_only_the_rest(tmp_path, capsys):
-    straight, broken = tmp_path / "straight", tmp_path / "broken"
-    for root in (straight, broken):
-        make_dataset(root, n_users=6, seed=3)
-    with FakeServer() as server:
-        assert R.main(api_args(straight, server.url, "--api", "chat")) == 0
-        everything = sorted(server.asked)
-    capsys.readouterr()
-    with FakeServer(fail_after=4) as server:
-        assert R.main(api_args(broken, server.url, "--api", "chat", "--max_retries", "2", "--concurrency", "2")) == 2
-        first = list(server.asked)
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "answered HTTP 500 injected 500, still after 2 retries" in err
-    cache = broken / "ML-100K" / "llm" / "answers_cache.jsonl"
-    assert len(first) == 4 and len(R.read_cache_records(cache)) == 4  # every answer received is kept
-    with FakeServer() as server:
-        assert R.main(api_args(broken, server.url, "--api", "chat")) == 0
-        second = list(server.asked)
-    assert not set(first) & set(second) and sorted(first + second) == everything
-    for name in ("llm/llama_distinguish_answer.txt", "ML-100K_train_augment.csv"):
-        assert (broken / "ML-100K" / name).read_bytes() == (straight / "ML-100K" / name).read_bytes()
 
 
 def test_key_and_header_values_appear_in_no_file_and_no_message(tmp_path, monkeypatch, capsys):
@@ -240,7 +185,7 @@ def test_bad_flag_values_are_refused_before_any_work(tmp_path, flag, value):
 
 def test_ctrl_c_with_requests_in_flight_keeps_what_arrived_and_does_not_wait(tmp_path):
     make_dataset(tmp_path, n_users=6, seed=3)
-    jobs = load_jobs(tmp_path)
+    _, jobs = load_jobs(tmp_path)
     argv = [sys.executable, "refine_llm.py", *api_args(tmp_path, "URL", "--tokenizer", "server",
                                                        "--concurrency", "3", "--timeout", "300")]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
