@@ -1123,6 +1123,13 @@ def default_data_dir():
     return os.environ.get("REFINE_DATA_DIR", "dataset")
 
 
+class Parser(argparse.ArgumentParser):
+    """A flag error is one line, like every other error of the command, plus where to read more."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Examples keep their line breaks; every option's help ends with its default."""
 
@@ -1173,7 +1180,7 @@ EXAMPLES = {
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python refine_llm.py", formatter_class=HelpFormatter,
         description="ReFINe LLM refinement: NAME_train_original.csv -> NAME_train_augment.csv.",
         epilog="examples:\n" + "\n".join(EXAMPLES.values()) + "\n\n" + OUTPUTS)
