@@ -21,6 +21,12 @@ from refine_fixtures import (CHAT_TEMPLATE_TOKENS, FakeServer, api_args, expecte
 KEY = "sk-test-7f3a9c1e5b2d4086"
 
 
+@pytest.fixture(autouse=True)
+def fast_backoff(monkeypatch):
+    """The client's first retry waits 0.5 s and doubles; 10 ms here keeps the tests fast."""
+    monkeypatch.setattr("openai._base_client.INITIAL_RETRY_DELAY", 0.01)
+
+
 def generation_requests(server):
     return [r for r in server.requests if r["body"].get("max_tokens") != 1]
 
@@ -100,17 +106,17 @@ def test_429_with_retry_after_then_503_then_success_answers_once(tmp_path):
     assert (report["requests_retried"], report["retries"]) == (1, 2)
 
 
-def test_dropped_connection_and_body_cut_short_are_retried(tmp_path):
+def test_dropped_connection_body_cut_short_and_timeout_are_retried(tmp_path):
     make_dataset(tmp_path, n_users=1, seed=2)
-    with FakeServer(script=["drop", "cut"]) as server:
+    with FakeServer(script=["drop", "cut", "hold"]) as server:
         assert R.main(api_args(tmp_path, server.url, "--tokenizer", "server", "--max_prompts", "1",
-                               "--concurrency", "1")) == 0
+                               "--concurrency", "1", "--timeout", "0.5")) == 0
     first_prompt = [r for r in generation_requests(server) if r["body"] == generation_requests(server)[0]["body"]]
-    assert len(first_prompt) == 3 and server.asked[0] == first_prompt[0]["body"]["prompt"]
+    assert len(first_prompt) == 4 and server.asked[0] == first_prompt[0]["body"]["prompt"]
     records = R.read_cache_records(tmp_path / "ML-100K" / "llm" / "answers_cache.jsonl")
     assert [r["prompt"] for r in records] in ([1], [1, 2])
     report = json.loads((tmp_path / "ML-100K" / "llm" / "report.json").read_text())
-    assert (report["requests_retried"], report["retries"]) == (1, 2)
+    assert (report["requests_retried"], report["retries"]) == (1, 3)
 
 
 @pytest.mark.parametrize("failure, message", [
