@@ -7,34 +7,40 @@ ambiguous (2/3-star) titles were really liked; those become 4.5, the rest 0.5.
     python refine_llm.py prompts ML-100K                      # writes dataset/ML-100K/llm/prompts.jsonl
     python refine_llm.py generate ML-100K --backend openai --base_url http://127.0.0.1:8000/v1
     python refine_llm.py apply ML-100K --answers dataset/ML-100K/llm/llama_distinguish_answer.txt
+    python refine_llm.py diff mine.csv dataset/ML-100K/ML-100K_train_augment.csv
 
 Stages: `prompts` builds the published prompts, `generate` asks a backend (Hugging Face
-transformers, an OpenAI-compatible completions server, or a replay of saved answers) and appends
-every answer to a JSONL cache as it arrives (a rerun resumes), `apply` parses the answers and
-relabels. `run` does all three.
+transformers, any OpenAI-compatible server through the official `openai` client, completions or
+chat, or a replay of saved answers) and appends every answer to a JSONL cache as it arrives (a
+rerun resumes), `apply` parses the answers and relabels. `run` does all three; `diff` compares two
+augment files. The reference is docs/llm.md.
 """
 import argparse
+import contextlib
 import hashlib
 import json
+import math
 import os
+import queue
 import re
 import sys
+import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
-from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-import numpy as np
-import pandas as pd
-
-from data_prep import ITEM as ITEM_COL, RATING as RATING_COL, USER as USER_COL
 from utils import InputError, atomic_write
+
+# numpy, pandas, asyncio, openai and transformers are imported inside the functions that need them,
+# so that --help and flag errors answer at once. For the same reason the column names are spelled out here
+# rather than imported from data_prep (which loads pandas); a test checks that they agree.
+USER_COL, ITEM_COL, RATING_COL = "user_id:token", "item_id:token", "rating:float"
 
 SEPARATOR = "-" * 45
 ANSWER_HEADER = "LLaMA's cut recommendation for user {user}:"
+ANSWER_HEADER_PREFIX = "LLaMA's cut recommendation for user"
 DEFAULT_MODEL = "meta-llama/Llama-2-7b-hf"
 SEED = 2024
 INSTRUCTIONS = (
@@ -78,6 +84,8 @@ def get_preset(name):
 
 def read_csv_checked(path, columns, **read_kwargs):
     """Read a CSV and check it has `columns`; missing file or column -> one-line InputError."""
+    import pandas as pd
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"file not found: {path}")
@@ -91,13 +99,28 @@ def read_csv_checked(path, columns, **read_kwargs):
     return frame
 
 
+def missing_item_file_message(path, name, data_dir):
+    """A missing item file: where it comes from, with the user's own --data_dir in the command."""
+    from data_prep import MOVIE_TITLES_PAGE
+
+    fetch = f"`python dataloader.py download {name} --data_dir {data_dir}`"
+    if Path(path).name == "movie_titles.csv":
+        return (f"file not found: {path}: it is part of the Netflix Prize data ({MOVIE_TITLES_PAGE}, needs a "
+                f"Kaggle login); put it in {Path(path).parent}/ ({fetch} says the same and fetches the genres)")
+    return (f"file not found: {path}: the item file comes with the raw data; {fetch} fetches the raw files, "
+            f"the item file among them (the split CSVs are left alone)")
+
+
 def read_item_titles(dataset_dir, name, preset):
     """Item id -> title, genre from the raw item file(s) of SPEC 1.1."""
+    import pandas as pd
+
     dataset_dir = Path(dataset_dir)
     if name == "Netflix-1M":
         titles_path, genres_path = dataset_dir / "movie_titles.csv", dataset_dir / "netflix_genres.csv"
-        if not titles_path.is_file():
-            raise InputError(f"file not found: {titles_path}")
+        for path in (titles_path, genres_path):
+            if not path.is_file():
+                raise InputError(missing_item_file_message(path, name, dataset_dir.parent))
         rows = []
         # Titles contain commas: split on the first two only (id, year, title).
         with open(titles_path, encoding="ISO-8859-1") as handle:
@@ -118,6 +141,8 @@ def read_item_titles(dataset_dir, name, preset):
         items = titles.merge(genres, on=ITEM_COL, how="left")
     else:
         item_path = dataset_dir / f"{name.lower()}.item"
+        if not item_path.is_file():
+            raise InputError(missing_item_file_message(item_path, name, dataset_dir.parent))
         items = read_csv_checked(item_path, [ITEM_COL, preset.title_col, preset.genre_col], sep="\t")
         items = items[[ITEM_COL, preset.title_col, preset.genre_col]]
     if items[ITEM_COL].duplicated().any():
@@ -131,6 +156,10 @@ def load_train(data_dir, name):
     preset = get_preset(name)
     dataset_dir = Path(data_dir) / name
     train_path = dataset_dir / f"{name}_train_original.csv"
+    if not train_path.is_file():
+        from data_prep import missing_split_message
+
+        raise InputError(missing_split_message(data_dir, name, ("train_original",)))
     train = read_csv_checked(train_path, [USER_COL, ITEM_COL, RATING_COL])
     if preset.title_col in train.columns and preset.genre_col in train.columns:
         # The notebooks' own train_original already carried the item columns.
@@ -170,6 +199,8 @@ def read_skip_users(path):
 
 def render_list(entries):
     """Render like numpy prints a 1-D object array with unlimited line width (the notebooks' str.format)."""
+    import numpy as np
+
     with np.printoptions(linewidth=sys.maxsize):
         return str(np.array(list(entries), dtype=object))
 
@@ -212,6 +243,8 @@ def user_prompts(user, rows, preset, rng):
     Mirrors the notebooks: the example list is shuffled before the real list, both with the same
     global RNG; the few-shot answer keeps example entries whose text equals a 4-star entry.
     """
+    import numpy as np
+
     entries = {r: [] for r in (5, 4, 3, 2, 1)}
     ratings = []
     for rating, title, genre in rows:
@@ -245,6 +278,9 @@ def user_prompts(user, rows, preset, rng):
 
 def build_prompts(joined, name, skip_users=()):
     """Every prompt of the dataset, users ascending; skipped users draw nothing from the RNG."""
+    import numpy as np
+    import pandas as pd
+
     preset = get_preset(name)
     users = joined[USER_COL].to_numpy()
     items = joined[ITEM_COL].to_numpy()
@@ -305,8 +341,8 @@ def cut_response(full_text, prompt, prompt_no):
 
 
 # ----------------------------------------------------------------------------------------------
-# Backends: token_lengths(requests) -> [(prompt_tokens, budget_tokens)]; generate(requests) yields
-# (request, full_text or None) as answers arrive.
+# Backends: token_lengths(requests) -> [(prompt_tokens, budget_tokens)], None where the backend
+# learns the count while asking; generate(requests) yields (request, Reply or None) as answers arrive.
 
 
 @dataclass(frozen=True)
@@ -315,8 +351,17 @@ class Request:
     chunk: int
     prompt_no: int
     prompt: str
-    key: str            # prompt hash
-    max_new_tokens: int = 0
+    key: str                          # prompt hash
+    max_new_tokens: int | None = 0    # None: the backend counts the budget itself (--tokenizer usage)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One answer. `text` is the prompt plus the generated text, which the published cut reads."""
+    text: str
+    rule_tokens: tuple | None = None  # (prompt, budget) tokens learned while asking (--tokenizer usage)
+    usage: tuple | None = None        # (prompt, completion) tokens of every request made for it
+    retries: int = 0                  # requests repeated after a transient failure
 
 
 class TransformersBackend:
@@ -375,7 +420,7 @@ class TransformersBackend:
                 new_ids = out[row, width:width + stop.finished_at(row, out.shape[1] - width)]
                 # Decode prompt + answer together, as upstream did, so the len(prompt) slice matches.
                 text = self.tokenizer.decode(torch.cat([prompt_ids, new_ids]), skip_special_tokens=True)
-                yield request, text
+                yield request, Reply(text, usage=(len(prompt_ids), len(new_ids)))
 
 
 class _SeparatorStop:
@@ -405,103 +450,312 @@ class _SeparatorStop:
         return self.done_at[row] if self.done_at[row] is not None else generated
 
 
-class OpenAIBackend:
-    """Any OpenAI-compatible /v1/completions server (vLLM, llama.cpp server, Ollama)."""
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"  # where `vllm serve` listens by default
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+NO_KEY = "EMPTY"  # sent when no key is set: local servers started without a key ignore it
 
-    def __init__(self, base_url, model, tokenizer=None, concurrency=16, timeout=600.0, stop=True):
+
+def public_url(url):
+    """`url` without user:password@, query or fragment: safe to print and to write in the report."""
+    parts = urlsplit(url)
+    netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+def parse_headers(lines):
+    """`--header 'Name: value'` options -> {name: value}; the value is never echoed (it may be a key)."""
+    headers = {}
+    for number, line in enumerate(lines or (), 1):
+        name, sep, value = line.partition(":")
+        if not sep or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name.strip()):
+            raise InputError(f"--header number {number}: expected 'Name: value' with a header name before ':'")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def error_detail(body, fallback):
+    """The server's own words for an error, on one line (OpenAI, vLLM and FastAPI error shapes)."""
+    detail = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(detail, dict):
+        detail = detail.get("message", detail.get("detail", detail))
+    text = detail if isinstance(detail, str) else json.dumps(detail) if detail is not None else fallback
+    return " ".join(str(text).split())[:300]
+
+
+_DONE = object()
+
+
+@dataclass
+class _Failed:
+    error: BaseException
+
+
+def stream_from_loop(work):
+    """Run `await work(emit)` on an asyncio loop in a helper thread; yield each item it emits.
+
+    Ctrl-C reaches the main thread only, which waits here: it cancels the loop's work at once (the
+    requests in flight are dropped, not waited for), then still yields every item emitted before,
+    so their answers get cached, and then lets KeyboardInterrupt go on. An error of `work` is
+    raised here after the items emitted before it.
+    """
+    import asyncio
+
+    items = queue.Queue()
+    handle = {}
+    started = threading.Event()
+
+    async def runner():
+        handle["loop"], handle["task"] = asyncio.get_running_loop(), asyncio.current_task()
+        started.set()
+        try:
+            await work(items.put)
+        except asyncio.CancelledError:
+            pass
+        except BaseException as err:  # handed to the main thread, which raises it
+            items.put(_Failed(err))
+        finally:
+            items.put(_DONE)
+
+    thread = threading.Thread(target=asyncio.run, args=(runner(),), name="llm-requests", daemon=True)
+    thread.start()
+    started.wait()
+
+    def stop():
+        if thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # the loop may have closed meanwhile
+                handle["loop"].call_soon_threadsafe(handle["task"].cancel)
+            thread.join()
+
+    try:
+        while (item := items.get()) is not _DONE:
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    except KeyboardInterrupt:
+        stop()
+        while not items.empty():
+            item = items.get_nowait()
+            if item is not _DONE and not isinstance(item, _Failed):
+                yield item
+        raise
+    finally:
+        stop()
+
+
+async def run_all(coroutines):
+    """Await `coroutines` together; the first InputError cancels the others and is raised alone."""
+    import asyncio
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for coroutine in coroutines:
+                group.create_task(coroutine)
+    except* InputError as errors:
+        raise errors.exceptions[0] from None
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible server (vLLM, SGLang, llama.cpp, Ollama, hosted APIs) through the
+    official `openai` client.
+
+    `api="completions"` sends the published prompt as is (the published setting); `"chat"` sends it
+    unchanged as one user message, after an optional system message. Both decode greedily with the
+    answer budget as max_tokens and stop at the separator. The client retries 408/409/429 (honouring
+    Retry-After up to two minutes), 5xx, dropped connections and timeouts, with exponential backoff
+    (0.5 s doubling to 8 s, minus up to 25% jitter), `max_retries` times per request; any other
+    failure, and one still failing after that, stops the run with one InputError line.
+    """
+
+    def __init__(self, base_url, model, api="completions", system=None, api_key_env=DEFAULT_KEY_ENV,
+                 headers=(), tokenizer=None, concurrency=16, timeout=600.0, max_retries=5, stop="vllm"):
+        try:
+            import openai  # noqa: F401 - checked here so a missing package is one line, before any work
+        except ImportError:
+            raise InputError("--backend openai needs the openai package: pip install -r requirements.txt") from None
         self.base_url = base_url.rstrip("/")
+        self.shown_url = public_url(self.base_url)
         self.model_id = str(model)
-        self.concurrency = max(1, int(concurrency))
-        self.timeout = timeout
-        self.stop = stop
+        self.api = api
+        self.system = system
+        # The cache key: answers of another API kind or system message are other answers.
+        self.api_tag = f"chat+system:{prompt_hash(system)}" if api == "chat" and system else api
+        self.endpoint = f"{self.shown_url}/{'chat/completions' if api == 'chat' else 'completions'}"
+        self.concurrency, self.timeout, self.max_retries, self.stop = concurrency, timeout, max_retries, stop
+        key = os.environ.get(api_key_env, "")
+        if not key and api_key_env != DEFAULT_KEY_ENV:
+            raise InputError(f"--api_key_env {api_key_env}: that environment variable is not set")
+        self.key_env = api_key_env
+        self._key = key or NO_KEY
+        self._headers = parse_headers(headers)
+        # Never printed: the key and header values are masked in every message a server sends back.
+        self._secrets = [s for s in (key, *self._headers.values()) if len(s) >= 4]
+        tokenizer = tokenizer or ("usage" if api == "chat" else self.model_id)
+        self.count_mode = tokenizer if tokenizer in ("server", "usage") else "local"
         self.tokenizer = None
-        if tokenizer != "server":
-            name = tokenizer or model
+        if self.count_mode == "local":
             try:
                 from transformers import AutoTokenizer
-                self.tokenizer = AutoTokenizer.from_pretrained(name)
-            except Exception as err:  # noqa: BLE001
+                self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+            except Exception as err:  # noqa: BLE001 - any loader failure is a user-facing input problem
                 message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise InputError(f"cannot load tokenizer {name!r} (or pass --tokenizer server): {message}") from None
+                raise InputError(f"cannot load tokenizer {tokenizer!r} (or pass --tokenizer server or usage): "
+                                 f"{message}") from None
 
-    def _post(self, url, payload):
-        data = json.dumps(payload).encode("utf-8")
-        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    # -- one request ----------------------------------------------------------------------------
+
+    def _client(self):
+        import openai
+
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=self._key, max_retries=self.max_retries,
+                                  timeout=self.timeout, default_headers=self._headers)
+
+    def _masked(self, text):
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    async def _call(self, what, send, hints=None):
+        """Await `send()`; return (body, retries taken). What fails after the client's retries -> InputError."""
+        import openai
+
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read().decode("utf-8"))
-        except urllib.error.HTTPError as err:
-            body = err.read().decode("utf-8", "replace").strip().replace("\n", " ")[:200]
-            raise InputError(f"server at {url} answered HTTP {err.code}: {body}") from None
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise InputError(f"cannot reach completions server at {url}: {reason}") from None
-        except json.JSONDecodeError:
-            raise InputError(f"server at {url} did not answer JSON") from None
+            result = await send()
+            parse = getattr(result, "parse", None)  # a raw response; a plain body otherwise
+            return (parse() if parse else result), getattr(result, "retries_taken", 0)
+        except openai.APIStatusError as err:
+            status = err.status_code
+            detail = self._masked(error_detail(err.body, err.message))
+            if status in (408, 409, 429) or status >= 500:
+                wait = err.response.headers.get("retry-after", "")
+                if re.fullmatch(r"\d+(\.\d*)?", wait.strip()) and float(wait) > 120:
+                    raise InputError(f"{what} answered HTTP {status} {detail} and asks to wait {wait} s "
+                                     f"(Retry-After), longer than the client waits (120 s): rerun later") from None
+                raise InputError(f"{what} answered HTTP {status} {detail}, still after {self.max_retries} "
+                                 f"retries") from None
+            hint = (hints or {}).get(status) or {
+                400: ("the server does not take vLLM's include_stop_str_in_output: pass --stop plain"
+                      if "include_stop_str_in_output" in detail else "the server refused the request"),
+                401: f"check the key in ${self.key_env} (--api_key_env)",
+                403: f"the key in ${self.key_env} has no access to this model or endpoint",
+                404: f"unknown model {self.model_id!r}, or --base_url {self.shown_url} is not the API root "
+                     f"(it usually ends in /v1)"}.get(status, "the server refused the request")
+            raise InputError(f"{what} answered HTTP {status}: {detail}; {hint}") from None
+        except openai.APITimeoutError:
+            raise InputError(f"{what}: no answer within --timeout {self.timeout:g} s, still after "
+                             f"{self.max_retries} retries") from None
+        except openai.APIConnectionError as err:
+            reason = self._masked(" ".join(str(err.__cause__ or err).split()))[:300]
+            raise InputError(f"cannot reach {what}: {reason}, still after {self.max_retries} retries") from None
+        except ValueError as err:  # UnicodeDecodeError, JSONDecodeError: not a JSON text body
+            raise InputError(f"{what} answered a body that is not UTF-8 JSON ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:120]})") from None
 
-    def _count_on_server(self, text):
+    def _send(self, client, text, max_tokens, with_system=True):
+        options = {"model": self.model_id, "max_tokens": max_tokens, "temperature": 0, "top_p": 1, "n": 1}
+        if self.stop != "none":
+            options["stop"] = [SEPARATOR]
+        if self.stop == "vllm":
+            options["extra_body"] = {"include_stop_str_in_output": True}
+        if self.api == "completions":
+            return client.completions.with_raw_response.create(prompt=text, **options)
+        messages = [{"role": "system", "content": self.system}] if self.system and with_system else []
+        messages.append({"role": "user", "content": text})
+        return client.chat.completions.with_raw_response.create(messages=messages, **options)
+
+    def _answer_text(self, body):
+        try:
+            choice = body.choices[0]
+            text = choice.text if self.api == "completions" else (choice.message.content or "")
+        except (AttributeError, IndexError, TypeError):
+            field = "text" if self.api == "completions" else "message.content"
+            raise InputError(f"{self.endpoint} answered without choices[0].{field}") from None
+        if not isinstance(text, str):
+            raise InputError(f"{self.endpoint} answered a choices[0] text that is not a string")
+        if self.stop != "none" and SEPARATOR not in text and getattr(choice, "stop_reason", None) == SEPARATOR:
+            # Stopped on the separator but left it out: put it back so the cut drops its line.
+            text += SEPARATOR
+        return text
+
+    def _prompt_tokens(self, body, why):
+        tokens = getattr(getattr(body, "usage", None), "prompt_tokens", None)
+        if not isinstance(tokens, int):
+            raise InputError(f"{self.endpoint} sent no usage.prompt_tokens, which {why} needs: "
+                             f"pass --tokenizer server (vLLM, llama.cpp) or a tokenizer name")
+        return tokens
+
+    async def _ask(self, client, request):
+        retries, used = 0, [0, 0, False]
+
+        def add_usage(body):
+            usage = getattr(body, "usage", None)
+            if usage is not None:
+                used[0] += getattr(usage, "prompt_tokens", 0) or 0
+                used[1] += getattr(usage, "completion_tokens", 0) or 0
+                used[2] = True
+
+        budget, rule_tokens = request.max_new_tokens, None
+        if budget is None:
+            # --tokenizer usage: the budget is the server's count of the budget text.
+            text = budget_text(request.prompt)
+            body, retries = await self._call(self.endpoint, lambda: self._send(client, text, 1, with_system=False))
+            budget = self._prompt_tokens(body, "--tokenizer usage")
+            add_usage(body)
+        body, more = await self._call(self.endpoint, lambda: self._send(client, request.prompt, budget))
+        retries += more
+        add_usage(body)
+        if request.max_new_tokens is None:
+            rule_tokens = (self._prompt_tokens(body, "--tokenizer usage"), budget)
+        return Reply(request.prompt + self._answer_text(body), rule_tokens,
+                     tuple(used[:2]) if used[2] else None, retries)
+
+    async def _count_on_server(self, client, text):
         root = re.sub(r"/v1$", "", self.base_url)
         # vLLM reads model/prompt/add_special_tokens, llama.cpp reads content/add_special.
-        body = self._post(f"{root}/tokenize", {"model": self.model_id, "prompt": text, "content": text,
-                                               "add_special_tokens": True, "add_special": True})
-        if "count" in body:
-            return int(body["count"])
-        if "tokens" in body:
+        payload = {"model": self.model_id, "prompt": text, "content": text,
+                   "add_special_tokens": True, "add_special": True}
+        where = f"{public_url(root)}/tokenize"
+        body, _ = await self._call(where, lambda: client.post(f"{root}/tokenize", cast_to=object, body=payload),
+                                   hints={404: "the server has no /tokenize (vLLM and llama.cpp have one): "
+                                               "pass --tokenizer usage or a tokenizer name"})
+        if isinstance(body, dict) and isinstance(body.get("count"), int):
+            return body["count"]
+        if isinstance(body, dict) and isinstance(body.get("tokens"), list):
             return len(body["tokens"])
-        raise InputError(f"{root}/tokenize answered without 'count' or 'tokens'")
+        raise InputError(f"{where} answered without 'count' or 'tokens'")
+
+    # -- many requests ----------------------------------------------------------------------------
+
+    def _bounded(self, items, ask):
+        """Yield (item, await ask(client, item)) for every item, at most `concurrency` in flight."""
+        import asyncio
+
+        async def work(emit):
+            async with self._client() as client:
+                limit = asyncio.Semaphore(self.concurrency)
+
+                async def one(item):
+                    async with limit:
+                        emit((item, await ask(client, item)))
+
+                await run_all(one(item) for item in items)
+
+        return stream_from_loop(work)
 
     def token_lengths(self, requests):
         prompts = [r.prompt for r in requests]
         subs = [budget_text(p) for p in prompts]
-        if self.tokenizer is not None:
+        if self.count_mode == "usage":
+            return [(None, None)] * len(requests)
+        if self.count_mode == "local":
             full = self.tokenizer(prompts)["input_ids"]
             sub = self.tokenizer(subs)["input_ids"]
             return [(len(a), len(b)) for a, b in zip(full, sub)]
-        with ThreadPoolExecutor(self.concurrency) as pool:
-            full = list(pool.map(self._count_on_server, prompts))
-            sub = list(pool.map(self._count_on_server, subs))
-        return list(zip(full, sub))
-
-    def _complete(self, request):
-        payload = {"model": self.model_id, "prompt": request.prompt, "max_tokens": request.max_new_tokens,
-                   "temperature": 0, "top_p": 1, "n": 1}
-        if self.stop:
-            payload.update(stop=[SEPARATOR], include_stop_str_in_output=True)
-        body = self._post(f"{self.base_url}/completions", payload)
-        try:
-            choice = body["choices"][0]
-            text = choice["text"]
-        except (KeyError, IndexError, TypeError):
-            raise InputError(f"{self.base_url}/completions answered without choices[0].text") from None
-        if self.stop and SEPARATOR not in text and choice.get("stop_reason") == SEPARATOR:
-            # Server stopped on the separator but left it out: put it back so the cut drops its line.
-            text += SEPARATOR
-        return request, request.prompt + text
+        texts = dict(enumerate(prompts + subs))
+        counts = dict(self._bounded(texts, lambda client, i: self._count_on_server(client, texts[i])))
+        return [(counts[i], counts[i + len(prompts)]) for i in range(len(prompts))]
 
     def generate(self, requests):
-        first_error = None
-        with ThreadPoolExecutor(self.concurrency) as pool:
-            futures = [pool.submit(self._complete, r) for r in requests]
-            try:
-                for future in as_completed(futures):
-                    try:
-                        result = future.result()
-                    except InputError as err:
-                        # Stop sending, but still hand over answers already in flight, so a
-                        # rerun does not ask them again.
-                        if first_error is None:
-                            first_error = err
-                            for pending in futures:
-                                pending.cancel()
-                        continue
-                    except CancelledError:
-                        continue
-                    yield result
-            finally:
-                for future in futures:
-                    future.cancel()
-        if first_error is not None:
-            raise first_error
+        yield from self._bounded(requests, self._ask)
 
 
 class ReplayBackend:
@@ -534,9 +788,9 @@ class ReplayBackend:
         for r in requests:
             rec = self._record(r)
             if rec is not None:
-                yield r, r.prompt + rec["answer"]
+                yield r, Reply(r.prompt + rec["answer"])
             elif not self.records and r.prompt_no == 1 and r.chunk < len(self.blocks.get(r.user, [])):
-                yield r, r.prompt + self.blocks[r.user][r.chunk]
+                yield r, Reply(r.prompt + self.blocks[r.user][r.chunk])
             else:
                 yield r, None
 
@@ -544,47 +798,84 @@ class ReplayBackend:
 # ----------------------------------------------------------------------------------------------
 # Answer files
 
+CACHE_STATUSES = ("answered", "no_bracket", "too_long")
 
-def is_jsonl(path):
+
+def read_text_lines(path):
+    """Lines of a UTF-8 text file (universal newlines); not UTF-8 -> InputError naming the line."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"answers file not found: {path}")
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                return line.lstrip().startswith("{")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not UTF-8 text; expected an answers file "
+                         f"(llama_distinguish_answer.txt) or a JSONL answers cache") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def is_jsonl(path):
+    for line in read_text_lines(path):
+        if line.strip():
+            return line.lstrip().startswith("{")
     return False
 
 
+def cache_record_problem(rec):
+    """What is wrong with one parsed cache line, or None."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    missing = [k for k in ("user", "chunk", "prompt", "hash", "status", "answer") if k not in rec]
+    if missing:
+        return f"record without {', '.join(missing)}"
+    for field in ("user", "chunk"):
+        if not isinstance(rec[field], int) or isinstance(rec[field], bool):
+            return f"{field} {json.dumps(rec[field])} is not an integer"
+    if rec["prompt"] not in (1, 2):
+        return f"prompt {json.dumps(rec['prompt'])} is not 1 or 2"
+    if rec["status"] not in CACHE_STATUSES:
+        return f"status {json.dumps(rec['status'])} is not one of {', '.join(CACHE_STATUSES)}"
+    if not isinstance(rec["answer"], str) or not isinstance(rec["hash"], str):
+        field = "answer" if not isinstance(rec["answer"], str) else "hash"
+        return f"{field} {json.dumps(rec[field])} is not text"
+    return None
+
+
 def read_cache_records(path):
-    """Records of a JSONL cache; a torn last line (killed mid-write) is ignored."""
+    """Records of a JSONL cache. A line that is not JSON is a write cut short by a kill and is
+    skipped; a JSON record with wrong fields is an InputError naming file and line."""
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and {"user", "chunk", "prompt", "hash", "status"} <= rec.keys():
-                records.append(rec)
+    for line_no, line in enumerate(read_text_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        problem = cache_record_problem(rec)
+        if problem:
+            raise InputError(f"{path}:{line_no}: {problem}; fix or delete that line")
+        records.append(rec)
     return records
 
 
 def read_answer_blocks(path):
-    """(user, text) per block of a published answers file."""
+    """(user, text) per block of a published answers file; a header without a user id -> InputError."""
     blocks, user, lines = [], None, []
-    pattern = re.compile(r"^LLaMA's cut recommendation for user (\d+):\s*$")
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            match = pattern.match(line.strip())
-            if match:
-                if user is not None:
-                    blocks.append((user, "\n".join(lines).strip("\n")))
-                user, lines = int(match.group(1)), []
-            elif user is not None:
-                lines.append(line.rstrip("\n"))
+    for line_no, line in enumerate(read_text_lines(path), 1):
+        stripped = line.strip()
+        if stripped.startswith(ANSWER_HEADER_PREFIX):
+            match = re.fullmatch(r"(\d+):", stripped[len(ANSWER_HEADER_PREFIX):].strip())
+            if not match:
+                raise InputError(f"{path}:{line_no}: expected \"{ANSWER_HEADER.format(user='N')}\" with an "
+                                 f"integer user id N, got {stripped[:80]!r}")
+            if user is not None:
+                blocks.append((user, "\n".join(lines).strip("\n")))
+            user, lines = int(match.group(1)), []
+        elif user is not None:
+            lines.append(line)
     if user is not None:
         blocks.append((user, "\n".join(lines).strip("\n")))
     return blocks
@@ -617,22 +908,17 @@ def parse_answers(path):
             if rec["status"] == "answered":
                 latest[(rec["user"], rec["chunk"])] = rec
         for (user, _), rec in sorted(latest.items()):
-            parse_answer_lines(rec["answer"].split("\n"), int(user), liked)
+            parse_answer_lines(rec["answer"].split("\n"), user, liked)
         return liked
-    header = "LLaMA's cut recommendation for user"
-    current = None
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            stripped = line.strip()
-            if stripped.startswith(header):
-                current = int(re.search(r"user (\d+)", stripped).group(1))
-            elif current is not None:
-                parse_answer_lines([stripped], current, liked)
+    for user, text in read_answer_blocks(path):
+        parse_answer_lines(text.split("\n"), user, liked)
     return liked
 
 
 def relabel(train, titles, liked):
     """2/3-star rows of answered users -> 4.5 if the title was picked, else 0.5 (SPEC 2)."""
+    import numpy as np
+
     out = train.copy()
     out[RATING_COL] = out[RATING_COL].astype(float)
     users = out[USER_COL].to_numpy()
@@ -648,16 +934,20 @@ def relabel(train, titles, liked):
 
 
 class AnswerCache:
-    """JSONL cache plus the published answers file, both appended as answers arrive."""
+    """JSONL cache plus the published answers file, both appended as answers arrive.
 
-    def __init__(self, out_dir, model_id):
+    A cached answer counts for a run with the same model and API kind (`api`: completions, chat or
+    chat+system:<hash>); records written before API kinds existed are completions.
+    """
+
+    def __init__(self, out_dir, model_id, api="completions"):
         self.path = Path(out_dir) / "answers_cache.jsonl"
         self.txt_path = Path(out_dir) / "llama_distinguish_answer.txt"
-        self.model_id = model_id
+        self.model_id, self.api = model_id, api
         self.records, self.ignored = {}, 0
         if self.path.is_file():
             for rec in read_cache_records(self.path):
-                if rec.get("model") != model_id:
+                if rec.get("model") != model_id or rec.get("api", "completions") != api:
                     self.ignored += 1
                     continue
                 self.records[(rec["user"], rec["chunk"], rec["prompt"], rec["hash"])] = rec
@@ -671,6 +961,11 @@ class AnswerCache:
 
     def get(self, request):
         return self.records.get((request.user, request.chunk, request.prompt_no, request.key))
+
+    def record(self, request, status, answer, lengths):
+        return {"user": request.user, "chunk": request.chunk, "prompt": request.prompt_no, "hash": request.key,
+                "model": self.model_id, "api": self.api, "status": status, "prompt_tokens": lengths[0],
+                "budget_tokens": lengths[1], "answer": answer}
 
     def add(self, rec):
         self.records[(rec["user"], rec["chunk"], rec["prompt"], rec["hash"])] = rec
@@ -701,10 +996,21 @@ class AnswerCache:
             self._txt.close()
 
 
-def make_record(request, status, answer, lengths, model_id):
-    return {"user": request.user, "chunk": request.chunk, "prompt": request.prompt_no, "hash": request.key,
-            "model": model_id, "status": status, "prompt_tokens": lengths[0], "budget_tokens": lengths[1],
-            "answer": answer}
+def consume(stream, handle):
+    """handle(request, reply) for every answer of `stream`, also on Ctrl-C for those that arrived."""
+    try:
+        for request, reply in stream:
+            handle(request, reply)
+    except KeyboardInterrupt:
+        # Ctrl-C while an answer was being handled: the stream may hold more that arrived meanwhile.
+        try:
+            request, reply = stream.throw(KeyboardInterrupt)
+            while True:
+                handle(request, reply)
+                request, reply = next(stream)
+        except (KeyboardInterrupt, StopIteration):
+            pass
+        raise
 
 
 def generate_answers(jobs, backend, cache, max_total_tokens=5000, progress=True):
@@ -727,7 +1033,7 @@ def generate_answers(jobs, backend, cache, max_total_tokens=5000, progress=True)
             counts["answered_with_prompt2"] += 1
         bar.update(1)
         bar.set_postfix(answered=counts["answered"], skipped=counts["skipped_too_long"],
-                        hallucinated=counts["hallucinated"], refresh=False)
+                        hallucinated=counts["hallucinated"], retries=counts["retries"], refresh=False)
 
     cache.start_answers_file(answered_records(jobs, cache))
     pending = [(job, 1) for job in jobs]
@@ -748,8 +1054,8 @@ def generate_answers(jobs, backend, cache, max_total_tokens=5000, progress=True)
             lengths = backend.token_lengths([r for _, r in asking]) if asking else []
             requests = []
             for (job, request), (n_prompt, n_budget) in zip(asking, lengths):
-                if n_prompt + n_budget > max_total_tokens:
-                    rec = make_record(request, "too_long", "", (n_prompt, n_budget), cache.model_id)
+                if n_prompt is not None and n_budget is not None and n_prompt + n_budget > max_total_tokens:
+                    rec = cache.record(request, "too_long", "", (n_prompt, n_budget))
                     cache.add(rec)
                     finish(job, rec, cached=False)
                     continue
@@ -757,19 +1063,36 @@ def generate_answers(jobs, backend, cache, max_total_tokens=5000, progress=True)
                 request = Request(request.user, request.chunk, prompt_no, request.prompt, request.key, n_budget)
                 job_of[request] = (job, (n_prompt, n_budget))
                 requests.append(request)
-            for request, full_text in backend.generate(requests):
+
+            def handle(request, reply):
                 job, lens = job_of[request]
-                if full_text is None:
+                if reply is None:
                     finish(job, None, cached=False)
-                    continue
-                response, answer = cut_response(full_text, request.prompt, prompt_no)
+                    return
+                counts["retries"] += reply.retries
+                counts["requests_retried"] += reply.retries > 0
+                if reply.usage is not None:
+                    counts["usage_prompt_tokens"] += reply.usage[0]
+                    counts["usage_completion_tokens"] += reply.usage[1]
+                    counts["with_usage"] += 1
+                if reply.rule_tokens is not None:
+                    # --tokenizer usage: the rule is applied once the server has counted the prompt.
+                    lens = reply.rule_tokens
+                    if lens[0] + lens[1] > max_total_tokens:
+                        rec = cache.record(request, "too_long", "", lens)
+                        cache.add(rec)
+                        finish(job, rec, cached=False)
+                        return
+                response, answer = cut_response(reply.text, request.prompt, prompt_no)
                 status = "answered" if response.endswith("]") else "no_bracket"
-                rec = make_record(request, status, answer, lens, cache.model_id)
+                rec = cache.record(request, status, answer, lens)
                 cache.add(rec)
                 if status == "no_bracket" and prompt_no == 1:
                     retry.append((job, 2))
                 else:
                     finish(job, rec, cached=False)
+
+            consume(backend.generate(requests), handle)
             pending = retry
     finally:
         bar.close()
@@ -800,70 +1123,178 @@ def default_data_dir():
     return os.environ.get("REFINE_DATA_DIR", "dataset")
 
 
+class Parser(argparse.ArgumentParser):
+    """A flag error is one line, like every other error of the command, plus where to read more."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples keep their line breaks; every option's help ends with its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.option_strings and "default" not in text and action.default is not argparse.SUPPRESS:
+            text += " (default: %(default)s)"
+        return text
+
+
+def checked(kind, low, low_ok, what):
+    """An argparse type: a finite `kind` number above `low` (or equal to it when `low_ok`)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not math.isfinite(value) or value < low or (value == low and not low_ok):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+    return parse
+
+
+positive_int = checked(int, 1, True, "a whole number of at least 1")
+non_negative_int = checked(int, 0, True, "a whole number of at least 0")
+positive_seconds = checked(float, 0, False, "a number of seconds above 0")
+
+OUTPUTS = ("outputs: OUT_DIR (default DATA_DIR/NAME/llm/) holds prompts.jsonl (prompts stage),\n"
+           "answers_cache.jsonl and llama_distinguish_answer.txt (appended as answers arrive) and\n"
+           "report.json; apply and run write DATA_DIR/NAME/NAME_train_augment.csv (or --output).\n"
+           "Rerunning generate or run resumes: only prompts without a cached answer are asked.\n"
+           "Reference: docs/llm.md.")
+EXAMPLES = {
+    "prompts": "  python refine_llm.py prompts ML-100K --data_dir dataset",
+    "generate": ("  python refine_llm.py generate ML-100K --backend hf --model meta-llama/Llama-2-7b-hf --device cuda\n"
+                 "  python refine_llm.py generate ML-100K --backend openai --base_url http://127.0.0.1:8000/v1 "
+                 "--concurrency 64\n"
+                 "  python refine_llm.py generate ML-100K --backend openai --api chat "
+                 "--model Qwen/Qwen2.5-7B-Instruct --out_dir dataset/ML-100K/llm-qwen"),
+    "apply": "  python refine_llm.py apply ML-100K --answers dataset/ML-100K/llm/llama_distinguish_answer.txt",
+    "run": ("  python refine_llm.py run ML-100K --backend openai --base_url https://api.example.com/v1 --api chat \\\n"
+            "      --model some-model --api_key_env EXAMPLE_API_KEY --out_dir dataset/ML-100K/llm-some-model \\\n"
+            "      --output dataset/ML-100K/some-model_train_augment.csv\n"
+            "  python refine_llm.py run ML-100K --backend replay --replay answers_cache.jsonl --out_dir /tmp/replay"),
+    "diff": ("  python refine_llm.py diff dataset/ML-100K/qwen_train_augment.csv \\\n"
+             "      ../shared/datasets/ML-100K/ML-100K_train_augment.csv"),
+}
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(description="ReFINe LLM refinement: train_original -> train_augment.")
-    sub = parser.add_subparsers(dest="stage", required=True)
+    parser = Parser(
+        prog="python refine_llm.py", formatter_class=HelpFormatter,
+        description="ReFINe LLM refinement: NAME_train_original.csv -> NAME_train_augment.csv.",
+        epilog="examples:\n" + "\n".join(EXAMPLES.values()) + "\n\n" + OUTPUTS)
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    def stage(name, help_text, outputs=OUTPUTS):
+        return sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter,
+                              epilog=f"examples:\n{EXAMPLES[name]}\n\n{outputs}")
 
     def common(p):
-        p.add_argument("name", help="ML-100K, ML-1M or Netflix-1M")
+        p.add_argument("name", help="dataset: ML-100K, ML-1M or Netflix-1M")
         p.add_argument("--data_dir", default=default_data_dir(),
-                       help="folder holding NAME/ (default ./dataset or $REFINE_DATA_DIR)")
-        p.add_argument("--out_dir", default=None, help="cache, answers file and report (default DATA_DIR/NAME/llm)")
+                       help="folder holding NAME/ (default: ./dataset, or $REFINE_DATA_DIR when set)")
+        p.add_argument("--out_dir", default=None, help="cache, answers file and report (default: DATA_DIR/NAME/llm)")
         p.add_argument("--skip_users", default=None,
-                       help="file of user ids not to ask (default DATA_DIR/NAME/llm_skip_users.txt if present; "
+                       help="file of user ids not to ask (default: DATA_DIR/NAME/llm_skip_users.txt if present; "
                             "'none' for no skip list)")
-        p.add_argument("--max_prompts", type=int, default=None, help="only the first N prompts (trial runs)")
+        p.add_argument("--max_prompts", type=non_negative_int, default=None,
+                       help="only the first N prompts, for trial runs (default: all)")
 
     def gen(p):
-        p.add_argument("--backend", default="hf", choices=["hf", "transformers", "openai", "http", "replay"])
-        p.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local folder (hf), model name (openai)")
-        p.add_argument("--device", default="auto", help="hf: auto, cpu, cuda, cuda:1, ...")
-        p.add_argument("--dtype", default="float32",
-                       help="hf: float32 (as published), bfloat16, float16, float64 or auto")
-        p.add_argument("--batch_size", type=int, default=8, help="hf: prompts per generate call")
-        p.add_argument("--base_url", default="http://127.0.0.1:8000/v1", help="openai: server base URL")
-        p.add_argument("--concurrency", type=int, default=16, help="openai: requests in flight")
-        p.add_argument("--tokenizer", default=None,
-                       help="openai: tokenizer for the length rule (default --model; 'server' uses /tokenize)")
-        p.add_argument("--timeout", type=float, default=600.0, help="openai: seconds per request")
-        p.add_argument("--no_stop", action="store_true",
-                       help="openai: do not stop at the separator (slower; exact on servers without stop_reason)")
-        p.add_argument("--replay", default=None, help="replay: answers file or JSONL cache to replay")
-        p.add_argument("--max_total_tokens", type=int, default=5000,
-                       help="skip a prompt whose prompt+budget tokens exceed this (published 5000)")
-        p.add_argument("--no_progress", action="store_true")
+        p.add_argument("--backend", default="hf", choices=["hf", "transformers", "openai", "http", "replay"],
+                       help="hf (alias transformers): a local model; openai (alias http): any OpenAI-compatible "
+                            "server; replay: saved answers")
+        p.add_argument("--model", default=DEFAULT_MODEL,
+                       help="hub id or local folder (hf), the server's model name (openai)")
+        p.add_argument("--max_total_tokens", type=positive_int, default=5000,
+                       help="skip a prompt whose prompt + answer-budget tokens exceed this "
+                            "(default: %(default)s, as published)")
+        p.add_argument("--no_progress", action="store_true", help="no progress bar")
+        hf = p.add_argument_group("hf backend")
+        hf.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+        hf.add_argument("--dtype", default="float32",
+                        help="float32 (as published), bfloat16, float16, float64 or auto")
+        hf.add_argument("--batch_size", type=positive_int, default=8, help="prompts per generate call")
+        api = p.add_argument_group("openai backend")
+        api.add_argument("--base_url", default=DEFAULT_BASE_URL, help="the server's API root, usually ending in /v1")
+        api.add_argument("--api", default="completions", choices=["completions", "chat"],
+                         help="completions (published: the prompt as is) or chat (the prompt as one user message)")
+        api.add_argument("--system", default=None, help="chat: a system message before the prompt (default: none)")
+        api.add_argument("--api_key_env", default=DEFAULT_KEY_ENV, metavar="NAME",
+                         help="environment variable holding the API key; it is never printed or written "
+                              f"(unset {DEFAULT_KEY_ENV}: no key, for local servers)")
+        api.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                         help="extra HTTP header for the server, repeatable; values are never written "
+                              "(default: none)")
+        api.add_argument("--concurrency", type=positive_int, default=16, help="requests in flight at most")
+        api.add_argument("--timeout", type=positive_seconds, default=600.0, help="seconds per request")
+        api.add_argument("--max_retries", type=non_negative_int, default=5,
+                         help="retries per request after 408/409/429/5xx, a dropped connection or a timeout, "
+                              "with exponential backoff and jitter (Retry-After honoured)")
+        api.add_argument("--tokenizer", default=None,
+                         help="token counts for the length rule: a tokenizer name or folder, 'server' (the "
+                              "server's /tokenize: vLLM, llama.cpp) or 'usage' (the server's usage counts) "
+                              "(default: --model's tokenizer with --api completions, usage with --api chat)")
+        api.add_argument("--stop", default="vllm", choices=["vllm", "plain", "none"],
+                         help="stop at the separator: vllm (with vLLM's include_stop_str_in_output, exact), "
+                              "plain (stop only, for servers that refuse unknown fields) or none")
+        api.add_argument("--no_stop", dest="stop", action="store_const", const="none",
+                         help="same as --stop none (default: off)")
+        replay = p.add_argument_group("replay backend")
+        replay.add_argument("--replay", default=None,
+                            help="answers file or JSONL cache to replay (default: none; needed with --backend replay)")
 
     def app(p):
-        p.add_argument("--output", default=None, help="default DATA_DIR/NAME/NAME_train_augment.csv")
+        p.add_argument("--output", default=None,
+                       help="augment file to write (default: DATA_DIR/NAME/NAME_train_augment.csv)")
 
-    p = sub.add_parser("prompts", help="build the prompts into OUT_DIR/prompts.jsonl")
+    p = stage("prompts", "build the prompts into OUT_DIR/prompts.jsonl")
     common(p)
-    p = sub.add_parser("generate", help="ask the LLM; answers cached in OUT_DIR")
+    p = stage("generate", "ask the LLM; answers cached in OUT_DIR (a rerun resumes)")
     common(p)
     gen(p)
-    p = sub.add_parser("apply", help="parse answers and write NAME_train_augment.csv")
+    p = stage("apply", "parse answers and write NAME_train_augment.csv")
     common(p)
     app(p)
     p.add_argument("--answers", default=None,
-                   help="answers file or JSONL cache (default OUT_DIR/llama_distinguish_answer.txt)")
-    p = sub.add_parser("run", help="prompts + generate + apply")
+                   help="answers file or JSONL cache (default: OUT_DIR/llama_distinguish_answer.txt)")
+    p = stage("run", "prompts + generate + apply")
     common(p)
     gen(p)
     app(p)
+    p = stage("diff", "compare two augment files of the same train_original (relabel counts, agreement)",
+              "outputs: a table on stdout; nothing is written.")
+    p.add_argument("first", metavar="A.csv", help="an augment file")
+    p.add_argument("second", metavar="B.csv", help="another augment file of the same train_original")
     return parser
 
 
 def resolve_paths(args):
+    """(dataset folder, output folder, skip list: a set, or None when the default file is absent)."""
     dataset_dir = Path(args.data_dir) / args.name
     out_dir = Path(args.out_dir) if args.out_dir else dataset_dir / "llm"
     if args.skip_users is None:
         default = dataset_dir / "llm_skip_users.txt"
-        skip = read_skip_users(default) if default.is_file() else set()
+        skip = read_skip_users(default) if default.is_file() else None
     elif args.skip_users.lower() == "none":
         skip = set()
     else:
         skip = read_skip_users(args.skip_users)
     return dataset_dir, out_dir, skip
+
+
+def warn_if_no_skip_list(args):
+    if getattr(args, "skip_list_missing", False):
+        print(f"warning: no skip list at {Path(args.data_dir) / args.name / 'llm_skip_users.txt'}: every user "
+              f"is asked, and as one random stream shuffles all users in turn, the prompts after the first "
+              f"user the published run skipped differ from the published ones; copy the published "
+              f"llm_skip_users.txt there to match them, or pass --skip_users none to ask everyone without "
+              f"this warning", file=sys.stderr)
+
+
+def plural(count, noun):
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def stage_prompts(args, write=True):
@@ -872,7 +1303,8 @@ def stage_prompts(args, write=True):
     train, joined = load_train(args.data_dir, args.name)
     if not joined[RATING_COL].isin([2, 3]).any():
         raise InputError(f"{dataset_dir}/{args.name}_train_original.csv has no 2- or 3-star rows: nothing to refine")
-    jobs = build_prompts(joined, args.name, skip)
+    args.skip_list_missing = skip is None
+    jobs = build_prompts(joined, args.name, skip or ())
     if args.max_prompts is not None:
         jobs = jobs[:args.max_prompts]
     if write:
@@ -880,8 +1312,9 @@ def stage_prompts(args, write=True):
             for job in jobs:
                 handle.write(json.dumps({"user": job.user, "chunk": job.chunk, "hash": prompt_hash(job.prompt1),
                                          "prompt1": job.prompt1, "prompt2": job.prompt2}, ensure_ascii=False) + "\n")
-        print(f"{len(jobs)} prompts for {len({j.user for j in jobs})} users "
-              f"({len(skip)} users in the skip list) -> {out_dir / 'prompts.jsonl'}")
+        warn_if_no_skip_list(args)
+        print(f"{plural(len(jobs), 'prompt')} for {plural(len({j.user for j in jobs}), 'user')} "
+              f"({plural(len(skip or ()), 'user')} in the skip list) -> {out_dir / 'prompts.jsonl'}")
     return train, joined, jobs, out_dir
 
 
@@ -889,8 +1322,19 @@ def make_backend(args):
     if args.backend in ("hf", "transformers"):
         return TransformersBackend(args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
     if args.backend in ("openai", "http"):
-        return OpenAIBackend(args.base_url, args.model, tokenizer=args.tokenizer, concurrency=args.concurrency,
-                             timeout=args.timeout, stop=not args.no_stop)
+        parts = urlsplit(args.base_url)
+        try:
+            valid = parts.scheme in ("http", "https") and parts.hostname and (parts.port or True)
+        except ValueError:  # a port that is not a number
+            valid = False
+        if not valid:  # not echoed: a URL may carry a password
+            raise InputError(f"--base_url: expected http(s)://HOST[:PORT]/PATH, such as {DEFAULT_BASE_URL}")
+        if args.system and args.api != "chat":
+            raise InputError("--system needs --api chat (the completions API has no system message)")
+        return OpenAIBackend(args.base_url, args.model, api=args.api, system=args.system,
+                             api_key_env=args.api_key_env, headers=args.header, tokenizer=args.tokenizer,
+                             concurrency=args.concurrency, timeout=args.timeout, max_retries=args.max_retries,
+                             stop=args.stop)
     if not args.replay:
         raise InputError("--backend replay needs --replay FILE")
     return ReplayBackend(args.replay)
@@ -898,52 +1342,117 @@ def make_backend(args):
 
 def stage_generate(args, jobs, out_dir):
     backend = make_backend(args)
-    cache = AnswerCache(out_dir, backend.model_id)
+    warn_if_no_skip_list(args)
+    cache = AnswerCache(out_dir, backend.model_id, getattr(backend, "api_tag", "completions"))
     if cache.ignored:
-        print(f"note: {cache.ignored} cached answer(s) from another model ignored", file=sys.stderr)
+        print(f"note: {cache.ignored} cached answer(s) from another model or API kind ignored", file=sys.stderr)
+    args.interrupted_note = (f"every answer received is in {cache.path}; rerun the same command to resume "
+                             f"(it asks only prompts without an answer)")
     started = time.time()
     try:
         final, counts = generate_answers(jobs, backend, cache, args.max_total_tokens, progress=not args.no_progress)
+    except InputError as err:
+        raise InputError(f"{err}; every answer received so far is in {cache.path}: rerun the same command "
+                         f"to resume") from None
     finally:
         cache.close()
     seconds = time.time() - started
+    with_usage = counts["with_usage"] > 0
     report = {"dataset": args.name, "backend": args.backend, "model": backend.model_id,
+              "api": getattr(backend, "api_tag", None), "base_url": getattr(backend, "shown_url", None),
               "prompts": len(jobs), "users": len({j.user for j in jobs}),
               "answered": counts["answered"], "answered_with_prompt2": counts["answered_with_prompt2"],
               "skipped_too_long": counts["skipped_too_long"], "hallucinated": counts["hallucinated"],
               "missing": counts["missing"], "from_cache": counts["from_cache"], "asked": counts["asked"],
               "users_answered": len({k[0] for k, r in final.items() if r is not None and r["status"] == "answered"}),
+              "prompt_tokens": counts["usage_prompt_tokens"] if with_usage else None,
+              "completion_tokens": counts["usage_completion_tokens"] if with_usage else None,
+              "requests_retried": counts["requests_retried"], "retries": counts["retries"],
               "seconds": round(seconds, 3),
               "prompts_per_second": round(counts["asked"] / seconds, 3) if seconds > 0 else None,
               "answers_file": str(cache.txt_path), "cache_file": str(cache.path)}
     with atomic_write(out_dir / "report.json", encoding="utf-8") as handle:
         json.dump(report, handle, indent=2)
         handle.write("\n")
+    tokens = (f"; {report['prompt_tokens']:,} prompt + {report['completion_tokens']:,} completion tokens"
+              if with_usage else "")
     print(f"{report['prompts']} prompts: {report['answered']} answered "
           f"({report['answered_with_prompt2']} with prompt 2), {report['skipped_too_long']} skipped (too long), "
           f"{report['hallucinated']} hallucinated (no ']'), {report['missing']} missing; "
-          f"{report['from_cache']} from cache, {report['asked']} asked in {seconds:.1f} s")
+          f"{report['from_cache']} from cache, {report['asked']} asked in {seconds:.1f} s"
+          f" ({plural(report['requests_retried'], 'request')} retried){tokens}")
     return report
 
 
+def augment_path(args):
+    return Path(args.output) if args.output else Path(args.data_dir) / args.name / f"{args.name}_train_augment.csv"
+
+
 def stage_apply(args, train, joined, answers_path):
+    output = augment_path(args)
     liked = parse_answers(answers_path)
+    if not liked:
+        raise InputError(f"{answers_path} holds no parsable answer (no answer line starting with '['); "
+                         f"{output} was left unchanged")
     augmented = relabel(train, joined["title"].to_numpy(), liked)
-    output = Path(args.output) if args.output else Path(args.data_dir) / args.name / f"{args.name}_train_augment.csv"
     with atomic_write(output, encoding="utf-8", newline="") as handle:
         augmented.to_csv(handle, index=False)
     counts = augmented[RATING_COL].value_counts()
-    print(f"{len(liked)} users answered; {int(counts.get(4.5, 0))} rows -> 4.5, {int(counts.get(0.5, 0))} rows -> 0.5, "
-          f"{int(augmented[RATING_COL].isin([2, 3]).sum())} left 2/3 -> {output}")
+    print(f"{plural(len(liked), 'user')} answered; {int(counts.get(4.5, 0))} rows -> 4.5, "
+          f"{int(counts.get(0.5, 0))} rows -> 0.5, {int(augmented[RATING_COL].isin([2, 3]).sum())} left 2/3 "
+          f"-> {output}")
     return output
+
+
+def stage_diff(args):
+    """Relabel counts of two augment files of one train_original, and how far they agree."""
+    import numpy as np
+
+    frames = [read_csv_checked(path, [USER_COL, ITEM_COL, RATING_COL]) for path in (args.first, args.second)]
+    first, second = frames
+    keys = [frame[[USER_COL, ITEM_COL]].to_numpy() for frame in frames]
+    if keys[0].shape != keys[1].shape or not (keys[0] == keys[1]).all():
+        raise InputError(f"{args.first} and {args.second} do not list the same (user, item) rows in the same "
+                         f"order: compare augment files made from one train_original")
+    ratings = [frame[RATING_COL].to_numpy(dtype=float) for frame in frames]
+    relabelled = [np.isin(r, (0.5, 4.5)) for r in ratings]
+    # Outside the relabelled rows both must hold train_original's rating; a relabel replaces a 2 or 3.
+    clash = np.where(relabelled[0] & relabelled[1], False,
+                     np.where(relabelled[0], ~np.isin(ratings[1], (2, 3)),
+                              np.where(relabelled[1], ~np.isin(ratings[0], (2, 3)), ratings[0] != ratings[1])))
+    if clash.any():
+        line = int(np.flatnonzero(clash)[0]) + 2
+        raise InputError(f"{args.first} and {args.second} differ at line {line} in a way a relabel cannot "
+                         f"explain: compare augment files made from one train_original")
+    rows = [("users relabelled", [len(np.unique(f[USER_COL].to_numpy()[m])) for f, m in zip(frames, relabelled)]),
+            ("rows -> 4.5", [int((r == 4.5).sum()) for r in ratings]),
+            ("rows -> 0.5", [int((r == 0.5).sum()) for r in ratings]),
+            ("2/3 rows left", [int(np.isin(r, (2, 3)).sum()) for r in ratings])]
+    print(f"A: {args.first}\nB: {args.second}")
+    print(f"{'':18} {'A':>8} {'B':>8}")
+    for label, (a, b) in rows:
+        print(f"{label:18} {a:>8} {b:>8}")
+    both = relabelled[0] & relabelled[1]
+    same = int((both & (ratings[0] == ratings[1])).sum())
+    share = f"{100 * same / both.sum():.1f}%" if both.any() else "-"
+    print(f"rows relabelled in both: {int(both.sum())}, same label {same} ({share}); "
+          f"A 4.5 / B 0.5: {int((both & (ratings[0] == 4.5) & (ratings[1] == 0.5)).sum())}, "
+          f"A 0.5 / B 4.5: {int((both & (ratings[0] == 0.5) & (ratings[1] == 4.5)).sum())}")
+    print(f"rows relabelled in A only: {int((relabelled[0] & ~relabelled[1]).sum())}, "
+          f"in B only: {int((relabelled[1] & ~relabelled[0]).sum())}")
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    args.interrupted_note = "nothing was written; rerun the same command"
     try:
-        if args.stage == "prompts":
+        if args.stage == "diff":
+            stage_diff(args)
+        elif args.stage == "prompts":
+            args.interrupted_note = "prompts.jsonl is written only when complete; rerun the same command"
             stage_prompts(args)
         elif args.stage == "apply":
+            args.interrupted_note = f"{augment_path(args)} is replaced only when complete; rerun the same command"
             get_preset(args.name)
             _, out_dir, _ = resolve_paths(args)
             train, joined = load_train(args.data_dir, args.name)
@@ -952,17 +1461,20 @@ def main(argv=None):
                 raise InputError(f"answers file not found: {answers}")
             stage_apply(args, train, joined, answers)
         else:
+            args.interrupted_note = "nothing was asked yet; rerun the same command"
             train, joined, jobs, out_dir = stage_prompts(args, write=False)
             stage_generate(args, jobs, out_dir)
             if args.stage == "run":
+                args.interrupted_note = (f"every answer is in {out_dir / 'answers_cache.jsonl'} and "
+                                         f"{augment_path(args)} is replaced only when complete; rerun the same "
+                                         f"command (it asks nothing more)")
                 stage_apply(args, train, joined, out_dir / "llama_distinguish_answer.txt")
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         # Exit code 2 like every other stop on the user's side (main.py does the same).
-        print("error: interrupted; finished answers are in the cache; rerun the same command to resume",
-              file=sys.stderr)
+        print(f"error: interrupted; {args.interrupted_note}", file=sys.stderr)
         return 2
     return 0
 

@@ -28,7 +28,7 @@ def time_generation(model_dir, jobs, batch_size, device):
     requests = [R.Request(r.user, r.chunk, 1, r.prompt, r.key, budget) for r, (_, budget) in zip(requests, lengths)]
     backend.generate(requests[:1]).__next__()  # warm-up
     started = time.perf_counter()
-    answers = {r.key: text for r, text in backend.generate(requests)}
+    answers = {r.key: reply.text for r, reply in backend.generate(requests)}
     return time.perf_counter() - started, answers
 
 

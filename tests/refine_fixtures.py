@@ -1,7 +1,8 @@
-"""Small synthetic ML-100K-shaped data and a deterministic /v1/completions server for refine tests."""
+"""Small synthetic ML-100K-shaped data and a deterministic OpenAI-compatible server for refine tests."""
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler
 
 import numpy as np
@@ -58,16 +59,67 @@ def fake_answer(prompt):
     return body + "\n\n" + R.SEPARATOR + "\n\nBased on the User's Positively Rated Movie List, more"
 
 
-class FakeServer(LocalHTTPServer):
-    """ThreadingHTTPServer on 127.0.0.1 with /v1/completions and /tokenize (vLLM-like).
+CHAT_TEMPLATE_TOKENS = 7  # what the fake chat template adds to a prompt's token count
 
-    Tokens are whitespace-separated words plus one BOS. `fail_after` makes completions answer
-    HTTP 500 after that many successful ones (an interrupted run).
+
+def word_tokens(text):
+    """The fake server's tokenizer: whitespace-separated words plus one BOS token."""
+    return len(text.split()) + 1
+
+
+def load_jobs(root):
+    _, joined = R.load_train(root, "ML-100K")
+    return joined, R.build_prompts(joined, "ML-100K")
+
+
+def api_args(root, url, *extra):
+    """`run` through --backend openai against a FakeServer at `url`."""
+    return ["run", "ML-100K", "--data_dir", str(root), "--backend", "openai", "--base_url", url,
+            "--model", "fake", "--no_progress", "--skip_users", "none", *extra]
+
+
+def expected_outcome(job, limit, overhead=0):
+    """(status, prompt used, answer) worked out from fake_answer and the server's word counts, by
+    hand, independently of refine_llm's engine; `overhead`: tokens a chat template adds per count."""
+    for prompt_no, prompt in ((1, job.prompt1), (2, job.prompt2)):
+        budget = re.split(r"(?i)(?=candidate list:)", prompt)[-1]
+        if word_tokens(prompt) + word_tokens(budget) + 2 * overhead > limit:
+            return "too_long", prompt_no, None
+        answer = fake_answer(prompt).split("\n")[0]
+        if answer.endswith("]"):
+            return "answered", prompt_no, answer
+    return "hallucinated", 2, None
+
+
+def expected_augment(root, jobs, outcomes):
+    """Relabel by hand: union of picked titles per answered user."""
+    liked = {}
+    for job, (status, _, answer) in zip(jobs, outcomes):
+        if status == "answered":
+            liked.setdefault(job.user, set()).update(re.findall(r"<([^>]+)>", answer))
+    train, joined = R.load_train(root, "ML-100K")
+    return [(4.5 if title in liked[user] else 0.5) if user in liked and rating in (2, 3) else float(rating)
+            for user, rating, title in zip(train[R.USER_COL], train[R.RATING_COL], joined["title"])]
+
+
+class FakeServer(LocalHTTPServer):
+    """An OpenAI-compatible server on 127.0.0.1 like vLLM: /v1/completions, /v1/chat/completions and
+    /tokenize, answering `fake_answer` with usage counts (word_tokens; chat adds CHAT_TEMPLATE_TOKENS).
+
+    `fail_after`: generation requests answer HTTP 500 after that many successful ones (an
+    interrupted run). `script`: what to do with the next generation requests, one entry each, in
+    arrival order, then "ok": "ok", (status, headers), "drop" (close without a response), "cut"
+    (a body shorter than its Content-Length), "badutf" (a body that is not UTF-8) or "hold" (no
+    answer until the server stops). Requests with max_tokens 1 count tokens (--tokenizer usage).
     """
 
-    def __init__(self, fail_after=None):
-        self.asked = []
-        self.fail_after = fail_after
+    def __init__(self, fail_after=None, script=()):
+        self.asked, self.counted, self.requests = [], [], []
+        self.usage = [0, 0]
+        self.fail_after, self.script = fail_after, list(script)
+        self.holding = 0
+        self.error_message = None  # the text of injected errors (default "injected <status>")
+        self.stopping = threading.Event()
         self.lock = threading.Lock()
         server = self
 
@@ -78,28 +130,81 @@ class FakeServer(LocalHTTPServer):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if self.path == "/tokenize":
-                    self.reply(200, {"count": len(body["prompt"].split()) + 1})
-                elif self.path == "/v1/completions":
+                    self.reply(200, {"count": word_tokens(body["prompt"])})
+                    return
+                if self.path not in ("/v1/completions", "/v1/chat/completions"):
+                    self.reply(404, {"error": {"message": "no such path"}})
+                    return
+                chat = self.path.endswith("chat/completions")
+                prompt = body["messages"][-1]["content"] if chat else body["prompt"]
+                with server.lock:
+                    headers = {name.lower(): value for name, value in self.headers.items()}
+                    server.requests.append({"path": self.path, "headers": headers, "body": body,
+                                            "time": time.monotonic()})
+                    counting = body.get("max_tokens") == 1
+                    action = server.script.pop(0) if server.script and not counting else "ok"
+                    if server.fail_after is not None and len(server.asked) >= server.fail_after:
+                        action = (500, {"retry-after-ms": "1"})
+                    if action == "ok":
+                        (server.counted if counting else server.asked).append(prompt)
+                if action == "hold":
                     with server.lock:
-                        if server.fail_after is not None and len(server.asked) >= server.fail_after:
-                            self.reply(500, {"error": "injected failure"})
-                            return
-                        server.asked.append(body["prompt"])
-                    text = fake_answer(body["prompt"])
-                    stop = (body.get("stop") or [None])[0]
-                    if stop and stop in text:
-                        keep = body.get("include_stop_str_in_output")
-                        text = text[:text.index(stop) + (len(stop) if keep else 0)]
-                    self.reply(200, {"choices": [{"text": text, "finish_reason": "stop"}]})
-                else:
-                    self.reply(404, {"error": "no such path"})
-
-            def reply(self, code, payload):
+                        server.holding += 1
+                    server.stopping.wait()
+                    self.close_connection = True
+                    return
+                if action == "drop":
+                    self.close_connection = True
+                    return
+                if isinstance(action, tuple):
+                    status, headers = action
+                    message = server.error_message or f"injected {status}"
+                    self.reply(status, {"error": {"message": message}}, headers)
+                    return
+                text = "x" if counting else fake_answer(prompt)
+                stop = (body.get("stop") or [None])[0]
+                stop_reason = None
+                if stop and stop in text:
+                    keep = body.get("include_stop_str_in_output")
+                    text, stop_reason = text[:text.index(stop) + (len(stop) if keep else 0)], stop
+                n_prompt = sum(word_tokens(m["content"]) for m in body["messages"]) + CHAT_TEMPLATE_TOKENS \
+                    if chat else word_tokens(prompt)
+                usage = {"prompt_tokens": n_prompt, "completion_tokens": len(text.split()),
+                         "total_tokens": n_prompt + len(text.split())}
+                with server.lock:
+                    server.usage[0] += usage["prompt_tokens"]
+                    server.usage[1] += usage["completion_tokens"]
+                choice = {"index": 0, "finish_reason": "stop", "stop_reason": stop_reason}
+                choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
+                payload = {"id": "x", "object": "chat.completion" if chat else "text_completion", "created": 0,
+                           "model": body["model"], "choices": [choice], "usage": usage}
                 data = json.dumps(payload).encode()
+                if action == "badutf":
+                    data = data.replace(b'"index"', b'"\xff\xfeindex"')
+                if action == "cut":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data) + 50))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    self.close_connection = True
+                    return
+                self.send_bytes(200, data)
+
+            def reply(self, code, payload, headers=None):
+                self.send_bytes(code, json.dumps(payload).encode(), headers)
+
+            def send_bytes(self, code, data, headers=None):
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
 
         super().__init__(Handler, "/v1")
+
+    def __exit__(self, *exc):
+        self.stopping.set()  # releases held requests
+        super().__exit__(*exc)

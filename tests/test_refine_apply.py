@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pytest
 
 import refine_llm as R
 
@@ -124,4 +125,64 @@ def test_prompts_stage_writes_every_prompt(tmp_path, capsys):
     # User 1 has six 3-star rows -> chunks of 5 and 1; user 2 is on the default skip list.
     assert [(r["user"], r["chunk"]) for r in records] == [(1, 0), (1, 1)]
     assert all(r["hash"] == R.prompt_hash(r["prompt1"]) for r in records)
-    assert "2 prompts for 1 users (1 users in the skip list)" in capsys.readouterr().out
+    assert "2 prompts for 1 user (1 user in the skip list)" in capsys.readouterr().out
+
+
+def small_answered_dataset(root):
+    items = [(1, "Heat", 1995, "Action"), (2, "Up", 2009, "Animation"), (3, "Ran", 1985, "Drama")]
+    folder = write_small_dataset(root, [(1, 1, 3), (1, 2, 2), (1, 3, 5), (2, 1, 2)], items)
+    augment = folder / "ML-100K_train_augment.csv"
+    augment.write_text("an earlier augment file\n")
+    return folder, augment
+
+
+GOOD_RECORD = {"user": 1, "chunk": 0, "prompt": 1, "hash": "0123456789abcdef", "model": "m",
+               "status": "answered", "prompt_tokens": 9, "budget_tokens": 3, "answer": "['<Heat>']"}
+
+
+@pytest.mark.parametrize("name, content, where, message", [
+    ("cache.jsonl", [GOOD_RECORD, dict(GOOD_RECORD, user="abc")], 2, 'user "abc" is not an integer'),
+    ("cache.jsonl", [dict(GOOD_RECORD, answer=None)], 1, "answer null is not text"),
+    ("cache.jsonl", [dict(GOOD_RECORD, status="done")], 1, 'status "done" is not one of'),
+    ("cache.jsonl", [{"user": 1, "chunk": 0}], 1, "record without prompt, hash, status, answer"),
+    ("answers.txt", R.format_answer_block(1, "['<Heat>']") + "LLaMA's cut recommendation for user x7:\n[]\n",
+     8, "with an integer user id N, got \"LLaMA's cut recommendation for user x7:\""),
+    ("answers.bin", b"PNG\r\n\x1a\n\x00\xff\xfe binary", 3, "not UTF-8 text"),
+])
+def test_malformed_answers_file_is_one_line_naming_file_and_line(tmp_path, capsys, name, content, where, message):
+    _, augment = small_answered_dataset(tmp_path)
+    answers = tmp_path / name
+    if isinstance(content, list):
+        answers.write_text("".join(json.dumps(rec) + "\n" for rec in content))
+    elif isinstance(content, bytes):
+        answers.write_bytes(content)
+    else:
+        answers.write_text(content)
+    assert R.main(["apply", "ML-100K", "--data_dir", str(tmp_path), "--answers", str(answers)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {answers}:{where}: ") and message in err
+    assert augment.read_text() == "an earlier augment file\n"
+
+
+@pytest.mark.parametrize("name, content", [
+    ("answers.txt", R.format_answer_block(1, "I cannot tell which films") + R.format_answer_block(2, "no list")),
+    ("answers.txt", ""),
+    ("cache.jsonl", json.dumps(dict(GOOD_RECORD, status="no_bracket", answer="['<Heat>'")) + "\n"),
+])
+def test_answers_file_without_a_parsable_answer_leaves_augment_alone(tmp_path, capsys, name, content):
+    _, augment = small_answered_dataset(tmp_path)
+    answers = tmp_path / name
+    answers.write_text(content)
+    assert R.main(["apply", "ML-100K", "--data_dir", str(tmp_path), "--answers", str(answers)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{answers} holds no parsable answer" in err
+    assert f"{augment} was left unchanged" in err
+    assert augment.read_text() == "an earlier augment file\n"
+
+
+def test_torn_last_cache_line_is_still_skipped_by_apply(tmp_path):
+    folder, _ = small_answered_dataset(tmp_path)
+    answers = tmp_path / "cache.jsonl"
+    answers.write_text(json.dumps(GOOD_RECORD) + "\n" + json.dumps(GOOD_RECORD)[:40])  # killed mid-write
+    assert R.main(["apply", "ML-100K", "--data_dir", str(tmp_path), "--answers", str(answers)]) == 0
+    assert pd.read_csv(folder / "ML-100K_train_augment.csv")[R.RATING_COL].tolist() == [4.5, 0.5, 5.0, 2.0]

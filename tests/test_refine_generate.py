@@ -3,55 +3,17 @@
     /work/venv/bin/pytest tests/test_refine_generate.py -q
 """
 import json
-import re
 
 import pandas as pd
 import pytest
 
 import refine_llm as R
-from refine_fixtures import FakeServer, fake_answer, make_dataset
-
-
-def load_jobs(root):
-    _, joined = R.load_train(root, "ML-100K")
-    return joined, R.build_prompts(joined, "ML-100K")
-
-
-def word_tokens(text):
-    return len(text.split()) + 1  # the fake server's /tokenize
-
-
-def expected_outcome(job, limit):
-    """(status, prompt used, answer) worked out from fake_answer, independently of refine_llm's engine."""
-    for prompt_no, prompt in ((1, job.prompt1), (2, job.prompt2)):
-        budget = re.split(r"(?i)(?=candidate list:)", prompt)[-1]
-        if word_tokens(prompt) + word_tokens(budget) > limit:
-            return "too_long", prompt_no, None
-        answer = fake_answer(prompt).split("\n")[0]
-        if answer.endswith("]"):
-            return "answered", prompt_no, answer
-    return "hallucinated", 2, None
-
-
-def expected_augment(root, jobs, outcomes):
-    """Relabel by hand: union of picked titles per answered user."""
-    liked = {}
-    for job, (status, _, answer) in zip(jobs, outcomes):
-        if status == "answered":
-            liked.setdefault(job.user, set()).update(re.findall(r"<([^>]+)>", answer))
-    train, joined = R.load_train(root, "ML-100K")
-    new = []
-    for user, rating, title in zip(train[R.USER_COL], train[R.RATING_COL], joined["title"]):
-        if user in liked and rating in (2, 3):
-            new.append(4.5 if title in liked[user] else 0.5)
-        else:
-            new.append(float(rating))
-    return new
+from refine_fixtures import (FakeServer, api_args, expected_augment, expected_outcome, load_jobs,
+                             make_dataset, word_tokens)
 
 
 def http_args(root, url, *extra):
-    return ["run", "ML-100K", "--data_dir", str(root), "--backend", "openai", "--base_url", url,
-            "--tokenizer", "server", "--model", "fake", "--no_progress", *extra]
+    return api_args(root, url, "--tokenizer", "server", *extra)
 
 
 def test_http_backend_run_matches_hand_worked_answers(tmp_path):
@@ -80,23 +42,27 @@ def test_http_backend_run_matches_hand_worked_answers(tmp_path):
     assert augment[R.RATING_COL].tolist() == expected_augment(tmp_path, jobs, outcomes)
 
 
-def test_interrupted_run_resumes_without_asking_twice(tmp_path):
+@pytest.mark.parametrize("api", [["--tokenizer", "server"], ["--api", "chat"]])
+def test_failing_server_stops_run_and_rerun_asks_only_the_rest(tmp_path, capsys, api):
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     for root in (straight, broken):
         make_dataset(root, n_users=8, seed=3)
     with FakeServer() as server:
-        assert R.main(http_args(straight, server.url, "--concurrency", "3")) == 0
+        assert R.main(api_args(straight, server.url, *api, "--concurrency", "3")) == 0
         total_asked = len(server.asked)
+    capsys.readouterr()
     with FakeServer(fail_after=7) as server:
-        assert R.main(http_args(broken, server.url, "--concurrency", "3")) == 2
+        assert R.main(api_args(broken, server.url, *api, "--concurrency", "3", "--max_retries", "2")) == 2
         first = list(server.asked)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "answered HTTP 500 injected 500, still after 2 retries" in err
     assert len(first) == 7
     cache_path = broken / "ML-100K" / "llm" / "answers_cache.jsonl"
     assert len(R.read_cache_records(cache_path)) == 7  # every answer the server gave is kept
     with open(cache_path, "a") as handle:
         handle.write('{"user": 1, "chunk": 0, "pro')  # as if killed in the middle of a write
     with FakeServer() as server:
-        assert R.main(http_args(broken, server.url, "--concurrency", "3")) == 0
+        assert R.main(api_args(broken, server.url, *api, "--concurrency", "3")) == 0
         second = list(server.asked)
     assert not set(first) & set(second)
     assert len(first) + len(second) == total_asked
@@ -104,7 +70,7 @@ def test_interrupted_run_resumes_without_asking_twice(tmp_path):
         assert (broken / "ML-100K" / name).read_bytes() == (straight / "ML-100K" / name).read_bytes()
     # A third run asks nothing at all.
     with FakeServer() as server:
-        assert R.main(http_args(broken, server.url)) == 0
+        assert R.main(api_args(broken, server.url, *api)) == 0
         assert server.asked == []
 
 
@@ -135,9 +101,10 @@ def test_unreachable_server_is_one_line_error_and_keeps_answers(tmp_path, capsys
     assert len(before.splitlines()) == 2
     capsys.readouterr()
     # The server is gone now: nothing listens on that port.
-    assert R.main(http_args(tmp_path, server.url)) == 2
+    assert R.main(http_args(tmp_path, server.url, "--max_retries", "0")) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: cannot reach completions server at ") and "\n" not in err
+    root = server.url.removesuffix("/v1")
+    assert err.startswith(f"error: cannot reach {root}/tokenize: ") and "\n" not in err
     assert cache.read_text() == before
 
 
@@ -156,7 +123,9 @@ def test_other_bad_inputs_exit_2(tmp_path, capsys):
     folder = make_dataset(tmp_path, n_users=2)
     cases = [
         (["prompts", "ML-20M", "--data_dir", str(tmp_path)], "unknown dataset 'ML-20M'"),
-        (["prompts", "ML-100K", "--data_dir", str(tmp_path / "nowhere")], "file not found"),
+        (["prompts", "ML-100K", "--data_dir", str(tmp_path / "nowhere")],
+         f"ML-100K_train_original.csv: get the published splits with `python dataloader.py download ML-100K "
+         f"--refined --data_dir {tmp_path / 'nowhere'}`"),
         (["prompts", "ML-100K", "--data_dir", str(tmp_path), "--skip_users", str(tmp_path / "x.txt")],
          "skip list not found"),
         (["generate", "ML-100K", "--data_dir", str(tmp_path), "--backend", "hf", "--model", str(tmp_path / "no-model")],
