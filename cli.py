@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 
-from utils import InputError
+from utils import ArgumentParser, HelpFormatter, InputError
 
 EPILOG = """\
 examples:
@@ -35,22 +35,6 @@ outputs (under result/<dataset>/ or --result_dir, each written to a temporary na
 Reads <data_dir>/<dataset>/<dataset>_{train_augment|train_original,validation,test}.csv.
 More: docs/training.md.
 """
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every flag's default after its help, and the epilog's examples kept as written."""
-
-    def _get_help_string(self, action):
-        if action.default is None:  # "(default: None)" says nothing: such a help text names its default
-            return action.help
-        return super()._get_help_string(action)
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one `error:` line (the house rule for bad input), not usage + error."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see python main.py --help)\n")
 
 
 def dataset_augment(value: str) -> int:

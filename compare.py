@@ -9,14 +9,12 @@ final test metrics against it. Any log in the published format parses: ReFINe's 
 results4comparison logs, and the logs main.py writes (extra header keys and extra lines, such as
 warnings or a "no early stop" notice, are skipped).
 """
-import argparse
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep import HelpFormatter, check_output_path
-from utils import InputError, atomic_write
+from utils import ArgumentParser, HelpFormatter, InputError, atomic_write, check_output_path
 
 RULE_RE = re.compile(r"^#{10,}\s*$")
 HEADER_RE = re.compile(r"^([A-Za-z_][\w.-]*):\s?(.*)$")
@@ -326,7 +324,7 @@ results4comparison log. Output: the table on stdout, notes on stderr; --plot wri
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Compare ReFINe training logs: final test metrics against the first log, "
         "and learning curves.",
         formatter_class=HelpFormatter,

@@ -26,7 +26,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utils import InputError, atomic_write
+from utils import ArgumentParser, HelpFormatter, InputError, atomic_write, check_output_path
 
 USER, ITEM, RATING = "user_id:token", "item_id:token", "rating:float"
 SPLIT_COLUMNS = [USER, ITEM, RATING]
@@ -143,34 +143,6 @@ def missing_split_message(data_dir, name, splits=REFINED_SPLITS):
         if any(p.name.endswith("_train_augment.csv") for p in missing):
             how += f" and `python refine_llm.py run {quoted} {dir_flag}` (makes _train_augment.csv)"
     return f"missing {', '.join(str(p) for p in missing)}: {how}"
-
-
-def check_output_path(path, what="output"):
-    """InputError unless a file can be written at `path`: not a directory, no file in the way of
-    a parent folder, the nearest existing folder writable. Checked before any work starts."""
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{what} {path} is a directory; move it away or write elsewhere")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise InputError(f"{what} {path}: {parent} is a file, not a folder; move it away or write elsewhere")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise InputError(f"{what} {path}: no permission to write in {parent}")
-            return
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Each flag's help ends with its default (unless the help already names it); the description
-    and the epilog keep their line breaks."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if not action.option_strings or "default" in text or action.default in (None, argparse.SUPPRESS):
-            return text
-        if action.nargs == 0:  # store_true / store_false
-            return f"{text} (default: {'on' if action.default else 'off'})"
-        return text + " (default: %(default)s)"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -893,7 +865,7 @@ together. Reference: docs/data.md; the rules for bad input: docs/bad-input.md.""
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python dataloader.py", formatter_class=HelpFormatter, epilog=EPILOG,
+    parser = ArgumentParser(prog="python dataloader.py", formatter_class=HelpFormatter, epilog=EPILOG,
                                      description="Fetch raw or published data; make split CSVs.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{download,preprocess}")
 

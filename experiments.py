@@ -30,7 +30,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utils import InputError, atomic_write
+from utils import ArgumentParser, HelpFormatter, InputError, atomic_write
 
 ROOT = Path(__file__).resolve().parent
 MAIN = ROOT / "main.py"
@@ -60,10 +60,10 @@ METRICS = ("precision", "recall", "ndcg")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Run several configs x seeds of main.py in parallel and report mean +- std, "
+    parser = ArgumentParser(
+        prog="python experiments.py", description="Run several configs x seeds of main.py in parallel and report mean +- std, "
                     "95%% confidence intervals and paired significance tests.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         usage="%(prog)s [options] [-- MAIN.PY FLAGS FOR EVERY RUN]",
         epilog="examples:\n"
                "  python experiments.py --dataset ML-100K --seeds 5 --jobs 2 --out results/ML-100K "

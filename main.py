@@ -34,7 +34,8 @@ import sampler
 from cli import build_parser, check_flags
 from data_prep import missing_split_message, sha256_of, split_path
 from model import LightGCN, ReFINePlus, bpr_loss
-from utils import EarlyStopping, InputError, RunLog, atomic_write, format_metrics, metrics_by_k, set_seed
+from utils import (EarlyStopping, InputError, RunLog, atomic_write, check_output_path, format_metrics,
+                   metrics_by_k, set_seed)
 
 RULE = "#" * 77
 
@@ -116,10 +117,6 @@ def check_args(args, data) -> None:
         value = getattr(args, flag)
         if not 0 < value < data.num_items:
             raise InputError(f"--{flag} {value} must be between 1 and the item count - 1 ({data.num_items - 1})")
-    for split, pairs in (("validation", data.valid), ("test", data.test)):
-        if pairs.size(1) == 0:
-            raise InputError(f"{split_path(args.data_dir, args.dataset, split)}: no positive (rating >= 4) of a "
-                             f"train user, so every {split} metric would be NaN")
     # ReFINe and LightGCN draw one negative per positive; ReFINe++ draws I // 10 without replacement.
     needed = data.num_items // 10 if args.model == "refine_plus" else 1
     if needed < 1:
@@ -139,15 +136,9 @@ def check_args(args, data) -> None:
 
 
 def check_output_paths(paths) -> None:
-    """Before any work: every output can be written (its folder is a folder, its name not a folder)."""
+    """Before any work: every output can be written (utils.check_output_path); then make its folder."""
     for path in paths:
-        for folder in reversed(path.parents):
-            if folder.exists() and not folder.is_dir():
-                raise InputError(f"{folder} is a file, but this run writes {path}: move the file away, "
-                                 f"or run from another working directory")
-        if path.is_dir():
-            raise InputError(f"{path} is a folder, but this run writes a file of that name: remove or rename "
-                             f"the folder, or choose another --path_name")
+        check_output_path(path)
     for path in paths:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

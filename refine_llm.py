@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from utils import InputError, atomic_write
+from utils import ArgumentParser, HelpFormatter, InputError, atomic_write
 
 # numpy, pandas, asyncio, openai and transformers are imported inside the functions that need them,
 # so that --help and flag errors answer at once. For the same reason the column names are spelled out here
@@ -1123,23 +1123,6 @@ def default_data_dir():
     return os.environ.get("REFINE_DATA_DIR", "dataset")
 
 
-class Parser(argparse.ArgumentParser):
-    """A flag error is one line, like every other error of the command, plus where to read more."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Examples keep their line breaks; every option's help ends with its default."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.option_strings and "default" not in text and action.default is not argparse.SUPPRESS:
-            text += " (default: %(default)s)"
-        return text
-
-
 def checked(kind, low, low_ok, what):
     """An argparse type: a finite `kind` number above `low` (or equal to it when `low_ok`)."""
     def parse(text):
@@ -1180,7 +1163,7 @@ EXAMPLES = {
 
 
 def build_parser():
-    parser = Parser(
+    parser = ArgumentParser(
         prog="python refine_llm.py", formatter_class=HelpFormatter,
         description="ReFINe LLM refinement: NAME_train_original.csv -> NAME_train_augment.csv.",
         epilog="examples:\n" + "\n".join(EXAMPLES.values()) + "\n\n" + OUTPUTS)

@@ -1,12 +1,34 @@
-"""Shared helpers: user-facing errors, atomic file writes, the run's log file, early stopping.
+"""Shared helpers: user-facing errors and command lines, atomic file writes, the run's log file, early stopping.
 
     python -c "import utils"   # imported by main.py, dataloader.py, refine_llm.py
 """
+import argparse
 import contextlib
 import io
 import os
 import tempfile
 from pathlib import Path
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default (unless the text already names it, or there is
+    none); descriptions and epilogs (the examples) keep their line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.default is None \
+                or action.default is argparse.SUPPRESS:
+            return text
+        if action.nargs == 0:  # store_true / store_false
+            return f"{text} (default: {'on' if action.default else 'off'})"
+        return text + " (default: %(default)s)"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one `error:` line (the house rule for bad input), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 class InputError(Exception):
@@ -64,6 +86,21 @@ class RunLog(io.TextIOBase):
     def save(self) -> None:
         with atomic_write(self.path) as handle:
             handle.write(self.getvalue())
+
+
+def check_output_path(path, what="output"):
+    """InputError unless a file can be written at `path`: not a directory, no file in the way of
+    a parent folder, the nearest existing folder writable. Checked before any work starts."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a directory; move it away or write elsewhere")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{what} {path}: {parent} is a file, not a folder; move it away or write elsewhere")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise InputError(f"{what} {path}: no permission to write in {parent}")
+            return
 
 
 def set_seed(seed: int) -> None:

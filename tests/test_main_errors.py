@@ -265,12 +265,3 @@ def test_a_diverged_loss_is_an_error_not_nan_in_json(toy, tmp_path, capsys, monk
 def test_to_json_refuses_nan():
     with pytest.raises(main.InputError, match="the test metrics: a value is NaN"):
         main.to_json({"recall": float("nan")}, "the test metrics")
-
-
-@pytest.mark.parametrize("split", ["validation", "test"])
-def test_a_split_without_positives_stops_before_training(toy, tmp_path, capsys, split):
-    path = tmp_path / f"data/TOY/TOY_{split}.csv"
-    path.write_text(path.read_text().splitlines()[0] + "\n")  # header only
-    code, out, err = run_main(toy + ["--epochs", "2"], capsys)
-    assert code == 2 and "Epoch:" not in out
-    assert_one_error_line(err, str(path), "no positive")
