@@ -153,9 +153,13 @@ def _interrupted_while_starting(signum, frame):
     sys.exit(2)
 
 
+def _stop_like_ctrl_c(signum, frame):
+    raise KeyboardInterrupt
+
+
 def parse_before_imports() -> None:
     """main.py, run as a script, calls this before its slow imports: --help and a bad flag exit at
-    once (code 2 and one error line), and a Ctrl-C during those imports ends with one line too."""
+    once (code 2 and one error line), and a Ctrl-C or SIGTERM during those imports ends with one line too."""
     parser = build_parser()
     try:
         check_flags(parser.parse_args())
@@ -163,9 +167,13 @@ def parse_before_imports() -> None:
         parser.exit(2, f"error: {exc}\n")
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored (nohup)
         signal.signal(signal.SIGINT, _interrupted_while_starting)
+    signal.signal(signal.SIGTERM, _interrupted_while_starting)
 
 
 def restore_ctrl_c() -> None:
-    """From here on a Ctrl-C raises KeyboardInterrupt again, which main() reports."""
+    """From here on a Ctrl-C raises KeyboardInterrupt again, which main() reports. A SIGTERM (a job
+    scheduler's stop, or experiments.py passing a Ctrl-C on) does the same: the finished epochs are
+    kept, one line, exit code 2. It works where Ctrl-C is ignored, as in background jobs."""
     if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)

@@ -248,7 +248,8 @@ def start_run(command, env, folder, cwd=None) -> subprocess.Popen:
     """Start one main.py command; it writes its own log (run.out), its stderr goes to run.err.
 
     The child runs in its own session so that a terminal's Ctrl-C reaches it only through the
-    driver: one SIGINT, which main.py turns into a saved state and a clean exit.
+    driver: one SIGTERM, which main.py turns into a saved state and a clean exit (SIGINT would not
+    do: a shell starts background jobs with SIGINT ignored, and children inherit that).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -353,7 +354,7 @@ def execute_local(runs, devices, jobs, progress) -> None:
         for future in pending:
             future.cancel()
         for child in list(children.values()):
-            child.send_signal(signal.SIGINT)  # main.py saves its state after the finished epochs
+            child.send_signal(signal.SIGTERM)  # main.py keeps the state of its finished epochs
         pool.shutdown(wait=True)
         raise
     pool.shutdown(wait=True)
@@ -388,7 +389,7 @@ def execute_ray(runs, args, progress) -> None:
                 progress.finished(run, ray.get(ready[0]))
         except KeyboardInterrupt:
             for future in futures:
-                ray.cancel(future)  # KeyboardInterrupt in the task: it passes SIGINT on to main.py
+                ray.cancel(future)  # KeyboardInterrupt in the task: it passes SIGTERM on to main.py
             ray.wait(list(futures), num_returns=len(futures), timeout=60)
             raise
     finally:
@@ -396,12 +397,12 @@ def execute_ray(runs, args, progress) -> None:
 
 
 def _ray_run(main_path, argv, cwd, threads, folder) -> int:
-    """Body of a Ray task: main.py under the worker's own Python; Ray's cancel is passed on as SIGINT."""
+    """Body of a Ray task: main.py under the worker's own Python; Ray's cancel is passed on as SIGTERM."""
     child = start_run([sys.executable, main_path] + argv, run_environment(threads), folder, cwd=cwd)
     try:
         return child.wait()
     except KeyboardInterrupt:
-        child.send_signal(signal.SIGINT)
+        child.send_signal(signal.SIGTERM)
         return child.wait()
 
 

@@ -204,7 +204,10 @@ def test_sweep_runs_each_run_once_and_reports_the_same(toy_data, tmp_path):
     assert second.stdout == first.stdout  # the same table
 
 
-def test_killed_run_is_reported_and_resumed_on_rerun(toy_data, tmp_path):
+@pytest.mark.parametrize("stop", ["kill the run", "stop the sweep"])
+def test_interrupted_sweep_completes_on_rerun(toy_data, tmp_path, stop):
+    """A run killed with -9 is reported as failed; a sweep stopped by SIGTERM (as by Ctrl-C) stops its
+    runs cleanly. Either way the rerun resumes the run from its last finished epoch and completes it."""
     out = tmp_path / "out"
     command = sweep_command(toy_data, out, "--jobs", "1", epochs=40, configs=("refine",))
     command[command.index("--seeds") + 1] = "1"
@@ -213,11 +216,17 @@ def test_killed_run_is_reported_and_resumed_on_rerun(toy_data, tmp_path):
     deadline = time.time() + 300
     while not state.exists() and time.time() < deadline:
         time.sleep(0.05)
-    pid = int(subprocess.run(["pgrep", "-f", "refine/seed2024 --device cpu"], capture_output=True, text=True).stdout.split()[0])
-    os.kill(pid, signal.SIGKILL)
+    if stop == "kill the run":
+        pgrep = subprocess.run(["pgrep", "-f", "refine/seed2024 --device cpu"], capture_output=True, text=True)
+        os.kill(int(pgrep.stdout.split()[0]), signal.SIGKILL)
+    else:
+        sweep.send_signal(signal.SIGTERM)
     _, err = sweep.communicate(timeout=300)
-    assert sweep.returncode == 1
-    assert "failed: refine seed 2024 (exit code -9)" in err
+    if stop == "kill the run":
+        assert sweep.returncode == 1 and "failed: refine seed 2024 (exit code -9)" in err
+    else:
+        assert sweep.returncode == 2 and "error: interrupted: 0 of 1 runs finished; rerun the same command" in err
+        assert "interrupted during epoch" in (out / "refine/seed2024/run.err").read_text()
     assert not (out / "refine/seed2024/run.test.json").exists()
     saved_epochs = len((out / "refine/seed2024/run.metrics.jsonl").read_text().splitlines())
 

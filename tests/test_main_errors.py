@@ -5,12 +5,14 @@
 One test per cause of issue 10 that concerns main.py, each on the real entry point (main.main, or
 `python main.py` where the flags alone decide) and a small synthetic dataset.
 """
-import json
 import contextlib
 import io
+import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -250,6 +252,26 @@ def test_ctrl_c_while_importing_is_one_line(tmp_path):
     process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert process.returncode == 2
     assert_one_error_line(process.stderr, "interrupted while starting", "nothing can be resumed")
+
+
+def test_sigterm_stops_like_ctrl_c_even_where_ctrl_c_is_ignored(tmp_path):
+    """A background job ignores SIGINT; SIGTERM (a scheduler's stop, experiments.py's) keeps the finished
+    epochs, says so in one line, and --resume then finishes the run."""
+    write_synthetic_dataset(tmp_path / "data", "TOY")
+    command = [sys.executable, str(ROOT / "main.py"), "--data_dir", str(tmp_path / "data")] + SMALL + [
+        "--epochs", "60", "--early_stopping_step", "100"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    state = tmp_path / "result/TOY/nothing.last.pt"
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 2
+    assert_one_error_line(err, "interrupted during epoch", "--resume to continue after epoch")
+    resumed = subprocess.run(command + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0 and resumed.stdout.count("\nEpoch: ") == 60
 
 
 # --- Metrics files stay valid JSON ---------------------------------------------------------------------
