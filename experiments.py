@@ -702,6 +702,7 @@ def plot(out: Path, summary, k) -> None:
         axis.set_ylim(low * 0.97, None)
         axis.set_xticks(positions, [entry["name"] for entry in entries], rotation=30, ha="right")
         axis.set_title(f"test {title}: mean ± std, dots = seeds")
+        axis.set_ylabel("(axis does not start at 0)", fontsize="small")
     figure.tight_layout()
     with atomic_write(out / "bars.png", "wb") as handle:
         figure.savefig(handle, format="png", dpi=120)
