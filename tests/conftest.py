@@ -4,6 +4,7 @@ The published splits and logs live in ../shared (or $REFINE_SHARED_DIR); tests t
 skip cleanly when it is absent. All other tests build their own small synthetic data.
 """
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -13,6 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SHARED_DIR = Path(os.environ.get("REFINE_SHARED_DIR", ROOT.parent / "shared"))
+
+
+def ctrl_c_enabled():
+    """preexec_fn for a subprocess that a test interrupts with SIGINT: a suite run as a background job
+    has SIGINT ignored, and children inherit that; the real command then sees Ctrl-C as a terminal sends it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture

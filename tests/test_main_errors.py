@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import main
-from conftest import ROOT, write_synthetic_dataset
+from conftest import ROOT, ctrl_c_enabled, write_synthetic_dataset
 from test_main import SMALL, run_main, without_timing
 
 
@@ -249,7 +249,8 @@ def test_ctrl_c_while_importing_is_one_line(tmp_path):
     """The handler main.py installs before its slow imports (run as a script)."""
     code = ("import os, signal, sys, time; sys.argv = ['main.py']; import cli; cli.parse_before_imports(); "
             "os.kill(os.getpid(), signal.SIGINT); time.sleep(5)")
-    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                             preexec_fn=ctrl_c_enabled)
     assert process.returncode == 2
     assert_one_error_line(process.stderr, "interrupted while starting", "nothing can be resumed")
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 import refine_llm as R
-from conftest import ROOT
+from conftest import ROOT, ctrl_c_enabled
 from refine_fixtures import (CHAT_TEMPLATE_TOKENS, FakeServer, api_args, expected_augment, expected_outcome,
                              load_jobs, make_dataset, word_tokens)
 
@@ -198,7 +198,8 @@ def test_ctrl_c_with_requests_in_flight_keeps_what_arrived_and_does_not_wait(tmp
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with FakeServer(script=["ok", "ok"] + ["hold"] * 100) as server:
         argv[argv.index("URL")] = server.url
-        process = subprocess.Popen(argv, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(argv, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=ctrl_c_enabled)
         deadline = time.monotonic() + 60
         while (len(server.asked) < 2 or server.holding < 3) and time.monotonic() < deadline:
             time.sleep(0.05)
