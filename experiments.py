@@ -291,6 +291,7 @@ class Progress:
         self.k = str(k)
         self.done = sum(run.status == "done" for run in runs)
         self.failed, self.running = [], 0
+        self.stopping = False  # set once the sweep passes a Ctrl-C on: runs ending then were stopped, not failed
         self.lock = threading.Lock()
         self.bar = tqdm(total=len(runs), initial=self.done, desc="runs", unit="run", file=sys.stderr,
                         dynamic_ncols=True)
@@ -313,6 +314,8 @@ class Progress:
                 self.bar.write(f"done: {run.label} (best epoch {test['best_epoch']}, "
                                f"test Recall@{self.k} {recall:.4f})", file=sys.stderr)
                 self.bar.update(1)
+            elif self.stopping:
+                self.bar.write(f"stopped: {run.label}: {last_line(run)}", file=sys.stderr)
             else:
                 self.failed.append(run)
                 self.bar.write(f"failed: {run.label} (exit code {returncode}): {last_line(run)}", file=sys.stderr)
@@ -351,6 +354,7 @@ def execute_local(runs, devices, jobs, progress) -> None:
         while pending:
             _, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
     except KeyboardInterrupt:
+        progress.stopping = True
         for future in pending:
             future.cancel()
         for child in list(children.values()):
@@ -388,6 +392,7 @@ def execute_ray(runs, args, progress) -> None:
                 run = futures.pop(ready[0])
                 progress.finished(run, ray.get(ready[0]))
         except KeyboardInterrupt:
+            progress.stopping = True
             for future in futures:
                 ray.cancel(future)  # KeyboardInterrupt in the task: it passes SIGTERM on to main.py
             ray.wait(list(futures), num_returns=len(futures), timeout=60)

@@ -226,7 +226,7 @@ def test_interrupted_sweep_completes_on_rerun(toy_data, tmp_path, stop):
         assert sweep.returncode == 1 and "failed: refine seed 2024 (exit code -9)" in err
     else:
         assert sweep.returncode == 2 and "error: interrupted: 0 of 1 runs finished; rerun the same command" in err
-        assert "interrupted during epoch" in (out / "refine/seed2024/run.err").read_text()
+        assert "stopped: refine seed 2024: error: interrupted during epoch" in err and "failed:" not in err
     assert not (out / "refine/seed2024/run.test.json").exists()
     saved_epochs = len((out / "refine/seed2024/run.metrics.jsonl").read_text().splitlines())
 
