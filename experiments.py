@@ -62,7 +62,7 @@ METRICS = ("precision", "recall", "ndcg")
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="python experiments.py", description="Run several configs x seeds of main.py in parallel and report mean +- std, "
-                    "95%% confidence intervals and paired significance tests.",
+                    "95% confidence intervals and paired significance tests.",
         formatter_class=HelpFormatter,
         usage="%(prog)s [options] [-- MAIN.PY FLAGS FOR EVERY RUN]",
         epilog="examples:\n"
@@ -83,9 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--configs", nargs="+", metavar="NAME",
                         help="run only these configs (of the preset or of --config; default: all of them)")
     parser.add_argument("--config", action="append", default=[], metavar='NAME="--flag value ..."',
-                        help="add a config of main.py flags; repeatable")
+                        help="add a config of main.py flags; repeatable (default: none)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[5], metavar="N | S1 S2",
-                        help="one number N: the seeds 2024 .. 2024+N-1; several numbers: those seeds")
+                        help="one number N: the seeds 2024 .. 2024+N-1; several numbers: those seeds "
+                             "(default: 5, i.e. 2024 .. 2028)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at the same time (local executor)")
     parser.add_argument("--devices", nargs="+", default=None,
                         help="devices for the runs, e.g. cuda:0 cuda:1 or cpu (default: every visible "

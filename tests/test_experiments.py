@@ -137,6 +137,15 @@ def test_configs_preset_pick_and_custom():
                                            "refine", "refine_plus"]
 
 
+def test_help_explains_every_flag_with_its_default():
+    parser = experiments.build_parser()
+    formatter = parser.formatter_class(parser.prog)
+    for action in parser._actions:
+        if action.dest != "help":
+            assert action.help and "default" in formatter._get_help_string(action), action.dest
+    assert "examples:" in parser.format_help() and "outputs:" in parser.format_help()
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--dataset", "X", "--out", "o", "--", "--random_seed", "3"], "--random_seed after --"),
     (["--dataset", "X"], "--dataset and --out are required"),
