@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                "OUT/bars.png")
     parser.add_argument("--dataset", help="dataset name, as main.py --dataset (required unless --report)")
     parser.add_argument("--out", help="output folder of the sweep (required unless --report)")
-    parser.add_argument("--report", metavar="OUT", help="only write the report of the finished runs in OUT")
+    parser.add_argument("--report", metavar="OUT", help="only write the report of the finished runs in OUT (default: run the sweep, then report)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="paper",
                         help="named set of configs: paper = " + ", ".join(PRESETS["paper"]))
     parser.add_argument("--configs", nargs="+", metavar="NAME",

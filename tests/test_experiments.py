@@ -142,7 +142,8 @@ def test_help_explains_every_flag_with_its_default():
     formatter = parser.formatter_class(parser.prog)
     for action in parser._actions:
         if action.dest != "help":
-            assert action.help and "default" in formatter._get_help_string(action), action.dest
+            text = formatter._get_help_string(action)
+            assert action.help and ("default" in text or "required" in text), action.dest
     assert "examples:" in parser.format_help() and "outputs:" in parser.format_help()
 
 
