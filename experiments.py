@@ -30,6 +30,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import compare
 from utils import ArgumentParser, HelpFormatter, InputError, atomic_write
 
 ROOT = Path(__file__).resolve().parent
@@ -467,10 +468,8 @@ def read_run(out: Path, config: str, folder: Path, k: int) -> RunResult:
     test = json.loads((folder / "run.test.json").read_text())
     if str(k) not in test["test"]:
         raise InputError(f"{folder / 'run.test.json'}: no metrics at k = {k} (has {', '.join(test['test'])})")
-    train_seconds = test.get("train_seconds")
-    if train_seconds is None:  # older runs: the log's timing line
-        match = re.search(r"Training completed in ([\d.]+) seconds", (folder / "run.out").read_text())
-        train_seconds = float(match.group(1)) if match else None
+    log = compare.parse_log(folder / "run.out")  # the validation curve, and older runs' training time
+    train_seconds = test.get("train_seconds", log.training_seconds)
     per_user = {metric: {} for metric in METRICS}
     users_path = folder / "run.test_users.csv"
     if users_path.is_file():
@@ -479,13 +478,7 @@ def read_run(out: Path, config: str, folder: Path, k: int) -> RunResult:
             user, *values = line.split(",")
             for metric, value in zip(METRICS, values):
                 per_user[metric][user] = float(value)
-    curve = []
-    metrics_path = folder / "run.metrics.jsonl"
-    if metrics_path.is_file():
-        for line in metrics_path.read_text().splitlines():
-            record = json.loads(line)
-            if str(k) in record["validation"]:
-                curve.append((record["epoch"], record["validation"][str(k)]["recall"]))
+    curve = [(record.epoch, record.metrics[k][1]) for record in log.epochs if k in record.metrics]
     return RunResult(seed=int(folder.name[len("seed"):]), log=str((folder / "run.out").relative_to(out)),
                      best_epoch=test["best_epoch"], train_seconds=train_seconds,
                      test={metric: test["test"][str(k)][metric] for metric in METRICS},

@@ -23,7 +23,7 @@ TINY = ["--batch_size", "64", "--top_k", "5", "20", "--r", "5", "--s", "2", "--t
 
 
 def write_fake_run(out, config, seed, test, per_user, curve=((1, 0.1), (2, 0.2))):
-    """A finished run folder as main.py leaves it: test JSON, per-user CSV, metrics JSON lines, log."""
+    """A finished run folder as main.py leaves it: test JSON, per-user CSV, the log's epoch blocks."""
     folder = out / config / f"seed{seed}"
     folder.mkdir(parents=True)
     (folder / "run.test.json").write_text(json.dumps({
@@ -31,10 +31,9 @@ def write_fake_run(out, config, seed, test, per_user, curve=((1, 0.1), (2, 0.2))
         "test": {"20": dict(zip(experiments.METRICS, test))}}))
     lines = ["user_id,precision@20,recall@20,ndcg@20"] + [f"{user},{p!r},{r!r},{n!r}" for user, (p, r, n) in per_user.items()]
     (folder / "run.test_users.csv").write_text("\n".join(lines) + "\n")
-    (folder / "run.metrics.jsonl").write_text("".join(
-        json.dumps({"epoch": epoch, "loss": 0.5, "validation": {"20": {"precision": 0, "recall": recall, "ndcg": 0}}})
-        + "\n" for epoch, recall in curve))
-    (folder / "run.out").write_text("log\n")
+    (folder / "run.out").write_text("".join(
+        f"\nEpoch: {epoch:03d}, Loss: 0.5000\nPrecision@20: 0.0000, Recall@20: {recall:.4f}, NDCG@20: 0.0000\nSave: x\n"
+        for epoch, recall in curve))
 
 
 def exact_wilcoxon_p(differences):
@@ -96,6 +95,12 @@ def test_aggregation_against_independent_computation(fake_sweep):
     mean_new = np.array([np.mean([values["new", s][1][u][1] for s in seeds]) for u in users])
     mean_base = np.array([np.mean([values["base", s][1][u][1] for s in seeds]) for u in users])
     assert new["vs_baseline"]["p_user_wilcoxon"] == pytest.approx(exact_wilcoxon_p(mean_new - mean_base), rel=1e-9)
+
+
+def test_validation_curves_come_from_the_logs(fake_sweep):
+    out, _ = fake_sweep
+    _, configs = experiments.collect(out, 20)
+    assert [run.curve for _, _, runs in configs for run in runs] == [[(1, 0.1), (2, 0.2)]] * 6
 
 
 def test_report_files_and_baseline_choice(fake_sweep, capsys):
