@@ -153,7 +153,14 @@ def _interrupted_while_starting(signum, frame):
     sys.exit(2)
 
 
+# Set by the stop handler: main() then reports any error that follows as the interrupt, since a
+# library may turn the KeyboardInterrupt into an error of its own while it unwinds.
+stop_requested = False
+
+
 def _stop_like_ctrl_c(signum, frame):
+    global stop_requested
+    stop_requested = True
     raise KeyboardInterrupt
 
 
@@ -175,5 +182,5 @@ def restore_ctrl_c() -> None:
     scheduler's stop, or experiments.py passing a Ctrl-C on) does the same: the finished epochs are
     kept, one line, exit code 2. It works where Ctrl-C is ignored, as in background jobs."""
     if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, _stop_like_ctrl_c)
     signal.signal(signal.SIGTERM, _stop_like_ctrl_c)

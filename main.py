@@ -356,6 +356,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"error: interrupted {progress.note}", file=sys.stderr)
         return 2
+    except Exception:
+        if not cli.stop_requested:
+            raise
+        print(f"error: interrupted {progress.note}", file=sys.stderr)
+        return 2
 
 
 def run(args, log: RunLog, progress: Progress) -> int:
@@ -448,6 +453,8 @@ def run(args, log: RunLog, progress: Progress) -> int:
                     "epoch": epoch, "early_stopping": early_stopping.state_dict(), "history": history,
                     "elapsed": time.time() - start_time, "rng": rng_state(), "args": vars(args),
                     "data_sha256": data_sha256}, state_path)
+        progress.note = (f"after epoch {epoch}; rerun the same command with --resume to continue after epoch "
+                         f"{epoch} from {state_path}")
         log.save()
 
     progress.note = (f"after training; the best checkpoint {checkpoint_path} is saved: rerun the same command "

@@ -215,6 +215,38 @@ def test_ctrl_c_in_epoch_3_names_the_epoch_it_continues_after(toy, tmp_path, cap
     assert (tmp_path / "result/TOY/nothing.out").read_text() == out
 
 
+def test_ctrl_c_right_after_an_epoch_is_saved_offers_that_epoch(toy, tmp_path, capsys, monkeypatch):
+    """Between epoch 2's state file and the log's rewrite (where a stop sent on seeing the file lands)."""
+    interrupt_on_call(monkeypatch, main.RunLog, "save", 2)
+    code, _, err = run_main(toy + ["--epochs", "4"], capsys)
+    assert code == 2
+    assert_one_error_line(err, "interrupted after epoch 2", "--resume to continue after epoch 2")
+    assert torch.load(tmp_path / "result/TOY/nothing.last.pt", weights_only=True)["epoch"] == 2
+
+
+@pytest.mark.parametrize("stopped", [True, False])
+def test_an_error_a_library_raises_while_a_stop_unwinds_is_reported_as_the_stop(toy, capsys, monkeypatch, stopped):
+    """A library may turn the KeyboardInterrupt of a stop into its own error; without a stop, an error is a bug
+    and keeps its traceback."""
+    import cli
+    monkeypatch.setattr(cli, "stop_requested", stopped)
+
+    def stopped_inside_a_library(*args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("library cleanup failed")
+
+    monkeypatch.setattr(main, "train_refine_epoch", stopped_inside_a_library)
+    if not stopped:
+        with pytest.raises(RuntimeError, match="library cleanup failed"):
+            run_main(toy + ["--epochs", "2"], capsys)
+        return
+    code, _, err = run_main(toy + ["--epochs", "2"], capsys)
+    assert code == 2
+    assert_one_error_line(err, "interrupted during epoch 1", "nothing can be resumed")
+
+
 @pytest.mark.parametrize("resume", [False, True])
 def test_ctrl_c_during_data_loading(copy_of_finished_run, tmp_path, capsys, monkeypatch, resume):
     interrupt_on_call(monkeypatch, main.dataloader, "load_splits", 1)
@@ -269,8 +301,8 @@ def test_sigterm_stops_like_ctrl_c_even_where_ctrl_c_is_ignored(tmp_path):
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=300)
-    assert process.returncode == 2
-    assert_one_error_line(err, "interrupted during epoch", "--resume to continue after epoch")
+    assert process.returncode == 2, err
+    assert_one_error_line(err, "interrupted ", "epoch", "--resume to continue after epoch")
     resumed = subprocess.run(command + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0 and resumed.stdout.count("\nEpoch: ") == 60
 
