@@ -425,6 +425,8 @@ def run(args, log: RunLog, progress: Progress) -> int:
                       desc="epochs", unit="epoch", file=sys.stderr, disable=None):
         if early_stopping.early_stop:
             break
+        if cli.stop_requested:  # a stop whose KeyboardInterrupt a finalizer swallowed (Python only warns)
+            raise KeyboardInterrupt
         # Each finished epoch leaves its state in state_path; before the first one there is none.
         progress.note = (f"during epoch {epoch}; rerun the same command with --resume to continue after "
                          f"epoch {epoch - 1} from {state_path}" if epoch > 1 else

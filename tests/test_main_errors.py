@@ -224,14 +224,30 @@ def test_ctrl_c_right_after_an_epoch_is_saved_offers_that_epoch(toy, tmp_path, c
     assert torch.load(tmp_path / "result/TOY/nothing.last.pt", weights_only=True)["epoch"] == 2
 
 
+def test_a_stop_whose_interrupt_was_swallowed_ends_the_run_after_the_epoch(toy, tmp_path, capsys, monkeypatch):
+    """Python only warns when a KeyboardInterrupt lands in a finalizer; the loop still stops at the next epoch."""
+    import cli
+    original = main.RunLog.save
+
+    def save_and_swallow_a_stop(self):
+        original(self)
+        if "Epoch: 002" in self.getvalue():
+            monkeypatch.setattr(cli, "stop_requested", True)
+
+    monkeypatch.setattr(main.RunLog, "save", save_and_swallow_a_stop)
+    code, out, err = run_main(toy + ["--epochs", "4"], capsys)
+    assert code == 2 and "Epoch: 003" not in out
+    assert_one_error_line(err, "interrupted after epoch 2", "--resume to continue after epoch 2")
+
+
 @pytest.mark.parametrize("stopped", [True, False])
 def test_an_error_a_library_raises_while_a_stop_unwinds_is_reported_as_the_stop(toy, capsys, monkeypatch, stopped):
     """A library may turn the KeyboardInterrupt of a stop into its own error; without a stop, an error is a bug
     and keeps its traceback."""
     import cli
-    monkeypatch.setattr(cli, "stop_requested", stopped)
 
     def stopped_inside_a_library(*args):
+        monkeypatch.setattr(cli, "stop_requested", stopped)  # as the stop handler does
         try:
             raise KeyboardInterrupt
         except KeyboardInterrupt:
