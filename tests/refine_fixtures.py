@@ -128,7 +128,11 @@ class FakeServer(LocalHTTPServer):
                 pass
 
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                length = int(self.headers["Content-Length"])
+                raw = self.rfile.read(length)
+                if len(raw) < length:  # the client hung up mid-request: a stopped run cancels the rest
+                    return
+                body = json.loads(raw)
                 if self.path == "/tokenize":
                     self.reply(200, {"count": word_tokens(body["prompt"])})
                     return
