@@ -190,6 +190,36 @@ def run_sweep(command, cwd):
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+def test_local_pool_spreads_runs_over_the_gpus(tmp_path, monkeypatch):
+    """--jobs 4 on two GPUs: two runs at a time on each, torch threads split between the jobs (fake
+    children that wait until all four started, so no CUDA is needed)."""
+    import threading
+    started, all_started = [], threading.Barrier(4, timeout=30)
+
+    class Child:
+        def wait(self):
+            all_started.wait()
+            return 0
+
+    def fake_start(command, env, folder, cwd=None):
+        started.append((command[command.index("--device") + 1], env["OMP_NUM_THREADS"]))
+        return Child()
+
+    monkeypatch.setattr(experiments, "start_run", fake_start)
+    monkeypatch.setattr(experiments, "available_cores", lambda: 8)
+    runs = [experiments.Run("refine", seed, tmp_path / f"seed{seed}", ["--dataset", "TOY"]) for seed in range(4)]
+
+    class Progress:
+        def started(self, run):
+            pass
+
+        def finished(self, run, returncode):
+            assert returncode == 0
+
+    experiments.execute_local(runs, ["cuda:0", "cuda:1"], 4, Progress())
+    assert sorted(started) == [("cuda:0", "2"), ("cuda:0", "2"), ("cuda:1", "2"), ("cuda:1", "2")]
+
+
 def test_sweep_runs_each_run_once_and_reports_the_same(toy_data, tmp_path):
     out = tmp_path / "out"
     first = run_sweep(sweep_command(toy_data, out), tmp_path)
