@@ -353,11 +353,9 @@ def main(argv=None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"error: interrupted {progress.note}", file=sys.stderr)
-        return 2
-    except Exception:
-        if not cli.stop_requested:
+    except (KeyboardInterrupt, Exception) as exc:
+        # After a stop, a library's own error while unwinding is the stop too; without one it is a bug.
+        if not isinstance(exc, KeyboardInterrupt) and not cli.stop_requested:
             raise
         print(f"error: interrupted {progress.note}", file=sys.stderr)
         return 2
@@ -421,6 +419,10 @@ def run(args, log: RunLog, progress: Progress) -> int:
         print(f"resumed after epoch {state['epoch']} from {state_path}", file=sys.stderr)
 
     start_time = time.time() - elapsed
+
+    def resume_from(last_epoch):
+        return f"rerun the same command with --resume to continue after epoch {last_epoch} from {state_path}"
+
     for epoch in tqdm(range(first_epoch, args.epochs + 1), initial=first_epoch - 1, total=args.epochs,
                       desc="epochs", unit="epoch", file=sys.stderr, disable=None):
         if early_stopping.early_stop:
@@ -428,8 +430,7 @@ def run(args, log: RunLog, progress: Progress) -> int:
         if cli.stop_requested:  # a stop whose KeyboardInterrupt a finalizer swallowed (Python only warns)
             raise KeyboardInterrupt
         # Each finished epoch leaves its state in state_path; before the first one there is none.
-        progress.note = (f"during epoch {epoch}; rerun the same command with --resume to continue after "
-                         f"epoch {epoch - 1} from {state_path}" if epoch > 1 else
+        progress.note = (f"during epoch {epoch}; {resume_from(epoch - 1)}" if epoch > 1 else
                          "during epoch 1, before any epoch finished, so nothing can be resumed: rerun the command")
         model.train()
         loss = train_one_epoch(model, optimizer, data, negatives, epoch, args)
@@ -455,8 +456,7 @@ def run(args, log: RunLog, progress: Progress) -> int:
                     "epoch": epoch, "early_stopping": early_stopping.state_dict(), "history": history,
                     "elapsed": time.time() - start_time, "rng": rng_state(), "args": vars(args),
                     "data_sha256": data_sha256}, state_path)
-        progress.note = (f"after epoch {epoch}; rerun the same command with --resume to continue after epoch "
-                         f"{epoch} from {state_path}")
+        progress.note = f"after epoch {epoch}; {resume_from(epoch)}"
         log.save()
 
     progress.note = (f"after training; the best checkpoint {checkpoint_path} is saved: rerun the same command "
