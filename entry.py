@@ -1,0 +1,91 @@
+"""How every script ends: bad input, an OS error or a stop is one `error:` line and exit code 2.
+
+    python -c "import entry"   # used by main.py, dataloader.py, refine_llm.py, experiments.py, compare.py
+
+A script's `main()` is `return entry.run_script(body, stop)`: `body()` does the work, and `stop`
+(a `Stop`) says, as the work goes on, where a Ctrl-C or SIGTERM would leave the user and what
+they can do then. The script updates it at each point where that changes.
+
+    error: <message of an InputError>
+    error: interrupted[ <where>]; <then>
+    error: <path>: <what the OS said>; <then>          (a full disk, a directory in the way, ...)
+
+Stops: `install_stop_handlers()` makes SIGTERM (a scheduler's stop, experiments.py passing a
+Ctrl-C on) raise KeyboardInterrupt like Ctrl-C, so both end the same way, also in background jobs
+where SIGINT is ignored. After a stop, any error a library raises while it unwinds is reported as
+the stop (`stop_requested`).
+"""
+import errno
+import signal
+import sys
+
+from utils import InputError
+
+# Set by the stop handler: run_script() then reports any error that follows as the interrupt.
+stop_requested = False
+
+# OS errors that the user's environment causes (space, permissions, paths), not the program.
+USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR,
+                  errno.ENOTDIR, errno.ENOENT, errno.EEXIST, errno.ENAMETOOLONG, errno.EMFILE, errno.EIO,
+                  errno.EBUSY, errno.ETXTBSY, errno.ELOOP}
+
+
+class Stop:
+    """What the line for a stop says: `error: interrupted <where>; <then>`.
+
+    `where` is optional ("during epoch 3"); `then` says what can be resumed and how.
+    """
+
+    def __init__(self, then: str, where: str = ""):
+        self.set(then, where)
+
+    def set(self, then: str, where: str = "") -> None:
+        self.then, self.where = then, where
+
+    def line(self) -> str:
+        return f"error: interrupted{' ' + self.where if self.where else ''}; {self.then}"
+
+
+def _stop_like_ctrl_c(signum, frame):
+    global stop_requested
+    stop_requested = True
+    raise KeyboardInterrupt
+
+
+def install_stop_handlers() -> None:
+    """SIGTERM, and Ctrl-C where it is not ignored (nohup), raise KeyboardInterrupt and mark the stop."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _stop_like_ctrl_c)
+    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
+
+
+def os_error_line(exc: OSError, then: str) -> str:
+    """`error: <path>: <reason>; <then>`, with the fix for the common causes."""
+    where = exc.filename if exc.filename is not None else "a file"
+    reason = exc.strerror or str(exc)
+    hint = {errno.ENOSPC: "free space", errno.EDQUOT: "free space",
+            errno.EACCES: "check its permissions", errno.EPERM: "check its permissions",
+            errno.EROFS: "write somewhere writable"}.get(exc.errno)
+    return f"error: {where}: {reason}{f' ({hint})' if hint else ''}; {then}"
+
+
+def run_script(body, stop: Stop) -> int:
+    """Run `body()` and turn how it ends into an exit code: its return value (None is 0), or 2 with
+    one line on stderr for bad input, a stop, or an OS error the user's environment caused."""
+    try:
+        return body() or 0
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except OSError as exc:
+        if stop_requested:
+            print(stop.line(), file=sys.stderr)
+        elif exc.errno in USER_OS_ERRORS:
+            print(os_error_line(exc, stop.then), file=sys.stderr)
+        else:
+            raise
+    except (KeyboardInterrupt, Exception) as exc:
+        # After a stop, a library's own error while unwinding is the stop too; without one it is a bug.
+        if not isinstance(exc, KeyboardInterrupt) and not stop_requested:
+            raise
+        print(stop.line(), file=sys.stderr)
+    return 2
