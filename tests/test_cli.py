@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import cli
-import main
 from conftest import ROOT, write_synthetic_dataset
 from test_main import SMALL, run_main
 
@@ -19,8 +18,8 @@ SLOW_MODULES = {"torch", "torch_geometric", "pandas", "numpy"}
 
 def script(*argv, cwd=ROOT, python_flags=()):
     env = {**os.environ, "COLUMNS": "100"}
-    return subprocess.run([sys.executable, *python_flags, str(ROOT / "main.py"), *argv], capture_output=True,
-                          text=True, cwd=cwd, env=env)
+    return subprocess.run([sys.executable, *python_flags, str(ROOT / "main.py"), "--device", "cpu", *argv],
+                          capture_output=True, text=True, cwd=cwd, env=env)
 
 
 def test_every_flag_has_a_help_text_and_shows_its_default():
@@ -56,7 +55,7 @@ def test_log_file_equals_the_scripts_stdout(tmp_path):
 def test_threads_flag_sets_torch_and_is_printed_only_when_given(tmp_path, monkeypatch, capsys):
     write_synthetic_dataset(tmp_path / "data", "TOY")
     monkeypatch.chdir(tmp_path)
-    argv = ["--data_dir", str(tmp_path / "data")] + SMALL + ["--epochs", "1"]
+    argv = ["--data_dir", str(tmp_path / "data"), "--device", "cpu"] + SMALL + ["--epochs", "1"]
     threads_before = torch.get_num_threads()
     try:
         code, with_threads, _ = run_main(argv + ["--threads", "1", "--path_name", "one"], capsys)
