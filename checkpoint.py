@@ -175,9 +175,10 @@ def _read(path: Path, device: torch.device, what: str, then: str, prefix: str = 
                              f"main.py): {then}") from None
 
 
-def load_resume_state(path: Path, args, device: torch.device) -> dict:
-    """The training state saved at `path`, checked to be whole, of this command and of this data, or an
-    InputError. Tensors are mapped onto `device` (a state saved on a GPU resumes on a CPU, and back)."""
+def load_resume_state(path: Path, args, device: torch.device, best_path: Path) -> dict:
+    """The training state saved at `path`, checked to be whole, of this command and of this data, with
+    a readable best checkpoint at `best_path` once it names a best epoch; or an InputError. Tensors
+    are mapped onto `device` (a state saved on a GPU resumes on a CPU, and back)."""
     if not path.is_file():
         raise InputError(f"--resume: no saved training state at {path}: rerun without --resume")
     state = _read(path, device, "a training state", _start_over(path), "--resume: ")
@@ -200,6 +201,8 @@ def load_resume_state(path: Path, args, device: torch.device) -> dict:
     if changed:
         raise InputError(f"--resume: {', '.join(changed)} changed since {path} was saved: restore the data to "
                          f"resume, or {_start_over(path)}")
+    if state["early_stopping"]["best_epoch"] is not None:  # a damaged one found now, not after training
+        read_best(best_path, None, device)
     return state
 
 
@@ -224,15 +227,16 @@ def check_fits(model, weights: dict, path: Path, then: str, prefix: str = "") ->
 
 
 def read_best(path: Path, model, device: torch.device) -> dict:
-    """The weights of the best checkpoint `<path_name>.pt`, on `device`, checked to fit `model`; a
-    missing or damaged file is an InputError."""
+    """The weights of the best checkpoint `<path_name>.pt`, on `device`, checked to fit `model` (unless
+    None); a missing or damaged file is an InputError."""
     then = "rerun without --resume to train the run again"
     if not path.is_file():
         raise InputError(f"the best checkpoint {path} is missing: {then}")
     weights = _read(path, device, "a model checkpoint", then)
     if not _tensor_dict(weights):
         raise InputError(f"{path} is not a model checkpoint (a dict of tensors): {then}")
-    check_fits(model, weights, path, then)
+    if model is not None:
+        check_fits(model, weights, path, then)
     return weights
 
 

@@ -304,7 +304,7 @@ def run_locked(args, paths: RunPaths, stop: entry.Stop) -> int:
 def run(args, paths: RunPaths, log: RunLog, stop: entry.Stop) -> int:
     """Load (the resume state, the data, the model), train epoch by epoch, then test the best checkpoint."""
     device = set_up(args)
-    state = checkpoint.load_resume_state(paths.state, args, device) if args.resume else None
+    state = checkpoint.load_resume_state(paths.state, args, device, paths.checkpoint) if args.resume else None
     stop.set(*resume_advice(paths, "loading", resuming=args.resume))
     print_config(args, device)
     data, data_sha256 = load_data(args, device)
@@ -384,8 +384,6 @@ def resume(state, model, optimizer, early_stopping, paths: RunPaths, device: tor
     """(history, first epoch, seconds so far) of a checked state, restored into the run; the earlier
     epochs' lines printed again, so the log reads as if the run had never stopped."""
     checkpoint.restore(state, model, optimizer, early_stopping, paths.state, device)
-    if early_stopping.best_epoch is not None:  # a damaged best checkpoint found now, not after training
-        checkpoint.read_best(paths.checkpoint, model, device)
     for record in state["history"]:
         print(record["log"])
     print(f"resumed after epoch {state['epoch']} from {paths.state}", file=sys.stderr)
