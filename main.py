@@ -265,11 +265,12 @@ def resume_advice(paths: RunPaths, phase: str, epoch: int = 0, resuming: bool = 
     def continue_after(last_epoch):
         return f"rerun the same command with --resume to continue after epoch {last_epoch} from {paths.state}"
 
+    if phase in ("starting", "loading") and resuming:  # the state is only read before training
+        return f"{paths.state} is unchanged: rerun the same command to resume from it", "before training"
     if phase == "starting":
         return f"nothing was written, so {nothing}", "while starting"
     if phase == "loading":
-        return ((f"{paths.state} is unchanged: rerun the same command to resume from it", "before training")
-                if resuming else (f"nothing was trained, so {nothing}", "while loading the data"))
+        return f"nothing was trained, so {nothing}", "while loading the data"
     if phase == "epoch":  # each finished epoch leaves its state; before the first one there is none
         return (continue_after(epoch - 1) if epoch > 1 else f"before any epoch finished, so {nothing}",
                 f"during epoch {epoch}")
@@ -285,7 +286,7 @@ def resume_advice(paths: RunPaths, phase: str, epoch: int = 0, resuming: bool = 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     paths = RunPaths.of(args)
-    stop = entry.Stop(*resume_advice(paths, "starting"))
+    stop = entry.Stop(*resume_advice(paths, "starting", resuming=args.resume))
     return entry.run_script(lambda: run_locked(args, paths, stop), stop)
 
 
