@@ -198,6 +198,26 @@ def test_a_full_disk_while_saving_a_state_is_one_line_and_resumable(toy, tmp_pat
     assert code == 0 and "resumed after epoch 1" in err
 
 
+def test_a_folder_in_the_way_of_the_final_test_is_one_line_and_resumable(toy, tmp_path, capsys, monkeypatch):
+    """A real OS error (no mock): the per-user file's name taken by a folder after training began."""
+    report_training, taken = main.report_training, tmp_path / "result/TOY/nothing.test_users.csv"
+
+    def folder_in_the_way(*args):
+        taken.mkdir()
+        return report_training(*args)
+
+    monkeypatch.setattr(main, "report_training", folder_in_the_way)
+    code, _, err = run_main(toy + ["--epochs", "2"], capsys)
+    assert code == 2
+    assert_one_error_line(err, "error: result/TOY/nothing.test_users.csv: Is a directory; training finished",
+                          "--resume to test it without training")
+    assert not (tmp_path / "result/TOY/nothing.test.json").exists()
+    taken.rmdir()
+    monkeypatch.setattr(main, "report_training", report_training)
+    code, out, err = run_main(toy + ["--epochs", "2", "--resume"], capsys)
+    assert code == 0 and "resumed after epoch 2" in err and (tmp_path / "result/TOY/nothing.test.json").is_file()
+
+
 def test_a_split_file_that_is_a_folder_is_one_line(toy, tmp_path, capsys):
     validation = tmp_path / "data/TOY/TOY_validation.csv"
     validation.unlink()
