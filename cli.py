@@ -7,7 +7,6 @@ main.py parses with this module before its slow imports (torch, torch_geometric,
 item count, ...) stay in main.py.
 """
 import argparse
-import math
 import os
 import signal
 import sys
@@ -26,10 +25,10 @@ examples:
 outputs (under result/<dataset>/ or --result_dir, each written to a temporary name and then renamed):
   <path_name>.out            the log, as printed on stdout (rewritten after every epoch)
   <path_name>.pt             the best model's state_dict
-  <path_name>.metrics.jsonl  one JSON line per evaluated epoch (loss, validation metrics)
   <path_name>.test.json      the final test metrics, the best epoch and the training seconds
   <path_name>.test_users.csv each test user's precision, recall and NDCG at the largest --top_k
   <path_name>.last.pt        the training state after the last finished epoch (for --resume)
+  <path_name>.lock           held while the run writes (one process per run); removed at the end
   result/<dataset>_not_early_stop.pt  the last model, when early stopping did not trigger
 
 Reads <data_dir>/<dataset>/<dataset>_{train_augment|train_original,validation,test}.csv.
@@ -125,26 +124,83 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Flags whose value must be > 0 (or >= 0); finite for the floats. Bounds that depend on the data
-# (--top_k, --r and --s against the item count) are checked by main.py once the data is read.
-POSITIVE = ("learning_rate", "real_neg_samp_prob", "p", "q", "batch_size", "test_batch_size", "embedding_dim",
-            "layers", "evaluation_step", "epochs", "r", "s", "t")
-NON_NEGATIVE = ("random_seed", "gpu_id", "early_stopping_step")
+# Every numeric flag's range, (lowest, highest), both included; checked before the data is read.
+# Lower bounds: what the method needs (sizes, weights and rates above 0). Upper bounds, by cause:
+# - sizes (batch, embedding, layers, top_k, threads, GPU number) far above any real use, below what
+#   makes torch allocate terabytes, overflow an index or start more threads than an OS gives;
+# - sampling weights within float32 (W and the sampler hold them) with room for a row's sum of
+#   up to 10**30 items' weights; a weight of 1e6 already makes the others never drawn;
+# - epoch counts within 10**9 (a run of that many epochs would not end).
+# Bounds that depend on the data (--top_k, --r and --s against the item count) are checked by
+# main.py once the data is read.
+BOUNDS = {
+    "random_seed": (0, 2 ** 32 - 1),  # numpy's seed range
+    "gpu_id": (0, 1023),
+    "batch_size": (1, 2 ** 24),
+    "test_batch_size": (1, 2 ** 24),
+    "embedding_dim": (1, 2 ** 14),
+    "layers": (1, 64),
+    "learning_rate": (1e-12, 100.0),
+    "evaluation_step": (1, 10 ** 9),
+    "early_stopping_step": (0, 10 ** 9),
+    "top_k": (1, 10 ** 6),
+    "epochs": (1, 10 ** 9),
+    "real_neg_samp_prob": (1e-6, 1e6),
+    "p": (1e-6, 1e6),
+    "q": (1e-6, 1e6),
+    "r": (1, 2 ** 31 - 1),
+    "s": (1, 2 ** 31 - 1),
+    "t": (1, 10 ** 9),
+    "threads": (1, 1024),
+}
+# Flags that name things (a folder and file prefix, the run's file names): never a path.
+NAMES = ("dataset", "path_name")
+
+
+def check_name(flag: str, value: str) -> None:
+    if value in ("", ".", "..") or "/" in value or "\\" in value or "\0" in value:
+        raise InputError(f"--{flag} {value!r}: must be a name, without / or \\ and not . or .. "
+                         f"(--data_dir and --result_dir are the flags for a place)")
 
 
 def check_flags(args) -> None:
-    """Reject flag values that cannot work whatever the data: an InputError naming the flag."""
-    for flag in POSITIVE + NON_NEGATIVE:
-        value = getattr(args, flag)
-        if not math.isfinite(value) or value < 0 or (value == 0 and flag in POSITIVE):
-            kind = "a finite number" if isinstance(value, float) else "an integer"
-            raise InputError(f"--{flag} {value}: must be {kind} {'> 0' if flag in POSITIVE else '>= 0'}")
-    if args.random_seed >= 2 ** 32:  # numpy's seed range
-        raise InputError(f"--random_seed {args.random_seed}: must be below 2**32")
-    if min(args.top_k) < 1:
-        raise InputError(f"--top_k {min(args.top_k)}: every value must be an integer > 0")
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads {args.threads}: must be an integer > 0")
+    """Reject flag values that cannot work whatever the data: an InputError naming the flag and its range."""
+    for flag, (low, high) in BOUNDS.items():
+        values = getattr(args, flag)
+        for value in values if isinstance(values, list) else [values]:
+            # `not low <= value` is also true for NaN; None is a flag left to its default (--threads).
+            if value is not None and not low <= value <= high:
+                kind = f"a number from {low:g} to {high:g}" if isinstance(low, float) else \
+                    f"an integer from {low} to {high}"
+                raise InputError(f"--{flag} {value}: must be {kind}")
+    for flag in NAMES:
+        check_name(flag, getattr(args, flag))
+
+
+def split_names(args) -> list[str]:
+    """The three splits the run reads: train (augment or original), validation, test."""
+    return ["train_augment" if args.dataset_augment else "train_original", "validation", "test"]
+
+
+def split_files(args) -> list:
+    """The paths of split_names(args), in that order."""
+    from data_prep import split_path  # data_prep imports no pandas or torch
+
+    return [split_path(args.data_dir, args.dataset, split) for split in split_names(args)]
+
+
+def check_splits(args) -> None:
+    """The split files the run reads exist (data_prep names the command that makes a missing one) and
+    are files: checked with the flags, before the slow imports."""
+    from data_prep import missing_split_message
+
+    message = missing_split_message(args.data_dir, args.dataset, split_names(args))
+    if message:
+        raise InputError(message)
+    for path in split_files(args):
+        if not path.is_file():
+            raise InputError(f"{path} is not a file (a folder?): put the split file there, or give the "
+                             f"folder that holds it with --data_dir")
 
 
 def _interrupted_while_starting(signum, frame):
@@ -153,34 +209,17 @@ def _interrupted_while_starting(signum, frame):
     sys.exit(2)
 
 
-# Set by the stop handler: main() then reports any error that follows as the interrupt, since a
-# library may turn the KeyboardInterrupt into an error of its own while it unwinds.
-stop_requested = False
-
-
-def _stop_like_ctrl_c(signum, frame):
-    global stop_requested
-    stop_requested = True
-    raise KeyboardInterrupt
-
-
 def parse_before_imports() -> None:
-    """main.py, run as a script, calls this before its slow imports: --help and a bad flag exit at
-    once (code 2 and one error line), and a Ctrl-C or SIGTERM during those imports ends with one line too."""
+    """main.py, run as a script, calls this before its slow imports: --help, a bad flag and a missing
+    split file exit at once (code 2 and one error line), and a Ctrl-C or SIGTERM during those imports
+    ends with one line too (entry.install_stop_handlers replaces that handler once they are done)."""
     parser = build_parser()
     try:
-        check_flags(parser.parse_args())
+        args = parser.parse_args()
+        check_flags(args)
+        check_splits(args)
     except InputError as exc:
         parser.exit(2, f"error: {exc}\n")
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored (nohup)
         signal.signal(signal.SIGINT, _interrupted_while_starting)
     signal.signal(signal.SIGTERM, _interrupted_while_starting)
-
-
-def restore_ctrl_c() -> None:
-    """From here on a Ctrl-C raises KeyboardInterrupt again, which main() reports. A SIGTERM (a job
-    scheduler's stop, or experiments.py passing a Ctrl-C on) does the same: the finished epochs are
-    kept, one line, exit code 2. It works where Ctrl-C is ignored, as in background jobs."""
-    if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
-        signal.signal(signal.SIGINT, _stop_like_ctrl_c)
-    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)

@@ -7,32 +7,34 @@
 Command-compatible with the published script: same flags, defaults and log lines, so `diff`
 against the published log shows only number differences. The log also goes to
 result/<dataset>/<path_name>.out; flags and outputs are described in docs/training.md. The method is ../shared/SPEC.md
-sections 3-5; the deviations from the published code are listed in README.md.
+sections 3-5; the deviations from the published code are listed in README.md. The files a run
+saves and the checks of --resume are in checkpoint.py.
 """
 if __name__ == "__main__":
-    # Parse and check the flags before the slow imports below (torch, torch_geometric, pandas):
-    # --help and a bad flag value then answer in a fraction of a second.
+    # Parse and check the flags and the split files before the slow imports below (torch,
+    # torch_geometric, pandas): --help, a bad flag value or a missing file then answer in a fraction of a second.
     import cli
     cli.parse_before_imports()
 
 import contextlib
+import csv
 import json
 import math
-import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-import cli
+import checkpoint
 import dataloader
+import devices
+import entry
 import metrics
 import sampler
-from cli import build_parser, check_flags
-from data_prep import missing_split_message, sha256_of, split_path
+from cli import build_parser, check_flags, check_splits, split_files
 from model import LightGCN, ReFINePlus, bpr_loss
 from utils import (EarlyStopping, InputError, RunLog, atomic_write, check_output_path, format_metrics,
                    metrics_by_k, set_seed)
@@ -40,8 +42,9 @@ from utils import (EarlyStopping, InputError, RunLog, atomic_write, check_output
 RULE = "#" * 77
 
 
-def print_config(args) -> None:
-    """The published header (its key spellings included), then the extra flags.
+def print_config(args, device: torch.device) -> None:
+    """The published header (its key spellings included), then the extra flags; `device:` names
+    the device that runs (--device auto resolved).
 
     ReFINe++'s published header has no p, q, r, s, t and spells dataset_augment as a word.
     """
@@ -57,7 +60,8 @@ def print_config(args) -> None:
     if not refine_plus:
         published += [("p", args.p), ("q", args.q), ("r", args.r), ("s", args.s), ("t", args.t)]
     published.append(("path_name", args.path_name))
-    extras = [("data_dir", args.data_dir), ("device", args.device), ("eval_protocol", args.eval_protocol),
+    extras = [("data_dir", args.data_dir), ("device", devices.describe_device(device)),
+              ("eval_protocol", args.eval_protocol),
               ("sampler", args.sampler), ("model", args.model)]
     if args.result_dir:
         extras.append(("result_dir", args.result_dir))
@@ -75,28 +79,6 @@ def print_config(args) -> None:
     print(RULE + "\n")
 
 
-def resolve_device(name: str, gpu_id: int) -> torch.device:
-    if name == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        # The published default --gpu_id 4 names a GPU most machines lack: fall back to cuda:0.
-        return torch.device(f"cuda:{gpu_id}" if gpu_id < torch.cuda.device_count() else "cuda:0")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"--device {name}: unknown device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type not in ("cpu", "cuda"):
-        raise InputError(f"--device {name}: unsupported device type (use auto, cpu, cuda or cuda:N)")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {name}: no CUDA GPU is available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InputError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) present")
-    return device
-
-
-def train_split_path(args) -> Path:
-    return split_path(args.data_dir, args.dataset, "train_augment" if args.dataset_augment else "train_original")
 
 
 def negative_candidate_counts(data) -> torch.Tensor:
@@ -120,12 +102,12 @@ def check_args(args, data) -> None:
     # ReFINe and LightGCN draw one negative per positive; ReFINe++ draws I // 10 without replacement.
     needed = data.num_items // 10 if args.model == "refine_plus" else 1
     if needed < 1:
-        raise InputError(f"ReFINe++ draws item count // 10 negatives per positive, but {train_split_path(args)} "
+        raise InputError(f"ReFINe++ draws item count // 10 negatives per positive, but {split_files(args)[0]} "
                          f"has only {data.num_items} items (it needs 10 or more)")
     candidates = negative_candidate_counts(data)
     short = torch.nonzero(candidates < needed).flatten()
     if short.numel():
-        user, train_path = int(short[0]), train_split_path(args)
+        user, train_path = int(short[0]), split_files(args)[0]
         if needed == 1:
             raise InputError(f"{train_path}: user {data.user_ids[user]} rated every one of the {data.num_items} "
                              f"items positive, so no negative can be drawn for it: remove some of its positive "
@@ -229,38 +211,17 @@ def evaluate(model, data, ground_truth, exclude_edges, args):
     return metrics.ranking_metrics(topk_index, ground_truth, data.num_items, args.top_k)
 
 
+
 def write_per_user_metrics(path, data, users, per_k, ks):
-    """CSV of each test user's (raw id) precision, recall and NDCG at max(ks): paired tests over users."""
+    """CSV of each test user's (raw id) precision, recall and NDCG at max(ks): paired tests over users.
+    The csv module quotes a string id that holds a comma or a quote, so the columns never shift."""
     k = max(ks)
     precision, recall, ndcg = (values.tolist() for values in per_k[ks.index(k)])
-    with atomic_write(path) as handle:
-        handle.write(f"user_id,precision@{k},recall@{k},ndcg@{k}\n")
-        for user, *values in zip(data.user_ids[users.cpu().numpy()].tolist(), precision, recall, ndcg):
-            handle.write(f"{user}," + ",".join(map(repr, values)) + "\n")  # repr: every float digit
-
-
-def save_torch(obj, path: Path) -> None:
-    with atomic_write(path, "wb") as handle:
-        torch.save(obj, handle)
-
-
-def rng_state() -> dict:
-    """Every generator's state in types torch.load(weights_only=True) reads (numpy's array as a list)."""
-    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "numpy": (name, keys.tolist(), position, has_gauss, cached_gaussian),
-             "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, position, has_gauss, cached_gaussian = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached_gaussian))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    with atomic_write(path, newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["user_id", f"precision@{k}", f"recall@{k}", f"ndcg@{k}"])
+        # A float is written as its repr: every digit.
+        writer.writerows(zip(data.user_ids[users.cpu().numpy()].tolist(), precision, recall, ndcg))
 
 
 def to_json(obj, what: str, **kwargs) -> str:
@@ -271,119 +232,138 @@ def to_json(obj, what: str, **kwargs) -> str:
         raise InputError(f"{what}: a value is NaN or infinite, which JSON cannot hold") from None
 
 
-def data_fingerprint(args) -> dict:
-    """{file name: sha256} of the three split files: a resumed run must train on the same bytes."""
-    splits = ["train_augment" if args.dataset_augment else "train_original", "validation", "test"]
-    message = missing_split_message(args.data_dir, args.dataset, splits)
-    if message:
-        raise InputError(message)
-    paths = [split_path(args.data_dir, args.dataset, split) for split in splits]
-    return {path.name: sha256_of(path) for path in paths}
+@dataclass
+class RunPaths:
+    """The run's files: result/<dataset>/<path_name>.*, or inside --result_dir (docs/training.md, Outputs)."""
+
+    checkpoint: Path      # the best model
+    state: Path           # the training state after the last finished epoch, for --resume
+    test: Path            # the final test metrics (JSON)
+    test_users: Path      # each test user's metrics (CSV)
+    log: Path             # what stdout shows
+    lock: Path            # held while the run writes: one process per run
+    not_early_stop: Path  # the last model, when early stopping did not trigger
+
+    @classmethod
+    def of(cls, args) -> "RunPaths":
+        folder = Path(args.result_dir) if args.result_dir else Path("result") / args.dataset
+        named = (folder / f"{args.path_name}{suffix}" for suffix in (".pt", ".last.pt", ".test.json",
+                                                                     ".test_users.csv", ".out", ".lock"))
+        # Published name and place, beside (not inside) result/<dataset>; inside a given --result_dir.
+        return cls(*named, (folder if args.result_dir else Path("result")) / f"{args.dataset}_not_early_stop.pt")
+
+    def outputs(self) -> list[Path]:
+        return [self.checkpoint, self.state, self.test, self.test_users, self.log, self.lock, self.not_early_stop]
 
 
-# Flags that must match for --resume to continue the same run. --data_dir may change: the state's
-# data fingerprint checks that the files hold the same bytes wherever they are.
-RUN_IDENTITY = ("model", "refine_plus_negatives", "sampler", "random_seed", "dataset", "dataset_augment", "batch_size",
-                "embedding_dim", "layers", "learning_rate", "evaluation_step", "early_stopping_step", "top_k",
-                "real_neg_samp_prob", "p", "q", "r", "s", "t", "duplicate_pairs")
-STATE_KIND = "main.py training state v2"  # v1 (no kind, numpy arrays inside) predates the data fingerprint
-STATE_KEYS = ("model", "optimizer", "epoch", "early_stopping", "history", "elapsed", "rng", "args", "data_sha256")
+def resume_advice(paths: RunPaths, phase: str, epoch: int = 0, resuming: bool = False) -> tuple[str, str]:
+    """(then, where) of the line a stop prints at each phase of a run (entry.Stop): the one place that
+    says what is left to resume and the command that does it. An OS error's line ends with `then` too."""
+    nothing = "nothing can be resumed: rerun the command"
+    test_it = "rerun the same command with --resume to test it without training"
 
+    def continue_after(last_epoch):
+        return f"rerun the same command with --resume to continue after epoch {last_epoch} from {paths.state}"
 
-def load_resume_state(path: Path, args) -> dict:
-    """The training state saved at `path`, checked to belong to this command and data, or an InputError."""
-    if not path.is_file():
-        raise InputError(f"--resume: no saved training state at {path}: rerun without --resume")
-    start_over = f"rerun without --resume to start over (or delete {path})"
-    try:
-        # weights_only: a file from elsewhere cannot run code when read; everything saved is plain data.
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception:  # torch.load reports damaged files by many exception types, with long texts
-        raise InputError(f"--resume: {path} cannot be read as a training state (damaged, truncated, or not "
-                         f"written by main.py): {start_over}") from None
-    if not isinstance(state, dict) or state.get("kind") != STATE_KIND or not all(key in state for key in STATE_KEYS):
-        found = ("a model checkpoint (a bare state_dict), not a training state"
-                 if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())
-                 else "not a training state of this version of main.py")
-        raise InputError(f"--resume: {path} is {found}: {start_over}")
-    changed = [flag for flag in RUN_IDENTITY if state["args"].get(flag) != getattr(args, flag)]
-    if changed:
-        raise InputError(f"--resume: {path} was saved with other values of --{', --'.join(changed)}: rerun with "
-                         f"the same values, or {start_over}")
-    fingerprint = data_fingerprint(args)
-    changed = sorted(name for name in set(fingerprint) | set(state["data_sha256"])
-                     if fingerprint.get(name) != state["data_sha256"].get(name))
-    if changed:
-        raise InputError(f"--resume: {', '.join(changed)} changed since {path} was saved: restore the data to "
-                         f"resume, or {start_over}")
-    return state
-
-
-def check_resume_fits(state: dict, model, path: Path) -> None:
-    """Before loading: the saved model has this model's parameters and shapes."""
-    expected = {name: tuple(value.shape) for name, value in model.state_dict().items()}
-    saved = {name: tuple(value.shape) for name, value in state["model"].items()}
-    if saved != expected:
-        raise InputError(f"--resume: {path} holds a model of other parameters or shapes: rerun without "
-                         f"--resume to start over (or delete {path})")
-
-
-def output_dir(args) -> Path:
-    """Where the run's files go: --result_dir, else result/<dataset> as published."""
-    return Path(args.result_dir) if args.result_dir else Path("result") / args.dataset
-
-
-class Progress:
-    """How far the run got, in the words main() prints after `error: interrupted` on Ctrl-C."""
-
-    def __init__(self):
-        self.note = "while starting; nothing was written, so nothing can be resumed: rerun the command"
+    if phase in ("starting", "loading") and resuming:  # the state is only read before training
+        return f"{paths.state} is unchanged: rerun the same command to resume from it", "before training"
+    if phase == "starting":
+        return f"nothing was written, so {nothing}", "while starting"
+    if phase == "loading":
+        return f"nothing was trained, so {nothing}", "while loading the data"
+    if phase == "epoch":  # each finished epoch leaves its state; before the first one there is none
+        return (continue_after(epoch - 1) if epoch > 1 else f"before any epoch finished, so {nothing}",
+                f"during epoch {epoch}")
+    if phase == "saved":
+        return continue_after(epoch), f"after epoch {epoch}"
+    if phase == "trained":
+        return f"the best checkpoint {paths.checkpoint} is saved: {test_it}", "after training"
+    assert phase == "test", phase
+    return (f"training finished and the best checkpoint {paths.checkpoint} (epoch {epoch}) is saved: {test_it}",
+            "during the final test")
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    log = RunLog(sys.stdout, output_dir(args) / f"{args.path_name}.out")  # stdout and its file
-    progress = Progress()
-    try:
-        check_flags(args)
-        with contextlib.redirect_stdout(log):
-            code = run(args, log, progress)
-        log.save()  # the whole log, final test included
-        return code
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, Exception) as exc:
-        # After a stop, a library's own error while unwinding is the stop too; without one it is a bug.
-        if not isinstance(exc, KeyboardInterrupt) and not cli.stop_requested:
-            raise
-        print(f"error: interrupted {progress.note}", file=sys.stderr)
-        return 2
+    paths = RunPaths.of(args)
+    stop = entry.Stop(*resume_advice(paths, "starting", resuming=args.resume))
+    return entry.run_script(lambda: run_locked(args, paths, stop), stop)
 
 
-def run(args, log: RunLog, progress: Progress) -> int:
+def run_locked(args, paths: RunPaths, stop: entry.Stop) -> int:
+    """The flags and output paths checked, then the run under its lock, its whole log saved at the end."""
+    check_flags(args)
+    check_splits(args)
+    check_output_paths(paths.outputs())
+    log = RunLog(sys.stdout, paths.log)  # stdout and its file
+    with checkpoint.run_lock(paths.lock), contextlib.redirect_stdout(log):
+        code = run(args, paths, log, stop)
+        log.save()  # the final test included
+    return code
+
+
+def run(args, paths: RunPaths, log: RunLog, stop: entry.Stop) -> int:
+    """Load (the resume state, the data, the model), train epoch by epoch, then test the best checkpoint."""
+    device = set_up(args)
+    state = checkpoint.load_resume_state(paths.state, args, device, paths.checkpoint) if args.resume else None
+    stop.set(*resume_advice(paths, "loading", resuming=args.resume))
+    print_config(args, device)
+    data, data_sha256 = load_data(args, device)
+    model, negatives, train_one_epoch = build_model(args, data)
+    model = model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
+    early_stopping = EarlyStopping(patience=args.early_stopping_step)
+    history, first_epoch, elapsed = [], 1, 0.0
+    if state is not None:
+        history, first_epoch, elapsed = resume(state, model, optimizer, early_stopping, paths, device)
+    train_interactions = data.train_interactions()
+
+    start_time = time.time() - elapsed
+    for epoch in tqdm(range(first_epoch, args.epochs + 1), initial=first_epoch - 1, total=args.epochs,
+                      desc="epochs", unit="epoch", file=sys.stderr, disable=None):
+        if early_stopping.early_stop:
+            break
+        if entry.stop_requested:  # a stop whose KeyboardInterrupt a finalizer swallowed (Python only warns)
+            raise KeyboardInterrupt
+        stop.set(*resume_advice(paths, "epoch", epoch))
+        model.train()
+        loss = train_one_epoch(model, optimizer, data, negatives, epoch, args)
+        if not math.isfinite(loss):
+            raise InputError(f"epoch {epoch}: the training loss is {loss} (training diverged): "
+                             f"try a smaller --learning_rate")
+        if epoch % args.evaluation_step == 0:
+            history.append(validate(model, data, train_interactions, early_stopping, epoch, loss, args, paths))
+        checkpoint.save(checkpoint.training_state(model, optimizer, epoch, early_stopping, history,
+                                                  time.time() - start_time, args, data_sha256, device), paths.state)
+        stop.set(*resume_advice(paths, "saved", epoch))
+        log.save()
+
+    stop.set(*resume_advice(paths, "trained"))
+    train_seconds = time.time() - start_time
+    if not report_training(model, early_stopping, train_seconds, args, paths):
+        return 0
+    stop.set(*resume_advice(paths, "test", early_stopping.best_epoch))
+    final_test(model, data, train_interactions, early_stopping.best_epoch, train_seconds, args, paths, device)
+    return 0
+
+
+def set_up(args) -> torch.device:
+    """Threads, seeds, denormals, and the device (a warning where --device auto falls back to the CPU
+    on a machine whose NVIDIA GPU torch cannot use)."""
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     set_seed(args.random_seed)
     torch.set_flush_denormal(args.flush_denormal)
-    device = resolve_device(args.device, args.gpu_id)
+    device = devices.resolve_device(args.device, args.gpu_id)
+    if args.device == "auto" and device.type == "cpu":
+        warning = devices.cuda_unusable_warning()
+        if warning:
+            print(warning, file=sys.stderr)
+    return device
 
-    result_dir = output_dir(args)
-    checkpoint_path = result_dir / f"{args.path_name}.pt"
-    state_path = result_dir / f"{args.path_name}.last.pt"
-    metrics_path = result_dir / f"{args.path_name}.metrics.jsonl"
-    test_path = result_dir / f"{args.path_name}.test.json"
-    test_users_path = result_dir / f"{args.path_name}.test_users.csv"
-    # Published name and place, beside (not inside) result/<dataset>; inside a given --result_dir.
-    not_early_stop_path = (result_dir if args.result_dir else Path("result")) / f"{args.dataset}_not_early_stop.pt"
-    check_output_paths([checkpoint_path, state_path, metrics_path, test_path, test_users_path, log.path,
-                        not_early_stop_path])
-    state = load_resume_state(state_path, args) if args.resume else None
-    progress.note = (f"before training; {state_path} is unchanged: rerun the same command to resume from it"
-                     if args.resume else
-                     "while loading the data; nothing was trained, so nothing can be resumed: rerun the command")
-    print_config(args)
 
+def load_data(args, device: torch.device):
+    """(the splits on `device`, their fingerprint), checked against the flags; prints the published data lines."""
     print(RULE)
     print("data loading...")
     print("train set: train_augment" if args.dataset_augment else "train set: train_original")
@@ -391,94 +371,60 @@ def run(args, log: RunLog, progress: Progress) -> int:
                                   encode_negatives=args.model == "refine_plus",
                                   duplicate_pairs=args.duplicate_pairs)
     check_args(args, data)
-    data_sha256 = data_fingerprint(args)
+    data_sha256 = checkpoint.data_fingerprint(args)
     print(f"user: {data.num_users},  item: {data.num_items}")
     print(f"train interations: {data.graph_edges.size(1)}")
     print(f"valid interations: {data.valid.size(1)}")
     print(f"test interations: {data.test.size(1)}")
     print("done!")
     print(RULE)
-    data = data.to(device)
+    return data.to(device), data_sha256
 
-    model, negatives, train_one_epoch = build_model(args, data)
-    model = model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
-    train_interactions = data.train_interactions()
 
-    early_stopping = EarlyStopping(patience=args.early_stopping_step)
-    history, first_epoch, elapsed = [], 1, 0.0
-    if args.resume:
-        check_resume_fits(state, model, state_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        early_stopping.load_state_dict(state["early_stopping"])
-        history, first_epoch, elapsed = state["history"], state["epoch"] + 1, state["elapsed"]
-        set_rng_state(state["rng"])
-        for record in history:  # the log reads as if the run had never stopped
-            print(record["log"])
-        print(f"resumed after epoch {state['epoch']} from {state_path}", file=sys.stderr)
+def resume(state, model, optimizer, early_stopping, paths: RunPaths, device: torch.device):
+    """(history, first epoch, seconds so far) of a checked state, restored into the run; the earlier
+    epochs' lines printed again, so the log reads as if the run had never stopped."""
+    checkpoint.restore(state, model, optimizer, early_stopping, paths.state, device)
+    for record in state["history"]:
+        print(record["log"])
+    print(f"resumed after epoch {state['epoch']} from {paths.state}", file=sys.stderr)
+    return state["history"], state["epoch"] + 1, state["elapsed"]
 
-    start_time = time.time() - elapsed
 
-    def resume_from(last_epoch):
-        return f"rerun the same command with --resume to continue after epoch {last_epoch} from {state_path}"
+def validate(model, data, train_interactions, early_stopping, epoch, loss, args, paths: RunPaths) -> dict:
+    """The epoch's published lines (validation metrics, and the checkpoint of a new best); its history record."""
+    results = evaluate(model, data, data.valid, train_interactions, args)
+    lines = [f"\nEpoch: {epoch:03d}, Loss: {loss:.4f}", format_metrics(args.top_k, results)]
+    if early_stopping.update(epoch, results[-1][1], results):
+        checkpoint.save(model.state_dict(), paths.checkpoint)
+        lines.append(f"Save: {paths.checkpoint}")
+    else:
+        lines.append(f"EarlyStopping counter: {early_stopping.counter} out of {early_stopping.patience}")
+    print("\n".join(lines), flush=True)
+    return {"epoch": epoch, "loss": loss, "log": "\n".join(lines), "validation": metrics_by_k(args.top_k, results)}
 
-    for epoch in tqdm(range(first_epoch, args.epochs + 1), initial=first_epoch - 1, total=args.epochs,
-                      desc="epochs", unit="epoch", file=sys.stderr, disable=None):
-        if early_stopping.early_stop:
-            break
-        if cli.stop_requested:  # a stop whose KeyboardInterrupt a finalizer swallowed (Python only warns)
-            raise KeyboardInterrupt
-        # Each finished epoch leaves its state in state_path; before the first one there is none.
-        progress.note = (f"during epoch {epoch}; {resume_from(epoch - 1)}" if epoch > 1 else
-                         "during epoch 1, before any epoch finished, so nothing can be resumed: rerun the command")
-        model.train()
-        loss = train_one_epoch(model, optimizer, data, negatives, epoch, args)
-        if not math.isfinite(loss):
-            raise InputError(f"epoch {epoch}: the training loss is {loss} (training diverged): "
-                             f"try a smaller --learning_rate")
-        if epoch % args.evaluation_step == 0:
-            results = evaluate(model, data, data.valid, train_interactions, args)
-            lines = [f"\nEpoch: {epoch:03d}, Loss: {loss:.4f}", format_metrics(args.top_k, results)]
-            if early_stopping.update(epoch, results[-1][1], results):
-                save_torch(model.state_dict(), checkpoint_path)
-                lines.append(f"Save: {checkpoint_path}")
-            else:
-                lines.append(f"EarlyStopping counter: {early_stopping.counter} out of {early_stopping.patience}")
-            print("\n".join(lines), flush=True)
-            history.append({"epoch": epoch, "loss": loss, "log": "\n".join(lines),
-                            "validation": metrics_by_k(args.top_k, results)})
-            with atomic_write(metrics_path) as handle:
-                handle.writelines(to_json({key: value for key, value in record.items() if key != "log"},
-                                          f"epoch {record['epoch']}'s validation metrics") + "\n"
-                                  for record in history)
-        save_torch({"kind": STATE_KIND, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "epoch": epoch, "early_stopping": early_stopping.state_dict(), "history": history,
-                    "elapsed": time.time() - start_time, "rng": rng_state(), "args": vars(args),
-                    "data_sha256": data_sha256}, state_path)
-        progress.note = f"after epoch {epoch}; {resume_from(epoch)}"
-        log.save()
 
-    progress.note = (f"after training; the best checkpoint {checkpoint_path} is saved: rerun the same command "
-                     f"with --resume to test it without training")
+def report_training(model, early_stopping, train_seconds, args, paths: RunPaths) -> bool:
+    """The published end-of-training lines; whether there is a best checkpoint to test."""
     if early_stopping.early_stop:
         print(f"\nEarly stopping at epoch {early_stopping.best_epoch}. Best Validation Results:")
         print(format_metrics(args.top_k, early_stopping.best_metrics))
-    train_seconds = time.time() - start_time
     print(f"\nTraining completed in {train_seconds} seconds.")
-    if not early_stopping.early_stop:
-        # Published: save the last model, print this line and stop without a test result.
-        save_torch(model.state_dict(), not_early_stop_path)
-        print("Early stopping does not trigger.")
-        if early_stopping.best_epoch is None:
-            return 0
-        print(f"Testing the best checkpoint (epoch {early_stopping.best_epoch}); "
-              f"the published script prints no test result here.")
+    if early_stopping.early_stop:
+        return True
+    # Published: save the last model, print this line and stop without a test result.
+    checkpoint.save(model.state_dict(), paths.not_early_stop)
+    print("Early stopping does not trigger.")
+    if early_stopping.best_epoch is None:
+        return False
+    print(f"Testing the best checkpoint (epoch {early_stopping.best_epoch}); "
+          f"the published script prints no test result here.")
+    return True
 
-    progress.note = (f"during the final test; training finished and the best checkpoint {checkpoint_path} "
-                     f"(epoch {early_stopping.best_epoch}) is saved: rerun the same command with --resume to "
-                     f"test it without training")
-    model.load_state_dict(torch.load(checkpoint_path, weights_only=True))
+
+def final_test(model, data, train_interactions, best_epoch, train_seconds, args, paths: RunPaths, device) -> None:
+    """The best checkpoint on the test split: the published lines, the per-user CSV, then test.json."""
+    model.load_state_dict(checkpoint.read_best(paths.checkpoint, model, device))
     model.eval()
     exclude = train_interactions
     if args.eval_protocol == "strict":
@@ -491,14 +437,13 @@ def run(args, log: RunLog, progress: Progress) -> int:
     print(format_metrics(args.top_k, results))
     print(RULE)
     # The per-user file first: a test.json marks a finished run, with everything beside it.
-    write_per_user_metrics(test_users_path, data, users, per_k, args.top_k)
-    with atomic_write(test_path) as handle:
-        handle.write(to_json({"best_epoch": early_stopping.best_epoch, "eval_protocol": args.eval_protocol,
+    write_per_user_metrics(paths.test_users, data, users, per_k, args.top_k)
+    with atomic_write(paths.test) as handle:
+        handle.write(to_json({"best_epoch": best_epoch, "eval_protocol": args.eval_protocol,
                               "train_seconds": train_seconds, "test": metrics_by_k(args.top_k, results)},
                              "the final test metrics", indent=1))
-    return 0
 
 
 if __name__ == "__main__":
-    cli.restore_ctrl_c()
+    entry.install_stop_handlers()
     sys.exit(main())

@@ -42,23 +42,31 @@ class InputError(Exception):
 def atomic_write(path, mode="w", **open_kwargs):
     """Open a temporary file beside `path`; rename it over `path` only if the block succeeds.
 
-    A crash or Ctrl-C inside the block leaves no half-written file under the final name.
+    A crash or Ctrl-C inside the block leaves no half-written file under the final name. An OS
+    error of the temporary file (no permission, a full disk, a folder in the way of the rename)
+    names `path`, the file the user knows.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    # mkstemp creates 0600; give the final file the permissions a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_name, 0o666 & ~umask)
+    tmp_name = None
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        # mkstemp creates 0600; give the final file the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)
         with open(tmp_name, mode, **open_kwargs) as handle:
             yield handle
         os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
+    except BaseException as exc:
+        if tmp_name is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+        # A failed write names no file, mkstemp and the rename name the temporary one.
+        if isinstance(exc, OSError) and (exc.filename is None or
+                                         os.path.basename(str(exc.filename)).startswith(f".{path.name}.")):
+            exc.filename, exc.filename2 = str(path), None
         raise
 
 

@@ -31,7 +31,7 @@ def toy(tmp_path, monkeypatch):
     """A synthetic dataset under tmp_path/data; the working directory (for result/) is tmp_path."""
     write_synthetic_dataset(tmp_path / "data", "TOY")
     monkeypatch.chdir(tmp_path)
-    return ["--data_dir", str(tmp_path / "data")] + SMALL
+    return ["--data_dir", str(tmp_path / "data"), "--device", "cpu"] + SMALL
 
 
 def without_timing(log):
@@ -68,11 +68,13 @@ def test_end_to_end_log_structure(toy, tmp_path, capsys):
     assert losses[-1] < losses[0] * 0.8  # training reduces the BPR loss
     assert re.search(rf"Early stopping does not trigger.\nTesting the best checkpoint \(epoch \d+\).*\n\n#+\n"
                      rf"Final Test Results\n(?:{METRIC_LINE}\n){{3}}#+\n$", out)
-    records = [json.loads(line) for line in (tmp_path / "result/TOY/nothing.metrics.jsonl").read_text().splitlines()]
-    assert [record["epoch"] for record in records] == list(range(1, 13))
-    assert records[0]["loss"] == pytest.approx(losses[0], abs=1e-4)
-    assert set(records[0]["validation"]) == {"1", "5", "10"}
+    assert "device: cpu" in header  # the resolved device
     assert (tmp_path / "result/TOY/nothing.pt").is_file()
+    test = json.loads((tmp_path / "result/TOY/nothing.test.json").read_text())
+    assert set(test["test"]) == {"1", "5", "10"} and 1 <= test["best_epoch"] <= 12
+    # The run's files, and no other (no lock left behind).
+    assert sorted(path.name for path in (tmp_path / "result/TOY").iterdir()) == [
+        "nothing.last.pt", "nothing.out", "nothing.pt", "nothing.test.json", "nothing.test_users.csv"]
 
 
 def test_early_stop_reports_best_epoch(toy, capsys):
@@ -134,7 +136,7 @@ def test_bad_input_one_line_exit_2(toy, capsys, extra, message):
 
 
 def test_cli_missing_data_exits_2(tmp_path):
-    process = subprocess.run([sys.executable, str(ROOT / "main.py"), "--data_dir", str(tmp_path)],
+    process = subprocess.run([sys.executable, str(ROOT / "main.py"), "--data_dir", str(tmp_path), "--device", "cpu"],
                              capture_output=True, text=True, cwd=tmp_path)
     assert process.returncode == 2
     assert process.stderr.startswith("error: missing") and "download ML-100K --refined" in process.stderr
@@ -144,7 +146,7 @@ def test_ml100k_matches_published_code_on_cpu(shared_dir, tmp_path, monkeypatch,
     """Two epochs on the published splits: the statistics lines equal the published log, and the
     epoch blocks equal the published code's own CPU run (same RNG stream, draw for draw)."""
     monkeypatch.chdir(tmp_path)
-    code, out, _ = run_main(["--data_dir", str(shared_dir / "datasets"), "--epochs", "2"], capsys)
+    code, out, _ = run_main(["--data_dir", str(shared_dir / "datasets"), "--epochs", "2", "--device", "cpu"], capsys)
     assert code == 0
     published = (shared_dir / "reference-logs/ReFINe_ML-100K.out").read_text()
     stats = "user: 938,  item: 1008\ntrain interations: 52984\nvalid interations: 5018\ntest interations: 10514\n"

@@ -27,7 +27,7 @@ from test_main import SMALL, run_main, without_timing
 def toy(tmp_path, monkeypatch):
     write_synthetic_dataset(tmp_path / "data", "TOY")
     monkeypatch.chdir(tmp_path)
-    return ["--data_dir", str(tmp_path / "data")] + SMALL
+    return ["--data_dir", str(tmp_path / "data"), "--device", "cpu"] + SMALL
 
 
 def snapshot(folder: Path) -> dict:
@@ -47,7 +47,7 @@ def finished_run(tmp_path_factory):
     """A finished 2-epoch run in its own folder: data/TOY, result/TOY/run.* (a valid .last.pt included)."""
     folder = tmp_path_factory.mktemp("finished")
     write_synthetic_dataset(folder / "data", "TOY")
-    argv = ["--data_dir", str(folder / "data")] + SMALL + ["--epochs", "2", "--path_name", "run"]
+    argv = ["--data_dir", str(folder / "data"), "--device", "cpu"] + SMALL + ["--epochs", "2", "--path_name", "run"]
     with contextlib.chdir(folder), contextlib.redirect_stdout(io.StringIO()), \
             contextlib.redirect_stderr(io.StringIO()):
         assert main.main(argv) == 0
@@ -94,7 +94,8 @@ def test_a_user_with_one_free_item_trains(toy, tmp_path, capsys):
     ("--epochs", "abc"),
 ])
 def test_bad_flag_value_is_one_line_before_any_work(tmp_path, flag, value):
-    process = subprocess.run([sys.executable, str(ROOT / "main.py"), flag, value, "--data_dir", str(tmp_path)],
+    process = subprocess.run([sys.executable, str(ROOT / "main.py"), flag, value, "--data_dir", str(tmp_path),
+                              "--device", "cpu"],
                              capture_output=True, text=True, cwd=tmp_path)
     assert process.returncode == 2 and process.stdout == ""
     assert_one_error_line(process.stderr, flag)
@@ -146,7 +147,7 @@ def test_resume_from_a_bad_state_file(copy_of_finished_run, tmp_path, capsys, da
 
 @pytest.mark.parametrize("taken,as_folder", [
     ("result", False), ("result/TOY", False), ("result/TOY/nothing.last.pt", True), ("result/TOY/nothing.pt", True),
-    ("result/TOY/nothing.out", True), ("result/TOY/nothing.metrics.jsonl", True),
+    ("result/TOY/nothing.out", True), ("result/TOY/nothing.lock", True),
     ("result/TOY/nothing.test.json", True), ("result/TOY_not_early_stop.pt", True),
 ])
 def test_unwritable_output_path_stops_before_epoch_1(toy, tmp_path, capsys, taken, as_folder):
@@ -226,13 +227,13 @@ def test_ctrl_c_right_after_an_epoch_is_saved_offers_that_epoch(toy, tmp_path, c
 
 def test_a_stop_whose_interrupt_was_swallowed_ends_the_run_after_the_epoch(toy, tmp_path, capsys, monkeypatch):
     """Python only warns when a KeyboardInterrupt lands in a finalizer; the loop still stops at the next epoch."""
-    import cli
+    import entry
     original = main.RunLog.save
 
     def save_and_swallow_a_stop(self):
         original(self)
         if "Epoch: 002" in self.getvalue():
-            monkeypatch.setattr(cli, "stop_requested", True)
+            monkeypatch.setattr(entry, "stop_requested", True)
 
     monkeypatch.setattr(main.RunLog, "save", save_and_swallow_a_stop)
     code, out, err = run_main(toy + ["--epochs", "4"], capsys)
@@ -244,10 +245,10 @@ def test_a_stop_whose_interrupt_was_swallowed_ends_the_run_after_the_epoch(toy, 
 def test_an_error_a_library_raises_while_a_stop_unwinds_is_reported_as_the_stop(toy, capsys, monkeypatch, stopped):
     """A library may turn the KeyboardInterrupt of a stop into its own error; without a stop, an error is a bug
     and keeps its traceback."""
-    import cli
+    import entry
 
     def stopped_inside_a_library(*args):
-        monkeypatch.setattr(cli, "stop_requested", stopped)  # as the stop handler does
+        monkeypatch.setattr(entry, "stop_requested", stopped)  # as the stop handler does
         try:
             raise KeyboardInterrupt
         except KeyboardInterrupt:
@@ -288,14 +289,17 @@ def test_ctrl_c_during_the_final_test_then_resume_tests_without_training(toy, tm
     assert code == 0 and "resumed after epoch 3" in err
     assert without_timing(resumed) == without_timing(uninterrupted.replace("nothing", "cut"))
     assert (tmp_path / "result/TOY/cut.out").read_text() == resumed
-    tested, reference = (json.loads((tmp_path / f"result/TOY/{name}.test.json").read_text()) for name in ("cut", "nothing"))
+    tested, reference = (json.loads((tmp_path / f"result/TOY/{name}.test.json").read_text())
+                         for name in ("cut", "nothing"))
     assert tested.pop("train_seconds") > 0 and reference.pop("train_seconds") > 0
     assert tested == reference
 
 
 def test_ctrl_c_while_importing_is_one_line(tmp_path):
     """The handler main.py installs before its slow imports (run as a script)."""
-    code = ("import os, signal, sys, time; sys.argv = ['main.py']; import cli; cli.parse_before_imports(); "
+    write_synthetic_dataset(tmp_path / "data", "TOY")  # the split files are checked before the handler is set
+    argv = ["main.py", "--data_dir", str(tmp_path / "data"), "--dataset", "TOY", "--device", "cpu"]
+    code = (f"import os, signal, sys, time; sys.argv = {argv!r}; import cli; cli.parse_before_imports(); "
             "os.kill(os.getpid(), signal.SIGINT); time.sleep(5)")
     process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                              preexec_fn=ctrl_c_enabled)
@@ -307,8 +311,8 @@ def test_sigterm_stops_like_ctrl_c_even_where_ctrl_c_is_ignored(tmp_path):
     """A background job ignores SIGINT; SIGTERM (a scheduler's stop, experiments.py's) keeps the finished
     epochs, says so in one line, and --resume then finishes the run."""
     write_synthetic_dataset(tmp_path / "data", "TOY")
-    command = [sys.executable, str(ROOT / "main.py"), "--data_dir", str(tmp_path / "data")] + SMALL + [
-        "--epochs", "60", "--early_stopping_step", "100"]
+    command = [sys.executable, str(ROOT / "main.py"), "--data_dir", str(tmp_path / "data"), "--device", "cpu",
+               *SMALL, "--epochs", "60", "--early_stopping_step", "100"]
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     state = tmp_path / "result/TOY/nothing.last.pt"
@@ -330,7 +334,7 @@ def test_a_diverged_loss_is_an_error_not_nan_in_json(toy, tmp_path, capsys, monk
     code, out, err = run_main(toy + ["--epochs", "2"], capsys)
     assert code == 2 and "Epoch:" not in out
     assert_one_error_line(err, "epoch 1", "loss is nan", "--learning_rate")
-    assert not (tmp_path / "result/TOY/nothing.metrics.jsonl").exists()
+    assert not (tmp_path / "result/TOY/nothing.last.pt").exists()
 
 
 def test_to_json_refuses_nan():

@@ -47,3 +47,15 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_atomic_write_names_the_final_file_in_os_errors(tmp_path):
+    """A folder in the way of the rename: the error names the target, not the temporary file, and
+    no temporary file is left."""
+    target = tmp_path / "out.csv"
+    target.mkdir()
+    with pytest.raises(IsADirectoryError) as failed:
+        with atomic_write(target) as handle:
+            handle.write("x")
+    assert failed.value.filename == str(target) and failed.value.filename2 is None
+    assert os.listdir(tmp_path) == ["out.csv"]
