@@ -8,7 +8,8 @@ import pytest
 
 from conftest import ROOT
 
-DOC_PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+DOC_PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"), ROOT / "bench" / "README.md",
+                    *(ROOT / "results4comparison").rglob("*.md")])
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
 # What a clone cannot follow (a folder beside the repository, a path of one machine) and the old
