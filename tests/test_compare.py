@@ -6,6 +6,7 @@ import matplotlib.image
 import pytest
 
 import compare
+from conftest import ORACLE_DIR
 from utils import InputError
 
 RULE = "#" * 77
@@ -163,10 +164,8 @@ REFERENCE_LOGS = [
 
 
 @pytest.mark.parametrize("name,dataset,best,n_epochs,test20,seconds,valid20", REFERENCE_LOGS)
-def test_parse_published_logs(shared_dir, name, dataset, best, n_epochs, test20, seconds, valid20):
-    path = shared_dir / "reference-logs" / name
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
+def test_parse_published_logs(published_log, name, dataset, best, n_epochs, test20, seconds, valid20):
+    path = ORACLE_DIR / name if "published-code-on-cpu" in name else published_log(name)
     run = compare.parse_log(path)
     assert run.header["dataset"] == dataset and run.top_k == [5, 10, 15, 20]
     assert [e.epoch for e in run.epochs] == list(range(1, n_epochs + 1))
@@ -180,10 +179,8 @@ def test_parse_published_logs(shared_dir, name, dataset, best, n_epochs, test20,
     assert all(set(e.metrics) == {5, 10, 15, 20} for e in run.epochs)
 
 
-def test_published_ml100k_first_epoch(shared_dir):
-    path = shared_dir / "reference-logs" / "ReFINe_ML-100K.out"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
+def test_published_ml100k_first_epoch(published_log):
+    path = published_log("ReFINe_ML-100K.out")
     first = compare.parse_log(path).epochs[0]
     assert first.loss == 0.6857
     assert first.metrics[5] == (0.0674, 0.0912, 0.0950)

@@ -65,8 +65,8 @@ def run_main(argv, capsys):
 # ---------------------------------------------------------------------------------------------
 # Reproduction of the published splits
 
-def test_ml100k_preprocess_reproduces_published_splits(shared_dir, tmp_path, capsys):
-    published = shared_dir / "datasets" / "ML-100K"
+def test_ml100k_preprocess_reproduces_published_splits(ml100k_with_raw, tmp_path, capsys):
+    published = ml100k_with_raw / "ML-100K"
     (tmp_path / "ML-100K").mkdir()
     for name in ("ml-100k.inter", "ml-100k.item"):
         shutil.copy(published / name, tmp_path / "ML-100K" / name)
@@ -562,13 +562,13 @@ def test_source_flag_forces_one_source(tmp_path, capsys, offline):
     assert "pip" not in out + err and "recbole-zip" not in out + err
 
 
-def real_wheel_files(shared_dir):
-    folder = shared_dir / "datasets" / "ML-100K"
+def real_wheel_files(data_dir):
+    folder = data_dir / "ML-100K"
     return (folder / "ml-100k.inter").read_bytes(), (folder / "ml-100k.item").read_bytes()
 
 
-def test_real_entry_point_gets_the_published_raw_files_from_a_wheel(shared_dir, tmp_path):
-    inter, item = real_wheel_files(shared_dir)
+def test_real_entry_point_gets_the_published_raw_files_from_a_wheel(ml100k_with_raw, tmp_path):
+    inter, item = real_wheel_files(ml100k_with_raw)
     write_recbole_wheel(tmp_path / "links", inter, item)
     process = subprocess.run([sys.executable, str(ROOT / "dataloader.py"), *wheel_argv(tmp_path / "data",
                               tmp_path / "links")], capture_output=True, text=True, timeout=300)
@@ -578,8 +578,8 @@ def test_real_entry_point_gets_the_published_raw_files_from_a_wheel(shared_dir, 
     assert process.stdout.count("(verified)") == 2
 
 
-def test_real_entry_point_refuses_a_tampered_wheel(shared_dir, tmp_path):
-    inter, item = real_wheel_files(shared_dir)
+def test_real_entry_point_refuses_a_tampered_wheel(ml100k_with_raw, tmp_path):
+    inter, item = real_wheel_files(ml100k_with_raw)
     write_recbole_wheel(tmp_path / "links", inter.replace(b"\t5\t", b"\t4\t", 1), item)
     process = subprocess.run([sys.executable, str(ROOT / "dataloader.py"), *wheel_argv(tmp_path / "data",
                               tmp_path / "links")], capture_output=True, text=True, timeout=300)
@@ -589,14 +589,14 @@ def test_real_entry_point_refuses_a_tampered_wheel(shared_dir, tmp_path):
     assert list((tmp_path / "data" / "ML-100K").iterdir()) == []
 
 
-def test_refined_unreachable_falls_back_to_raw_files_and_preprocess(shared_dir, tmp_path):
+def test_refined_unreachable_falls_back_to_raw_files_and_preprocess(ml100k_with_raw, tmp_path):
     """The published original splits, byte for byte, from the raw files; train_augment named."""
-    write_recbole_wheel(tmp_path / "links", *real_wheel_files(shared_dir))
+    write_recbole_wheel(tmp_path / "links", *real_wheel_files(ml100k_with_raw))
     data_dir = tmp_path / "data"
     process = subprocess.run([sys.executable, str(ROOT / "dataloader.py"), *wheel_argv(data_dir, tmp_path / "links",
                               "--refined")], capture_output=True, text=True, timeout=300)
     assert process.returncode == 0, process.stderr
-    folder, published = data_dir / "ML-100K", shared_dir / "datasets" / "ML-100K"
+    folder, published = data_dir / "ML-100K", ml100k_with_raw / "ML-100K"
     for split in ("train_original", "validation", "test"):
         assert (folder / f"ML-100K_{split}.csv").read_bytes() == (published / f"ML-100K_{split}.csv").read_bytes()
     assert (folder / "ml-100k.item").read_bytes() == (published / "ml-100k.item").read_bytes()  # for the LLM step

@@ -163,9 +163,9 @@ def published_rules(folder, name, augment, encode_negatives):
 
 @pytest.mark.parametrize("augment, encode_negatives", [(True, False), (False, False), (True, True)],
                          ids=["augment", "original", "refine_plus"])
-def test_published_ml100k_loads_as_before(shared_dir, capsys, augment, encode_negatives):
-    folder = shared_dir / "datasets" / "ML-100K"
-    data = dataloader.load_splits(shared_dir / "datasets", "ML-100K", augment, encode_negatives)
+def test_published_ml100k_loads_as_before(ml100k_splits, capsys, augment, encode_negatives):
+    folder = ml100k_splits / "ML-100K"
+    data = dataloader.load_splits(ml100k_splits, "ML-100K", augment, encode_negatives)
     assert capsys.readouterr().err == ""  # no rows of no class, nothing to report
     expected = published_rules(folder, "ML-100K", augment, encode_negatives)
     for key, value in expected.items():

@@ -69,7 +69,7 @@ def test_string_ids_are_tokens(tmp_path):
     assert torch.equal(data.test, torch.tensor([[1], [1]]))
 
 
-def test_published_ml100k_counts(shared_dir):
-    data = dataloader.load_splits(shared_dir / "datasets", "ML-100K")
+def test_published_ml100k_counts(ml100k_splits):
+    data = dataloader.load_splits(ml100k_splits, "ML-100K")
     assert (data.num_users, data.num_items) == (938, 1008)
     assert (data.train_pos.size(1), data.valid.size(1), data.test.size(1)) == (52984, 5018, 10514)

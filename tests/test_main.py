@@ -1,4 +1,4 @@
-"""End-to-end runs of main.py on synthetic data (and 2 epochs of ML-100K when ../shared exists)."""
+"""End-to-end runs of main.py on synthetic data (and 2 epochs of ML-100K where its published splits are found)."""
 import json
 import re
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import main
-from conftest import ROOT, write_synthetic_dataset
+from conftest import ORACLE_DIR, ROOT, write_synthetic_dataset
 
 PUBLISHED_DEFAULTS = {
     "random_seed": 2024, "gpu_id": 4, "dataset": "ML-100K", "dataset_augment": 1, "batch_size": 1024,
@@ -142,16 +142,15 @@ def test_cli_missing_data_exits_2(tmp_path):
     assert process.stderr.startswith("error: missing") and "download ML-100K --refined" in process.stderr
 
 
-def test_ml100k_matches_published_code_on_cpu(shared_dir, tmp_path, monkeypatch, capsys):
+def test_ml100k_matches_published_code_on_cpu(ml100k_splits, tmp_path, monkeypatch, capsys):
     """Two epochs on the published splits: the statistics lines equal the published log, and the
     epoch blocks equal the published code's own CPU run (same RNG stream, draw for draw)."""
     monkeypatch.chdir(tmp_path)
-    code, out, _ = run_main(["--data_dir", str(shared_dir / "datasets"), "--epochs", "2", "--device", "cpu"], capsys)
+    code, out, _ = run_main(["--data_dir", str(ml100k_splits), "--epochs", "2", "--device", "cpu"], capsys)
     assert code == 0
-    published = (shared_dir / "reference-logs/ReFINe_ML-100K.out").read_text()
+    on_cpu = (ORACLE_DIR / "ReFINe_ML-100K.published-code-on-cpu.out").read_text()
     stats = "user: 938,  item: 1008\ntrain interations: 52984\nvalid interations: 5018\ntest interations: 10514\n"
-    assert stats in published and stats in out
-    on_cpu = (shared_dir / "reference-logs/ReFINe_ML-100K.published-code-on-cpu.out").read_text()
+    assert stats in on_cpu and stats in out
     for epoch in (1, 2):
         pattern = rf"\nEpoch: {epoch:03d}, Loss: .+\n(?:.+\n){{5}}"
         assert re.search(pattern, out).group(0) == re.search(pattern, on_cpu).group(0)

@@ -68,8 +68,8 @@ def published_answers(original, augment, titles):
     return "".join(blocks)
 
 
-def test_apply_reproduces_published_ml100k_augment(shared_dir, tmp_path):
-    source = shared_dir / "datasets" / "ML-100K"
+def test_apply_reproduces_published_ml100k_augment(ml100k_with_raw, tmp_path):
+    source = ml100k_with_raw / "ML-100K"
     folder = tmp_path / "ML-100K"
     folder.mkdir()
     for name in ("ML-100K_train_original.csv", "ml-100k.item"):
@@ -86,10 +86,10 @@ def test_apply_reproduces_published_ml100k_augment(shared_dir, tmp_path):
     assert ours == (source / "ML-100K_train_augment.csv").read_bytes()
 
 
-def test_empty_answer_rule_is_what_reproduces_the_published_file(shared_dir):
+def test_empty_answer_rule_is_what_reproduces_the_published_file(ml100k_splits):
     # Counter-check: were `[]` answers ignored, the four users asked with an empty list would keep
     # their 2-star rows, and the published file shows 0.5 there.
-    source = shared_dir / "datasets" / "ML-100K"
+    source = ml100k_splits / "ML-100K"
     augment = pd.read_csv(source / "ML-100K_train_augment.csv")
     for user in (34, 225, 583, 688):
         ratings = augment.loc[augment[R.USER_COL] == user, R.RATING_COL]

@@ -9,7 +9,7 @@ import torch
 import dataloader
 import main
 import sampler
-from conftest import write_synthetic_dataset
+from conftest import ORACLE_DIR, write_synthetic_dataset
 from model import ReFINePlus, multi_negative_ranking_loss
 
 
@@ -194,14 +194,14 @@ def test_initialisation_follows_the_published_order():
     assert isinstance(model.user_ae.encoder[-1], torch.nn.Linear)
 
 
-def test_ml100k_matches_published_refine_plus_code_on_cpu(shared_dir, tmp_path, monkeypatch, capsys):
+def test_ml100k_matches_published_refine_plus_code_on_cpu(ml100k_splits, tmp_path, monkeypatch, capsys):
     """Two epochs of the default ReFINe++ run on the published splits: the statistics lines and every
     epoch block equal the published ReFINe++ code's own CPU log (same random stream, draw for draw)."""
     monkeypatch.chdir(tmp_path)
-    code = main.main(["--data_dir", str(shared_dir / "datasets"), "--model", "refine_plus", "--epochs", "2"])
+    code = main.main(["--data_dir", str(ml100k_splits), "--model", "refine_plus", "--epochs", "2"])
     out = capsys.readouterr().out
     assert code == 0
-    on_cpu = (shared_dir / "reference-logs/ReFINe_plus_ML-100K.published-code-on-cpu.out").read_text()
+    on_cpu = (ORACLE_DIR / "ReFINe_plus_ML-100K.published-code-on-cpu.out").read_text()
     stats = "user: 938,  item: 1008\ntrain interations: 65841\nvalid interations: 5018\ntest interations: 10514\n"
     assert stats in on_cpu and stats in out
     for epoch in (1, 2):

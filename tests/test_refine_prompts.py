@@ -280,8 +280,8 @@ def notebook_style_prompt_lists(train, item, skip):
     return out
 
 
-def test_ml100k_prompts_equal_notebook_style_derivation(shared_dir):
-    folder = shared_dir / "datasets" / "ML-100K"
+def test_ml100k_prompts_equal_notebook_style_derivation(ml100k_with_raw):
+    folder = ml100k_with_raw / "ML-100K"
     train = pd.read_csv(folder / "ML-100K_train_original.csv")
     item = pd.read_csv(folder / "ml-100k.item", sep="\t")
     skip = R.read_skip_users(folder / "llm_skip_users.txt")
