@@ -23,126 +23,17 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from catalog import (DATASETS, EXPECTED_SHA256, GENRES_URL, GROUPLENS_URL, ITEM, MOVIE_TITLES_PAGE, RATING,
+                     RAW_SOURCES, RECBOLE_URL, RECBOLE_WHEEL, REFINED_FILE_PAGE, REFINED_PAGE, REFINED_SPLITS,
+                     REFINED_URL, SPLIT_COLUMNS, SPLITS, USER, DatasetInfo, default_data_dir, split_path)
 from utils import ArgumentParser, HelpFormatter, InputError, atomic_write, check_output_path
-
-USER, ITEM, RATING = "user_id:token", "item_id:token", "rating:float"
-SPLIT_COLUMNS = [USER, ITEM, RATING]
-SPLITS = ("train_original", "validation", "test")
-REFINED_SPLITS = ("train_original", "train_augment", "validation", "test")
-
-RECBOLE_URL = "https://recbole.s3-accelerate.amazonaws.com/ProcessedDatasets/"
-GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/"
-REFINED_URL = "https://raw.githubusercontent.com/Chanwoo-Jeong-2000/ReFINe_plus/main/dataset/"
-# HEAD resolves to the repository's default branch on raw.githubusercontent.com.
-GENRES_URL = ("https://raw.githubusercontent.com/tommasocarraro/netflix-prize-with-genres/HEAD/"
-              "netflix_genres.csv")
-REFINED_PAGE = "https://github.com/Chanwoo-Jeong-2000/ReFINe_plus/tree/main/dataset/"
-REFINED_FILE_PAGE = "https://github.com/Chanwoo-Jeong-2000/ReFINe_plus/blob/main/dataset/"
-MOVIE_TITLES_PAGE = "https://www.kaggle.com/datasets/netflix-inc/netflix-prize-data"
-
-# sha256 of files whose published bytes we know (measured on the files in ../shared, which are
-# the published ones). Other downloads are not checked, only their sha256 is printed.
-EXPECTED_SHA256 = {
-    "ML-100K_train_original.csv": "95cdb054ed18553543fc3cc265388087fb99307a44e54d759dfaaa331913002e",
-    "ML-100K_train_augment.csv": "b50f8938679dbba9f570714c816c21ba92e90cfa264295b47d0900b8769d71bf",
-    "ML-100K_validation.csv": "7cfd6f78cfade304e7c8e1d1c1fde9150f06262ba98dc092c0eef0cf90cf4b6a",
-    "ML-100K_test.csv": "a9fddd2989c4fa7fd0d1c5fd7d308472eda4c44d8472d814dcbbebb45f8eb69b",
-    "ML-1M_validation.csv": "e71400059ba92a017bab25114321621c6bc07889c78788b195402a02f44908dc",
-    "ML-1M_test.csv": "827ff3ec5c2544f8ddba7c00d19488d4d6b6a41c96aeb6778916d15ce509bd79",
-    "Netflix-1M_validation.csv": "70a3ea4011b304d4e5fa3967e8af5fabcff27247e5e101b0516fb761efb2e34f",
-    "Netflix-1M_test.csv": "267129901366d86f77e90312c37a85bb74c3bf283aa51ce0f1cacbfdff06cb45",
-    # members of RecBole's ml-100k.zip (the raw files the published ML-100K splits come from)
-    "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
-    "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
-}
-
-# The recbole wheel on the package index carries RecBole's ml-100k.inter and ml-100k.item,
-# byte-identical to the members of its ml-100k.zip (same sha256 as above).
-RECBOLE_WHEEL = "recbole==1.2.1"
-
-# Where raw files come from. Default order, for the datasets each source has:
-# 1. recbole-wheel: the package index is the one source every user of this tool has reached
-#    (requirements.txt installs from it), pip applies the user's index, proxy and certificate
-#    settings, and the two files are checked against the published sha256;
-# 2. recbole-zip: RecBole's own bucket, the source SPEC 1.1 names; it has answered
-#    "Access Denied" before (RecBole issue 2218);
-# 3. grouplens: the original archive, converted here; last because the converted .item differs
-#    from RecBole's in a few titles (docs/data.md), which no checksum can vouch for.
-RAW_SOURCES = ("recbole-wheel", "recbole-zip", "grouplens")
-GROUPLENS_FILES = {"ML-100K": ("u.data", "u.item"), "ML-1M": ("ratings.dat", "movies.dat")}
 
 # GroupLens u.genre, in flag order (u.item carries 19 0/1 genre flags).
 ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
                  "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
                  "Romance", "Sci-Fi", "Thriller", "War", "Western"]
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Where a dataset's raw files come from and how SPEC 1.2 reads them."""
-    inter_file: str
-    item_file: str | None          # RecBole .item file merged on item id (None: Netflix)
-    item_columns: tuple            # item fields that must be present (SPEC 1.2 step 1)
-    recbole_zip: str | None        # path under the RecBole bucket
-    grouplens_zip: str | None = None
-    sample_users: int = 0          # SPEC 1.1: Netflix-1M keeps 5,000 sampled users
-    drop_unseen_eval_items: bool = False
-    extra_files: tuple = field(default_factory=tuple)
-    wheel_folder: str | None = None  # folder of the raw files inside the recbole wheel
-
-
-DATASETS = {
-    "ML-100K": DatasetInfo("ml-100k.inter", "ml-100k.item",
-                           ("movie_title:token_seq", "release_year:token", "class:token_seq"),
-                           "MovieLens/ml-100k.zip", grouplens_zip="ml-100k.zip",
-                           wheel_folder="recbole/dataset_example/ml-100k/"),
-    "ML-1M": DatasetInfo("ml-1m.inter", "ml-1m.item",
-                         ("movie_title:token_seq", "release_year:token", "genre:token_seq"),
-                         "MovieLens/ml-1m.zip", grouplens_zip="ml-1m.zip"),
-    # The authors' Netflix notebook also drops validation/test rows whose item has no train
-    # positive; SPEC 1.2 does not say so, the published Netflix-1M files were made that way.
-    "Netflix-1M": DatasetInfo("netflix.inter", None,
-                              ("year:token", "title:token", "genres:token"),
-                              "Netflix/netflix.zip", sample_users=5000,
-                              drop_unseen_eval_items=True,
-                              extra_files=("movie_titles.csv", "netflix_genres.csv")),
-}
-
-
-def default_data_dir():
-    return os.environ.get("REFINE_DATA_DIR", "dataset")
-
-
-# ----------------------------------------------------------------------------------------------
-# Messages and checks other modules use
-
-def split_path(data_dir, name, split):
-    return Path(data_dir) / name / f"{name}_{split}.csv"
-
-
-def missing_split_message(data_dir, name, splits=REFINED_SPLITS):
-    """One-line message naming missing split files and the commands that create them, each with
-    the user's --data_dir; None if all of `splits` exist. load_splits raises it for main.py."""
-    missing = [split_path(data_dir, name, s) for s in splits if not split_path(data_dir, name, s).exists()]
-    if not missing:
-        return None
-    quoted, dir_flag = shlex.quote(name), f"--data_dir {shlex.quote(str(data_dir))}"
-    refined = f"`python dataloader.py download {quoted} --refined {dir_flag}`"
-    augment_only = [p.name for p in missing] == [f"{name}_train_augment.csv"]
-    if augment_only and split_path(data_dir, name, "train_original").exists():
-        how = (f"train on the original split now with `python main.py --dataset {quoted} {dir_flag} "
-               f"--dataset_augment 0`, or make it with the LLM step `python refine_llm.py run {quoted} {dir_flag}`, "
-               f"or fetch the authors' file with {refined}")
-    else:
-        how = (f"get the published splits with {refined}, or build them from raw RecBole files with "
-               f"`python dataloader.py download {quoted} {dir_flag}` then "
-               f"`python dataloader.py preprocess {quoted} {dir_flag}`")
-        if any(p.name.endswith("_train_augment.csv") for p in missing):
-            how += f" and `python refine_llm.py run {quoted} {dir_flag}` (makes _train_augment.csv)"
-    return f"missing {', '.join(str(p) for p in missing)}: {how}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -361,7 +252,7 @@ def fetch_recbole_zip(name, folder, wanted, args, log):
 
 def fetch_grouplens(name, folder, wanted, args, log):
     url = _join(args.grouplens_url, DATASETS[name].grouplens_zip)
-    fetch_zip(url, folder / ("grouplens-" + DATASETS[name].grouplens_zip), GROUPLENS_FILES[name], folder,
+    fetch_zip(url, folder / ("grouplens-" + DATASETS[name].grouplens_zip), DATASETS[name].grouplens_files, folder,
               not args.no_progress, log)
     convert_grouplens(folder, name, log)
 
@@ -395,7 +286,8 @@ def fetch_from_sources(name, folder, wanted, args, log):
         except DownloadError as error:
             failures.append(f"{source}: {error}")
             log(f"  {source} failed: {error}")
-    info, grouplens_files = DATASETS[name], GROUPLENS_FILES.get(name, ())
+    info = DATASETS[name]
+    grouplens_files = info.grouplens_files
     recbole = _join(args.recbole_url, info.recbole_zip)
     alternative = (f" (or put GroupLens's {' and '.join(grouplens_files)} from "
                    f"{_join(GROUPLENS_URL, info.grouplens_zip)} there and rerun)" if grouplens_files else "")
@@ -408,7 +300,7 @@ def download_raw(name, args, log):
     kept (check_present has vetted them), GroupLens files present are converted."""
     folder = Path(args.data_dir) / name
     wanted = raw_files(name)
-    grouplens_files = GROUPLENS_FILES.get(name, ())
+    grouplens_files = DATASETS[name].grouplens_files
     if all((folder / f).exists() for f in wanted):
         pass  # nothing to fetch
     elif grouplens_files and all((folder / f).exists() for f in grouplens_files):
@@ -796,7 +688,7 @@ def download(args, log, warn):
     folder = Path(args.data_dir) / name
     log(f"{name} -> {folder}/")
     raw_targets = [folder / f for f in raw_files(name)]
-    grouplens_files = GROUPLENS_FILES.get(name, ())
+    grouplens_files = DATASETS[name].grouplens_files
     if grouplens_files and all((folder / f).exists() for f in grouplens_files):
         log(f"  GroupLens {', '.join(grouplens_files)} present: the raw files are (or will be) converted "
             f"from them, not RecBole's bytes, so no published checksum applies")

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from data_prep import ITEM, RATING, USER, missing_split_message, split_path  # noqa: E402
+from catalog import ITEM, RATING, USER, missing_split_message, split_path  # noqa: E402
 from utils import InputError  # noqa: E402
 
 SPLITS = ("train", "validation", "test")

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import catalog
 import data_prep
 from conftest import LocalHTTPServer
 from data_prep import ITEM, RATING, USER
@@ -808,7 +809,7 @@ def test_cli_subprocess_reports_error_and_exit_code(tmp_path):
 
 def test_missing_split_message_names_commands_with_the_users_data_dir(tmp_path):
     data_dir = tmp_path / "my data"  # a space: the commands quote it
-    message = data_prep.missing_split_message(data_dir, "ML-1M")
+    message = catalog.missing_split_message(data_dir, "ML-1M")
     assert f"{data_dir}/ML-1M/ML-1M_train_augment.csv" in message
     commands = re.findall(r"`([^`]*)`", message)
     assert commands == [f"python dataloader.py download ML-1M --refined --data_dir '{data_dir}'",
@@ -819,14 +820,14 @@ def test_missing_split_message_names_commands_with_the_users_data_dir(tmp_path):
     for split in data_prep.REFINED_SPLITS:
         (data_dir / "ML-1M").mkdir(parents=True, exist_ok=True)
         (data_dir / "ML-1M" / f"ML-1M_{split}.csv").write_text("x")
-    assert data_prep.missing_split_message(data_dir, "ML-1M") is None
+    assert catalog.missing_split_message(data_dir, "ML-1M") is None
 
 
 def test_missing_augment_split_suggests_the_original_split(tmp_path):
     for split in ("train_original", "validation", "test"):
         (tmp_path / "ML-1M").mkdir(exist_ok=True)
         (tmp_path / "ML-1M" / f"ML-1M_{split}.csv").write_text("x")
-    message = data_prep.missing_split_message(tmp_path, "ML-1M")
+    message = catalog.missing_split_message(tmp_path, "ML-1M")
     assert message.startswith(f"missing {tmp_path}/ML-1M/ML-1M_train_augment.csv: ")
     assert re.findall(r"`([^`]*)`", message) == [
         f"python main.py --dataset ML-1M --data_dir {tmp_path} --dataset_augment 0",

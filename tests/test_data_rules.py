@@ -11,7 +11,7 @@ import torch
 import dataloader
 import main
 from conftest import write_synthetic_dataset
-from data_prep import ITEM, RATING, USER
+from catalog import ITEM, RATING, USER
 
 SMALL = ["--dataset", "TOY", "--epochs", "1", "--batch_size", "64", "--top_k", "5", "--r", "5", "--s", "2",
          "--embedding_dim", "8", "--layers", "1", "--device", "cpu"]
