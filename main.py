@@ -33,7 +33,7 @@ import metrics
 import sampler
 from cli import build_parser, check_flags
 from catalog import missing_split_message, split_path
-from data_prep import sha256_of
+from download import sha256_of
 from model import LightGCN, ReFINePlus, bpr_loss
 from utils import (EarlyStopping, InputError, RunLog, atomic_write, check_output_path, format_metrics,
                    metrics_by_k, set_seed)

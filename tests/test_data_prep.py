@@ -1,4 +1,4 @@
-"""Tests for data_prep.py: SPEC 1.2 preprocessing, GroupLens conversion, downloads over real HTTP.
+"""Tests for download.py and preprocess.py (through dataloader.py): SPEC 1.2 preprocessing, GroupLens conversion, downloads over real HTTP.
 
     /work/venv/bin/pytest tests/test_data_prep.py -q
 """
@@ -19,9 +19,11 @@ import pandas as pd
 import pytest
 
 import catalog
-import data_prep
+import dataloader
+import download
+import preprocess
 from conftest import LocalHTTPServer
-from data_prep import ITEM, RATING, USER
+from catalog import ITEM, RATING, USER
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = f"{USER}\t{ITEM}\t{RATING}\ttimestamp:float\n"
@@ -58,7 +60,7 @@ def write_inter(path, rows, header=HEADER):
 
 
 def run_main(argv, capsys):
-    code = data_prep.main([str(a) for a in argv])
+    code = dataloader.main([str(a) for a in argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -96,7 +98,7 @@ HAND_ROWS = [("a", "x", 5), ("a", "y", 4), ("b", "x", 4), ("b", "y", 5), ("c", "
 
 
 def test_k_core_converges_to_hand_computed_result():
-    positives, negatives = data_prep.k_core(frame(HAND_ROWS), threshold=4, min_user=2, min_item=2)
+    positives, negatives = preprocess.k_core(frame(HAND_ROWS), threshold=4, min_user=2, min_item=2)
     assert list(positives.index + 1) == [1, 2, 3, 4, 13, 14, 15, 16]
     assert list(negatives.index + 1) == [17]
 
@@ -134,7 +136,7 @@ def test_k_core_matches_naive_loop_on_random_data(seed):
     pairs = [(u, i) for u in range(60) for i in range(40) if rng.random() < 0.4]
     rows = [(u, i, int(rng.integers(1, 6))) for u, i in pairs]
     rng.shuffle(rows)
-    positives, negatives = data_prep.k_core(frame(rows), threshold=4, min_user=5, min_item=5)
+    positives, negatives = preprocess.k_core(frame(rows), threshold=4, min_user=5, min_item=5)
     expected_pos, expected_neg = naive_k_core(rows, 4, 5)
     assert list(positives.index) == expected_pos
     assert list(negatives.index) == expected_neg
@@ -145,7 +147,7 @@ def test_split_positives_per_user_order_and_small_users():
     # user 2 (10 rows) comes first in the file, user 1 has 5, user 3 has 3 (goes to train whole).
     rows = [(2, 100 + k, 5) for k in range(10)] + [(1, 200 + k, 4) for k in range(5)] \
         + [(3, 300 + k, 4) for k in range(3)]
-    train, valid, test = data_prep.split_positives(frame(rows), seed=2024)
+    train, valid, test = preprocess.split_positives(frame(rows), seed=2024)
     rng = np.random.RandomState(2024)
     perm_user1 = rng.permutation(5)      # users in ascending id order, one RNG seeded once
     perm_user2 = rng.permutation(10)
@@ -190,8 +192,8 @@ def test_item_file_drop_and_integer_rating_format(tmp_path, capsys):
 def test_drop_unseen_eval_items_removes_only_items_without_train_positive():
     # every user has 9 shared items and one item nobody else rated (min_item=1 keeps it)
     rows = [(u, i, 5) for u in range(10) for i in list(range(9)) + [100 + u]]
-    kept = data_prep.make_splits(frame(rows), min_user=5, min_item=1, drop_unseen_eval_items=False)
-    dropped = data_prep.make_splits(frame(rows), min_user=5, min_item=1, drop_unseen_eval_items=True)
+    kept = preprocess.make_splits(frame(rows), min_user=5, min_item=1, drop_unseen_eval_items=False)
+    dropped = preprocess.make_splits(frame(rows), min_user=5, min_item=1, drop_unseen_eval_items=True)
     train_items = set(kept[0][ITEM])
     assert dropped[0].equals(kept[0])
     for full, filtered in zip(kept[1:], dropped[1:]):
@@ -207,7 +209,7 @@ def test_netflix_titles_commas_and_latin1(tmp_path):
     path = tmp_path / "movie_titles.csv"
     path.write_bytes("1,2003,Dinosaur Planet\r\n2,NULL,Character, The\n3,1997,Caf\u00e9, Cr\u00e8me, Br\u00fbl\u00e9e\n"
                      .encode("ISO-8859-1"))
-    titles = data_prep.parse_movie_titles(path)
+    titles = preprocess.parse_movie_titles(path)
     assert titles.values.tolist() == [[1, "2003", "Dinosaur Planet"], [2, "NULL", "Character, The"],
                                       [3, "1997", "Caf\u00e9, Cr\u00e8me, Br\u00fbl\u00e9e"]]
 
@@ -257,7 +259,7 @@ def test_grouplens_conversion_matches_recbole_files(shared_dir, tmp_path, capsys
     folder.mkdir()
     for name in ("u.data", "u.item"):
         shutil.copy(source / "grouplens" / name, folder / name)
-    data_prep.convert_grouplens(folder, "ML-100K")
+    download.convert_grouplens(folder, "ML-100K")
     assert (folder / "ml-100k.inter").read_bytes() == (source / "ml-100k.inter").read_bytes()
 
     ours = pd.read_csv(folder / "ml-100k.item", sep="\t", dtype=str, keep_default_na=False)
@@ -282,7 +284,7 @@ def test_grouplens_conversion_matches_recbole_files(shared_dir, tmp_path, capsys
     # published splits: titles do not enter preprocessing, only their presence does.
     with open(folder / "u.item", "a", encoding="latin-1") as handle:
         handle.write("267|unknown||||1" + "|0" * 18 + "\n")
-    data_prep.convert_grouplens(folder, "ML-100K")
+    download.convert_grouplens(folder, "ML-100K")
     assert run_main(["preprocess", "ML-100K", "--data_dir", tmp_path], capsys)[0] == 0
     for split in ("train_original", "validation", "test"):
         assert (folder / f"ML-100K_{split}.csv").read_bytes() == \
@@ -294,7 +296,7 @@ def test_grouplens_ml1m_conversion(tmp_path):
     (tmp_path / "movies.dat").write_bytes("1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n"
                                           "661::Cit\u00e9 des enfants perdus, La (1995)::Adventure|Sci-Fi\n"
                                           .encode("latin-1"))
-    data_prep.convert_grouplens(tmp_path, "ML-1M")
+    download.convert_grouplens(tmp_path, "ML-1M")
     assert (tmp_path / "ml-1m.inter").read_text() == HEADER + "1\t1193\t5\t978300760\n2\t661\t3\t978302109\n"
     assert (tmp_path / "ml-1m.item").read_text(encoding="utf-8") == (
         "item_id:token\tmovie_title:token_seq\trelease_year:token\tgenre:token_seq\n"
@@ -353,7 +355,7 @@ class FixtureServer(LocalHTTPServer):
 def split_fixtures(name):
     rng = np.random.default_rng(3)
     files = {}
-    for split in data_prep.REFINED_SPLITS:
+    for split in catalog.REFINED_SPLITS:
         lines = "".join(f"{u},{int(rng.integers(1, 500))},{int(rng.integers(1, 6))}\n" for u in range(1, 3000))
         files[f"{name}_{split}.csv"] = ("user_id:token,item_id:token,rating:float\n" + lines).encode()
     return files
@@ -363,7 +365,7 @@ def split_fixtures(name):
 def refined_server(monkeypatch):
     fixtures = split_fixtures("ML-100K")
     for base, body in fixtures.items():
-        monkeypatch.setitem(data_prep.EXPECTED_SHA256, base, hashlib.sha256(body).hexdigest())
+        monkeypatch.setitem(catalog.EXPECTED_SHA256, base, hashlib.sha256(body).hexdigest())
     with FixtureServer() as server:
         server.files = {f"/dataset/ML-100K/{base}": body for base, body in fixtures.items()}
         yield server, fixtures
@@ -427,8 +429,8 @@ def zip_bytes(members):
 
 
 def test_download_raw_recbole_zip(tmp_path, capsys, monkeypatch):
-    monkeypatch.delitem(data_prep.EXPECTED_SHA256, "ml-100k.inter")
-    monkeypatch.delitem(data_prep.EXPECTED_SHA256, "ml-100k.item")
+    monkeypatch.delitem(catalog.EXPECTED_SHA256, "ml-100k.inter")
+    monkeypatch.delitem(catalog.EXPECTED_SHA256, "ml-100k.item")
     inter, item = HEADER + "1\t2\t5\t0\n", "item_id:token\tmovie_title:token_seq\n2\tA\n"
     with FixtureServer() as server:
         server.files["/MovieLens/ml-100k.zip"] = zip_bytes({"ml-100k/ml-100k.inter": inter,
@@ -443,7 +445,7 @@ def test_download_raw_recbole_zip(tmp_path, capsys, monkeypatch):
 
 
 def test_download_falls_back_to_grouplens_when_recbole_denies(tmp_path, capsys, monkeypatch):
-    monkeypatch.delitem(data_prep.EXPECTED_SHA256, "ml-100k.item")
+    monkeypatch.delitem(catalog.EXPECTED_SHA256, "ml-100k.item")
     u_item = "1|Toy Story (1995)|01-Jan-1995||http://x|0|0|0|1|1|1" + "|0" * 13 + "\n"
     with FixtureServer() as server:
         server.status["/MovieLens/ml-100k.zip"] = 403
@@ -528,8 +530,8 @@ SYNTHETIC_ITEM = b"item_id:token\tmovie_title:token_seq\n2\tA\n"
 @pytest.fixture
 def synthetic_sums(monkeypatch):
     """Pretend the synthetic raw files are the published ones."""
-    monkeypatch.setitem(data_prep.EXPECTED_SHA256, "ml-100k.inter", hashlib.sha256(SYNTHETIC_INTER).hexdigest())
-    monkeypatch.setitem(data_prep.EXPECTED_SHA256, "ml-100k.item", hashlib.sha256(SYNTHETIC_ITEM).hexdigest())
+    monkeypatch.setitem(catalog.EXPECTED_SHA256, "ml-100k.inter", hashlib.sha256(SYNTHETIC_INTER).hexdigest())
+    monkeypatch.setitem(catalog.EXPECTED_SHA256, "ml-100k.item", hashlib.sha256(SYNTHETIC_ITEM).hexdigest())
 
 
 def test_download_from_recbole_wheel_with_other_sources_closed(tmp_path, capsys, synthetic_sums):
@@ -623,14 +625,14 @@ def test_refined_fallback_keeps_present_splits_and_names_nothing_missing(tmp_pat
     """With all four splits present (no checksum known for these), nothing is fetched or rebuilt."""
     folder = tmp_path / "data" / "ML-100K"
     folder.mkdir(parents=True)
-    for split in data_prep.REFINED_SPLITS:
+    for split in catalog.REFINED_SPLITS:
         (folder / f"ML-100K_{split}.csv").write_text(f"{split}\n")
     write_recbole_wheel(tmp_path / "links", SYNTHETIC_INTER, SYNTHETIC_ITEM)
     code, out, err = run_main(wheel_argv(tmp_path / "data", tmp_path / "links", "--refined", "--accept_changed"),
                               capsys)
     assert code == 0, err
     assert err == "" and out.count("differs from the published file; kept (--accept_changed)") == 4
-    for split in data_prep.REFINED_SPLITS:
+    for split in catalog.REFINED_SPLITS:
         assert (folder / f"ML-100K_{split}.csv").read_text() == f"{split}\n"
     assert (folder / "ml-100k.item").read_bytes() == SYNTHETIC_ITEM
 
@@ -638,7 +640,7 @@ def test_refined_fallback_keeps_present_splits_and_names_nothing_missing(tmp_pat
 def test_refined_netflix_fetches_titles_side_not_the_large_archive(tmp_path, capsys, monkeypatch):
     fixtures = split_fixtures("Netflix-1M")
     for base, body in fixtures.items():
-        monkeypatch.setitem(data_prep.EXPECTED_SHA256, base, hashlib.sha256(body).hexdigest())
+        monkeypatch.setitem(catalog.EXPECTED_SHA256, base, hashlib.sha256(body).hexdigest())
     with FixtureServer() as server:
         server.files = {f"/dataset/Netflix-1M/{base}": body for base, body in fixtures.items()}
         server.files["/genres.csv"] = b"movieId,genres\n1,Drama\n"
@@ -725,7 +727,7 @@ def test_preprocess_refuses_impossible_options_before_reading(tmp_path, capsys, 
     def must_not_read(*args, **kwargs):
         raise AssertionError("data read before the options were checked")
 
-    monkeypatch.setattr(data_prep, "load_interactions", must_not_read)
+    monkeypatch.setattr(preprocess, "load_interactions", must_not_read)
     code, out, err = run_main(["preprocess", "own", "--data_dir", tmp_path, *flags], capsys)
     assert (code, err) == (2, f"error: {message}\n")
     assert sorted(p.name for p in folder.iterdir()) == ["own.inter"]
@@ -745,7 +747,7 @@ def test_preprocess_output_that_is_a_directory_stops_before_anything(tmp_path, c
 def test_preprocess_writes_all_three_splits_or_none(tmp_path, capsys, monkeypatch):
     """A failure (here Ctrl-C) while the third split is written leaves the old three in place."""
     folder = toy_inter(tmp_path)
-    old = {split: f"old {split}\n" for split in data_prep.SPLITS}
+    old = {split: f"old {split}\n" for split in catalog.SPLITS}
     for split, text in old.items():
         (folder / f"own_{split}.csv").write_text(text)
     real_to_csv, written = pd.DataFrame.to_csv, []
@@ -760,7 +762,7 @@ def test_preprocess_writes_all_three_splits_or_none(tmp_path, capsys, monkeypatc
     code, out, err = run_main(["preprocess", "own", "--data_dir", tmp_path], capsys)
     assert code == 2 and err.startswith("error: interrupted; no split file was written or replaced")
     assert err.count("\n") == 1 and len(written) == 3
-    assert {split: (folder / f"own_{split}.csv").read_text() for split in data_prep.SPLITS} == old
+    assert {split: (folder / f"own_{split}.csv").read_text() for split in catalog.SPLITS} == old
     assert sorted(p.name for p in folder.iterdir()) == sorted(["own.inter"] + [f"own_{s}.csv" for s in old])
 
 
@@ -776,7 +778,7 @@ def test_ctrl_c_during_download_names_what_resumes(tmp_path, capsys, monkeypatch
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data_prep, "fetch", interrupted)
+    monkeypatch.setattr(download, "fetch", interrupted)
     code, out, err = run_main(["download", "ML-1M", "--data_dir", tmp_path, "--no_progress"], capsys)
     assert code == 2 and err.count("\n") == 1
     assert err.startswith("error: interrupted; partial downloads are kept as <file>.part and resume")
@@ -817,7 +819,7 @@ def test_missing_split_message_names_commands_with_the_users_data_dir(tmp_path):
                         f"python dataloader.py preprocess ML-1M --data_dir '{data_dir}'",
                         f"python refine_llm.py run ML-1M --data_dir '{data_dir}'"]
     assert "--dataset_augment 0" not in message  # no original split to train on yet
-    for split in data_prep.REFINED_SPLITS:
+    for split in catalog.REFINED_SPLITS:
         (data_dir / "ML-1M").mkdir(parents=True, exist_ok=True)
         (data_dir / "ML-1M" / f"ML-1M_{split}.csv").write_text("x")
     assert catalog.missing_split_message(data_dir, "ML-1M") is None
