@@ -21,7 +21,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from catalog import (DATASETS, EXPECTED_SHA256, GROUPLENS_URL, ITEM, MOVIE_TITLES_PAGE, RATING, RAW_SOURCES,
+from catalog import (DATASETS, EXPECTED_SHA256, GENRES_PAGE, GROUPLENS_URL, ITEM, MOVIE_TITLES_PAGE, NETFLIX_GENRES,
+                     NETFLIX_TITLES, RATING, RAW_SOURCES,
                      RECBOLE_WHEEL, REFINED_FILE_PAGE, REFINED_PAGE, REFINED_SPLITS, SPLITS, USER, split_path)
 from utils import InputError, atomic_write, check_output_path
 
@@ -310,22 +311,21 @@ def download_raw(name, args, log):
 def download_netflix_items(folder, args, log):
     """Netflix-1M's item side (SPEC 1.1): netflix_genres.csv, and movie_titles.csv from a mirror
     when one is given (the original needs a Kaggle login)."""
-    genres = folder / "netflix_genres.csv"
+    genres = folder / NETFLIX_GENRES
     if genres.exists():
         log(f"  {genres} already present, skipped")
     else:
         try:
             _report(genres, fetch(args.genres_url, genres, None, not args.no_progress), log)
         except DownloadError as error:
-            raise DownloadError(f"{error}. Download netflix_genres.csv by hand from "
-                                f"https://github.com/tommasocarraro/netflix-prize-with-genres into {folder}/") from None
-    titles = folder / "movie_titles.csv"
+            raise DownloadError(f"{error}. Download {NETFLIX_GENRES} by hand from {GENRES_PAGE} into {folder}/") from None
+    titles = folder / NETFLIX_TITLES
     if titles.exists():
         log(f"  {titles} already present, skipped")
     elif args.movie_titles_url:
         _report(titles, fetch(args.movie_titles_url, titles, None, not args.no_progress), log)
     else:
-        log(f"  still needed: movie_titles.csv from the Netflix Prize data ({MOVIE_TITLES_PAGE}, "
+        log(f"  still needed: {NETFLIX_TITLES} from the Netflix Prize data ({MOVIE_TITLES_PAGE}, "
             f"needs a Kaggle login); put it in {folder}/")
 
 

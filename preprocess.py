@@ -12,7 +12,8 @@ import math
 import sys
 from pathlib import Path
 
-from catalog import DATASETS, ITEM, MOVIE_TITLES_PAGE, RATING, SPLIT_COLUMNS, SPLITS, USER, DatasetInfo, split_path
+from catalog import (DATASETS, GENRES_PAGE, ITEM, MOVIE_TITLES_PAGE, NETFLIX_GENRES, NETFLIX_TITLES, RATING,
+                     SPLIT_COLUMNS, SPLITS, USER, DatasetInfo, split_path)
 from utils import InputError, atomic_write, check_output_path
 
 # The published settings (docs/method.md §1.2): the defaults of the `preprocess` flags.
@@ -28,6 +29,17 @@ def default_options(**changes):
 # ----------------------------------------------------------------------------------------------
 # Reading raw files
 
+def check_input_file(path, source=None):
+    """`path` as a Path if it is a file; else an InputError naming it (and where it comes from).
+    A file that cannot be read is left to open(): its OSError names the path (entry.run_script)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a directory, not a file: move it away and put the file there")
+    if not path.exists():
+        raise InputError(f"missing {path}" + (f" ({source})" if source else ""))
+    return path
+
+
 def read_atomic(path, required, usecols=None):
     """Read a tab-separated RecBole atomic file, checking the header has the `required` fields.
 
@@ -36,9 +48,7 @@ def read_atomic(path, required, usecols=None):
     """
     import pandas as pd
 
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"missing {path}")
+    path = check_input_file(path)
     with open(path, encoding="utf-8", errors="replace") as handle:
         header = handle.readline().rstrip("\r\n")
     if not header.strip():
@@ -70,43 +80,50 @@ def check_ratings(frame, path, rating=RATING):
         raise InputError(f"{path} line {row + 2}: {rating} value {frame[rating].iloc[row]} is not a finite number")
 
 
-def parse_movie_titles(path):
-    """Netflix movie_titles.csv (ISO-8859-1): 'id,year,title', split on the first two commas only.
+def read_movie_titles(path):
+    """Netflix movie_titles.csv (ISO-8859-1): one 'id,year,title' a line, split on the first two
+    commas only (titles contain commas) -> DataFrame [item id (int), year:token, title:token].
 
-    'NULL' years stay the string 'NULL' (the published pipeline did not treat them as missing).
+    The one reader of this file, for preprocessing and the LLM stage. Titles are kept as written
+    (only the line end is cut): the LLM's prompts show them. 'NULL' years stay the string 'NULL'
+    (the published pipeline did not treat them as missing). Blank lines name no movie and are
+    skipped; any other line must have the three fields and an integer id, else an InputError
+    names the line (a damaged file is not silently thinned out).
     """
     import pandas as pd
 
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"missing {path} (Netflix Prize data, {MOVIE_TITLES_PAGE})")
+    path = check_input_file(path, f"Netflix Prize data, {MOVIE_TITLES_PAGE}")
     rows = []
     with open(path, encoding="ISO-8859-1") as handle:
         for number, line in enumerate(handle, 1):
-            line = line.strip()
-            if not line:
+            line = line.rstrip("\r\n")
+            if not line.strip():
                 continue
             parts = line.split(",", 2)
+            if len(parts) != 3:
+                raise InputError(f"{path} line {number}: expected 'id,year,title', found {line!r}")
             try:
                 parts[0] = int(parts[0])
             except ValueError:
                 raise InputError(f"{path} line {number}: movie id {parts[0]!r} is not an integer") from None
-            rows.append(parts + [None] * (3 - len(parts)))
+            rows.append(parts)
     if not rows:
         raise InputError(f"{path} is empty")
     return pd.DataFrame(rows, columns=[ITEM, "year:token", "title:token"])
 
 
 def read_netflix_genres(path):
+    """netflix_genres.csv: a header, then two columns (movie id, genres) -> DataFrame [item id,
+    genres:token]. The one reader of this file, for preprocessing and the LLM stage."""
     import pandas as pd
 
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"missing {path} (https://github.com/tommasocarraro/netflix-prize-with-genres)")
+    path = check_input_file(path, GENRES_PAGE)
     try:
         genres = pd.read_csv(path)
     except pd.errors.EmptyDataError:
         raise InputError(f"{path} is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not a valid CSV file ({str(error).splitlines()[0]})") from None
     if genres.shape[1] != 2:
         raise InputError(f"{path}: expected 2 columns (movie id, genres), found {genres.shape[1]}")
     genres.columns = [ITEM, "genres:token"]
@@ -137,8 +154,8 @@ def load_interactions(name, folder, info):
         raise InputError(f"{inter_path} has a header but no rows")
     check_ratings(inter, inter_path)
     if info.extra_files:  # Netflix-1M
-        titles = parse_movie_titles(folder / "movie_titles.csv")
-        genres = read_netflix_genres(folder / "netflix_genres.csv")
+        titles = read_movie_titles(folder / NETFLIX_TITLES)
+        genres = read_netflix_genres(folder / NETFLIX_GENRES)
         tables = [(titles, ("year:token", "title:token")), (genres, ("genres:token",))]
     elif info.item_file:
         item_path = folder / info.item_file

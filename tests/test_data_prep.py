@@ -209,9 +209,49 @@ def test_netflix_titles_commas_and_latin1(tmp_path):
     path = tmp_path / "movie_titles.csv"
     path.write_bytes("1,2003,Dinosaur Planet\r\n2,NULL,Character, The\n3,1997,Caf\u00e9, Cr\u00e8me, Br\u00fbl\u00e9e\n"
                      .encode("ISO-8859-1"))
-    titles = preprocess.parse_movie_titles(path)
+    titles = preprocess.read_movie_titles(path)
     assert titles.values.tolist() == [[1, "2003", "Dinosaur Planet"], [2, "NULL", "Character, The"],
                                       [3, "1997", "Caf\u00e9, Cr\u00e8me, Br\u00fbl\u00e9e"]]
+
+
+def test_netflix_titles_blank_lines_skipped_titles_kept_as_written(tmp_path):
+    path = tmp_path / "movie_titles.csv"
+    path.write_bytes(b"1,2003,Dinosaur Planet \r\n\n   \r\n2,2004,Isle of Man TT 2004 Review\n\n")
+    assert preprocess.read_movie_titles(path).values.tolist() == [
+        [1, "2003", "Dinosaur Planet "], [2, "2004", "Isle of Man TT 2004 Review"]]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("1,2003,A\n2,2004\n", "line 2: expected 'id,year,title'"),
+    ("x,2003,A\n", "line 1: movie id 'x' is not an integer"),
+    ("\n\n", "is empty"),
+])
+def test_netflix_titles_damaged_lines_are_named(tmp_path, text, message):
+    path = tmp_path / "movie_titles.csv"
+    path.write_text(text)
+    with pytest.raises(preprocess.InputError, match=re.escape(message)):
+        preprocess.read_movie_titles(path)
+
+
+def test_netflix_genres_reader(tmp_path):
+    path = tmp_path / "netflix_genres.csv"
+    path.write_text("movieId,genres\n1,Documentary|Animation\n3,Drama\n")
+    assert preprocess.read_netflix_genres(path).values.tolist() == [[1, "Documentary|Animation"], [3, "Drama"]]
+    path.write_text("movieId,genres,extra\n1,Drama,x\n")
+    with pytest.raises(preprocess.InputError, match="expected 2 columns .* found 3"):
+        preprocess.read_netflix_genres(path)
+    path.write_text("")
+    with pytest.raises(preprocess.InputError, match="is empty"):
+        preprocess.read_netflix_genres(path)
+
+
+@pytest.mark.parametrize("reader", ["read_movie_titles", "read_netflix_genres"])
+def test_netflix_readers_name_a_directory_or_missing_file(tmp_path, reader):
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(preprocess.InputError, match="folder is a directory, not a file"):
+        getattr(preprocess, reader)(tmp_path / "folder")
+    with pytest.raises(preprocess.InputError, match=r"missing .*absent \(.*https://"):
+        getattr(preprocess, reader)(tmp_path / "absent")
 
 
 def test_netflix_merge_sample_and_unseen_eval_items(tmp_path, capsys):
