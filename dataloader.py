@@ -10,15 +10,23 @@ test positives are mapped with it. Users are nodes 0..U-1 and items U..U+I-1 in 
 The rules for bad rows (ratings, classes, repeated pairs, empty splits) are in docs/bad-input.md.
 The commands' work is in download.py and preprocess.py; this file keeps the published entry point.
 """
-import argparse
-import os
 import sys
 
-import download
-import entry
-import preprocess
-from catalog import DATASETS, GENRES_URL, GROUPLENS_URL, RAW_SOURCES, RECBOLE_URL, REFINED_URL, default_data_dir
-from utils import ArgumentParser, HelpFormatter
+if __name__ == "__main__":
+    # first, before any other import: a Ctrl-C or SIGTERM from here on ends in one line (entry.run_script)
+    import entry
+
+    entry.install_stop_handlers()
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+
+import download  # noqa: E402
+import entry  # noqa: E402
+import preprocess  # noqa: E402
+from catalog import (DATASETS, GENRES_URL, GROUPLENS_URL, PUBLISHED_URL, RAW_SOURCES, RECBOLE_URL, REFINED_URL,
+                     default_data_dir)
+from utils import ArgumentParser, HelpFormatter  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
 # The command line. It comes before the imports of numpy, pandas and torch below, so that --help
@@ -74,6 +82,9 @@ def build_parser():
     down.add_argument("--movie_titles_url", default=os.environ.get("REFINE_MOVIE_TITLES_URL"),
                       help="a mirror of Netflix movie_titles.csv, if you have one (default: none, "
                            "$REFINE_MOVIE_TITLES_URL)")
+    down.add_argument("--published_url", default=os.environ.get("REFINE_PUBLISHED_URL", PUBLISHED_URL),
+                      help="base URL of the authors' repositories, for their logs (kept in "
+                           "results4comparison/published/; $REFINE_PUBLISHED_URL)")
     down.add_argument("--no_progress", action="store_true", help="no progress bars on stderr")
 
     prep = commands.add_parser(
@@ -117,7 +128,11 @@ def _yes_no(text):
 
 
 def download_command(args):
-    download.download(args, print, lambda message: print(message, file=sys.stderr))
+    def warn(message):
+        print(message, file=sys.stderr)
+
+    download.download(args, print, warn)
+    download.download_published_logs(args.name, args.published_url, print, warn)
 
 
 def preprocess_command(args):
@@ -138,7 +153,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    entry.install_stop_handlers()
     sys.exit(main(sys.argv[1:]))
 
 # ----------------------------------------------------------------------------------------------
@@ -206,10 +220,13 @@ def first_line(mask) -> int:
 def read_split(path: Path) -> pd.DataFrame:
     """One split CSV with numeric user, item and rating columns, or an InputError naming the file
     (and the line); ratings must lie in RATING_RANGE."""
+    path = preprocess.check_input_file(path)  # a directory in the way: named in one line
     try:
         frame = pd.read_csv(path)
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: file is empty") from None
+    except OSError as exc:  # e.g. no permission; the library's message need not name the file
+        raise InputError(f"{path}: cannot read it ({exc.strerror or exc}); check its permissions") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a valid CSV file ({str(exc).splitlines()[0]})") from None
     missing = [column for column in (USER, ITEM, RATING) if column not in frame.columns]
@@ -263,6 +280,19 @@ def report_unclassed(frame: pd.DataFrame, classified, path: Path, what: str) -> 
               f"{frame[RATING].iloc[line - 2]:g})", file=sys.stderr)
 
 
+def drop_unrankable(frame: pd.DataFrame, user_ids, item_ids, path: Path) -> pd.DataFrame:
+    """Validation / test rows whose user or item has no embedding (never in the encoded train rows)
+    cannot be ranked: dropped with one counted note (docs/data.md), as rows of no class are."""
+    known_user, known_item = np.isin(frame[USER].to_numpy(), user_ids), np.isin(frame[ITEM].to_numpy(), item_ids)
+    known = known_user & known_item
+    if not known.all():
+        row = int(np.flatnonzero(~known)[0])
+        kind, column = ("item", ITEM) if not known_item[row] else ("user", USER)
+        print(f"note: {path}: {int((~known).sum())} row(s) whose item or user has no train row to embed, dropped "
+              f"(e.g. line {frame.index[row] + 2}, {kind} {frame[column].iloc[row]})", file=sys.stderr)
+    return frame[known]
+
+
 def encode(frame: pd.DataFrame, user_ids, item_ids, path: Path) -> torch.Tensor:
     """(2, len(frame)) indices of the frame's users and items, or an InputError for an unseen id."""
     pairs = []
@@ -310,6 +340,9 @@ def load_splits(data_dir, name: str, augment: bool = True, encode_negatives: boo
     positives = train[is_positive]
     if positives.empty:
         raise InputError(f"{paths['train']}: no train positives (rating >= {POSITIVE_MIN})")
+    encoded_rows = train[is_positive | is_negative] if encode_negatives else positives
+    user_ids = np.unique(encoded_rows[USER].to_numpy())
+    item_ids = np.unique(encoded_rows[ITEM].to_numpy())
     ground_truth = {}
     for split, frame in (("validation", validation), ("test", test)):
         is_truth = frame[RATING] >= POSITIVE_MIN
@@ -318,10 +351,10 @@ def load_splits(data_dir, name: str, augment: bool = True, encode_negatives: boo
             raise InputError(f"{paths[split]}: no {split} positives (rating >= {POSITIVE_MIN}), the file has "
                              f"{content}: every {split} metric would be undefined")
         report_unclassed(frame, is_truth, paths[split], f"below {POSITIVE_MIN}, not {split} positives")
-        ground_truth[split] = frame[is_truth]
-    encoded_rows = train[is_positive | is_negative] if encode_negatives else positives
-    user_ids = np.unique(encoded_rows[USER].to_numpy())
-    item_ids = np.unique(encoded_rows[ITEM].to_numpy())
+        ground_truth[split] = drop_unrankable(frame[is_truth], user_ids, item_ids, paths[split])
+        if ground_truth[split].empty:
+            raise InputError(f"{paths[split]}: none of its {split} positives has a user and an item that occur in "
+                             f"the train rows, so none can be ranked: every {split} metric would be undefined")
     graph_rows = encoded_rows  # file order, as upstream builds its edge_index
     return RecData(
         num_users=len(user_ids),

@@ -22,8 +22,9 @@ import zipfile
 from pathlib import Path
 
 from catalog import (DATASETS, EXPECTED_SHA256, GENRES_PAGE, GROUPLENS_URL, ITEM, MOVIE_TITLES_PAGE, NETFLIX_GENRES,
-                     NETFLIX_TITLES, RATING, RAW_SOURCES,
-                     RECBOLE_WHEEL, REFINED_FILE_PAGE, REFINED_PAGE, REFINED_SPLITS, SPLITS, USER, split_path)
+                     NETFLIX_TITLES, PUBLISHED_LOG_SHA256, PUBLISHED_URL, RATING, RAW_SOURCES,
+                     RECBOLE_WHEEL, REFINED_FILE_PAGE, REFINED_PAGE, REFINED_SPLITS, SPLITS, USER, published_log_url,
+                     published_logs, split_path)
 from utils import InputError, atomic_write, check_output_path
 
 # GroupLens u.genre, in flag order (u.item carries 19 0/1 genre flags).
@@ -412,11 +413,12 @@ def download(args, log, warn):
         return
     # --refined: also what the LLM stage (refine_llm.py) reads: the item file, which comes with the
     # interactions in one archive, or Netflix-1M's titles and genres alone (its archive is large);
-    # with the splits unreachable, preprocess needs the interactions in any case.
+    # with the splits unreachable, preprocess needs the interactions in any case. The Amazon
+    # datasets have no item side: with their splits fetched, nothing else is needed.
     try:
         if unusable or DATASETS[name].item_file:
             download_raw(name, args, log)
-        else:
+        elif DATASETS[name].extra_files:
             download_netflix_items(folder, args, log)
     except DownloadError as error:
         if unusable:
@@ -449,3 +451,62 @@ def download(args, log, warn):
              f"    python refine_llm.py run {quoted} {dir_flag}\n"
              f"  To train on the original split now:\n"
              f"    python main.py --dataset {quoted} {dir_flag} --dataset_augment 0")
+
+
+# ----------------------------------------------------------------------------------------------
+# The authors' logs
+
+# Kept here once fetched (git-ignored), so that `diff` works on them too.
+PUBLISHED_DIR = Path(__file__).resolve().parent / "results4comparison" / "published"
+LOG_KINDS = ("published", "published-plus")  # compare.py's published:NAME (ReFINe), published-plus:NAME
+
+
+def published_log(file_name, base_url=None, progress=False):
+    """Path of the authors' log `file_name` under PUBLISHED_DIR, fetched on first use and checked
+    by sha256 every time: a changed file is refused (a download that differs is not kept)."""
+    known, dest = PUBLISHED_LOG_SHA256[file_name], PUBLISHED_DIR / file_name
+    if dest.is_dir():
+        raise InputError(f"{dest} is a directory, not the published log: move it away and rerun")
+    if dest.exists():
+        sha = sha256_of(dest)
+        if sha != known:
+            raise InputError(f"{dest} differs from the published log (sha256 {sha}, published {known}); "
+                             f"delete it and rerun to fetch it again")
+        return dest
+    url = published_log_url(base_url or os.environ.get("REFINE_PUBLISHED_URL", PUBLISHED_URL), file_name)
+    try:
+        fetch(url, dest, known, progress)
+    except DownloadInterrupted:
+        raise
+    except DownloadError as error:
+        with contextlib.suppress(OSError):
+            PUBLISHED_DIR.rmdir()  # leave no empty folder behind (only removed if empty)
+        raise DownloadError(f"{error}; fetch {url} by hand and save it as {dest}") from None
+    return dest
+
+
+def published_log_for(kind, name, base_url=None):
+    """compare.py's `published:NAME` / `published-plus:NAME` -> the path of that log (fetched once)."""
+    logs = published_logs(name)
+    if kind not in logs:
+        known = [f"{k}:{n}" for n in DATASETS for k in published_logs(n)]
+        raise InputError(f"{kind}:{name}: no such published log (known: {', '.join(known)})")
+    return published_log(logs[kind], base_url)
+
+
+def download_published_logs(name, base_url, log, warn):
+    """`download NAME` also fetches NAME's published logs; one that cannot be had is a note, not a
+    failure (the data is what the command is for): one note names them all."""
+    failed = []
+    for kind, file_name in published_logs(name).items():
+        try:
+            path = published_log(file_name, base_url)
+        except DownloadInterrupted:
+            raise
+        except InputError as error:
+            failed.append((f"{kind}:{name}", error))
+        else:
+            log(f"  {path}  sha256 verified (published log; `python compare.py {kind}:{name} LOG`)")
+    if failed:
+        warn(f"note: the published logs {', '.join(label for label, _ in failed)} are not there: {failed[0][1]}"
+             f"{' (and the same for the other)' if len(failed) > 1 else ''}")

@@ -62,6 +62,8 @@ def read_atomic(path, required, usecols=None):
         return pd.read_csv(path, sep="\t", usecols=columns, encoding="utf-8")
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
         raise InputError(f"{path}: cannot parse ({str(error).splitlines()[0]})") from None
+    except OSError as exc:  # e.g. no permission; the library's message need not name the file
+        raise InputError(f"{path}: cannot read it ({exc.strerror or exc}); check its permissions") from None
 
 
 def check_ratings(frame, path, rating=RATING):
@@ -259,7 +261,13 @@ def write_tables_together(tables):
     with contextlib.ExitStack() as renamed_together:
         for path, table in tables.items():
             handle = renamed_together.enter_context(atomic_write(path, "w", encoding="utf-8", newline=""))
-            table[SPLIT_COLUMNS].to_csv(handle, index=False, lineterminator="\n")
+            try:
+                table[SPLIT_COLUMNS].to_csv(handle, index=False, lineterminator="\n")
+            except OSError as exc:
+                if exc.filename is not None:
+                    raise
+                # a write error (a full disk) does not say where: name the file for the error line
+                raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
 
 
 def check_preprocess_options(options):

@@ -2,12 +2,14 @@
 
     /work/venv/bin/pytest tests/test_data_prep.py -q
 """
+import errno
 import hashlib
 import http.server
 import io
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -37,11 +39,16 @@ def closed_port():
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch):
+def offline(monkeypatch, tmp_path_factory):
     """No test here reaches the network: every URL default points at a closed local port, and
-    pip (the recbole-wheel source) sees no package index and no user configuration."""
+    pip (the recbole-wheel source) sees no package index and no user configuration. The published
+    logs that `download` fetches too would go to a temporary folder."""
     closed = f"http://127.0.0.1:{closed_port()}/"
-    for variable in ("REFINE_RECBOLE_URL", "REFINE_GROUPLENS_URL", "REFINE_REFINED_URL", "REFINE_GENRES_URL"):
+    monkeypatch.setattr(download, "PUBLISHED_DIR", tmp_path_factory.mktemp("published"))
+    # in this process, `download` leaves the logs alone (tests/test_data_published.py tests that part)
+    monkeypatch.setattr(download, "download_published_logs", lambda *args: None)
+    for variable in ("REFINE_RECBOLE_URL", "REFINE_GROUPLENS_URL", "REFINE_REFINED_URL", "REFINE_GENRES_URL",
+                     "REFINE_PUBLISHED_URL"):
         monkeypatch.setenv(variable, closed)
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
@@ -644,7 +651,7 @@ def test_refined_unreachable_falls_back_to_raw_files_and_preprocess(shared_dir, 
         assert (folder / f"ML-100K_{split}.csv").read_bytes() == (published / f"ML-100K_{split}.csv").read_bytes()
     assert (folder / "ml-100k.item").read_bytes() == (published / "ml-100k.item").read_bytes()  # for the LLM step
     assert not (folder / "ML-100K_train_augment.csv").exists()
-    note = process.stderr
+    note = "".join(line for line in process.stderr.splitlines(True) if not line.startswith("note: the published logs"))
     assert note.startswith(f"note: {folder / 'ML-100K_train_augment.csv'} is still missing: the authors' "
                            f"LLM-refined train split could not be fetched (cannot reach ")
     assert f"python dataloader.py download ML-100K --refined --data_dir {data_dir}\n" in note
@@ -655,7 +662,8 @@ def test_refined_unreachable_falls_back_to_raw_files_and_preprocess(shared_dir, 
     before = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
     rerun = subprocess.run(process.args, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0 and "wrote" not in rerun.stdout
-    assert rerun.stderr.startswith(note.split(" (cannot reach")[0]) and rerun.stderr.endswith(note.split("\n", 1)[1])
+    rerun_note = "".join(line for line in rerun.stderr.splitlines(True) if not line.startswith("note: the published logs"))
+    assert rerun_note.startswith(note.split(" (cannot reach")[0]) and rerun_note.endswith(note.split("\n", 1)[1])
     assert rerun.stdout.count("sha256 verified") == 5  # three splits, two raw files
     assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} == before
     assert "Traceback" not in note
@@ -806,6 +814,53 @@ def test_preprocess_writes_all_three_splits_or_none(tmp_path, capsys, monkeypatc
     assert sorted(p.name for p in folder.iterdir()) == sorted(["own.inter"] + [f"own_{s}.csv" for s in old])
 
 
+def test_preprocess_full_disk_is_one_line_naming_the_file_and_nothing_half_written(tmp_path, capsys, monkeypatch):
+    """ENOSPC while the second split is written (a real write error carries no file name)."""
+    folder = toy_inter(tmp_path)
+    old = {split: f"old {split}\n" for split in catalog.SPLITS}
+    for split, text in old.items():
+        (folder / f"own_{split}.csv").write_text(text)
+    real_to_csv, written = pd.DataFrame.to_csv, []
+
+    def to_csv_disk_full(self, handle, **kwargs):
+        written.append(handle.name)
+        real_to_csv(self, handle, **kwargs)
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv_disk_full)
+    code, out, err = run_main(["preprocess", "own", "--data_dir", tmp_path], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"error: {folder / 'own_validation.csv'}: No space left on device (free space); "
+                          f"no split file was written or replaced")
+    assert {split: (folder / f"own_{split}.csv").read_text() for split in catalog.SPLITS} == old
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["own.inter"] + [f"own_{s}.csv" for s in old])
+
+
+@pytest.mark.parametrize("raw", ["own.inter", "own.item"])
+def test_preprocess_raw_file_that_is_a_directory_is_named(tmp_path, capsys, raw):
+    folder = toy_inter(tmp_path)
+    if raw == "own.inter":
+        (folder / raw).unlink()
+    (folder / raw).mkdir()
+    code, out, err = run_main(["preprocess", "own", "--data_dir", tmp_path, "--item_columns", "title:token"], capsys)
+    assert (code, err) == (2, f"error: {folder / raw} is a directory, not a file: move it away and put the file there\n")
+    assert not list(folder.glob("own_*.csv"))
+
+
+def test_preprocess_unreadable_raw_file_is_named(tmp_path, capsys, monkeypatch):
+    """Simulated (the tests may run as root, who reads anything): the library's error lacks the path."""
+    folder = toy_inter(tmp_path)
+
+    def no_permission(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(pd, "read_csv", no_permission)
+    code, out, err = run_main(["preprocess", "own", "--data_dir", tmp_path], capsys)
+    assert (code, err) == (2, f"error: {folder / 'own.inter'}: cannot read it (Permission denied); "
+                              f"check its permissions\n")
+
+
 def test_preprocess_subprocess_bad_option_is_one_line(tmp_path):
     toy_inter(tmp_path)
     process = subprocess.run([sys.executable, "dataloader.py", "preprocess", "own", "--data_dir", str(tmp_path),
@@ -875,3 +930,70 @@ def test_missing_augment_split_suggests_the_original_split(tmp_path):
         f"python main.py --dataset ML-1M --data_dir {tmp_path} --dataset_augment 0",
         f"python refine_llm.py run ML-1M --data_dir {tmp_path}",
         f"python dataloader.py download ML-1M --refined --data_dir {tmp_path}"]
+
+
+# ---------------------------------------------------------------------------------------------
+# ReFINe++'s Amazon datasets
+
+def test_amazon_refined_splits_come_from_the_refined_repository_and_nothing_else(tmp_path, capsys, monkeypatch):
+    fixtures = split_fixtures("Amazon_Digital_Music")
+    for base, body in fixtures.items():
+        monkeypatch.setitem(catalog.EXPECTED_SHA256, base, hashlib.sha256(body).hexdigest())
+    with FixtureServer() as server:
+        server.files = {f"/dataset/Amazon_Digital_Music/{base}": body for base, body in fixtures.items()}
+        code, out, err = run_main(["download", "Amazon_Digital_Music", "--refined", "--data_dir", tmp_path,
+                                   "--refined_url", server.url + "dataset/", "--no_progress"], capsys)
+    assert code == 0, err
+    for base, body in fixtures.items():
+        assert (tmp_path / "Amazon_Digital_Music" / base).read_bytes() == body
+    # no item side to fetch: the four splits were the only requests
+    assert sorted(path for path, _ in server.requests) == sorted(f"/dataset/Amazon_Digital_Music/{b}" for b in fixtures)
+
+
+def test_amazon_known_checksums_are_the_published_ones():
+    known = {name for name in catalog.EXPECTED_SHA256 if name.startswith("Amazon_")}
+    assert known == {f"Amazon_Digital_Music_{split}.csv" for split in catalog.REFINED_SPLITS} | {
+        "Amazon_Books_validation.csv"}
+    assert catalog.EXPECTED_SHA256["Amazon_Digital_Music_test.csv"].startswith("bfb54456fe442f82")
+
+
+def test_amazon_raw_ratings_from_recbole_bucket_then_preprocess(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    rows = [(f"A{u:03d}", f"B{i:04d}", int(rng.choice([1, 2, 4, 5, 5])), 0)
+            for u in range(30) for i in range(25) if rng.random() < 0.7]
+    inter = HEADER + "".join("\t".join(map(str, r)) + "\n" for r in rows)
+    with FixtureServer() as server:
+        server.files["/Amazon_ratings/Amazon_Books.zip"] = zip_bytes({"Amazon_Books/Amazon_Books.inter": inter})
+        code, out, err = run_main(["download", "Amazon_Books", "--data_dir", tmp_path, "--no_progress",
+                                   "--recbole_url", server.url], capsys)
+    assert code == 0, err
+    assert (tmp_path / "Amazon_Books" / "Amazon_Books.inter").read_text() == inter
+    assert not (tmp_path / "Amazon_Books" / "Amazon_Books.zip").exists()
+    code, out, err = run_main(["preprocess", "Amazon_Books", "--data_dir", tmp_path], capsys)
+    assert code == 0, err
+    train, valid, test = (pd.read_csv(tmp_path / "Amazon_Books" / f"Amazon_Books_{s}.csv") for s in catalog.SPLITS)
+    # string ids stay strings; every input row that survives the 5-core is in exactly one split
+    expected = preprocess.make_splits(frame([r[:3] for r in rows]))
+    assert [len(train), len(valid), len(test)] == [len(part) for part in expected]
+    assert set(train[USER]) >= set(valid[USER]) and train[USER].str.startswith("A").all()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_preprocess_stopped_by_a_signal_is_one_line_exit_2(tmp_path, signum):
+    """Issue 20 cause 7: the stop handlers are installed before any work, so a stop while preprocess
+    reads is the one-line stop (not 'killed by signal 2'), and no split file is written."""
+    from conftest import ctrl_c_enabled
+
+    rng = np.random.default_rng(0)
+    rows = zip(rng.integers(1, 3000, 200000), rng.integers(1, 2000, 200000), rng.integers(1, 6, 200000), [0] * 200000)
+    write_inter(tmp_path / "own" / "own.inter", rows)
+    process = subprocess.Popen([sys.executable, str(ROOT / "dataloader.py"), "preprocess", "own", "--data_dir",
+                                str(tmp_path), "--duplicates", "first"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=ctrl_c_enabled)
+    assert process.stdout.readline().startswith("reading ")  # the work has begun: pandas is loading, then reading
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 2, err
+    assert err == ("error: interrupted; no split file was written or replaced (the three are renamed into place "
+                   "together at the end); rerun the same command\n")
+    assert sorted(p.name for p in (tmp_path / "own").iterdir()) == ["own.inter"]

@@ -171,3 +171,12 @@ def test_published_ml100k_loads_as_before(shared_dir, capsys, augment, encode_ne
     for key, value in expected.items():
         got = getattr(data, key)
         assert (got.tolist() if hasattr(got, "tolist") else list(got)) == value, key
+
+
+def test_split_file_that_is_a_directory_is_one_line_exit_2(toy, capsys):
+    """Issue 20 cause 2 through main.py: a directory in place of a split file."""
+    (toy / "TOY_validation.csv").unlink()
+    (toy / "TOY_validation.csv").mkdir()
+    code, out, err = run_main(SMALL + ["--data_dir", str(toy.parent)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"error: {toy / 'TOY_validation.csv'} is a directory, not a file")
