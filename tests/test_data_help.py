@@ -1,7 +1,7 @@
 """--help of dataloader.py / compare.py: every flag explained with its default, and
 --help or a flag error answered without importing torch, pandas, numpy or matplotlib.
 
-    /work/venv/bin/pytest tests/test_data_help.py -q
+    python -m pytest -q tests/test_data_help.py
 """
 import argparse
 import subprocess

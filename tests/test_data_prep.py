@@ -1,7 +1,8 @@
 """Tests for download.py and preprocess.py (through dataloader.py): SPEC 1.2 preprocessing, GroupLens conversion, downloads over real HTTP.
 
-    /work/venv/bin/pytest tests/test_data_prep.py -q
+    python -m pytest -q tests/test_data_prep.py
 """
+import contextlib
 import errno
 import hashlib
 import http.server
@@ -408,14 +409,21 @@ def split_fixtures(name):
     return files
 
 
-@pytest.fixture
-def refined_server(monkeypatch):
-    fixtures = split_fixtures("ML-100K")
+@contextlib.contextmanager
+def serving_refined_splits(name, monkeypatch):
+    """A FixtureServer with `name`'s four refined splits under /dataset/<name>/, their sha256 known."""
+    fixtures = split_fixtures(name)
     for base, body in fixtures.items():
         monkeypatch.setitem(catalog.EXPECTED_SHA256, base, hashlib.sha256(body).hexdigest())
     with FixtureServer() as server:
-        server.files = {f"/dataset/ML-100K/{base}": body for base, body in fixtures.items()}
+        server.files = {f"/dataset/{name}/{base}": body for base, body in fixtures.items()}
         yield server, fixtures
+
+
+@pytest.fixture
+def refined_server(monkeypatch):
+    with serving_refined_splits("ML-100K", monkeypatch) as served:
+        yield served
 
 
 def test_download_refined_verifies_and_skips_present_files(refined_server, tmp_path, capsys):
@@ -686,11 +694,7 @@ def test_refined_fallback_keeps_present_splits_and_names_nothing_missing(tmp_pat
 
 
 def test_refined_netflix_fetches_titles_side_not_the_large_archive(tmp_path, capsys, monkeypatch):
-    fixtures = split_fixtures("Netflix-1M")
-    for base, body in fixtures.items():
-        monkeypatch.setitem(catalog.EXPECTED_SHA256, base, hashlib.sha256(body).hexdigest())
-    with FixtureServer() as server:
-        server.files = {f"/dataset/Netflix-1M/{base}": body for base, body in fixtures.items()}
+    with serving_refined_splits("Netflix-1M", monkeypatch) as (server, fixtures):
         server.files["/genres.csv"] = b"movieId,genres\n1,Drama\n"
         code, out, err = run_main(["download", "Netflix-1M", "--refined", "--data_dir", tmp_path, "--no_progress",
                                    "--refined_url", server.url + "dataset/", "--recbole_url", server.url,
@@ -792,47 +796,38 @@ def test_preprocess_output_that_is_a_directory_stops_before_anything(tmp_path, c
     assert sorted(p.name for p in folder.iterdir()) == ["own.inter", f"own_{blocked}.csv"]
 
 
-def test_preprocess_writes_all_three_splits_or_none(tmp_path, capsys, monkeypatch):
-    """A failure (here Ctrl-C) while the third split is written leaves the old three in place."""
+def interrupt():
+    raise KeyboardInterrupt
+
+
+def disk_full():
+    raise OSError(errno.ENOSPC, "No space left on device")  # as a real write error: no file name
+
+
+@pytest.mark.parametrize("failure, at, line", [
+    (interrupt, 3, "error: interrupted; no split file was written or replaced"),
+    (disk_full, 2, "error: {folder}/own_validation.csv: No space left on device (free space); no split file was "
+                   "written or replaced"),
+], ids=["ctrl-c", "disk-full"])
+def test_preprocess_writes_all_three_splits_or_none(tmp_path, capsys, monkeypatch, failure, at, line):
+    """A failure (Ctrl-C, a full disk) while a split is written leaves the old three in place, and the
+    line names the file being written."""
     folder = toy_inter(tmp_path)
     old = {split: f"old {split}\n" for split in catalog.SPLITS}
     for split, text in old.items():
         (folder / f"own_{split}.csv").write_text(text)
     real_to_csv, written = pd.DataFrame.to_csv, []
 
-    def to_csv_then_interrupt(self, handle, **kwargs):
-        written.append(handle.name)
-        if len(written) == 3:
-            raise KeyboardInterrupt
-        return real_to_csv(self, handle, **kwargs)
-
-    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv_then_interrupt)
-    code, out, err = run_main(["preprocess", "own", "--data_dir", tmp_path], capsys)
-    assert code == 2 and err.startswith("error: interrupted; no split file was written or replaced")
-    assert err.count("\n") == 1 and len(written) == 3
-    assert {split: (folder / f"own_{split}.csv").read_text() for split in catalog.SPLITS} == old
-    assert sorted(p.name for p in folder.iterdir()) == sorted(["own.inter"] + [f"own_{s}.csv" for s in old])
-
-
-def test_preprocess_full_disk_is_one_line_naming_the_file_and_nothing_half_written(tmp_path, capsys, monkeypatch):
-    """ENOSPC while the second split is written (a real write error carries no file name)."""
-    folder = toy_inter(tmp_path)
-    old = {split: f"old {split}\n" for split in catalog.SPLITS}
-    for split, text in old.items():
-        (folder / f"own_{split}.csv").write_text(text)
-    real_to_csv, written = pd.DataFrame.to_csv, []
-
-    def to_csv_disk_full(self, handle, **kwargs):
+    def to_csv_then_fail(self, handle, **kwargs):
         written.append(handle.name)
         real_to_csv(self, handle, **kwargs)
-        if len(written) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
+        if len(written) == at:
+            failure()
 
-    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv_disk_full)
+    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv_then_fail)
     code, out, err = run_main(["preprocess", "own", "--data_dir", tmp_path], capsys)
-    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith(f"error: {folder / 'own_validation.csv'}: No space left on device (free space); "
-                          f"no split file was written or replaced")
+    assert code == 2 and err.startswith(line.format(folder=folder))
+    assert err.count("\n") == 1 and len(written) == at and "Traceback" not in err
     assert {split: (folder / f"own_{split}.csv").read_text() for split in catalog.SPLITS} == old
     assert sorted(p.name for p in folder.iterdir()) == sorted(["own.inter"] + [f"own_{s}.csv" for s in old])
 
@@ -936,11 +931,7 @@ def test_missing_augment_split_suggests_the_original_split(tmp_path):
 # ReFINe++'s Amazon datasets
 
 def test_amazon_refined_splits_come_from_the_refined_repository_and_nothing_else(tmp_path, capsys, monkeypatch):
-    fixtures = split_fixtures("Amazon_Digital_Music")
-    for base, body in fixtures.items():
-        monkeypatch.setitem(catalog.EXPECTED_SHA256, base, hashlib.sha256(body).hexdigest())
-    with FixtureServer() as server:
-        server.files = {f"/dataset/Amazon_Digital_Music/{base}": body for base, body in fixtures.items()}
+    with serving_refined_splits("Amazon_Digital_Music", monkeypatch) as (server, fixtures):
         code, out, err = run_main(["download", "Amazon_Digital_Music", "--refined", "--data_dir", tmp_path,
                                    "--refined_url", server.url + "dataset/", "--no_progress"], capsys)
     assert code == 0, err

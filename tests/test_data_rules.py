@@ -1,7 +1,7 @@
 """The split-file rules of docs/bad-input.md, through the real entry point (main.py): bad rows stop
 the run with one error line before any epoch; the published splits load exactly as before.
 
-    /work/venv/bin/pytest tests/test_data_rules.py -q
+    python -m pytest -q tests/test_data_rules.py
 """
 import numpy as np
 import pandas as pd
