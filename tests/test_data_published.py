@@ -4,6 +4,9 @@ and `dataloader.py download NAME`, against the published layout served on 127.0.
     python -m pytest -q tests/test_data_published.py
 """
 import hashlib
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -130,3 +133,18 @@ def test_download_without_the_logs_is_a_note_not_a_failure(tmp_path, monkeypatch
     assert code == 0
     assert err.count("\n") == 1 and "note: the published logs published:ML-1M, published-plus:ML-1M are not" in err
     assert "by hand" in err and not download.PUBLISHED_DIR.exists()
+
+
+def test_compare_script_unreachable_is_one_line_and_leaves_nothing(tmp_path):
+    """The real script (its own process, its default cache folder): nothing is written when the
+    server cannot be reached."""
+    from conftest import ROOT
+
+    before = download.PUBLISHED_DIR.exists() and sorted(download.PUBLISHED_DIR.iterdir())
+    base = f"http://127.0.0.1:{closed_port()}"
+    process = subprocess.run([sys.executable, str(ROOT / "compare.py"), "published:Netflix-1M", "x.out"],
+                             capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "REFINE_PUBLISHED_URL": base})
+    assert process.returncode == 2 and process.stderr.count("\n") == 1, process.stderr
+    assert process.stderr.startswith(f"error: cannot reach {base}/ReFINe/main/results4comparison/ReFINe_Netflix-1M.out")
+    assert (download.PUBLISHED_DIR.exists() and sorted(download.PUBLISHED_DIR.iterdir())) == before
