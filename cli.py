@@ -8,10 +8,10 @@ item count, ...) stay in main.py.
 """
 import argparse
 import math
-import os
 import signal
 import sys
 
+from catalog import default_data_dir
 from utils import ArgumentParser, HelpFormatter, InputError
 
 EPILOG = """\
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "negatives drawn for the batch's second positive; shared_fast: the same, drawing "
                              "only that row (same distribution, other random numbers, faster); per_positive: "
                              "each positive its own draw")
-    extras.add_argument("--data_dir", type=str, default=os.environ.get("REFINE_DATA_DIR", "dataset"),
+    extras.add_argument("--data_dir", type=str, default=default_data_dir(),
                         help="folder holding <NAME>/<NAME>_*.csv ($REFINE_DATA_DIR, else ./dataset)")
     extras.add_argument("--device", type=str, default="auto",
                         help="auto (cuda:<gpu_id> when a GPU exists, else cpu), cpu, cuda or cuda:N")
