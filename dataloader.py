@@ -168,7 +168,7 @@ import torch  # noqa: E402
 from catalog import ITEM, RATING, USER, missing_split_message, split_path  # noqa: E402
 from utils import InputError  # noqa: E402
 
-SPLITS = ("train", "validation", "test")
+ROLES = ("train", "validation", "test")  # the three files load_splits reads, by role
 
 
 @dataclass
@@ -324,7 +324,7 @@ def load_splits(data_dir, name: str, augment: bool = True, encode_negatives: boo
     paths = {"train": split_path(data_dir, name, train_split),
              "validation": split_path(data_dir, name, "validation"), "test": split_path(data_dir, name, "test")}
     train, validation, test = frames = [check_duplicate_pairs(read_split(paths[split]), paths[split], duplicate_pairs)
-                                        for split in SPLITS]
+                                        for split in ROLES]
     for column in (USER, ITEM):
         # Numeric ids sort as numbers (as the published label encoder sees them); ids that are
         # tokens anywhere are compared as strings everywhere.
