@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from cli import split_files
-from data_prep import sha256_of
+from download import sha256_of
 from utils import InputError, atomic_write
 
 STATE_KIND = "main.py training state v2"  # v1 (no kind, numpy arrays inside) predates the data fingerprint

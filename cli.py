@@ -7,10 +7,10 @@ main.py parses with this module before its slow imports (torch, torch_geometric,
 item count, ...) stay in main.py.
 """
 import argparse
-import os
 import signal
 import sys
 
+from catalog import default_data_dir
 from utils import ArgumentParser, HelpFormatter, InputError
 
 EPILOG = """\
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "negatives drawn for the batch's second positive; shared_fast: the same, drawing "
                              "only that row (same distribution, other random numbers, faster); per_positive: "
                              "each positive its own draw")
-    extras.add_argument("--data_dir", type=str, default=os.environ.get("REFINE_DATA_DIR", "dataset"),
+    extras.add_argument("--data_dir", type=str, default=default_data_dir(),
                         help="folder holding <NAME>/<NAME>_*.csv ($REFINE_DATA_DIR, else ./dataset)")
     extras.add_argument("--device", type=str, default="auto",
                         help="auto (cuda:<gpu_id> when a GPU exists, else cpu), cpu, cuda or cuda:N")
@@ -184,15 +184,15 @@ def split_names(args) -> list[str]:
 
 def split_files(args) -> list:
     """The paths of split_names(args), in that order."""
-    from data_prep import split_path  # data_prep imports no pandas or torch
+    from catalog import split_path  # catalog imports no pandas or torch
 
     return [split_path(args.data_dir, args.dataset, split) for split in split_names(args)]
 
 
 def check_splits(args) -> None:
-    """The split files the run reads exist (data_prep names the command that makes a missing one) and
+    """The split files the run reads exist (catalog names the command that makes a missing one) and
     are files: checked with the flags, before the slow imports."""
-    from data_prep import missing_split_message
+    from catalog import missing_split_message
 
     message = missing_split_message(args.data_dir, args.dataset, split_names(args))
     if message:

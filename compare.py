@@ -164,6 +164,18 @@ def parse_log_text(text, path="<text>"):
     )
 
 
+def resolve_log(argument):
+    """A LOG argument: a file, or published:NAME / published-plus:NAME, the authors' ReFINe / ReFINe++
+    log, fetched on first use into results4comparison/published/ and checked by sha256."""
+    kind, colon, name = str(argument).partition(":")
+    if colon and not Path(argument).exists():
+        import download
+
+        if kind in download.LOG_KINDS:
+            return download.published_log_for(kind, name)
+    return argument
+
+
 def parse_log(path):
     """Read a ReFINe / ReFINe++ / main.py log into a RunLog.
 
@@ -330,7 +342,8 @@ def build_parser():
         formatter_class=HelpFormatter,
         epilog=EPILOG,
     )
-    parser.add_argument("logs", nargs="+", metavar="LOG", help="log files; the first is the reference")
+    parser.add_argument("logs", nargs="+", metavar="LOG", help="log files, or published:NAME / published-plus:NAME for "
+                        "the authors' ReFINe / ReFINe++ log of dataset NAME (fetched once); the first is the reference")
     parser.add_argument("--labels", nargs="+", help="one name per log (default: the file names)")
     parser.add_argument("--k", type=int, default=20, help="cut-off of the compared metrics; every log must report it")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table instead of aligned text")
@@ -357,7 +370,7 @@ def main(argv=None):
                 raise InputError(f"--plot {args.plot}: the file name must end in .png")
             check_output_path(args.plot, "--plot")
         labels = args.labels or default_labels(args.logs)
-        runs = [parse_log(path) for path in args.logs]
+        runs = [parse_log(resolve_log(path)) for path in args.logs]
         check_k(runs, labels, args.k)
         print(format_table(compare_rows(runs, labels, args.k), args.k, markdown=args.markdown))
         for run, label in zip(runs, labels):

@@ -1,4 +1,4 @@
-"""Data: split CSVs -> encoded index tensors; `download` and `preprocess` commands for raw files.
+"""Data: split CSVs -> encoded index tensors (load_splits), and the `download` / `preprocess` commands.
 
     python dataloader.py download ML-100K --refined      # fetch the published refined splits
     python dataloader.py preprocess ML-100K              # raw RecBole files -> split CSVs
@@ -8,16 +8,155 @@ ids are encoded with a label encoder (sorted unique raw ids -> 0..n-1) fitted on
 POSITIVES (rating >= 4); confirmed negatives (rating <= 1), neutrals (2 or 3), validation and
 test positives are mapped with it. Users are nodes 0..U-1 and items U..U+I-1 in the graph.
 The rules for bad rows (ratings, classes, repeated pairs, empty splits) are in docs/bad-input.md.
+The commands' work is in download.py and preprocess.py; this file keeps the published entry point.
 """
 import sys
 
 if __name__ == "__main__":
-    # The raw-data commands live in data_prep.py, which loads neither torch nor pandas before it
-    # has parsed its flags: run them before this module's own imports, so that --help and a
-    # flag error answer at once. This keeps the published entry point name.
-    import data_prep
+    # first, before any other import: a Ctrl-C or SIGTERM from here on ends in one line (entry.run_script)
+    import entry
 
-    sys.exit(data_prep.main(sys.argv[1:]))
+    entry.install_stop_handlers()
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+
+import download  # noqa: E402
+import entry  # noqa: E402
+import preprocess  # noqa: E402
+from catalog import (DATASETS, GENRES_URL, GROUPLENS_URL, PUBLISHED_URL, RAW_SOURCES, RECBOLE_URL, REFINED_URL,
+                     default_data_dir)
+from utils import ArgumentParser, HelpFormatter  # noqa: E402
+
+# ----------------------------------------------------------------------------------------------
+# The command line. It comes before the imports of numpy, pandas and torch below, so that --help
+# and a flag error answer at once.
+
+EPILOG = """examples:
+  python dataloader.py download ML-100K --refined     # the four published split CSVs (+ raw files)
+  python dataloader.py download ML-100K               # raw ml-100k.inter / ml-100k.item
+  python dataloader.py download ML-100K --source recbole-wheel
+  python dataloader.py preprocess ML-100K             # raw files -> the three original splits
+  python dataloader.py preprocess MyData --min_user 10
+
+outputs: everything goes to DATA_DIR/NAME/ (DATA_DIR: --data_dir, else $REFINE_DATA_DIR, else
+./dataset): downloads as <file>.part until complete and verified, split CSVs renamed into place
+together. Reference: docs/data.md; the rules for bad input: docs/bad-input.md."""
+
+
+def build_parser():
+    parser = ArgumentParser(prog="python dataloader.py", formatter_class=HelpFormatter, epilog=EPILOG,
+                                     description="Fetch raw or published data; make split CSVs.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{download,preprocess}")
+
+    data_dir_help = "folder holding NAME/ (default: $REFINE_DATA_DIR, else ./dataset)"
+    down = commands.add_parser(
+        "download", formatter_class=HelpFormatter, help="fetch raw RecBole files, or with --refined the published splits",
+        description="Fetch the raw files of NAME, or with --refined the authors' split CSVs, into DATA_DIR/NAME/.\n"
+                    "Files already there are checked against their published sha256 and kept.",
+        epilog="examples:\n  python dataloader.py download ML-100K --refined --data_dir dataset\n"
+               "  python dataloader.py download ML-100K --source recbole-wheel --pip_args=\"--index-url URL\"")
+    down.add_argument("name", help=f"dataset ({', '.join(DATASETS)})")
+    down.add_argument("--refined", action="store_true",
+                      help="fetch the authors' split CSVs (train_original/augment, validation, test) and the raw "
+                           "files; when the splits cannot be fetched, build the original ones from the raw files")
+    down.add_argument("--data_dir", default=default_data_dir(), help=data_dir_help)
+    down.add_argument("--source", choices=["auto", *RAW_SOURCES], default="auto",
+                      help="where the raw files come from: recbole-wheel (ML-100K: the recbole 1.2.1 wheel via pip), "
+                           "recbole-zip (RecBole's bucket), grouplens (converted); auto tries them in that order")
+    down.add_argument("--pip_args", default=os.environ.get("REFINE_PIP_ARGS", ""),
+                      help="extra options for the `pip download` of --source recbole-wheel, as one string: "
+                           "--pip_args=\"--index-url URL\" (your pip configuration applies anyway; "
+                           "default: $REFINE_PIP_ARGS, else none)")
+    down.add_argument("--accept_changed", action="store_true",
+                      help="keep files already present whose sha256 differs from the published file "
+                           "(without it that is an error and nothing is changed)")
+    down.add_argument("--recbole_url", default=os.environ.get("REFINE_RECBOLE_URL", RECBOLE_URL),
+                      help="base URL of RecBole's dataset bucket ($REFINE_RECBOLE_URL)")
+    down.add_argument("--grouplens_url", default=os.environ.get("REFINE_GROUPLENS_URL", GROUPLENS_URL),
+                      help="base URL of the GroupLens archives ($REFINE_GROUPLENS_URL)")
+    down.add_argument("--refined_url", default=os.environ.get("REFINE_REFINED_URL", REFINED_URL),
+                      help="base URL of the authors' split CSVs ($REFINE_REFINED_URL)")
+    down.add_argument("--genres_url", default=os.environ.get("REFINE_GENRES_URL", GENRES_URL),
+                      help="URL of netflix_genres.csv, Netflix-1M only ($REFINE_GENRES_URL)")
+    down.add_argument("--movie_titles_url", default=os.environ.get("REFINE_MOVIE_TITLES_URL"),
+                      help="a mirror of Netflix movie_titles.csv, if you have one (default: none, "
+                           "$REFINE_MOVIE_TITLES_URL)")
+    down.add_argument("--published_url", default=os.environ.get("REFINE_PUBLISHED_URL", PUBLISHED_URL),
+                      help="base URL of the authors' repositories, for their logs (kept in "
+                           "results4comparison/published/; $REFINE_PUBLISHED_URL)")
+    down.add_argument("--no_progress", action="store_true", help="no progress bars on stderr")
+
+    prep = commands.add_parser(
+        "preprocess", formatter_class=HelpFormatter, help="raw files in DATA_DIR/NAME/ -> the three split CSVs",
+        description="SPEC 1.2: raw files in DATA_DIR/NAME/ -> NAME_train_original.csv, NAME_validation.csv and\n"
+                    "NAME_test.csv beside them (written together, or none). The defaults are the published\n"
+                    "settings; they reproduce the published ML-100K splits byte for byte.",
+        epilog="examples:\n  python dataloader.py preprocess ML-100K\n"
+               "  python dataloader.py preprocess MyData --item_file MyData.item --item_columns title:token")
+    prep.add_argument("name", help="dataset; another name reads DATA_DIR/NAME/NAME.inter")
+    prep.add_argument("--data_dir", default=default_data_dir(), help=data_dir_help)
+    prep.add_argument("--positive_threshold", type=float, help="positive: rating >= this")
+    prep.add_argument("--min_user", type=int, help="k-core: min rows per user")
+    prep.add_argument("--min_item", type=int, help="k-core: min rows per item")
+    prep.add_argument("--test_ratio", type=float, help="share of each user's positives in test")
+    prep.add_argument("--valid_ratio", type=float, help="share of each user's positives in validation")
+    prep.add_argument("--seed", type=int, help="numpy seed of the user sample and the split")
+    prep.add_argument("--sample_users", type=int,
+                      help="keep N randomly drawn users (default: 5000 for Netflix-1M, else all)")
+    prep.add_argument("--drop_unseen_eval_items", type=_yes_no, metavar="{yes,no}",
+                      help="drop validation/test rows whose item has no train positive "
+                           "(default: yes for Netflix-1M, as published; no otherwise)")
+    prep.add_argument("--duplicates", choices=["error", "keep", "first", "last"],
+                      help="repeated (user, item) rows: error, keep all, or keep the first / last")
+    prep.add_argument("--item_file",
+                      help="for other datasets: a RecBole .item file in DATA_DIR/NAME/ to merge "
+                           "(default: NAME.item when --item_columns is given, else none)")
+    prep.add_argument("--item_columns", nargs="+",
+                      help="for other datasets: item fields that must be present, rows without them are "
+                           "dropped (default: none)")
+    prep.set_defaults(**preprocess.DEFAULTS)  # the published settings, defined in preprocess.py
+    return parser
+
+
+def _yes_no(text):
+    if text.lower() in ("yes", "true", "1"):
+        return True
+    if text.lower() in ("no", "false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
+
+
+def download_command(args):
+    def warn(message):
+        print(message, file=sys.stderr)
+
+    download.download(args, print, warn)
+    download.download_published_logs(args.name, args.published_url, print, warn)
+
+
+def preprocess_command(args):
+    if args.item_columns and not args.item_file and args.name not in DATASETS:
+        args.item_file = f"{args.name}.item"
+    preprocess.preprocess(args.name, args.data_dir, args, print)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.command == "download":
+        stop = entry.Stop("partial downloads are kept as <file>.part and resume when you rerun the same command; "
+                          "every file under its final name is complete")
+        return entry.run_script(lambda: download_command(args), stop)
+    stop = entry.Stop("no split file was written or replaced (the three are renamed into place together at "
+                      "the end); rerun the same command")
+    return entry.run_script(lambda: preprocess_command(args), stop)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+
+# ----------------------------------------------------------------------------------------------
+# The library: load_splits
 
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -26,10 +165,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from data_prep import ITEM, RATING, USER, missing_split_message, split_path  # noqa: E402
+from catalog import ITEM, RATING, USER, missing_split_message, split_path  # noqa: E402
 from utils import InputError  # noqa: E402
 
-SPLITS = ("train", "validation", "test")
+ROLES = ("train", "validation", "test")  # the three files load_splits reads, by role
 
 
 @dataclass
@@ -81,10 +220,13 @@ def first_line(mask) -> int:
 def read_split(path: Path) -> pd.DataFrame:
     """One split CSV with numeric user, item and rating columns, or an InputError naming the file
     (and the line); ratings must lie in RATING_RANGE."""
+    path = preprocess.check_input_file(path)  # a directory in the way: named in one line
     try:
         frame = pd.read_csv(path)
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: file is empty") from None
+    except OSError as exc:  # e.g. no permission; the library's message need not name the file
+        raise InputError(f"{path}: cannot read it ({exc.strerror or exc}); check its permissions") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a valid CSV file ({str(exc).splitlines()[0]})") from None
     missing = [column for column in (USER, ITEM, RATING) if column not in frame.columns]
@@ -138,6 +280,19 @@ def report_unclassed(frame: pd.DataFrame, classified, path: Path, what: str) -> 
               f"{frame[RATING].iloc[line - 2]:g})", file=sys.stderr)
 
 
+def drop_unrankable(frame: pd.DataFrame, user_ids, item_ids, path: Path) -> pd.DataFrame:
+    """Validation / test rows whose user or item has no embedding (never in the encoded train rows)
+    cannot be ranked: dropped with one counted note (docs/data.md), as rows of no class are."""
+    known_user, known_item = np.isin(frame[USER].to_numpy(), user_ids), np.isin(frame[ITEM].to_numpy(), item_ids)
+    known = known_user & known_item
+    if not known.all():
+        row = int(np.flatnonzero(~known)[0])
+        kind, column = ("item", ITEM) if not known_item[row] else ("user", USER)
+        print(f"note: {path}: {int((~known).sum())} row(s) whose item or user has no train row to embed, dropped "
+              f"(e.g. line {frame.index[row] + 2}, {kind} {frame[column].iloc[row]})", file=sys.stderr)
+    return frame[known]
+
+
 def encode(frame: pd.DataFrame, user_ids, item_ids, path: Path) -> torch.Tensor:
     """(2, len(frame)) indices of the frame's users and items, or an InputError for an unseen id."""
     pairs = []
@@ -169,7 +324,7 @@ def load_splits(data_dir, name: str, augment: bool = True, encode_negatives: boo
     paths = {"train": split_path(data_dir, name, train_split),
              "validation": split_path(data_dir, name, "validation"), "test": split_path(data_dir, name, "test")}
     train, validation, test = frames = [check_duplicate_pairs(read_split(paths[split]), paths[split], duplicate_pairs)
-                                        for split in SPLITS]
+                                        for split in ROLES]
     for column in (USER, ITEM):
         # Numeric ids sort as numbers (as the published label encoder sees them); ids that are
         # tokens anywhere are compared as strings everywhere.
@@ -185,6 +340,9 @@ def load_splits(data_dir, name: str, augment: bool = True, encode_negatives: boo
     positives = train[is_positive]
     if positives.empty:
         raise InputError(f"{paths['train']}: no train positives (rating >= {POSITIVE_MIN})")
+    encoded_rows = train[is_positive | is_negative] if encode_negatives else positives
+    user_ids = np.unique(encoded_rows[USER].to_numpy())
+    item_ids = np.unique(encoded_rows[ITEM].to_numpy())
     ground_truth = {}
     for split, frame in (("validation", validation), ("test", test)):
         is_truth = frame[RATING] >= POSITIVE_MIN
@@ -193,10 +351,10 @@ def load_splits(data_dir, name: str, augment: bool = True, encode_negatives: boo
             raise InputError(f"{paths[split]}: no {split} positives (rating >= {POSITIVE_MIN}), the file has "
                              f"{content}: every {split} metric would be undefined")
         report_unclassed(frame, is_truth, paths[split], f"below {POSITIVE_MIN}, not {split} positives")
-        ground_truth[split] = frame[is_truth]
-    encoded_rows = train[is_positive | is_negative] if encode_negatives else positives
-    user_ids = np.unique(encoded_rows[USER].to_numpy())
-    item_ids = np.unique(encoded_rows[ITEM].to_numpy())
+        ground_truth[split] = drop_unrankable(frame[is_truth], user_ids, item_ids, paths[split])
+        if ground_truth[split].empty:
+            raise InputError(f"{paths[split]}: none of its {split} positives has a user and an item that occur in "
+                             f"the train rows, so none can be ranked: every {split} metric would be undefined")
     graph_rows = encoded_rows  # file order, as upstream builds its edge_index
     return RecData(
         num_users=len(user_ids),

@@ -34,9 +34,8 @@ from urllib.parse import urlsplit, urlunsplit
 from utils import ArgumentParser, HelpFormatter, InputError, atomic_write
 
 # numpy, pandas, asyncio, openai and transformers are imported inside the functions that need them,
-# so that --help and flag errors answer at once. For the same reason the column names are spelled out here
-# rather than imported from data_prep (which loads pandas); a test checks that they agree.
-USER_COL, ITEM_COL, RATING_COL = "user_id:token", "item_id:token", "rating:float"
+# so that --help and flag errors answer at once.
+from catalog import ITEM as ITEM_COL, RATING as RATING_COL, USER as USER_COL, default_data_dir  # noqa: E402
 
 SEPARATOR = "-" * 45
 ANSWER_HEADER = "LLaMA's cut recommendation for user {user}:"
@@ -101,7 +100,7 @@ def read_csv_checked(path, columns, **read_kwargs):
 
 def missing_item_file_message(path, name, data_dir):
     """A missing item file: where it comes from, with the user's own --data_dir in the command."""
-    from data_prep import MOVIE_TITLES_PAGE
+    from catalog import MOVIE_TITLES_PAGE
 
     fetch = f"`python dataloader.py download {name} --data_dir {data_dir}`"
     if Path(path).name == "movie_titles.csv":
@@ -157,7 +156,7 @@ def load_train(data_dir, name):
     dataset_dir = Path(data_dir) / name
     train_path = dataset_dir / f"{name}_train_original.csv"
     if not train_path.is_file():
-        from data_prep import missing_split_message
+        from catalog import missing_split_message
 
         raise InputError(missing_split_message(data_dir, name, ("train_original",)))
     train = read_csv_checked(train_path, [USER_COL, ITEM_COL, RATING_COL])
@@ -1117,10 +1116,6 @@ def answered_records(jobs, cache):
 
 # ----------------------------------------------------------------------------------------------
 # CLI
-
-
-def default_data_dir():
-    return os.environ.get("REFINE_DATA_DIR", "dataset")
 
 
 def checked(kind, low, low_ok, what):

@@ -1,7 +1,7 @@
-"""--help of dataloader.py / data_prep.py / compare.py: every flag explained with its default, and
+"""--help of dataloader.py / compare.py: every flag explained with its default, and
 --help or a flag error answered without importing torch, pandas, numpy or matplotlib.
 
-    /work/venv/bin/pytest tests/test_data_help.py -q
+    python -m pytest -q tests/test_data_help.py
 """
 import argparse
 import subprocess
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import compare
-import data_prep
+import dataloader
 from conftest import ROOT
 
 
@@ -23,7 +23,7 @@ def all_parsers(parser):
                 yield from all_parsers(sub)
 
 
-@pytest.mark.parametrize("build_parser", [data_prep.build_parser, compare.build_parser], ids=["data_prep", "compare"])
+@pytest.mark.parametrize("build_parser", [dataloader.build_parser, compare.build_parser], ids=["dataloader", "compare"])
 def test_every_flag_has_a_help_text_and_shows_its_default(build_parser):
     checked = 0
     for parser in all_parsers(build_parser()):
@@ -45,7 +45,7 @@ HEAVY = ("torch", "pandas", "numpy", "matplotlib")
 
 @pytest.mark.parametrize("argv", [
     ["dataloader.py", "--help"], ["dataloader.py", "download", "--help"], ["dataloader.py", "preprocess", "--help"],
-    ["data_prep.py", "--help"], ["compare.py", "--help"],
+    ["compare.py", "--help"],
     ["dataloader.py", "preprocess", "ML-100K", "--test_ratio", "x"], ["compare.py", "--k", "x", "a.log"],
 ])
 def test_help_and_flag_errors_import_nothing_heavy(argv):

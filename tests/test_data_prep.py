@@ -1,13 +1,16 @@
-"""Tests for data_prep.py: SPEC 1.2 preprocessing, GroupLens conversion, downloads over real HTTP.
+"""Tests for download.py and preprocess.py (through dataloader.py): SPEC 1.2 preprocessing, GroupLens conversion, downloads over real HTTP.
 
-    /work/venv/bin/pytest tests/test_data_prep.py -q
+    python -m pytest -q tests/test_data_prep.py
 """
+import contextlib
+import errno
 import hashlib
 import http.server
 import io
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -18,9 +21,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import data_prep
+import catalog
+import dataloader
+import download
+import preprocess
 from conftest import LocalHTTPServer
-from data_prep import ITEM, RATING, USER
+from catalog import ITEM, RATING, USER
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = f"{USER}\t{ITEM}\t{RATING}\ttimestamp:float\n"
@@ -34,11 +40,16 @@ def closed_port():
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch):
+def offline(monkeypatch, tmp_path_factory):
     """No test here reaches the network: every URL default points at a closed local port, and
-    pip (the recbole-wheel source) sees no package index and no user configuration."""
+    pip (the recbole-wheel source) sees no package index and no user configuration. The published
+    logs that `download` fetches too would go to a temporary folder."""
     closed = f"http://127.0.0.1:{closed_port()}/"
-    for variable in ("REFINE_RECBOLE_URL", "REFINE_GROUPLENS_URL", "REFINE_REFINED_URL", "REFINE_GENRES_URL"):
+    monkeypatch.setattr(download, "PUBLISHED_DIR", tmp_path_factory.mktemp("published"))
+    # in this process, `download` leaves the logs alone (tests/test_data_published.py tests that part)
+    monkeypatch.setattr(download, "download_published_logs", lambda *args: None)
+    for variable in ("REFINE_RECBOLE_URL", "REFINE_GROUPLENS_URL", "REFINE_REFINED_URL", "REFINE_GENRES_URL",
+                     "REFINE_PUBLISHED_URL"):
         monkeypatch.setenv(variable, closed)
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
@@ -57,7 +68,7 @@ def write_inter(path, rows, header=HEADER):
 
 
 def run_main(argv, capsys):
-    code = data_prep.main([str(a) for a in argv])
+    code = dataloader.main([str(a) for a in argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -95,7 +106,7 @@ HAND_ROWS = [("a", "x", 5), ("a", "y", 4), ("b", "x", 4), ("b", "y", 5), ("c", "
 
 
 def test_k_core_converges_to_hand_computed_result():
-    positives, negatives = data_prep.k_core(frame(HAND_ROWS), threshold=4, min_user=2, min_item=2)
+    positives, negatives = preprocess.k_core(frame(HAND_ROWS), threshold=4, min_user=2, min_item=2)
     assert list(positives.index + 1) == [1, 2, 3, 4, 13, 14, 15, 16]
     assert list(negatives.index + 1) == [17]
 
@@ -133,7 +144,7 @@ def test_k_core_matches_naive_loop_on_random_data(seed):
     pairs = [(u, i) for u in range(60) for i in range(40) if rng.random() < 0.4]
     rows = [(u, i, int(rng.integers(1, 6))) for u, i in pairs]
     rng.shuffle(rows)
-    positives, negatives = data_prep.k_core(frame(rows), threshold=4, min_user=5, min_item=5)
+    positives, negatives = preprocess.k_core(frame(rows), threshold=4, min_user=5, min_item=5)
     expected_pos, expected_neg = naive_k_core(rows, 4, 5)
     assert list(positives.index) == expected_pos
     assert list(negatives.index) == expected_neg
@@ -144,7 +155,7 @@ def test_split_positives_per_user_order_and_small_users():
     # user 2 (10 rows) comes first in the file, user 1 has 5, user 3 has 3 (goes to train whole).
     rows = [(2, 100 + k, 5) for k in range(10)] + [(1, 200 + k, 4) for k in range(5)] \
         + [(3, 300 + k, 4) for k in range(3)]
-    train, valid, test = data_prep.split_positives(frame(rows), seed=2024)
+    train, valid, test = preprocess.split_positives(frame(rows), seed=2024)
     rng = np.random.RandomState(2024)
     perm_user1 = rng.permutation(5)      # users in ascending id order, one RNG seeded once
     perm_user2 = rng.permutation(10)
@@ -189,8 +200,8 @@ def test_item_file_drop_and_integer_rating_format(tmp_path, capsys):
 def test_drop_unseen_eval_items_removes_only_items_without_train_positive():
     # every user has 9 shared items and one item nobody else rated (min_item=1 keeps it)
     rows = [(u, i, 5) for u in range(10) for i in list(range(9)) + [100 + u]]
-    kept = data_prep.make_splits(frame(rows), min_user=5, min_item=1, drop_unseen_eval_items=False)
-    dropped = data_prep.make_splits(frame(rows), min_user=5, min_item=1, drop_unseen_eval_items=True)
+    kept = preprocess.make_splits(frame(rows), min_user=5, min_item=1, drop_unseen_eval_items=False)
+    dropped = preprocess.make_splits(frame(rows), min_user=5, min_item=1, drop_unseen_eval_items=True)
     train_items = set(kept[0][ITEM])
     assert dropped[0].equals(kept[0])
     for full, filtered in zip(kept[1:], dropped[1:]):
@@ -206,9 +217,49 @@ def test_netflix_titles_commas_and_latin1(tmp_path):
     path = tmp_path / "movie_titles.csv"
     path.write_bytes("1,2003,Dinosaur Planet\r\n2,NULL,Character, The\n3,1997,Caf\u00e9, Cr\u00e8me, Br\u00fbl\u00e9e\n"
                      .encode("ISO-8859-1"))
-    titles = data_prep.parse_movie_titles(path)
+    titles = preprocess.read_movie_titles(path)
     assert titles.values.tolist() == [[1, "2003", "Dinosaur Planet"], [2, "NULL", "Character, The"],
                                       [3, "1997", "Caf\u00e9, Cr\u00e8me, Br\u00fbl\u00e9e"]]
+
+
+def test_netflix_titles_blank_lines_skipped_titles_kept_as_written(tmp_path):
+    path = tmp_path / "movie_titles.csv"
+    path.write_bytes(b"1,2003,Dinosaur Planet \r\n\n   \r\n2,2004,Isle of Man TT 2004 Review\n\n")
+    assert preprocess.read_movie_titles(path).values.tolist() == [
+        [1, "2003", "Dinosaur Planet "], [2, "2004", "Isle of Man TT 2004 Review"]]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("1,2003,A\n2,2004\n", "line 2: expected 'id,year,title'"),
+    ("x,2003,A\n", "line 1: movie id 'x' is not an integer"),
+    ("\n\n", "is empty"),
+])
+def test_netflix_titles_damaged_lines_are_named(tmp_path, text, message):
+    path = tmp_path / "movie_titles.csv"
+    path.write_text(text)
+    with pytest.raises(preprocess.InputError, match=re.escape(message)):
+        preprocess.read_movie_titles(path)
+
+
+def test_netflix_genres_reader(tmp_path):
+    path = tmp_path / "netflix_genres.csv"
+    path.write_text("movieId,genres\n1,Documentary|Animation\n3,Drama\n")
+    assert preprocess.read_netflix_genres(path).values.tolist() == [[1, "Documentary|Animation"], [3, "Drama"]]
+    path.write_text("movieId,genres,extra\n1,Drama,x\n")
+    with pytest.raises(preprocess.InputError, match="expected 2 columns .* found 3"):
+        preprocess.read_netflix_genres(path)
+    path.write_text("")
+    with pytest.raises(preprocess.InputError, match="is empty"):
+        preprocess.read_netflix_genres(path)
+
+
+@pytest.mark.parametrize("reader", ["read_movie_titles", "read_netflix_genres"])
+def test_netflix_readers_name_a_directory_or_missing_file(tmp_path, reader):
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(preprocess.InputError, match="folder is a directory, not a file"):
+        getattr(preprocess, reader)(tmp_path / "folder")
+    with pytest.raises(preprocess.InputError, match=r"missing .*absent \(.*https://"):
+        getattr(preprocess, reader)(tmp_path / "absent")
 
 
 def test_netflix_merge_sample_and_unseen_eval_items(tmp_path, capsys):
@@ -256,7 +307,7 @@ def test_grouplens_conversion_matches_recbole_files(shared_dir, tmp_path, capsys
     folder.mkdir()
     for name in ("u.data", "u.item"):
         shutil.copy(source / "grouplens" / name, folder / name)
-    data_prep.convert_grouplens(folder, "ML-100K")
+    download.convert_grouplens(folder, "ML-100K")
     assert (folder / "ml-100k.inter").read_bytes() == (source / "ml-100k.inter").read_bytes()
 
     ours = pd.read_csv(folder / "ml-100k.item", sep="\t", dtype=str, keep_default_na=False)
@@ -281,7 +332,7 @@ def test_grouplens_conversion_matches_recbole_files(shared_dir, tmp_path, capsys
     # published splits: titles do not enter preprocessing, only their presence does.
     with open(folder / "u.item", "a", encoding="latin-1") as handle:
         handle.write("267|unknown||||1" + "|0" * 18 + "\n")
-    data_prep.convert_grouplens(folder, "ML-100K")
+    download.convert_grouplens(folder, "ML-100K")
     assert run_main(["preprocess", "ML-100K", "--data_dir", tmp_path], capsys)[0] == 0
     for split in ("train_original", "validation", "test"):
         assert (folder / f"ML-100K_{split}.csv").read_bytes() == \
@@ -293,7 +344,7 @@ def test_grouplens_ml1m_conversion(tmp_path):
     (tmp_path / "movies.dat").write_bytes("1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n"
                                           "661::Cit\u00e9 des enfants perdus, La (1995)::Adventure|Sci-Fi\n"
                                           .encode("latin-1"))
-    data_prep.convert_grouplens(tmp_path, "ML-1M")
+    download.convert_grouplens(tmp_path, "ML-1M")
     assert (tmp_path / "ml-1m.inter").read_text() == HEADER + "1\t1193\t5\t978300760\n2\t661\t3\t978302109\n"
     assert (tmp_path / "ml-1m.item").read_text(encoding="utf-8") == (
         "item_id:token\tmovie_title:token_seq\trelease_year:token\tgenre:token_seq\n"
@@ -352,20 +403,27 @@ class FixtureServer(LocalHTTPServer):
 def split_fixtures(name):
     rng = np.random.default_rng(3)
     files = {}
-    for split in data_prep.REFINED_SPLITS:
+    for split in catalog.REFINED_SPLITS:
         lines = "".join(f"{u},{int(rng.integers(1, 500))},{int(rng.integers(1, 6))}\n" for u in range(1, 3000))
         files[f"{name}_{split}.csv"] = ("user_id:token,item_id:token,rating:float\n" + lines).encode()
     return files
 
 
+@contextlib.contextmanager
+def serving_refined_splits(name, monkeypatch):
+    """A FixtureServer with `name`'s four refined splits under /dataset/<name>/, their sha256 known."""
+    fixtures = split_fixtures(name)
+    for base, body in fixtures.items():
+        monkeypatch.setitem(catalog.EXPECTED_SHA256, base, hashlib.sha256(body).hexdigest())
+    with FixtureServer() as server:
+        server.files = {f"/dataset/{name}/{base}": body for base, body in fixtures.items()}
+        yield server, fixtures
+
+
 @pytest.fixture
 def refined_server(monkeypatch):
-    fixtures = split_fixtures("ML-100K")
-    for base, body in fixtures.items():
-        monkeypatch.setitem(data_prep.EXPECTED_SHA256, base, hashlib.sha256(body).hexdigest())
-    with FixtureServer() as server:
-        server.files = {f"/dataset/ML-100K/{base}": body for base, body in fixtures.items()}
-        yield server, fixtures
+    with serving_refined_splits("ML-100K", monkeypatch) as served:
+        yield served
 
 
 def test_download_refined_verifies_and_skips_present_files(refined_server, tmp_path, capsys):
@@ -426,8 +484,8 @@ def zip_bytes(members):
 
 
 def test_download_raw_recbole_zip(tmp_path, capsys, monkeypatch):
-    monkeypatch.delitem(data_prep.EXPECTED_SHA256, "ml-100k.inter")
-    monkeypatch.delitem(data_prep.EXPECTED_SHA256, "ml-100k.item")
+    monkeypatch.delitem(catalog.EXPECTED_SHA256, "ml-100k.inter")
+    monkeypatch.delitem(catalog.EXPECTED_SHA256, "ml-100k.item")
     inter, item = HEADER + "1\t2\t5\t0\n", "item_id:token\tmovie_title:token_seq\n2\tA\n"
     with FixtureServer() as server:
         server.files["/MovieLens/ml-100k.zip"] = zip_bytes({"ml-100k/ml-100k.inter": inter,
@@ -442,7 +500,7 @@ def test_download_raw_recbole_zip(tmp_path, capsys, monkeypatch):
 
 
 def test_download_falls_back_to_grouplens_when_recbole_denies(tmp_path, capsys, monkeypatch):
-    monkeypatch.delitem(data_prep.EXPECTED_SHA256, "ml-100k.item")
+    monkeypatch.delitem(catalog.EXPECTED_SHA256, "ml-100k.item")
     u_item = "1|Toy Story (1995)|01-Jan-1995||http://x|0|0|0|1|1|1" + "|0" * 13 + "\n"
     with FixtureServer() as server:
         server.status["/MovieLens/ml-100k.zip"] = 403
@@ -527,8 +585,8 @@ SYNTHETIC_ITEM = b"item_id:token\tmovie_title:token_seq\n2\tA\n"
 @pytest.fixture
 def synthetic_sums(monkeypatch):
     """Pretend the synthetic raw files are the published ones."""
-    monkeypatch.setitem(data_prep.EXPECTED_SHA256, "ml-100k.inter", hashlib.sha256(SYNTHETIC_INTER).hexdigest())
-    monkeypatch.setitem(data_prep.EXPECTED_SHA256, "ml-100k.item", hashlib.sha256(SYNTHETIC_ITEM).hexdigest())
+    monkeypatch.setitem(catalog.EXPECTED_SHA256, "ml-100k.inter", hashlib.sha256(SYNTHETIC_INTER).hexdigest())
+    monkeypatch.setitem(catalog.EXPECTED_SHA256, "ml-100k.item", hashlib.sha256(SYNTHETIC_ITEM).hexdigest())
 
 
 def test_download_from_recbole_wheel_with_other_sources_closed(tmp_path, capsys, synthetic_sums):
@@ -601,7 +659,7 @@ def test_refined_unreachable_falls_back_to_raw_files_and_preprocess(ml100k_with_
         assert (folder / f"ML-100K_{split}.csv").read_bytes() == (published / f"ML-100K_{split}.csv").read_bytes()
     assert (folder / "ml-100k.item").read_bytes() == (published / "ml-100k.item").read_bytes()  # for the LLM step
     assert not (folder / "ML-100K_train_augment.csv").exists()
-    note = process.stderr
+    note = "".join(line for line in process.stderr.splitlines(True) if not line.startswith("note: the published logs"))
     assert note.startswith(f"note: {folder / 'ML-100K_train_augment.csv'} is still missing: the authors' "
                            f"LLM-refined train split could not be fetched (cannot reach ")
     assert f"python dataloader.py download ML-100K --refined --data_dir {data_dir}\n" in note
@@ -612,7 +670,8 @@ def test_refined_unreachable_falls_back_to_raw_files_and_preprocess(ml100k_with_
     before = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
     rerun = subprocess.run(process.args, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0 and "wrote" not in rerun.stdout
-    assert rerun.stderr.startswith(note.split(" (cannot reach")[0]) and rerun.stderr.endswith(note.split("\n", 1)[1])
+    rerun_note = "".join(line for line in rerun.stderr.splitlines(True) if not line.startswith("note: the published logs"))
+    assert rerun_note.startswith(note.split(" (cannot reach")[0]) and rerun_note.endswith(note.split("\n", 1)[1])
     assert rerun.stdout.count("sha256 verified") == 5  # three splits, two raw files
     assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} == before
     assert "Traceback" not in note
@@ -622,24 +681,20 @@ def test_refined_fallback_keeps_present_splits_and_names_nothing_missing(tmp_pat
     """With all four splits present (no checksum known for these), nothing is fetched or rebuilt."""
     folder = tmp_path / "data" / "ML-100K"
     folder.mkdir(parents=True)
-    for split in data_prep.REFINED_SPLITS:
+    for split in catalog.REFINED_SPLITS:
         (folder / f"ML-100K_{split}.csv").write_text(f"{split}\n")
     write_recbole_wheel(tmp_path / "links", SYNTHETIC_INTER, SYNTHETIC_ITEM)
     code, out, err = run_main(wheel_argv(tmp_path / "data", tmp_path / "links", "--refined", "--accept_changed"),
                               capsys)
     assert code == 0, err
     assert err == "" and out.count("differs from the published file; kept (--accept_changed)") == 4
-    for split in data_prep.REFINED_SPLITS:
+    for split in catalog.REFINED_SPLITS:
         assert (folder / f"ML-100K_{split}.csv").read_text() == f"{split}\n"
     assert (folder / "ml-100k.item").read_bytes() == SYNTHETIC_ITEM
 
 
 def test_refined_netflix_fetches_titles_side_not_the_large_archive(tmp_path, capsys, monkeypatch):
-    fixtures = split_fixtures("Netflix-1M")
-    for base, body in fixtures.items():
-        monkeypatch.setitem(data_prep.EXPECTED_SHA256, base, hashlib.sha256(body).hexdigest())
-    with FixtureServer() as server:
-        server.files = {f"/dataset/Netflix-1M/{base}": body for base, body in fixtures.items()}
+    with serving_refined_splits("Netflix-1M", monkeypatch) as (server, fixtures):
         server.files["/genres.csv"] = b"movieId,genres\n1,Drama\n"
         code, out, err = run_main(["download", "Netflix-1M", "--refined", "--data_dir", tmp_path, "--no_progress",
                                    "--refined_url", server.url + "dataset/", "--recbole_url", server.url,
@@ -724,7 +779,7 @@ def test_preprocess_refuses_impossible_options_before_reading(tmp_path, capsys, 
     def must_not_read(*args, **kwargs):
         raise AssertionError("data read before the options were checked")
 
-    monkeypatch.setattr(data_prep, "load_interactions", must_not_read)
+    monkeypatch.setattr(preprocess, "load_interactions", must_not_read)
     code, out, err = run_main(["preprocess", "own", "--data_dir", tmp_path, *flags], capsys)
     assert (code, err) == (2, f"error: {message}\n")
     assert sorted(p.name for p in folder.iterdir()) == ["own.inter"]
@@ -741,26 +796,64 @@ def test_preprocess_output_that_is_a_directory_stops_before_anything(tmp_path, c
     assert sorted(p.name for p in folder.iterdir()) == ["own.inter", f"own_{blocked}.csv"]
 
 
-def test_preprocess_writes_all_three_splits_or_none(tmp_path, capsys, monkeypatch):
-    """A failure (here Ctrl-C) while the third split is written leaves the old three in place."""
+def interrupt():
+    raise KeyboardInterrupt
+
+
+def disk_full():
+    raise OSError(errno.ENOSPC, "No space left on device")  # as a real write error: no file name
+
+
+@pytest.mark.parametrize("failure, at, line", [
+    (interrupt, 3, "error: interrupted; no split file was written or replaced"),
+    (disk_full, 2, "error: {folder}/own_validation.csv: No space left on device (free space); no split file was "
+                   "written or replaced"),
+], ids=["ctrl-c", "disk-full"])
+def test_preprocess_writes_all_three_splits_or_none(tmp_path, capsys, monkeypatch, failure, at, line):
+    """A failure (Ctrl-C, a full disk) while a split is written leaves the old three in place, and the
+    line names the file being written."""
     folder = toy_inter(tmp_path)
-    old = {split: f"old {split}\n" for split in data_prep.SPLITS}
+    old = {split: f"old {split}\n" for split in catalog.SPLITS}
     for split, text in old.items():
         (folder / f"own_{split}.csv").write_text(text)
     real_to_csv, written = pd.DataFrame.to_csv, []
 
-    def to_csv_then_interrupt(self, handle, **kwargs):
+    def to_csv_then_fail(self, handle, **kwargs):
         written.append(handle.name)
-        if len(written) == 3:
-            raise KeyboardInterrupt
-        return real_to_csv(self, handle, **kwargs)
+        real_to_csv(self, handle, **kwargs)
+        if len(written) == at:
+            failure()
 
-    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv_then_interrupt)
+    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv_then_fail)
     code, out, err = run_main(["preprocess", "own", "--data_dir", tmp_path], capsys)
-    assert code == 2 and err.startswith("error: interrupted; no split file was written or replaced")
-    assert err.count("\n") == 1 and len(written) == 3
-    assert {split: (folder / f"own_{split}.csv").read_text() for split in data_prep.SPLITS} == old
+    assert code == 2 and err.startswith(line.format(folder=folder))
+    assert err.count("\n") == 1 and len(written) == at and "Traceback" not in err
+    assert {split: (folder / f"own_{split}.csv").read_text() for split in catalog.SPLITS} == old
     assert sorted(p.name for p in folder.iterdir()) == sorted(["own.inter"] + [f"own_{s}.csv" for s in old])
+
+
+@pytest.mark.parametrize("raw", ["own.inter", "own.item"])
+def test_preprocess_raw_file_that_is_a_directory_is_named(tmp_path, capsys, raw):
+    folder = toy_inter(tmp_path)
+    if raw == "own.inter":
+        (folder / raw).unlink()
+    (folder / raw).mkdir()
+    code, out, err = run_main(["preprocess", "own", "--data_dir", tmp_path, "--item_columns", "title:token"], capsys)
+    assert (code, err) == (2, f"error: {folder / raw} is a directory, not a file: move it away and put the file there\n")
+    assert not list(folder.glob("own_*.csv"))
+
+
+def test_preprocess_unreadable_raw_file_is_named(tmp_path, capsys, monkeypatch):
+    """Simulated (the tests may run as root, who reads anything): the library's error lacks the path."""
+    folder = toy_inter(tmp_path)
+
+    def no_permission(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(pd, "read_csv", no_permission)
+    code, out, err = run_main(["preprocess", "own", "--data_dir", tmp_path], capsys)
+    assert (code, err) == (2, f"error: {folder / 'own.inter'}: cannot read it (Permission denied); "
+                              f"check its permissions\n")
 
 
 def test_preprocess_subprocess_bad_option_is_one_line(tmp_path):
@@ -775,7 +868,7 @@ def test_ctrl_c_during_download_names_what_resumes(tmp_path, capsys, monkeypatch
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data_prep, "fetch", interrupted)
+    monkeypatch.setattr(download, "fetch", interrupted)
     code, out, err = run_main(["download", "ML-1M", "--data_dir", tmp_path, "--no_progress"], capsys)
     assert code == 2 and err.count("\n") == 1
     assert err.startswith("error: interrupted; partial downloads are kept as <file>.part and resume")
@@ -808,7 +901,7 @@ def test_cli_subprocess_reports_error_and_exit_code(tmp_path):
 
 def test_missing_split_message_names_commands_with_the_users_data_dir(tmp_path):
     data_dir = tmp_path / "my data"  # a space: the commands quote it
-    message = data_prep.missing_split_message(data_dir, "ML-1M")
+    message = catalog.missing_split_message(data_dir, "ML-1M")
     assert f"{data_dir}/ML-1M/ML-1M_train_augment.csv" in message
     commands = re.findall(r"`([^`]*)`", message)
     assert commands == [f"python dataloader.py download ML-1M --refined --data_dir '{data_dir}'",
@@ -816,19 +909,82 @@ def test_missing_split_message_names_commands_with_the_users_data_dir(tmp_path):
                         f"python dataloader.py preprocess ML-1M --data_dir '{data_dir}'",
                         f"python refine_llm.py run ML-1M --data_dir '{data_dir}'"]
     assert "--dataset_augment 0" not in message  # no original split to train on yet
-    for split in data_prep.REFINED_SPLITS:
+    for split in catalog.REFINED_SPLITS:
         (data_dir / "ML-1M").mkdir(parents=True, exist_ok=True)
         (data_dir / "ML-1M" / f"ML-1M_{split}.csv").write_text("x")
-    assert data_prep.missing_split_message(data_dir, "ML-1M") is None
+    assert catalog.missing_split_message(data_dir, "ML-1M") is None
 
 
 def test_missing_augment_split_suggests_the_original_split(tmp_path):
     for split in ("train_original", "validation", "test"):
         (tmp_path / "ML-1M").mkdir(exist_ok=True)
         (tmp_path / "ML-1M" / f"ML-1M_{split}.csv").write_text("x")
-    message = data_prep.missing_split_message(tmp_path, "ML-1M")
+    message = catalog.missing_split_message(tmp_path, "ML-1M")
     assert message.startswith(f"missing {tmp_path}/ML-1M/ML-1M_train_augment.csv: ")
     assert re.findall(r"`([^`]*)`", message) == [
         f"python main.py --dataset ML-1M --data_dir {tmp_path} --dataset_augment 0",
         f"python refine_llm.py run ML-1M --data_dir {tmp_path}",
         f"python dataloader.py download ML-1M --refined --data_dir {tmp_path}"]
+
+
+# ---------------------------------------------------------------------------------------------
+# ReFINe++'s Amazon datasets
+
+def test_amazon_refined_splits_come_from_the_refined_repository_and_nothing_else(tmp_path, capsys, monkeypatch):
+    with serving_refined_splits("Amazon_Digital_Music", monkeypatch) as (server, fixtures):
+        code, out, err = run_main(["download", "Amazon_Digital_Music", "--refined", "--data_dir", tmp_path,
+                                   "--refined_url", server.url + "dataset/", "--no_progress"], capsys)
+    assert code == 0, err
+    for base, body in fixtures.items():
+        assert (tmp_path / "Amazon_Digital_Music" / base).read_bytes() == body
+    # no item side to fetch: the four splits were the only requests
+    assert sorted(path for path, _ in server.requests) == sorted(f"/dataset/Amazon_Digital_Music/{b}" for b in fixtures)
+
+
+def test_amazon_known_checksums_are_the_published_ones():
+    known = {name for name in catalog.EXPECTED_SHA256 if name.startswith("Amazon_")}
+    assert known == {f"Amazon_Digital_Music_{split}.csv" for split in catalog.REFINED_SPLITS} | {
+        "Amazon_Books_validation.csv"}
+    assert catalog.EXPECTED_SHA256["Amazon_Digital_Music_test.csv"].startswith("bfb54456fe442f82")
+
+
+def test_amazon_raw_ratings_from_recbole_bucket_then_preprocess(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    rows = [(f"A{u:03d}", f"B{i:04d}", int(rng.choice([1, 2, 4, 5, 5])), 0)
+            for u in range(30) for i in range(25) if rng.random() < 0.7]
+    inter = HEADER + "".join("\t".join(map(str, r)) + "\n" for r in rows)
+    with FixtureServer() as server:
+        server.files["/Amazon_ratings/Amazon_Books.zip"] = zip_bytes({"Amazon_Books/Amazon_Books.inter": inter})
+        code, out, err = run_main(["download", "Amazon_Books", "--data_dir", tmp_path, "--no_progress",
+                                   "--recbole_url", server.url], capsys)
+    assert code == 0, err
+    assert (tmp_path / "Amazon_Books" / "Amazon_Books.inter").read_text() == inter
+    assert not (tmp_path / "Amazon_Books" / "Amazon_Books.zip").exists()
+    code, out, err = run_main(["preprocess", "Amazon_Books", "--data_dir", tmp_path], capsys)
+    assert code == 0, err
+    train, valid, test = (pd.read_csv(tmp_path / "Amazon_Books" / f"Amazon_Books_{s}.csv") for s in catalog.SPLITS)
+    # string ids stay strings; every input row that survives the 5-core is in exactly one split
+    expected = preprocess.make_splits(frame([r[:3] for r in rows]))
+    assert [len(train), len(valid), len(test)] == [len(part) for part in expected]
+    assert set(train[USER]) >= set(valid[USER]) and train[USER].str.startswith("A").all()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_preprocess_stopped_by_a_signal_is_one_line_exit_2(tmp_path, signum):
+    """Issue 20 cause 7: the stop handlers are installed before any work, so a stop while preprocess
+    reads is the one-line stop (not 'killed by signal 2'), and no split file is written."""
+    from conftest import ctrl_c_enabled
+
+    rng = np.random.default_rng(0)
+    rows = zip(rng.integers(1, 3000, 200000), rng.integers(1, 2000, 200000), rng.integers(1, 6, 200000), [0] * 200000)
+    write_inter(tmp_path / "own" / "own.inter", rows)
+    process = subprocess.Popen([sys.executable, str(ROOT / "dataloader.py"), "preprocess", "own", "--data_dir",
+                                str(tmp_path), "--duplicates", "first"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=ctrl_c_enabled)
+    assert process.stdout.readline().startswith("reading ")  # the work has begun: pandas is loading, then reading
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 2, err
+    assert err == ("error: interrupted; no split file was written or replaced (the three are renamed into place "
+                   "together at the end); rerun the same command\n")
+    assert sorted(p.name for p in (tmp_path / "own").iterdir()) == ["own.inter"]

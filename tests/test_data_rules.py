@@ -1,7 +1,7 @@
 """The split-file rules of docs/bad-input.md, through the real entry point (main.py): bad rows stop
 the run with one error line before any epoch; the published splits load exactly as before.
 
-    /work/venv/bin/pytest tests/test_data_rules.py -q
+    python -m pytest -q tests/test_data_rules.py
 """
 import numpy as np
 import pandas as pd
@@ -11,7 +11,7 @@ import torch
 import dataloader
 import main
 from conftest import write_synthetic_dataset
-from data_prep import ITEM, RATING, USER
+from catalog import ITEM, RATING, USER
 
 SMALL = ["--dataset", "TOY", "--epochs", "1", "--batch_size", "64", "--top_k", "5", "--r", "5", "--s", "2",
          "--embedding_dim", "8", "--layers", "1", "--device", "cpu"]
@@ -171,3 +171,12 @@ def test_published_ml100k_loads_as_before(ml100k_splits, capsys, augment, encode
     for key, value in expected.items():
         got = getattr(data, key)
         assert (got.tolist() if hasattr(got, "tolist") else list(got)) == value, key
+
+
+def test_split_file_that_is_a_directory_is_one_line_exit_2(toy, capsys):
+    """Issue 20 cause 2 through main.py: a directory in place of a split file."""
+    (toy / "TOY_validation.csv").unlink()
+    (toy / "TOY_validation.csv").mkdir()
+    code, out, err = run_main(SMALL + ["--data_dir", str(toy.parent)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"error: {toy / 'TOY_validation.csv'} is a directory, not a file")

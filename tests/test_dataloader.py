@@ -41,9 +41,49 @@ def test_original_split_is_read_with_augment_zero(tmp_path):
     assert dataloader.load_splits(tmp_path, "T", augment=False).num_users == 2
 
 
-def test_unseen_validation_id_is_reported(tmp_path):
-    write_splits(tmp_path, "1,1,4\n", validation="1,99,5\n")
-    with pytest.raises(InputError, match=r"T_validation.csv: item id 99 \(line 2\)"):
+def test_unrankable_eval_rows_are_dropped_with_a_counted_note(tmp_path, capsys):
+    # train positives: users {1, 2}, items {1, 2}
+    write_splits(tmp_path, "1,1,4\n2,2,5\n",
+                 validation="1,2,5\n1,99,4\n7,1,5\n2,1,4\n",  # lines 3 and 4: unknown item, unknown user
+                 test="2,3,5\n1,2,4\n")                          # line 2: item 3 is no positive
+    data = dataloader.load_splits(tmp_path, "T")
+    assert data.valid.tolist() == [[0, 1], [1, 0]] and data.test.tolist() == [[0], [1]]
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"note: {tmp_path / 'T' / 'T_validation.csv'}: 2 row(s) whose item or user has no train row to "
+                   f"embed, dropped (e.g. line 3, item 99)",
+                   f"note: {tmp_path / 'T' / 'T_test.csv'}: 1 row(s) whose item or user has no train row to "
+                   f"embed, dropped (e.g. line 2, item 3)"]
+    # ReFINe++ embeds the confirmed negatives too: with item 3 a negative of user 2, it is rankable there
+    (tmp_path / "T" / "T_train_augment.csv").write_text(HEADER + "1,1,4\n2,2,5\n2,3,1\n")
+    plus = dataloader.load_splits(tmp_path, "T", encode_negatives=True)
+    assert plus.test.tolist() == [[1, 0], [2, 1]]
+    assert "T_test.csv" not in capsys.readouterr().err
+
+
+def test_eval_split_with_nothing_rankable_is_refused(tmp_path):
+    write_splits(tmp_path, "1,1,4\n", test="1,99,5\n5,1,4\n")
+    with pytest.raises(InputError, match=r"T_test.csv: none of its test positives has a user and an item"):
+        dataloader.load_splits(tmp_path, "T")
+
+
+def test_split_file_that_is_a_directory_is_named(tmp_path):
+    write_splits(tmp_path, "1,1,4\n")
+    test_file = tmp_path / "T" / "T_test.csv"
+    test_file.unlink()
+    test_file.mkdir()
+    with pytest.raises(InputError, match=f"{test_file} is a directory, not a file"):
+        dataloader.load_splits(tmp_path, "T")
+
+
+def test_unreadable_split_file_is_named(tmp_path, monkeypatch):
+    """A permission error (simulated: the tests may run as root, who reads anything) names the file."""
+    write_splits(tmp_path, "1,1,4\n")
+
+    def no_permission(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")  # as a library may raise it, without the path
+
+    monkeypatch.setattr(dataloader.pd, "read_csv", no_permission)
+    with pytest.raises(InputError, match=r"T_train_augment.csv: cannot read it \(Permission denied\); check its"):
         dataloader.load_splits(tmp_path, "T")
 
 

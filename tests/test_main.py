@@ -158,7 +158,7 @@ def test_ml100k_matches_published_code_on_cpu(ml100k_splits, tmp_path, monkeypat
 
 @pytest.mark.parametrize("module_name,stage,argv", [
     ("refine_llm", "stage_prompts", ["run", "ML-100K"]),
-    ("data_prep", "preprocess", ["preprocess", "ML-100K"]),
+    ("dataloader", "preprocess_command", ["preprocess", "ML-100K"]),
 ])
 def test_ctrl_c_in_other_commands_is_one_line_and_exit_2(module_name, stage, argv, monkeypatch, capsys):
     """Like main.py's: an interrupted refine_llm / data_prep command ends with one error line, code 2."""

@@ -9,7 +9,6 @@ import sys
 
 import pytest
 
-import data_prep
 import refine_llm as R
 from conftest import ROOT
 from refine_fixtures import make_dataset
@@ -21,10 +20,6 @@ def stage_parsers():
     parser = R.build_parser()
     choices = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     return [(name, choices[name]) for name in STAGES]
-
-
-def test_column_names_are_data_preps():
-    assert (R.USER_COL, R.ITEM_COL, R.RATING_COL) == (data_prep.USER, data_prep.ITEM, data_prep.RATING)
 
 
 @pytest.mark.parametrize("name, parser", stage_parsers())
