@@ -3,7 +3,7 @@
     python dataloader.py download ML-100K --refined      # fetch the published refined splits
     python dataloader.py preprocess ML-100K              # raw RecBole files -> split CSVs
 
-Reads `<data_dir>/<NAME>/<NAME>_{train_augment|train_original,validation,test}.csv` (SPEC 3):
+Reads `<data_dir>/<NAME>/<NAME>_{train_augment|train_original,validation,test}.csv` (docs/method.md §3):
 ids are encoded with a label encoder (sorted unique raw ids -> 0..n-1) fitted on the train
 POSITIVES (rating >= 4); confirmed negatives (rating <= 1), neutrals (2 or 3), validation and
 test positives are mapped with it. Users are nodes 0..U-1 and items U..U+I-1 in the graph.
@@ -89,7 +89,7 @@ def build_parser():
 
     prep = commands.add_parser(
         "preprocess", formatter_class=HelpFormatter, help="raw files in DATA_DIR/NAME/ -> the three split CSVs",
-        description="SPEC 1.2: raw files in DATA_DIR/NAME/ -> NAME_train_original.csv, NAME_validation.csv and\n"
+        description="docs/method.md §1.2: raw files in DATA_DIR/NAME/ -> NAME_train_original.csv, NAME_validation.csv and\n"
                     "NAME_test.csv beside them (written together, or none). The defaults are the published\n"
                     "settings; they reproduce the published ML-100K splits byte for byte.",
         epilog="examples:\n  python dataloader.py preprocess ML-100K\n"

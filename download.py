@@ -293,7 +293,7 @@ def fetch_from_sources(name, folder, wanted, args, log):
 
 
 def download_raw(name, args, log):
-    """Fetch the raw files SPEC 1.1 names for `name` into <data_dir>/<name>/; files present are
+    """Fetch the raw files docs/method.md §1.1 names for `name` into <data_dir>/<name>/; files present are
     kept (check_present has vetted them), GroupLens files present are converted."""
     folder = Path(args.data_dir) / name
     wanted = raw_files(name)
@@ -310,7 +310,7 @@ def download_raw(name, args, log):
 
 
 def download_netflix_items(folder, args, log):
-    """Netflix-1M's item side (SPEC 1.1): netflix_genres.csv, and movie_titles.csv from a mirror
+    """Netflix-1M's item side (docs/method.md §1.1): netflix_genres.csv, and movie_titles.csv from a mirror
     when one is given (the original needs a Kaggle login)."""
     genres = folder / NETFLIX_GENRES
     if genres.exists():
@@ -367,7 +367,7 @@ def convert_grouplens(folder, name, log=None):
 def split_title_year(full_title):
     """'Toy Story (1995)' -> ('Toy Story', '1995'): RecBole keeps the last parenthesised group as
     the year ('... (1995) (V)' -> year 'V'). A title without one keeps 'unknown' as its year, so
-    the item is not dropped by SPEC 1.2 step 1 (RecBole writes 'unkonwn' for ML-100K item 267)."""
+    the item is not dropped by docs/method.md §1.2 step 1 (RecBole writes 'unkonwn' for ML-100K item 267)."""
     full_title = full_title.strip()
     match = re.fullmatch(r"(.*) \(([^()]*)\)", full_title)
     if match:
@@ -430,7 +430,7 @@ def download(args, log, warn):
         return
     if not all(split_path(args.data_dir, name, split).exists() for split in SPLITS):
         log(f"  the refined splits cannot be fetched ({unusable}); building the original splits from the raw "
-            f"files instead (SPEC 1.2; for ML-100K byte-identical to the published ones)")
+            f"files instead (docs/method.md §1.2; for ML-100K byte-identical to the published ones)")
         import preprocess
 
         try:
@@ -447,7 +447,7 @@ def download(args, log, warn):
              f"({unusable}); the original splits are there. Either\n"
              f"  save {REFINED_FILE_PAGE}{name}/{augment.name} into {folder}/ and check it with\n"
              f"    python dataloader.py download {quoted} --refined {dir_flag}\n"
-             f"  or make it with the LLM step (SPEC 2, needs an LLM backend):\n"
+             f"  or make it with the LLM step (docs/method.md §2, needs an LLM backend):\n"
              f"    python refine_llm.py run {quoted} {dir_flag}\n"
              f"  To train on the original split now:\n"
              f"    python main.py --dataset {quoted} {dir_flag} --dataset_augment 0")

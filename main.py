@@ -6,8 +6,8 @@
 
 Command-compatible with the published script: same flags, defaults and log lines, so `diff`
 against the published log shows only number differences. The log also goes to
-result/<dataset>/<path_name>.out; flags and outputs are described in docs/training.md. The method is ../shared/SPEC.md
-sections 3-5; the deviations from the published code are listed in README.md. The files a run
+result/<dataset>/<path_name>.out; flags and outputs are described in docs/training.md. The method is
+docs/method.md §3-5; the deviations from the published code are listed in docs/deviations.md. The files a run
 saves and the checks of --resume are in checkpoint.py.
 """
 if __name__ == "__main__":

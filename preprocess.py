@@ -67,7 +67,7 @@ def read_atomic(path, required, usecols=None):
 
 
 def check_ratings(frame, path, rating=RATING):
-    """Ratings must be finite numbers (missing ones are allowed: SPEC 1.2 drops those rows)."""
+    """Ratings must be finite numbers (missing ones are allowed: docs/method.md §1.2 drops those rows)."""
     import numpy as np
     import pandas as pd
 
@@ -133,7 +133,7 @@ def read_netflix_genres(path):
 
 
 def filter_by_items(inter, item_tables, path):
-    """SPEC 1.2 step 1 without materialising the merge: a left merge on item id followed by
+    """docs/method.md §1.2 step 1 without materialising the merge: a left merge on item id followed by
     dropna over the item columns keeps each interaction once per complete matching item row
     (normally 0 or 1 times), in the interactions' order."""
     import pandas as pd
@@ -169,7 +169,7 @@ def load_interactions(name, folder, info):
 
 
 # ----------------------------------------------------------------------------------------------
-# SPEC 1.2: pure functions on DataFrames
+# docs/method.md §1.2: pure functions on DataFrames
 
 def sample_users(frame, size, seed):
     """Keep the rows of `size` users drawn without replacement from the sorted unique user ids,
@@ -195,7 +195,7 @@ def filter_min_counts(rows, min_user, min_item):
 
 
 def k_core(frame, threshold=4, min_user=5, min_item=5):
-    """SPEC 1.2 steps 2-3: iterate until the row count stops changing; returns (positives,
+    """docs/method.md §1.2 steps 2-3: iterate until the row count stops changing; returns (positives,
     negatives restricted to the users and items of the final positives)."""
     import pandas as pd
 
@@ -213,7 +213,7 @@ def k_core(frame, threshold=4, min_user=5, min_item=5):
 
 
 def split_positives(positives, seed=2024, test_ratio=0.2, valid_ratio=0.1, min_rows=5):
-    """SPEC 1.2 step 4: per user in ascending id order, perm = permutation(n) from one RNG seeded
+    """docs/method.md §1.2 step 4: per user in ascending id order, perm = permutation(n) from one RNG seeded
     once; test = perm[:int(0.2 n)], validation = next int(0.1 n), train = rest. Rows keep their
     order inside each user. Users with fewer than `min_rows` rows go to train whole."""
     import numpy as np
@@ -242,7 +242,7 @@ def split_positives(positives, seed=2024, test_ratio=0.2, valid_ratio=0.1, min_r
 
 def make_splits(frame, threshold=4, min_user=5, min_item=5, seed=2024, test_ratio=0.2,
                 valid_ratio=0.1, drop_unseen_eval_items=False):
-    """Interactions -> (train_original, validation, test) DataFrames, SPEC 1.2 steps 2-5."""
+    """Interactions -> (train_original, validation, test) DataFrames, docs/method.md §1.2 steps 2-5."""
     import pandas as pd
 
     positives, negatives = k_core(frame, threshold, min_user, min_item)
@@ -324,7 +324,7 @@ def preprocess(name, data_dir, options, log=print, keep_present=False):
     splits = make_splits(frame, options.positive_threshold, options.min_user, options.min_item,
                          options.seed, options.test_ratio, options.valid_ratio, drop_unseen)
     for split, table in zip(SPLITS[1:], splits[1:]):
-        if table.empty:  # valid SPEC 1.2 output, but main.py refuses to train on it: say so now
+        if table.empty:  # valid docs/method.md §1.2 output, but main.py refuses to train on it: say so now
             flag = "--valid_ratio" if split == "validation" else "--test_ratio"
             print(f"warning: the {split} split is empty ({flag} {getattr(options, flag[2:])} of each user's "
                   f"positives rounds down to 0, or no user has 5 positives); main.py cannot evaluate on it",
