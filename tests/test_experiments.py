@@ -1,4 +1,4 @@
-"""experiments.py: the aggregation against independent computations, and real sweeps on synthetic data."""
+"""experiments.py, sweep.py, report.py: the aggregation against independent computations, and real sweeps on synthetic data."""
 import itertools
 import json
 import math
@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 import experiments
+import report
+import sweep
 from conftest import ROOT, write_synthetic_dataset
 
 TINY = ["--batch_size", "64", "--top_k", "5", "20", "--r", "5", "--s", "2", "--t", "2",
@@ -28,7 +30,7 @@ def write_fake_run(out, config, seed, test, per_user, curve=((1, 0.1), (2, 0.2))
     folder.mkdir(parents=True)
     (folder / "run.test.json").write_text(json.dumps({
         "best_epoch": seed % 7 + 1, "eval_protocol": "faithful", "train_seconds": 10.0 + seed % 3,
-        "test": {"20": dict(zip(experiments.METRICS, test))}}))
+        "test": {"20": dict(zip(sweep.METRICS, test))}}))
     lines = ["user_id,precision@20,recall@20,ndcg@20"] + [f"{user},{p!r},{r!r},{n!r}" for user, (p, r, n) in per_user.items()]
     (folder / "run.test_users.csv").write_text("\n".join(lines) + "\n")
     (folder / "run.out").write_text("".join(
@@ -67,14 +69,14 @@ def fake_sweep(tmp_path):
 
 def test_aggregation_against_independent_computation(fake_sweep):
     out, values = fake_sweep
-    summary = experiments.summarize(out)
+    summary = report.summarize(out)
     assert summary["baseline"] == "base" and summary["k"] == 20 and summary["dataset"] == "TOY"
     base, new = summary["configs"]
     seeds = (2024, 2025, 2026)
     t_975_df2 = 4.302652729911275  # Student t table: 97.5% quantile, 2 degrees of freedom
     for entry, config in ((base, "base"), (new, "new")):
         assert entry["seeds"] == 3 and [run["seed"] for run in entry["runs"]] == list(seeds)
-        for index, metric in enumerate(experiments.METRICS):
+        for index, metric in enumerate(sweep.METRICS):
             x = np.array([values[config, seed][0][index] for seed in seeds])
             mean, std = x.sum() / 3, math.sqrt(((x - x.sum() / 3) ** 2).sum() / 2)
             assert entry["mean"][metric] == pytest.approx(mean, rel=1e-12)
@@ -99,7 +101,7 @@ def test_aggregation_against_independent_computation(fake_sweep):
 
 def test_validation_curves_come_from_the_logs(fake_sweep):
     out, _ = fake_sweep
-    _, configs = experiments.collect(out, 20)
+    _, configs = report.collect(out, 20)
     assert [run.curve for _, _, runs in configs for run in runs] == [[(1, 0.1), (2, 0.2)]] * 6
 
 
@@ -123,7 +125,7 @@ def test_unfinished_runs_do_not_count(fake_sweep):
     out, _ = fake_sweep
     (out / "new/seed2026/run.test.json").unlink()
     (out / "new/seed2026/run.last.pt").write_bytes(b"")
-    new = experiments.summarize(out)["configs"][1]
+    new = report.summarize(out)["configs"][1]
     assert new["seeds"] == 2 and [run["seed"] for run in new["runs"]] == [2024, 2025]
 
 
@@ -165,7 +167,7 @@ def test_bad_command_lines(argv, message, capsys):
 
 def test_a_config_rerun_with_other_flags_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
-    experiments.update_manifest(out, "TOY", [("refine", ["--dataset", "TOY", "--p", "2"])])
+    sweep.update_manifest(out, "TOY", [("refine", ["--dataset", "TOY", "--p", "2"])])
     code = experiments.main(["--dataset", "TOY", "--configs", "refine", "--out", str(out), "--seeds", "1"])
     assert code == 2 and "config refine ran with flags" in capsys.readouterr().err
 
@@ -205,9 +207,9 @@ def test_local_pool_spreads_runs_over_the_gpus(tmp_path, monkeypatch):
         started.append((command[command.index("--device") + 1], env["OMP_NUM_THREADS"]))
         return Child()
 
-    monkeypatch.setattr(experiments, "start_run", fake_start)
-    monkeypatch.setattr(experiments, "available_cores", lambda: 8)
-    runs = [experiments.Run("refine", seed, tmp_path / f"seed{seed}", ["--dataset", "TOY"]) for seed in range(4)]
+    monkeypatch.setattr(sweep, "start_run", fake_start)
+    monkeypatch.setattr(sweep, "available_cores", lambda: 8)
+    runs = [sweep.Run("refine", seed, tmp_path / f"seed{seed}", ["--dataset", "TOY"]) for seed in range(4)]
 
     class Progress:
         def started(self, run):
@@ -216,7 +218,7 @@ def test_local_pool_spreads_runs_over_the_gpus(tmp_path, monkeypatch):
         def finished(self, run, returncode):
             assert returncode == 0
 
-    experiments.execute_local(runs, ["cuda:0", "cuda:1"], 4, Progress())
+    sweep.execute_local(runs, ["cuda:0", "cuda:1"], 4, Progress())
     assert sorted(started) == [("cuda:0", "2"), ("cuda:0", "2"), ("cuda:1", "2"), ("cuda:1", "2")]
 
 
@@ -234,7 +236,7 @@ def test_sweep_runs_each_run_once_and_reports_the_same(toy_data, tmp_path):
             assert log.count("\nEpoch: ") == 2 and "Final Test Results" in log
             assert f"ramdom_seed: {run['seed']}" in log
             assert run["test"]["recall"] == json.loads((folder / "run.test.json").read_text())["test"]["20"]["recall"]
-            assert json.loads((folder / "run.json").read_text())["threads"] == max(1, experiments.available_cores() // 2)
+            assert json.loads((folder / "run.json").read_text())["threads"] == max(1, sweep.available_cores() // 2)
     # Different seeds give different runs.
     refine_runs = summary["configs"][0]["runs"]
     assert (out / "refine/seed2024/run.out").read_text() != (out / "refine/seed2025/run.out").read_text()
