@@ -10,6 +10,8 @@ finished epoch. The report (report.py) is printed and written to OUT as summary.
 summary.json, curves.png and bars.png. This module is the command line.
 """
 import argparse
+import importlib.util
+import math
 import re
 import shlex
 import sys
@@ -19,10 +21,13 @@ from pathlib import Path
 import entry
 import report
 import sweep
-from sweep import OWN_FLAGS
+from sweep import MANIFEST, OWN_FLAGS
 from utils import ArgumentParser, HelpFormatter, InputError
 
 FIRST_SEED = 2024  # seed 2024 first: it is the published run's seed
+MAX_SEED_COUNT = 100  # --seeds N above this is refused: it is almost surely a seed, not a count
+# The sweep folder's own files: no config may be named like them.
+RESERVED_NAMES = (MANIFEST, "summary.md", "summary.tex", "summary.json", "curves.png", "bars.png")
 
 PRESETS = {
     "paper": {
@@ -61,10 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run only these configs (of the preset or of --config; default: all of them)")
     parser.add_argument("--config", action="append", default=[], metavar='NAME="--flag value ..."',
                         help="add a config of main.py flags; repeatable (default: none)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[5], metavar="N | S1 S2",
-                        help="one number N: the seeds 2024 .. 2024+N-1; several numbers: those seeds "
+    parser.add_argument("--seeds", nargs="+", default=["5"], metavar="N | S1 S2 | S,",
+                        help=f"one number N (at most {MAX_SEED_COUNT}): the seeds 2024 .. 2024+N-1; several "
+                             "numbers, or numbers with commas: those seeds (--seeds 2024, is seed 2024 alone) "
                              "(default: 5, i.e. 2024 .. 2028)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at the same time (local executor)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of each run (local executor; a config's or `-- --threads N` wins); "
+                             "more than 1 pays only on an idle machine with cores to spare")
     parser.add_argument("--devices", nargs="+", default=None,
                         help="devices for the runs, e.g. cuda:0 cuda:1 or cpu (default: every visible "
                              "GPU, else cpu); several jobs may share one")
@@ -101,33 +110,62 @@ def parse_args(argv) -> Options:
     for flag in extra:
         if flag.split("=")[0] in OWN_FLAGS:
             parser.error(f"{flag} after --: experiments.py sets it for every run (use --seeds / --devices)")
-    if args.jobs < 1 or args.cpus_per_run < 1:
-        parser.error("--jobs and --cpus_per_run must be at least 1")
-    if args.gpus_per_run is not None and args.gpus_per_run < 0:
-        parser.error("--gpus_per_run must not be negative")
+    if args.jobs < 1 or args.cpus_per_run < 1 or args.threads < 1:
+        parser.error("--jobs, --threads and --cpus_per_run must be at least 1")
+    if args.gpus_per_run is not None and not (math.isfinite(args.gpus_per_run) and args.gpus_per_run >= 0):
+        parser.error(f"--gpus_per_run {args.gpus_per_run}: must be a number >= 0 (0.5 puts two runs on a GPU)")
+    if args.executor == "ray" and args.report is None and importlib.util.find_spec("ray") is None:
+        parser.error("--executor ray needs Ray: pip install -r requirements-ray.txt")  # before any run starts
     return Options(args, extra)
 
 
 def resolve_seeds(values) -> list:
-    """--seeds N -> [2024, ..., 2024 + N - 1]; --seeds A B C -> [A, B, C] (repeats dropped)."""
-    if len(values) == 1:
-        if values[0] < 1:
-            raise InputError(f"--seeds {values[0]}: give a number of seeds >= 1, or two or more seeds")
-        return list(range(FIRST_SEED, FIRST_SEED + values[0]))
-    return list(dict.fromkeys(values))
+    """--seeds N -> [2024, ..., 2024 + N - 1]; --seeds A B C or A,B or A, -> [A, B, C] (repeats dropped).
+
+    One number is a count, up to MAX_SEED_COUNT: a larger one is almost surely a seed (--seeds 2024
+    would start 2,024 runs), so it is refused with the way to write one seed.
+    """
+    text = " ".join(values)
+    parts = [part for value in values for part in value.split(",") if part.strip()]
+    if not parts or not all(re.fullmatch(r"\s*-?\d+\s*", part) for part in parts):
+        raise InputError(f"--seeds {text}: give a number of seeds, or seeds as integers (2024 7 9 or 2024,7,9)")
+    numbers = [int(part) for part in parts]
+    if len(numbers) == 1 and "," not in text:
+        count = numbers[0]
+        if count < 1:
+            raise InputError(f"--seeds {count}: give a number of seeds >= 1, or seeds with a comma (--seeds {count},)")
+        if count > MAX_SEED_COUNT:
+            raise InputError(f"--seeds {count}: one number is a count of seeds, at most {MAX_SEED_COUNT}; for seed "
+                             f"{count} alone write --seeds {count}, (several: --seeds {count} {count + 1})")
+        return list(range(FIRST_SEED, FIRST_SEED + count))
+    bad = [seed for seed in numbers if not 0 <= seed < 2 ** 32]
+    if bad:  # main.py's (numpy's) seed range, checked before any run starts
+        raise InputError(f"--seeds {text}: seed {bad[0]} out of range; seeds are integers from 0 to 2**32 - 1")
+    return list(dict.fromkeys(numbers))
 
 
 def resolve_configs(args) -> list:
     """[(name, main.py flags)] in order: the preset's configs, then --config ones, filtered by --configs."""
     configs = dict(PRESETS[args.preset])
+    added = set()
     for spec in args.config:
         name, sep, flags = spec.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
-            raise InputError(f'--config {spec!r}: write NAME="--flag value ...", NAME of letters, digits, _ . + -')
+        # A name is a folder in OUT: no path, no "." or "..", none of OUT's own files.
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_.+-]+", name) or set(name) == {"."}:
+            raise InputError(f'--config {spec!r}: write NAME="--flag value ...", NAME of letters, digits, _ . + - '
+                             f'(a name, not a path)')
+        if name in RESERVED_NAMES:
+            raise InputError(f"--config {name}: {name} is a file of the sweep folder; choose another name")
+        if name in added:
+            raise InputError(f"--config {name}: given twice; give each config its own name")
+        if name in configs:
+            raise InputError(f"--config {name}: a config of --preset {args.preset} has this name "
+                             f"({shlex.join(configs[name]) or 'no flags'}); choose another name")
         try:
             configs[name] = shlex.split(flags)
         except ValueError as exc:
             raise InputError(f"--config {name}: cannot split the flags ({exc})") from None
+        added.add(name)
     if args.configs:
         unknown = [name for name in args.configs if name not in configs]
         if unknown:

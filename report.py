@@ -9,6 +9,7 @@ the 95% t interval of the test metrics over seeds; against a baseline config, th
 difference of the means, a paired t-test over seeds and a Wilcoxon signed-rank test over users
 (scipy.stats). Written to OUT as summary.md, summary.tex, summary.json, curves.png and bars.png.
 """
+import csv
 import json
 import math
 import re
@@ -19,6 +20,9 @@ from pathlib import Path
 import compare
 from sweep import METRICS, read_manifest, run_status
 from utils import InputError, atomic_write
+
+MIN_SEEDS = 5  # fewer seeds than this: the tables mark the count and the t-test over seeds with FEW
+FEW = "†"
 
 
 @dataclass
@@ -32,20 +36,79 @@ class RunResult:
     curve: list = field(default_factory=list)  # [(epoch, validation recall@k)]
 
 
-def read_run(out: Path, config: str, folder: Path, k: int) -> RunResult:
-    test = json.loads((folder / "run.test.json").read_text())
-    if str(k) not in test["test"]:
-        raise InputError(f"{folder / 'run.test.json'}: no metrics at k = {k} (has {', '.join(test['test'])})")
-    log = compare.parse_log(folder / "run.out")  # the validation curve, and older runs' training time
-    train_seconds = test.get("train_seconds", log.training_seconds)
+class DamagedRun(Exception):
+    """A finished run whose files cannot be read as written (invalid JSON, a missing key, NaN, a
+    garbled per-user CSV): the report names the file and leaves the run out."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_test(path: Path, k: int) -> dict:
+    """run.test.json, checked: best_epoch an integer, finite test metrics at k, train_seconds a number if present."""
+    try:
+        test = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DamagedRun(path, f"cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    except ValueError as exc:
+        raise DamagedRun(path, f"not valid JSON ({exc})") from None
+    if not isinstance(test, dict) or not isinstance(test.get("test"), dict) or not test["test"]:
+        raise DamagedRun(path, 'no "test" metrics')
+    if str(k) not in test["test"]:  # the run is fine, the question is not: every run of main.py has its --top_k
+        raise InputError(f"{path}: no metrics at k = {k} (has {', '.join(test['test'])}); choose --k among them")
+    at_k = test["test"][str(k)]
+    for metric in METRICS:
+        if not isinstance(at_k, dict) or not _finite(at_k.get(metric)):
+            raise DamagedRun(path, f"{metric} at k = {k} is {at_k.get(metric) if isinstance(at_k, dict) else at_k!r}, "
+                                   f"not a finite number")
+    if not isinstance(test.get("best_epoch"), int) or isinstance(test["best_epoch"], bool):
+        raise DamagedRun(path, f"best_epoch is {test.get('best_epoch')!r}, not an integer")
+    if test.get("train_seconds") is not None and not _finite(test["train_seconds"]):
+        raise DamagedRun(path, f"train_seconds is {test['train_seconds']!r}, not a finite number")
+    return test
+
+
+def read_per_user(path: Path) -> dict:
+    """run.test_users.csv (csv module: ids may hold commas) -> {metric: {user id: value}}; {} tables if absent."""
     per_user = {metric: {} for metric in METRICS}
-    users_path = folder / "run.test_users.csv"
-    if users_path.is_file():
-        lines = users_path.read_text().splitlines()
-        for line in lines[1:]:
-            user, *values = line.split(",")
-            for metric, value in zip(METRICS, values):
-                per_user[metric][user] = float(value)
+    if not path.exists():
+        return per_user  # runs made before main.py wrote it: no tests over users
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DamagedRun(path, f"cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    if not rows or len(rows[0]) != 1 + len(METRICS) or rows[0][0] != "user_id":
+        raise DamagedRun(path, "no header user_id,precision@K,recall@K,ndcg@K")
+    for line, row in enumerate(rows[1:], start=2):
+        try:
+            if len(row) != 1 + len(METRICS):
+                raise ValueError(f"{len(row)} fields, not {1 + len(METRICS)}")
+            values = [float(value) for value in row[1:]]
+            if not all(map(math.isfinite, values)) or row[0] in per_user[METRICS[0]]:
+                raise ValueError("a value that is not finite" if not all(map(math.isfinite, values))
+                                 else f"user {row[0]} a second time")
+        except ValueError as exc:
+            raise DamagedRun(path, f"line {line}: {exc}") from None
+        for metric, value in zip(METRICS, values):
+            per_user[metric][row[0]] = value
+    return per_user
+
+
+def read_run(out: Path, config: str, folder: Path, k: int) -> RunResult:
+    """One finished run's files, each read once; DamagedRun names the first unusable one."""
+    test = read_test(folder / "run.test.json", k)
+    try:
+        log = compare.parse_log(folder / "run.out")  # the validation curve, and older runs' training time
+    except InputError as exc:
+        raise DamagedRun(folder / "run.out", str(exc).partition(": ")[2] or str(exc)) from None
+    train_seconds = test.get("train_seconds", log.training_seconds)
+    per_user = read_per_user(folder / "run.test_users.csv")
     curve = [(record.epoch, record.metrics[k][1]) for record in log.epochs if k in record.metrics]
     return RunResult(seed=int(folder.name[len("seed"):]), log=str((folder / "run.out").relative_to(out)),
                      best_epoch=test["best_epoch"], train_seconds=train_seconds,
@@ -53,16 +116,33 @@ def read_run(out: Path, config: str, folder: Path, k: int) -> RunResult:
                      per_user=per_user, curve=curve)
 
 
-def collect(out: Path, k: int):
-    """(dataset, [(name, flags, [RunResult of finished runs, by seed])]) from OUT."""
+@dataclass
+class Collected:
+    """What the report reads from OUT, once: each config's usable finished runs, and the runs left out."""
+    dataset: str
+    configs: list                    # [(name, flags, [RunResult by seed])]
+    left_out: list                   # [{"config", "seed", "file", "reason"}]: damaged runs
+
+
+def collect(out: Path, k: int) -> Collected:
+    """Every finished run of OUT; a damaged one is named on stderr (one line) and left out."""
     manifest = read_manifest(out)
-    configs = []
+    configs, left_out = [], []
     for entry in manifest["configs"]:
         folders = sorted((folder for folder in (out / entry["name"]).glob("seed*")
                           if re.fullmatch(r"seed-?\d+", folder.name) and run_status(folder) == "done"),
                          key=lambda folder: int(folder.name[len("seed"):]))
-        configs.append((entry["name"], entry["flags"], [read_run(out, entry["name"], f, k) for f in folders]))
-    return manifest["dataset"], configs
+        runs = []
+        for folder in folders:
+            try:
+                runs.append(read_run(out, entry["name"], folder, k))
+            except DamagedRun as damage:
+                seed = int(folder.name[len("seed"):])
+                print(f"warning: {damage}; {entry['name']} seed {seed} is left out of the report", file=sys.stderr)
+                left_out.append({"config": entry["name"], "seed": seed, "file": str(damage.path.relative_to(out)),
+                                 "reason": damage.reason})
+        configs.append((entry["name"], entry["flags"], runs))
+    return Collected(manifest["dataset"], configs, left_out)
 
 
 def describe(values) -> dict:
@@ -110,13 +190,14 @@ def paired_tests(runs, baseline_runs, metric):
 
 def summarize(out: Path, baseline=None, k=20, collected=None) -> dict:
     """The summary.json dictionary of the finished runs in OUT (`collected`: collect()'s result, if read)."""
-    dataset, configs = collected or collect(out, k)
+    collected = collected or collect(out, k)
+    dataset, configs = collected.dataset, collected.configs
     names = [name for name, _, _ in configs]
     baseline = baseline or (names[0] if names else None)
     if baseline not in names:
         raise InputError(f"--baseline {baseline}: not a config of {out} (configs: {', '.join(names)})")
     base_runs = next(runs for name, _, runs in configs if name == baseline)
-    summary = {"dataset": dataset, "k": k, "baseline": baseline, "configs": []}
+    summary = {"dataset": dataset, "k": k, "baseline": baseline, "configs": [], "left_out": collected.left_out}
     for name, flags, runs in configs:
         stats = {metric: describe([run.test[metric] for run in runs]) for metric in METRICS}
         for key in ("best_epoch", "train_seconds"):
@@ -135,7 +216,8 @@ def summarize(out: Path, baseline=None, k=20, collected=None) -> dict:
                 p_seed, p_user = paired_tests(runs, base_runs, metric)
                 comparison[metric] = {"rel_diff": (entry["mean"][metric] - base_mean) / base_mean if base_mean else None,
                                       "p_seed_ttest": p_seed, "p_user_wilcoxon": p_user}
-            entry["vs_baseline"] = {"recall_rel_diff": comparison["recall"]["rel_diff"],
+            entry["vs_baseline"] = {"paired_seeds": len({run.seed for run in runs} & {run.seed for run in base_runs}),
+                                    "recall_rel_diff": comparison["recall"]["rel_diff"],
                                     "p_seed_ttest": comparison["recall"]["p_seed_ttest"],
                                     "p_user_wilcoxon": comparison["recall"]["p_user_wilcoxon"],
                                     "by_metric": comparison}
@@ -165,8 +247,12 @@ def table_rows(summary):
     """Rows of the two report tables: metrics over seeds, and each config against the baseline."""
     k = summary["k"]
     metric_rows, test_rows = [], []
+    damaged = {}
+    for run in summary.get("left_out", []):
+        damaged[run["config"]] = damaged.get(run["config"], 0) + 1
     for entry in summary["configs"]:
-        cells = [entry["name"], str(entry["seeds"])]
+        cells = [entry["name"], str(entry["seeds"]) + (FEW if 0 < entry["seeds"] < MIN_SEEDS else "")
+                 + (f" ({damaged[entry['name']]} left out)" if entry["name"] in damaged else "")]
         for metric in METRICS:
             mean, std, ci = entry["mean"][metric], entry["std"][metric], entry["ci95"][metric]
             cell = _num(mean) + ("" if std is None else f" ± {std:.4f}")
@@ -180,7 +266,8 @@ def table_rows(summary):
             row = [entry["name"]]
             for metric in ("recall", "ndcg"):
                 m = versus["by_metric"][metric]
-                row += [_pct(m["rel_diff"]), _p(m["p_seed_ttest"]), _p(m["p_user_wilcoxon"])]
+                few = FEW if m["p_seed_ttest"] is not None and versus["paired_seeds"] < MIN_SEEDS else ""
+                row += [_pct(m["rel_diff"]), _p(m["p_seed_ttest"]) + few, _p(m["p_user_wilcoxon"])]
             test_rows.append(row)
     metric_head = ["config", "seeds", f"Precision@{k}", f"Recall@{k} [95% CI]", f"NDCG@{k} [95% CI]",
                    "best epoch", "train s"]
@@ -189,17 +276,34 @@ def table_rows(summary):
     return (metric_head, metric_rows), (test_head, test_rows)
 
 
+def notes(summary, rows, reasons=True) -> list:
+    """The lines under a table: what a † means, which damaged runs were left out (only when it applies)."""
+    lines = []
+    if any(FEW in cell for row in rows for cell in row):
+        lines.append(f"{FEW} fewer than {MIN_SEEDS} seeds: the interval is wide and a test over seeds has little "
+                     f"power, so a p-value there means little.")
+    if summary.get("left_out") and rows and "left out" in " ".join(cell for row in rows for cell in row):
+        lines.append("Left out (damaged files): " + "; ".join(
+            f"{run['config']} seed {run['seed']}" + (f" ({run['file']}: {run['reason']})" if reasons else "")
+            for run in summary["left_out"]) + ".")
+    return lines
+
+
 def markdown(summary) -> str:
     (mh, mr), (th, tr) = table_rows(summary)
     table = compare.markdown_table
 
+    def with_notes(rows, head):
+        found = notes(summary, rows)
+        return [table(head, rows)] + ([""] + found if found else [])
+
     text = [f"## {summary['dataset']}: test metrics at k = {summary['k']} over seeds", "",
             "mean ± sample std over seeds; [95% confidence interval of the mean, t distribution]; "
-            "best epoch and training seconds are means.", "", table(mh, mr), "",
+            "best epoch and training seconds are means.", "", *with_notes(mr, mh), "",
             f"## Against {summary['baseline']}", "",
             "Δ: relative difference of the means; p (t, seeds): paired t-test over the seeds both configs "
             "finished; p (Wilcoxon, users): Wilcoxon signed-rank test over test users, each user's metric "
-            "averaged over those seeds.", "", table(th, tr), ""]
+            "averaged over those seeds.", "", *with_notes(tr, th), ""]
     return "\n".join(text)
 
 
@@ -208,14 +312,16 @@ def latex(summary) -> str:
 
     def esc(text):
         return (text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%")
-                .replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("–", "--").replace("@", "@"))
+                .replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("–", "--").replace(FEW, r"$^\dagger$"))
 
     def table(head, rows, caption):
         spec = "l" + "r" * (len(head) - 1)
         body = [r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(caption)}}}", rf"\begin{{tabular}}{{{spec}}}",
                 r"\toprule", " & ".join(esc(cell) for cell in head) + r" \\", r"\midrule"]
         body += [" & ".join(esc(cell) for cell in row) + r" \\" for row in rows]
-        return "\n".join(body + [r"\bottomrule", r"\end{tabular}", r"\end{table}"])
+        body += [r"\bottomrule", r"\end{tabular}"]
+        body += [r"\par\footnotesize " + esc(line) for line in notes(summary, rows, reasons=False)]
+        return "\n".join(body + [r"\end{table}"])
 
     return "\n\n".join([
         "% needs \\usepackage{booktabs}",
@@ -287,7 +393,7 @@ def report(out: Path, baseline=None, k=20) -> dict:
         handle.write(latex(summary))
     with atomic_write(out / "summary.json") as handle:
         json.dump(summary, handle, indent=1, allow_nan=False)
-    plot(out, summary, collected[1], k)
+    plot(out, summary, collected.configs, k)
     print(text)
     print(f"written: {', '.join(str(out / name) for name in ('summary.md', 'summary.tex', 'summary.json', 'curves.png', 'bars.png'))}",
           file=sys.stderr)
