@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                "--out results/ML-100K -- --flush_denormal\n"
                "  python experiments.py --dataset ML-1M --config tuned=\"--p 2 --q 0.5\" --configs refine "
                "--out results/ML-1M\n"
+               "  python experiments.py --dataset ML-100K --configs refine --seeds 2024, --out results/one  "
+               "# the published seed alone\n"
                "  python experiments.py --report results/ML-100K\n"
                "outputs: OUT/<config>/seed<S>/run.* per run; OUT/summary.{md,tex,json}, OUT/curves.png, "
                "OUT/bars.png")
@@ -75,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch threads of each run (local executor; a config's or `-- --threads N` wins); "
                              "more than 1 pays only on an idle machine with cores to spare")
     parser.add_argument("--devices", nargs="+", default=None,
-                        help="devices for the runs, e.g. cuda:0 cuda:1 or cpu (default: every visible "
-                             "GPU, else cpu); several jobs may share one")
+                        help="devices for the runs, e.g. cuda:0 cuda:1 (as this process sees them) or cpu "
+                             "(default: every GPU torch can use, else cpu); several jobs may share one; each "
+                             "run sees only its own GPU, as cuda:0")
     parser.add_argument("--executor", choices=["local", "ray"], default="local",
                         help="local: a pool of --jobs processes here; ray: one Ray task per run")
     parser.add_argument("--ray_address", default=None,

@@ -301,10 +301,6 @@ def default_devices() -> list:
     return gpus or ["cpu"]
 
 
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 class SweepProgressBar:
     """A progress bar over runs: done / running / failed, with tqdm's ETA."""
 
