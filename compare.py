@@ -1,8 +1,7 @@
 """Compare training logs (ours or the authors' results4comparison) and plot their learning curves.
 
-    python compare.py ../shared/reference-logs/ReFINe_ML-100K.out \
-        ../shared/reference-logs/ReFINe_ML-100K.published-code-on-cpu.out \
-        --labels published-gpu published-code-cpu --markdown --plot compare_ML-100K.png
+    python compare.py results4comparison/ReFINe_ML-100K.out results4comparison/LightGCN_ML-100K.out \
+        --labels refine lightgcn --markdown --plot compare_ML-100K.png
 
 The first log is the reference: every other run gets absolute and relative differences of its
 final test metrics against it. Any log in the published format parses: ReFINe's and ReFINe++'s
@@ -320,7 +319,7 @@ def plot_curves(runs, labels, k, out_path=None):
 
 
 EPILOG = """examples:
-  python compare.py ../shared/reference-logs/ReFINe_ML-100K.out my_ML-100K.out --labels published mine
+  python compare.py results4comparison/ReFINe_ML-100K.out my_ML-100K.out --labels ours mine
   python compare.py a.out b.out c.out --k 10 --markdown --plot curves.png
 
 LOG: main.py's log (its stdout, e.g. `python main.py ... > my_ML-100K.out`) or a published
