@@ -1,6 +1,6 @@
 """Tests for compare.py: log parsing (published logs and synthetic ones), the diff table, the plot.
 
-    /work/venv/bin/pytest tests/test_compare.py -q
+    python -m pytest -q tests/test_compare.py
 """
 import matplotlib.image
 import pytest
