@@ -1,8 +1,7 @@
 """Compare training logs (ours or the authors' results4comparison) and plot their learning curves.
 
-    python compare.py ../shared/reference-logs/ReFINe_ML-100K.out \
-        ../shared/reference-logs/ReFINe_ML-100K.published-code-on-cpu.out \
-        --labels published-gpu published-code-cpu --markdown --plot compare_ML-100K.png
+    python compare.py results4comparison/ReFINe_ML-100K.out results4comparison/LightGCN_ML-100K.out \
+        --labels refine lightgcn --markdown --plot compare_ML-100K.png
 
 The first log is the reference: every other run gets absolute and relative differences of its
 final test metrics against it. Any log in the published format parses: ReFINe's and ReFINe++'s
@@ -14,6 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import entry
 from utils import ArgumentParser, HelpFormatter, InputError, atomic_write, check_output_path
 
 RULE_RE = re.compile(r"^#{10,}\s*$")
@@ -44,8 +44,8 @@ class EpochRecord:
 
 
 @dataclass
-class RunLog:
-    """A parsed training log."""
+class ParsedLog:
+    """A parsed training log (utils.RunLog is the stream main.py writes one with)."""
 
     path: str
     header: dict
@@ -79,7 +79,7 @@ def parse_top_k(value):
 
 
 def parse_log_text(text, path="<text>"):
-    """Parse the text of a log in the published format into a RunLog (see parse_log)."""
+    """Parse the text of a log in the published format into a ParsedLog (see parse_log)."""
     header = {}
     epochs = {}
     best_epoch = None
@@ -152,7 +152,7 @@ def parse_log_text(text, path="<text>"):
     if best_valid is None and best_epoch in epochs and epochs[best_epoch].metrics:
         best_valid = dict(epochs[best_epoch].metrics)
     top_k = parse_top_k(header["top_k"]) if "top_k" in header else []
-    return RunLog(
+    return ParsedLog(
         path=str(path),
         header=header,
         top_k=top_k,
@@ -177,7 +177,7 @@ def resolve_log(argument):
 
 
 def parse_log(path):
-    """Read a ReFINe / ReFINe++ / main.py log into a RunLog.
+    """Read a ReFINe / ReFINe++ / main.py log into a ParsedLog.
 
     header: {name: value string} of the argument block; epochs: EpochRecord per evaluated epoch;
     best_epoch: from "Early stopping at epoch E" (upstream prints the best epoch there), else
@@ -249,6 +249,12 @@ def _metric_cell(row, name):
     return cell
 
 
+def markdown_table(head, rows) -> str:
+    """A markdown table: the first column left-aligned (names), the others right-aligned (numbers)."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
 def format_table(rows, k, markdown=False):
     """Render compare_rows() output as an aligned text table or a markdown table."""
     columns = ["run", "best epoch", "epochs", f"Precision@{k}", f"Recall@{k}", f"NDCG@{k}", "train s"]
@@ -264,9 +270,7 @@ def format_table(rows, k, markdown=False):
             ]
         )
     if markdown:
-        lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(["---"] + ["---:"] * 6) + "|"]
-        lines += ["| " + " | ".join(cells) + " |" for cells in body]
-        return "\n".join(lines)
+        return markdown_table(columns, body)
     widths = [max(len(r[i]) for r in [columns] + body) for i in range(len(columns))]
     lines = []
     for cells in [columns] + body:
@@ -327,7 +331,7 @@ def plot_curves(runs, labels, k, out_path=None):
 
 
 EPILOG = """examples:
-  python compare.py ../shared/reference-logs/ReFINe_ML-100K.out my_ML-100K.out --labels published mine
+  python compare.py results4comparison/ReFINe_ML-100K.out my_ML-100K.out --labels ours mine
   python compare.py a.out b.out c.out --k 10 --markdown --plot curves.png
 
 LOG: main.py's log (its stdout, e.g. `python main.py ... > my_ML-100K.out`) or a published
@@ -362,37 +366,40 @@ def default_labels(paths):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        if args.labels is not None and len(args.labels) != len(args.logs):
-            raise InputError(f"--labels has {len(args.labels)} names for {len(args.logs)} logs")
-        if args.plot is not None:
-            if Path(args.plot).suffix.lower() != ".png":
-                raise InputError(f"--plot {args.plot}: the file name must end in .png")
-            check_output_path(args.plot, "--plot")
-        labels = args.labels or default_labels(args.logs)
-        runs = [parse_log(resolve_log(path)) for path in args.logs]
-        check_k(runs, labels, args.k)
-        print(format_table(compare_rows(runs, labels, args.k), args.k, markdown=args.markdown))
-        for run, label in zip(runs, labels):
-            if run.final_test is None:
-                print(
-                    f"note: {label} ({run.path}) has no Final Test Results (unfinished run?); "
-                    f"shown as '-', last epoch {run.epochs[-1].epoch}",
-                    file=sys.stderr,
-                )
-        if args.plot is not None:
-            plot_curves(runs, labels, args.k, args.plot)
-            print(f"wrote {args.plot}", file=sys.stderr)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        # the table goes to stdout as a whole; the PNG is written under a temporary name
-        print("error: interrupted; no plot was written, nothing to resume: rerun the same command",
-              file=sys.stderr)
-        return 2
+    # The table goes to stdout as a whole; the PNG is written under a temporary name.
+    stop = entry.Stop("no plot was written, nothing to resume: rerun the same command")
+    return entry.run_script(lambda: run_compare(args), stop)
+
+
+def run_compare(args) -> int:
+    """The body of the command: check the flags, parse the logs, print the table, draw the plot."""
+    if args.labels is not None and len(args.labels) != len(args.logs):
+        raise InputError(f"--labels has {len(args.labels)} names for {len(args.logs)} logs")
+    labels = args.labels or default_labels(args.logs)
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:  # one curve would hide the other under one legend entry, one row the other in the table
+        raise InputError(f"--labels {', '.join(repeated)}: given to more than one log; give each log its own label"
+                         if args.labels else f"{', '.join(repeated)}: the same log given twice; give it once")
+    if args.plot is not None:
+        if Path(args.plot).suffix.lower() != ".png":
+            raise InputError(f"--plot {args.plot}: the file name must end in .png")
+        check_output_path(args.plot, "--plot")
+    runs = [parse_log(resolve_log(path)) for path in args.logs]
+    check_k(runs, labels, args.k)
+    print(format_table(compare_rows(runs, labels, args.k), args.k, markdown=args.markdown))
+    for run, label in zip(runs, labels):
+        if run.final_test is None:
+            print(
+                f"note: {label} ({run.path}) has no Final Test Results (unfinished run?); "
+                f"shown as '-', last epoch {run.epochs[-1].epoch}",
+                file=sys.stderr,
+            )
+    if args.plot is not None:
+        plot_curves(runs, labels, args.k, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
+    entry.install_stop_handlers()
     sys.exit(main())

@@ -1,6 +1,6 @@
 """Tests for compare.py: log parsing (published logs and synthetic ones), the diff table, the plot.
 
-    /work/venv/bin/pytest tests/test_compare.py -q
+    python -m pytest -q tests/test_compare.py
 """
 import matplotlib.image
 import pytest
@@ -246,6 +246,9 @@ def test_cli_unfinished_run_shows_dash(tmp_path, refine_log, capsys):
     (lambda tmp, log: [str(log), str(tmp / "data.csv")], "data.csv: not a training log"),
     (lambda tmp, log: [str(log), "--k", "50"], "k=50 not reported"),
     (lambda tmp, log: [str(log), "--labels", "a", "b"], "--labels has 2 names for 1 logs"),
+    (lambda tmp, log: [str(log), str(tmp / "data.csv"), "--labels", "a", "a"],
+     "--labels a: given to more than one log; give each log its own label"),
+    (lambda tmp, log: [str(log), str(log)], "refine.out: the same log given twice; give it once"),
     (lambda tmp, log: [str(log), "--plot", str(tmp / "x.pdf")], "must end in .png"),
     (lambda tmp, log: [str(log), "--plot", str(tmp / "data.csv" / "x.png")], "data.csv is a file, not a folder"),
     (lambda tmp, log: [str(log), "--plot", str(tmp / "folder.png")], "folder.png is a directory"),
@@ -322,3 +325,16 @@ def test_cli_writes_plot(two_runs, tmp_path, capsys):
     assert compare.main([str(p) for p in two_runs] + ["--plot", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert f"wrote {out}" in capsys.readouterr().err
+
+
+def test_cli_subprocess_one_label_for_two_logs(two_runs):
+    """Two logs under one --labels name would draw one curve over the other: one line, exit 2."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    process = subprocess.run([sys.executable, str(ROOT / "compare.py"), *map(str, two_runs), "--labels", "x", "x"],
+                             capture_output=True, text=True)
+    assert (process.returncode, process.stdout) == (2, "")
+    assert process.stderr == "error: --labels x: given to more than one log; give each log its own label\n"

@@ -1,4 +1,4 @@
-"""experiments.py: the aggregation against independent computations, and real sweeps on synthetic data."""
+"""experiments.py, sweep.py, report.py: the aggregation against independent computations, and real sweeps on synthetic data."""
 import itertools
 import json
 import math
@@ -11,7 +11,10 @@ import time
 import numpy as np
 import pytest
 
+import compare
 import experiments
+import report
+import sweep
 from conftest import ROOT, write_synthetic_dataset
 
 TINY = ["--batch_size", "64", "--top_k", "5", "20", "--r", "5", "--s", "2", "--t", "2",
@@ -28,7 +31,7 @@ def write_fake_run(out, config, seed, test, per_user, curve=((1, 0.1), (2, 0.2))
     folder.mkdir(parents=True)
     (folder / "run.test.json").write_text(json.dumps({
         "best_epoch": seed % 7 + 1, "eval_protocol": "faithful", "train_seconds": 10.0 + seed % 3,
-        "test": {"20": dict(zip(experiments.METRICS, test))}}))
+        "test": {"20": dict(zip(sweep.METRICS, test))}}))
     lines = ["user_id,precision@20,recall@20,ndcg@20"] + [f"{user},{p!r},{r!r},{n!r}" for user, (p, r, n) in per_user.items()]
     (folder / "run.test_users.csv").write_text("\n".join(lines) + "\n")
     (folder / "run.out").write_text("".join(
@@ -67,14 +70,14 @@ def fake_sweep(tmp_path):
 
 def test_aggregation_against_independent_computation(fake_sweep):
     out, values = fake_sweep
-    summary = experiments.summarize(out)
+    summary = report.summarize(out)
     assert summary["baseline"] == "base" and summary["k"] == 20 and summary["dataset"] == "TOY"
     base, new = summary["configs"]
     seeds = (2024, 2025, 2026)
     t_975_df2 = 4.302652729911275  # Student t table: 97.5% quantile, 2 degrees of freedom
     for entry, config in ((base, "base"), (new, "new")):
         assert entry["seeds"] == 3 and [run["seed"] for run in entry["runs"]] == list(seeds)
-        for index, metric in enumerate(experiments.METRICS):
+        for index, metric in enumerate(sweep.METRICS):
             x = np.array([values[config, seed][0][index] for seed in seeds])
             mean, std = x.sum() / 3, math.sqrt(((x - x.sum() / 3) ** 2).sum() / 2)
             assert entry["mean"][metric] == pytest.approx(mean, rel=1e-12)
@@ -99,7 +102,7 @@ def test_aggregation_against_independent_computation(fake_sweep):
 
 def test_validation_curves_come_from_the_logs(fake_sweep):
     out, _ = fake_sweep
-    _, configs = experiments.collect(out, 20)
+    configs = report.collect(out, 20).configs
     assert [run.curve for _, _, runs in configs for run in runs] == [[(1, 0.1), (2, 0.2)]] * 6
 
 
@@ -110,7 +113,7 @@ def test_report_files_and_baseline_choice(fake_sweep, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["baseline"] == "new" and summary["configs"][1]["vs_baseline"] is None
     assert (out / "summary.md").read_text() in printed + "\n"
-    assert "| base | 3 |" in printed and "## Against new" in printed
+    assert "| base | 3† |" in printed and "## Against new" in printed
     tex = (out / "summary.tex").read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex and "base" in tex
     for image in ("curves.png", "bars.png"):
@@ -123,13 +126,43 @@ def test_unfinished_runs_do_not_count(fake_sweep):
     out, _ = fake_sweep
     (out / "new/seed2026/run.test.json").unlink()
     (out / "new/seed2026/run.last.pt").write_bytes(b"")
-    new = experiments.summarize(out)["configs"][1]
+    new = report.summarize(out)["configs"][1]
     assert new["seeds"] == 2 and [run["seed"] for run in new["runs"]] == [2024, 2025]
 
 
-@pytest.mark.parametrize("values,expected", [([3], [2024, 2025, 2026]), ([2024, 7, 9], [2024, 7, 9]), ([7, 7], [7])])
+@pytest.mark.parametrize("values,expected", [
+    (["3"], [2024, 2025, 2026]), (["2024", "7", "9"], [2024, 7, 9]), (["7", "7"], [7]), (["100"], list(range(2024, 2124))),
+    (["2024,"], [2024]), (["2024,7"], [2024, 7]), (["2024,", "9"], [2024, 9]), (["0,"], [0]),
+])
 def test_seeds(values, expected):
     assert experiments.resolve_seeds(values) == expected
+
+
+@pytest.mark.parametrize("values,message", [
+    (["2024"], "--seeds 2024: one number is a count of seeds, at most 100; for seed 2024 alone write --seeds 2024, "
+               "(several: --seeds 2024 2025)"),
+    (["101"], "--seeds 101: one number is a count of seeds, at most 100"),
+    (["0"], "--seeds 0: give a number of seeds >= 1, or seeds with a comma (--seeds 0,)"),
+    (["x"], "--seeds x: give a number of seeds, or seeds as integers"),
+    ([","], "--seeds ,: give a number of seeds"),
+    (["-1,"], "--seeds -1,: seed -1 out of range; seeds are integers from 0 to 2**32 - 1"),
+    (["1", "4294967296"], "--seeds 1 4294967296: seed 4294967296 out of range"),
+])
+def test_bad_seeds(values, message):
+    with pytest.raises(experiments.InputError) as error:
+        experiments.resolve_seeds(values)
+    assert str(error.value).startswith(message)
+
+
+def test_a_seed_given_as_a_count_starts_nothing(tmp_path):
+    """`--seeds 2024` would have started 2,024 runs: one line, exit 2, no folder made."""
+    out = tmp_path / "out"
+    result = run_sweep([sys.executable, str(ROOT / "experiments.py"), "--dataset", "TOY", "--out", str(out),
+                        "--seeds", "2024"], tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == ("error: --seeds 2024: one number is a count of seeds, at most 100; for seed 2024 alone "
+                             "write --seeds 2024, (several: --seeds 2024 2025)\n")
+    assert not out.exists()
 
 
 def test_configs_preset_pick_and_custom():
@@ -156,6 +189,10 @@ def test_help_explains_every_flag_with_its_default():
     (["--dataset", "X", "--out", "o", "--", "--random_seed", "3"], "--random_seed after --"),
     (["--dataset", "X"], "--dataset and --out are required"),
     (["--dataset", "X", "--out", "o", "--jobs", "0"], "--jobs"),
+    (["--dataset", "X", "--out", "o", "--threads", "0"], "--threads"),
+    (["--dataset", "X", "--out", "o", "--gpus_per_run", "nan"], "--gpus_per_run nan: must be a number >= 0"),
+    (["--dataset", "X", "--out", "o", "--gpus_per_run", "inf"], "--gpus_per_run inf: must be a number >= 0"),
+    (["--dataset", "X", "--out", "o", "--gpus_per_run", "-1"], "--gpus_per_run -1.0: must be a number >= 0"),
 ])
 def test_bad_command_lines(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -163,9 +200,39 @@ def test_bad_command_lines(argv, message, capsys):
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_ray_missing_is_refused_before_any_run(monkeypatch, capsys):
+    monkeypatch.setattr(experiments.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit) as exit_info:
+        experiments.parse_args(["--dataset", "X", "--out", "o", "--executor", "ray"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: --executor ray needs Ray: pip install -r requirements-ray.txt")
+
+
+@pytest.mark.parametrize("configs,message", [
+    (["..=--p 2"], "--config '..=--p 2': write NAME=\"--flag value ...\", NAME of letters, digits, _ . + - (a name, not a path)"),
+    (["../x=--p 2"], "--config '../x=--p 2': write NAME="),
+    (["a/b=--p 2"], "--config 'a/b=--p 2': write NAME="),
+    (["summary.md=--p 2"], "--config summary.md: summary.md is a file of the sweep folder; choose another name"),
+    (["a=--p 2", "a=--p 3"], "--config a: given twice; give each config its own name"),
+    (["refine_plus=--p 2"], "--config refine_plus: a config of --preset paper has this name (--model refine_plus); "
+                            "choose another name"),
+    (["refine=--p 2"], "--config refine: a config of --preset paper has this name (no flags); choose another name"),
+    (['a=--p "2'], "--config a: cannot split the flags (No closing quotation)"),
+])
+def test_config_names_are_names(tmp_path, configs, message):
+    """Names that are paths, collide with each other or with a preset's: one line, exit 2, nothing written."""
+    out = tmp_path / "out"
+    argv = ["--dataset", "TOY", "--out", str(out), "--seeds", "1"]
+    for spec in configs:
+        argv += ["--config", spec]
+    result = run_sweep([sys.executable, str(ROOT / "experiments.py"), *argv], tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {message}") and result.stderr.count("\n") == 1
+    assert not out.exists() and not (tmp_path / "x").exists()
+
+
 def test_a_config_rerun_with_other_flags_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
-    experiments.update_manifest(out, "TOY", [("refine", ["--dataset", "TOY", "--p", "2"])])
+    sweep.update_manifest(out, "TOY", [("refine", ["--dataset", "TOY", "--p", "2"])])
     code = experiments.main(["--dataset", "TOY", "--configs", "refine", "--out", str(out), "--seeds", "1"])
     assert code == 2 and "config refine ran with flags" in capsys.readouterr().err
 
@@ -190,9 +257,23 @@ def run_sweep(command, cwd):
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
-def test_local_pool_spreads_runs_over_the_gpus(tmp_path, monkeypatch):
-    """--jobs 4 on two GPUs: two runs at a time on each, torch threads split between the jobs (fake
-    children that wait until all four started, so no CUDA is needed)."""
+class RecordingProgress:
+    """The progress interface, keeping (label, returncode) of each finished run."""
+
+    def __init__(self):
+        self.ended = []
+
+    def started(self, run):
+        pass
+
+    def finished(self, run, returncode):
+        self.ended.append((run.label, returncode))
+
+
+def test_local_pool_gives_each_run_one_gpu_of_its_own(tmp_path, monkeypatch):
+    """--jobs 4 on two GPUs: two runs at a time on each; each child sees only its GPU (the physical id,
+    through the driver's own CUDA_VISIBLE_DEVICES) as cuda:0, one torch thread unless a run asks for more;
+    run.json names the GPU. Fake children wait until all four started, so no CUDA is needed."""
     import threading
     started, all_started = [], threading.Barrier(4, timeout=30)
 
@@ -202,22 +283,72 @@ def test_local_pool_spreads_runs_over_the_gpus(tmp_path, monkeypatch):
             return 0
 
     def fake_start(command, env, folder, cwd=None):
-        started.append((command[command.index("--device") + 1], env["OMP_NUM_THREADS"]))
+        started.append((command[command.index("--device") + 1], env["CUDA_VISIBLE_DEVICES"], env["OMP_NUM_THREADS"]))
         return Child()
 
-    monkeypatch.setattr(experiments, "start_run", fake_start)
-    monkeypatch.setattr(experiments, "available_cores", lambda: 8)
-    runs = [experiments.Run("refine", seed, tmp_path / f"seed{seed}", ["--dataset", "TOY"]) for seed in range(4)]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # the driver's view: cuda:0 is GPU 3, cuda:1 is GPU 5
+    monkeypatch.setattr(sweep, "start_run", fake_start)
+    monkeypatch.setattr(sweep, "cuda_device_count", lambda: 2)
+    monkeypatch.setattr(sweep, "gpu_name", lambda index: f"Fake GPU {index}")
+    runs = [sweep.Run("refine", seed, tmp_path / f"seed{seed}", ["--dataset", "TOY"] + (["--threads", "3"] if seed == 3 else []))
+            for seed in range(4)]
+    progress = RecordingProgress()
+    sweep.execute_local(runs, sweep.placements(["cuda:0", "cuda:1"]), 4, progress)
+    assert sorted(progress.ended) == [(f"refine seed {seed}", 0) for seed in range(4)]
+    assert sorted(started) == [("cuda:0", "3", "1"), ("cuda:0", "3", "1"), ("cuda:0", "5", "1"), ("cuda:0", "5", "3")]
+    records = [json.loads((run.folder / "run.json").read_text()) for run in runs]
+    assert sorted((r["device"], r["gpu"], r["cuda_visible_devices"]) for r in records) == [
+        ("cuda:0", "Fake GPU 0", "3"), ("cuda:0", "Fake GPU 0", "3"), ("cuda:1", "Fake GPU 1", "5"), ("cuda:1", "Fake GPU 1", "5")]
+    assert all("--device cuda:0" in " ".join(r["command"]) for r in records)
 
-    class Progress:
-        def started(self, run):
-            pass
 
-        def finished(self, run, returncode):
-            assert returncode == 0
+def test_devices_are_checked_and_mapped(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(sweep, "cuda_device_count", lambda: 2)
+    monkeypatch.setattr(sweep, "gpu_name", lambda index: f"GPU {index}")
+    assert [(p.device, p.gpu, p.child_device) for p in sweep.placements(["cpu", "cuda", "cuda:1"])] == [
+        ("cpu", None, "cpu"), ("cuda:0", "0", "cuda:0"), ("cuda:1", "1", "cuda:0")]
+    with pytest.raises(experiments.InputError, match="--devices cuda:2: only 2 CUDA GPU"):
+        sweep.placements(["cuda:2"])
+    with pytest.raises(experiments.InputError, match="--devices gpu0: not a device"):
+        sweep.placements(["gpu0"])
+    monkeypatch.setattr(sweep, "cuda_device_count", lambda: 0)
+    with pytest.raises(experiments.InputError, match="--devices cuda:0: no CUDA GPU.* use --devices cpu"):
+        sweep.placements(["cuda:0"])
 
-    experiments.execute_local(runs, ["cuda:0", "cuda:1"], 4, Progress())
-    assert sorted(started) == [("cuda:0", "2"), ("cuda:0", "2"), ("cuda:1", "2"), ("cuda:1", "2")]
+
+def test_default_devices_fall_back_to_the_cpu_with_one_warning(monkeypatch, capsys):
+    import devices
+
+    monkeypatch.setattr(sweep, "cuda_device_count", lambda: 0)
+    monkeypatch.setattr(devices, "cuda_unusable_warning", lambda: "warning: an NVIDIA GPU is present but ...")
+    assert sweep.default_devices() == ["cpu"]
+    assert capsys.readouterr().err == "warning: an NVIDIA GPU is present but ...\n"
+    monkeypatch.setattr(devices, "cuda_unusable_warning", lambda: None)
+    assert sweep.default_devices() == ["cpu"] and capsys.readouterr().err == ""
+
+
+def test_a_run_that_cannot_start_is_a_failure(tmp_path, monkeypatch):
+    """Its run.json cannot be written (a full disk): reported as failed, the other runs go on."""
+    import errno
+
+    def full_disk(run, *args):
+        if run.seed == 0:
+            raise OSError(errno.ENOSPC, "No space left on device", str(run.folder / "run.json"))
+        real_record(run, *args)
+
+    class Child:
+        def wait(self):
+            return 0
+
+    real_record = sweep.write_run_record
+    monkeypatch.setattr(sweep, "write_run_record", full_disk)
+    monkeypatch.setattr(sweep, "start_run", lambda *args, **kwargs: Child())
+    runs = [sweep.Run("refine", seed, tmp_path / f"seed{seed}", ["--dataset", "TOY"]) for seed in range(2)]
+    progress = RecordingProgress()
+    sweep.execute_local(runs, sweep.placements(["cpu"]), 2, progress)
+    assert sorted(progress.ended) == [("refine seed 0", None), ("refine seed 1", 0)]
+    assert sweep.last_line(runs[0]) == f"{tmp_path / 'seed0' / 'run.json'}: No space left on device"
 
 
 def test_sweep_runs_each_run_once_and_reports_the_same(toy_data, tmp_path):
@@ -234,7 +365,7 @@ def test_sweep_runs_each_run_once_and_reports_the_same(toy_data, tmp_path):
             assert log.count("\nEpoch: ") == 2 and "Final Test Results" in log
             assert f"ramdom_seed: {run['seed']}" in log
             assert run["test"]["recall"] == json.loads((folder / "run.test.json").read_text())["test"]["20"]["recall"]
-            assert json.loads((folder / "run.json").read_text())["threads"] == max(1, experiments.available_cores() // 2)
+            assert json.loads((folder / "run.json").read_text())["threads"] == 1  # one per run unless asked
     # Different seeds give different runs.
     refine_runs = summary["configs"][0]["runs"]
     assert (out / "refine/seed2024/run.out").read_text() != (out / "refine/seed2025/run.out").read_text()
@@ -249,31 +380,72 @@ def test_sweep_runs_each_run_once_and_reports_the_same(toy_data, tmp_path):
     assert second.stdout == first.stdout  # the same table
 
 
-@pytest.mark.parametrize("stop", ["kill the run", "stop the sweep"])
+def process_state(pid):
+    """The state letter of a process from /proc (R, S, Z, ...), None once it is gone."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except FileNotFoundError:
+        return None
+    return stat.rpartition(")")[2].split()[0]
+
+
+def children_of(pid):
+    """Pids whose parent is `pid` (from /proc): the processes that the one we started started itself."""
+    children = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = open(f"/proc/{entry}/stat").read().rpartition(")")[2].split()
+        except (FileNotFoundError, NotADirectoryError, ProcessLookupError, PermissionError):
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(entry))
+    return children
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the driver's children in /proc (Linux)")
+@pytest.mark.parametrize("stop", ["kill the run", "stop the sweep", "kill the driver"])
 def test_interrupted_sweep_completes_on_rerun(toy_data, tmp_path, stop):
     """A run killed with -9 is reported as failed; a sweep stopped by SIGTERM (as by Ctrl-C) stops its
-    runs cleanly. Either way the rerun resumes the run from its last finished epoch and completes it."""
+    runs cleanly; a driver killed with -9 takes its runs with it (they get SIGTERM and save their state),
+    so no run goes on alone to be started a second time by the rerun. Every time the rerun resumes the
+    run from its last finished epoch and completes it."""
     out = tmp_path / "out"
     command = sweep_command(toy_data, out, "--jobs", "1", epochs=40, configs=("refine",))
     command[command.index("--seeds") + 1] = "1"
-    sweep = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    state = out / "refine/seed2024/run.last.pt"
-    deadline = time.time() + 300
-    while not state.exists() and time.time() < deadline:
-        time.sleep(0.05)
+    driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        state = out / "refine/seed2024/run.last.pt"
+        deadline = time.time() + 300
+        while not state.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        (run,) = children_of(driver.pid)  # main.py, started by the driver we started
+        if stop == "kill the run":
+            os.kill(run, signal.SIGKILL)
+        elif stop == "stop the sweep":
+            driver.send_signal(signal.SIGTERM)
+        else:
+            driver.kill()
+        _, err = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:  # the test failed before its stop: end what it started (its run follows)
+            driver.kill()
+            driver.wait()
     if stop == "kill the run":
-        pgrep = subprocess.run(["pgrep", "-f", "refine/seed2024 --device cpu"], capture_output=True, text=True)
-        os.kill(int(pgrep.stdout.split()[0]), signal.SIGKILL)
+        assert driver.returncode == 1 and "failed: refine seed 2024 (exit code -9)" in err
+    elif stop == "stop the sweep":
+        assert driver.returncode == 2 and "error: interrupted: 0 of 1 runs finished; rerun the same command" in err
+        # main.py's own stop line: "interrupted during epoch N" or "after epoch N", as the signal falls
+        assert "stopped: refine seed 2024: error: interrupted " in err and "failed:" not in err
     else:
-        sweep.send_signal(signal.SIGTERM)
-    _, err = sweep.communicate(timeout=300)
-    if stop == "kill the run":
-        assert sweep.returncode == 1 and "failed: refine seed 2024 (exit code -9)" in err
-    else:
-        assert sweep.returncode == 2 and "error: interrupted: 0 of 1 runs finished; rerun the same command" in err
-        assert "stopped: refine seed 2024: error: interrupted during epoch" in err and "failed:" not in err
+        assert driver.returncode == -signal.SIGKILL
+        deadline = time.time() + 120
+        while process_state(run) not in (None, "Z") and time.time() < deadline:
+            time.sleep(0.05)
+        assert process_state(run) in (None, "Z"), "the run outlived its driver"
+        last = (out / "refine/seed2024/run.err").read_text().strip().splitlines()[-1]
+        assert last.startswith("error: interrupted"), last  # SIGTERM: main.py stopped cleanly
     assert not (out / "refine/seed2024/run.test.json").exists()
-    saved_epochs = len((out / "refine/seed2024/run.metrics.jsonl").read_text().splitlines())
+    saved_epochs = len(compare.parse_log(out / "refine/seed2024/run.out").epochs)
 
     rerun = run_sweep(command, tmp_path)
     assert rerun.returncode == 0, rerun.stderr
@@ -282,6 +454,40 @@ def test_interrupted_sweep_completes_on_rerun(toy_data, tmp_path, stop):
     log = (out / "refine/seed2024/run.out").read_text()
     assert saved_epochs >= 1 and log.count("\nEpoch: ") == 40  # every epoch, the early ones from the saved state
     assert "Final Test Results" in log
+
+
+def test_a_run_whose_folder_is_blocked_fails_the_sweep(toy_data, tmp_path):
+    """The run folder cannot be made (a file in the way): the run is reported as failed, the others
+    finish, and the sweep exits 1, not 0 with "nothing to report"."""
+    out = tmp_path / "out"
+    (out / "refine").mkdir(parents=True)
+    (out / "refine/seed2024").write_text("in the way")
+    result = run_sweep(sweep_command(toy_data, out, configs=("refine",)), tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert f"failed: refine seed 2024 (could not start): {out / 'refine/seed2024'}" in result.stderr
+    assert "1 run(s) failed: refine seed 2024:" in result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert [run["seed"] for run in summary["configs"][0]["runs"]] == [2025]
+
+
+def test_missing_split_files_stop_the_sweep_before_any_run(toy_data, tmp_path):
+    """lightgcn-original trains on TOY_train_original.csv, which the toy data lacks: refused up front."""
+    out = tmp_path / "out"
+    result = run_sweep(sweep_command(toy_data, out, configs=("refine", "lightgcn-original")), tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"error: config lightgcn-original: missing {toy_data / 'TOY/TOY_train_original.csv'}: ")
+    assert result.stderr.count("\n") == 1 and not out.exists()
+
+
+def test_an_error_while_the_bar_is_drawn_starts_its_own_line(tmp_path, toy_data, monkeypatch, capsys):
+    def broken(*args):
+        raise experiments.InputError("something went wrong")
+
+    monkeypatch.setattr(sweep, "execute_local", broken)
+    code = experiments.main(["--dataset", "TOY", "--configs", "refine", "--seeds", "1", "--devices", "cpu",
+                             "--out", str(tmp_path / "out"), "--", "--data_dir", str(toy_data)])
+    err = capsys.readouterr().err
+    assert code == 2 and "\nerror: something went wrong\n" in err and err.endswith("\n")
 
 
 def test_failing_config_is_reported_and_the_others_finish(toy_data, tmp_path):
@@ -307,3 +513,102 @@ def test_ray_executor_gives_the_local_results(toy_data, tmp_path):
         assert [run["best_epoch"] for run in a["runs"]] == [run["best_epoch"] for run in b["runs"]]
     for path in local.glob("*/seed*/run.test_users.csv"):
         assert path.read_text() == (remote / path.relative_to(local)).read_text()
+
+
+# ----------------------------------------------------------------------------------------------
+# The report on damaged files, per-user metrics with awkward ids, few seeds
+
+
+@pytest.mark.parametrize("file,content,reason", [
+    ("run.test.json", "{\"best_epoch\": 3, \"test\": {\"20\": ", "not valid JSON"),
+    ("run.test.json", json.dumps({"test": {"20": {"precision": 0.1, "recall": 0.2, "ndcg": 0.3}}}),
+     "best_epoch is None, not an integer"),
+    ("run.test.json", '{"best_epoch": 3, "test": {"20": {"precision": 0.1, "recall": NaN, "ndcg": 0.3}}}',
+     "recall at k = 20 is nan, not a finite number"),
+    ("run.test_users.csv", "user_id,precision@20,recall@20,ndcg@20\n101,0.1,0.2\n", "line 2: 3 fields, not 4"),
+    ("run.test_users.csv", "user_id,precision@20,recall@20,ndcg@20\n101,0.1,abc,0.3\n",
+     "line 2: could not convert string to float: 'abc'"),
+    ("run.test_users.csv", "user_id,precision@20,recall@20,ndcg@20\n101,0.1,nan,0.3\n", "line 2: a value that is not finite"),
+    ("run.out", "garbage\n", "not a training log"),
+])
+def test_a_damaged_run_is_named_and_left_out(fake_sweep, capsys, file, content, reason):
+    out, values = fake_sweep
+    (out / "new/seed2025" / file).write_text(content)
+    assert experiments.main(["--report", str(out)]) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "Traceback" not in err
+    assert warnings[0].startswith(f"warning: {out / 'new/seed2025' / file}: {reason}")
+    assert warnings[0].endswith("; new seed 2025 is left out of the report")
+    summary = json.loads((out / "summary.json").read_text())
+    assert [run["seed"] for run in summary["configs"][1]["runs"]] == [2024, 2026]
+    assert summary["left_out"] == [{"config": "new", "seed": 2025, "file": f"new/seed2025/{file}",
+                                    "reason": summary["left_out"][0]["reason"]}]
+    recall = [values["new", seed][0][1] for seed in (2024, 2026)]
+    assert summary["configs"][1]["mean"]["recall"] == pytest.approx(sum(recall) / 2)
+    markdown = (out / "summary.md").read_text()
+    assert "| new | 2† (1 left out) |" in markdown
+    assert f"Left out (damaged files): new seed 2025 (new/seed2025/{file}: {reason}" in markdown
+
+
+def test_a_damaged_run_through_the_command(fake_sweep):
+    out, _ = fake_sweep
+    (out / "base/seed2024/run.test.json").write_text("{")
+    result = subprocess.run([sys.executable, str(ROOT / "experiments.py"), "--report", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"warning: {out / 'base/seed2024/run.test.json'}: not valid JSON")
+    assert "| base | 2† (1 left out) |" in result.stdout
+
+
+def test_few_seeds_are_marked_in_both_tables(fake_sweep):
+    out, _ = fake_sweep
+    summary = report.summarize(out)
+    assert summary["configs"][1]["vs_baseline"]["paired_seeds"] == 3
+    text = report.markdown(summary)
+    assert "| base | 3† |" in text and "| new | 3† |" in text
+    p = summary["configs"][1]["vs_baseline"]["p_seed_ttest"]
+    assert f"| {report._p(p)}† |" in text
+    assert text.count("† fewer than 5 seeds") == 2
+    assert r"$^\dagger$" in report.latex(summary)
+    for seed in (2027, 2028):  # five seeds: no mark
+        for config in ("base", "new"):
+            write_fake_run(out, config, seed, (0.1, 0.4 + seed % 3 / 100, 0.3), {101: (0.1, 0.2, 0.3)})
+    assert "†" not in report.markdown(report.summarize(out))
+
+
+def test_per_user_ids_with_commas_read_back_equal(tmp_path):
+    """String ids may hold commas and quotes (main.py accepts them): read with the csv module, not split."""
+    import csv
+
+    rows = {"a,b": (0.1, 0.25, 0.5), 'say "hi"': (0.0, 1 / 3, 0.75), "7": (0.2, 0.5, 2 / 3)}
+    path = tmp_path / "run.test_users.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["user_id", "precision@20", "recall@20", "ndcg@20"])
+        writer.writerows([user, *map(repr, values)] for user, values in rows.items())
+    per_user = report.read_per_user(path)
+    assert per_user == {metric: {user: values[i] for user, values in rows.items()}
+                        for i, metric in enumerate(sweep.METRICS)}
+
+
+def test_per_user_ids_round_trip_through_main_py(tmp_path):
+    """main.write_per_user_metrics writes, report.read_per_user reads: equal, ids with commas included."""
+    import inspect
+    from types import SimpleNamespace
+
+    import torch
+
+    import main
+
+    if "csv" not in inspect.getsource(main.write_per_user_metrics):
+        pytest.skip("main.py writes per-user ids without the csv module (fixed on the core branch)")
+    ids = np.array(["u,1", 'u"2', "u3", "plain"], dtype=object)
+    users = torch.tensor([2, 0, 1])
+    values = torch.tensor([[0.1, 0.2, 0.3], [0.25, 0.5, 0.75], [1 / 3, 2 / 3, 1.0]])  # metric x user
+    per_k = [tuple(values * 0), tuple(values)]  # k = 5, k = 20: the file holds the largest k
+    path = tmp_path / "run.test_users.csv"
+    main.write_per_user_metrics(path, SimpleNamespace(user_ids=ids), users, per_k, [5, 20])
+    per_user = report.read_per_user(path)
+    assert per_user == {metric: {ids[user]: values[i, j].item() for j, user in enumerate(users.tolist())}
+                        for i, metric in enumerate(sweep.METRICS)}

@@ -1,0 +1,400 @@
+"""The report of an experiments.py sweep: statistics over seeds and significance tests, as markdown,
+LaTeX, JSON and two plots.
+
+    python experiments.py --report results/ML-100K          # the command; this module is its library
+
+From each finished run in OUT (see sweep.py for the folder layout) it reads run.test.json,
+run.test_users.csv and the log run.out, once each. Per config, at k = 20: mean +- sample std and
+the 95% t interval of the test metrics over seeds; against a baseline config, the relative
+difference of the means, a paired t-test over seeds and a Wilcoxon signed-rank test over users
+(scipy.stats). Written to OUT as summary.md, summary.tex, summary.json, curves.png and bars.png.
+"""
+import csv
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import compare
+from sweep import METRICS, read_manifest, run_status
+from utils import InputError, atomic_write
+
+MIN_SEEDS = 5  # fewer seeds than this: the tables mark the count and the t-test over seeds with FEW
+FEW = "†"
+
+
+@dataclass
+class RunResult:
+    seed: int
+    log: str                         # path of run.out relative to OUT
+    best_epoch: int
+    train_seconds: float | None
+    test: dict                       # metric -> value at k
+    per_user: dict                   # metric -> {user id: value at max(top_k)}
+    curve: list = field(default_factory=list)  # [(epoch, validation recall@k)]
+
+
+class DamagedRun(Exception):
+    """A finished run whose files cannot be read as written (invalid JSON, a missing key, NaN, a
+    garbled per-user CSV): the report names the file and leaves the run out."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_test(path: Path, k: int) -> dict:
+    """run.test.json, checked: best_epoch an integer, finite test metrics at k, train_seconds a number if present."""
+    try:
+        test = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DamagedRun(path, f"cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    except ValueError as exc:
+        raise DamagedRun(path, f"not valid JSON ({exc})") from None
+    if not isinstance(test, dict) or not isinstance(test.get("test"), dict) or not test["test"]:
+        raise DamagedRun(path, 'no "test" metrics')
+    if str(k) not in test["test"]:  # the run is fine, the question is not: every run of main.py has its --top_k
+        raise InputError(f"{path}: no metrics at k = {k} (has {', '.join(test['test'])}); choose --k among them")
+    at_k = test["test"][str(k)]
+    for metric in METRICS:
+        if not isinstance(at_k, dict) or not _finite(at_k.get(metric)):
+            raise DamagedRun(path, f"{metric} at k = {k} is {at_k.get(metric) if isinstance(at_k, dict) else at_k!r}, "
+                                   f"not a finite number")
+    if not isinstance(test.get("best_epoch"), int) or isinstance(test["best_epoch"], bool):
+        raise DamagedRun(path, f"best_epoch is {test.get('best_epoch')!r}, not an integer")
+    if test.get("train_seconds") is not None and not _finite(test["train_seconds"]):
+        raise DamagedRun(path, f"train_seconds is {test['train_seconds']!r}, not a finite number")
+    return test
+
+
+def read_per_user(path: Path) -> dict:
+    """run.test_users.csv (csv module: ids may hold commas) -> {metric: {user id: value}}; {} tables if absent."""
+    per_user = {metric: {} for metric in METRICS}
+    if not path.exists():
+        return per_user  # runs made before main.py wrote it: no tests over users
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DamagedRun(path, f"cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    if not rows or len(rows[0]) != 1 + len(METRICS) or rows[0][0] != "user_id":
+        raise DamagedRun(path, "no header user_id,precision@K,recall@K,ndcg@K")
+    for line, row in enumerate(rows[1:], start=2):
+        try:
+            if len(row) != 1 + len(METRICS):
+                raise ValueError(f"{len(row)} fields, not {1 + len(METRICS)}")
+            values = [float(value) for value in row[1:]]
+            if not all(map(math.isfinite, values)) or row[0] in per_user[METRICS[0]]:
+                raise ValueError("a value that is not finite" if not all(map(math.isfinite, values))
+                                 else f"user {row[0]} a second time")
+        except ValueError as exc:
+            raise DamagedRun(path, f"line {line}: {exc}") from None
+        for metric, value in zip(METRICS, values):
+            per_user[metric][row[0]] = value
+    return per_user
+
+
+def read_run(out: Path, config: str, folder: Path, k: int) -> RunResult:
+    """One finished run's files, each read once; DamagedRun names the first unusable one."""
+    test = read_test(folder / "run.test.json", k)
+    try:
+        log = compare.parse_log(folder / "run.out")  # the validation curve, and older runs' training time
+    except InputError as exc:
+        raise DamagedRun(folder / "run.out", str(exc).partition(": ")[2] or str(exc)) from None
+    train_seconds = test.get("train_seconds", log.training_seconds)
+    per_user = read_per_user(folder / "run.test_users.csv")
+    curve = [(record.epoch, record.metrics[k][1]) for record in log.epochs if k in record.metrics]
+    return RunResult(seed=int(folder.name[len("seed"):]), log=str((folder / "run.out").relative_to(out)),
+                     best_epoch=test["best_epoch"], train_seconds=train_seconds,
+                     test={metric: test["test"][str(k)][metric] for metric in METRICS},
+                     per_user=per_user, curve=curve)
+
+
+@dataclass
+class Collected:
+    """What the report reads from OUT, once: each config's usable finished runs, and the runs left out."""
+    dataset: str
+    configs: list                    # [(name, flags, [RunResult by seed])]
+    left_out: list                   # [{"config", "seed", "file", "reason"}]: damaged runs
+
+
+def collect(out: Path, k: int) -> Collected:
+    """Every finished run of OUT; a damaged one is named on stderr (one line) and left out."""
+    manifest = read_manifest(out)
+    configs, left_out = [], []
+    for entry in manifest["configs"]:
+        folders = sorted((folder for folder in (out / entry["name"]).glob("seed*")
+                          if re.fullmatch(r"seed-?\d+", folder.name) and run_status(folder) == "done"),
+                         key=lambda folder: int(folder.name[len("seed"):]))
+        runs = []
+        for folder in folders:
+            try:
+                runs.append(read_run(out, entry["name"], folder, k))
+            except DamagedRun as damage:
+                seed = int(folder.name[len("seed"):])
+                print(f"warning: {damage}; {entry['name']} seed {seed} is left out of the report", file=sys.stderr)
+                left_out.append({"config": entry["name"], "seed": seed, "file": str(damage.path.relative_to(out)),
+                                 "reason": damage.reason})
+        configs.append((entry["name"], entry["flags"], runs))
+    return Collected(manifest["dataset"], configs, left_out)
+
+
+def describe(values) -> dict:
+    """n, mean, sample std (ddof 1) and the 95% t interval of the mean; None where n is too small."""
+    import numpy as np
+    from scipy import stats
+
+    values = np.asarray([value for value in values if value is not None and math.isfinite(value)], dtype=float)
+    n = len(values)
+    mean = float(values.mean()) if n else None
+    std = float(values.std(ddof=1)) if n > 1 else None
+    ci = None
+    if n > 1:
+        half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)
+        ci = [mean - half, mean + half]
+    return {"n": n, "mean": mean, "std": std, "ci95": ci}
+
+
+def paired_tests(runs, baseline_runs, metric):
+    """(p of a paired t-test over the common seeds, p of a Wilcoxon signed-rank test over users).
+
+    Users' values are averaged over the common seeds; only users present in all those runs count.
+    None where a test is undefined (fewer than 2 seeds, no users, all differences zero).
+    """
+    import numpy as np
+    from scipy import stats
+
+    mine, theirs = {run.seed: run for run in runs}, {run.seed: run for run in baseline_runs}
+    seeds = sorted(set(mine) & set(theirs))
+    p_seed = p_user = None
+    x = [mine[seed].test[metric] for seed in seeds]
+    y = [theirs[seed].test[metric] for seed in seeds]
+    if len(seeds) >= 2 and any(a != b for a, b in zip(x, y)):
+        p_seed = float(stats.ttest_rel(x, y).pvalue)
+    if seeds:
+        tables = [mine[seed].per_user[metric] for seed in seeds] + [theirs[seed].per_user[metric] for seed in seeds]
+        users = sorted(set.intersection(*(set(table) for table in tables)))
+        if users:
+            ux = np.mean([[mine[seed].per_user[metric][user] for user in users] for seed in seeds], axis=0)
+            uy = np.mean([[theirs[seed].per_user[metric][user] for user in users] for seed in seeds], axis=0)
+            if np.any(ux != uy):
+                p_user = float(stats.wilcoxon(ux, uy).pvalue)
+    return p_seed, p_user
+
+
+def summarize(out: Path, baseline=None, k=20, collected=None) -> dict:
+    """The summary.json dictionary of the finished runs in OUT (`collected`: collect()'s result, if read)."""
+    collected = collected or collect(out, k)
+    dataset, configs = collected.dataset, collected.configs
+    names = [name for name, _, _ in configs]
+    baseline = baseline or (names[0] if names else None)
+    if baseline not in names:
+        raise InputError(f"--baseline {baseline}: not a config of {out} (configs: {', '.join(names)})")
+    base_runs = next(runs for name, _, runs in configs if name == baseline)
+    summary = {"dataset": dataset, "k": k, "baseline": baseline, "configs": [], "left_out": collected.left_out}
+    for name, flags, runs in configs:
+        stats = {metric: describe([run.test[metric] for run in runs]) for metric in METRICS}
+        for key in ("best_epoch", "train_seconds"):
+            stats[key] = describe([getattr(run, key) for run in runs])
+        entry = {"name": name, "flags": flags, "seeds": len(runs),
+                 "runs": [{"seed": run.seed, "log": run.log, "best_epoch": run.best_epoch,
+                           "train_seconds": run.train_seconds, "test": run.test} for run in runs],
+                 "mean": {key: value["mean"] for key, value in stats.items()},
+                 "std": {key: value["std"] for key, value in stats.items()},
+                 "ci95": {metric: stats[metric]["ci95"] for metric in METRICS},
+                 "vs_baseline": None}
+        if name != baseline and runs and base_runs:
+            comparison = {}
+            for metric in METRICS:
+                base_mean = stats_mean(base_runs, metric)
+                p_seed, p_user = paired_tests(runs, base_runs, metric)
+                comparison[metric] = {"rel_diff": (entry["mean"][metric] - base_mean) / base_mean if base_mean else None,
+                                      "p_seed_ttest": p_seed, "p_user_wilcoxon": p_user}
+            entry["vs_baseline"] = {"paired_seeds": len({run.seed for run in runs} & {run.seed for run in base_runs}),
+                                    "recall_rel_diff": comparison["recall"]["rel_diff"],
+                                    "p_seed_ttest": comparison["recall"]["p_seed_ttest"],
+                                    "p_user_wilcoxon": comparison["recall"]["p_user_wilcoxon"],
+                                    "by_metric": comparison}
+        summary["configs"].append(entry)
+    return summary
+
+
+def stats_mean(runs, metric) -> float:
+    return sum(run.test[metric] for run in runs) / len(runs)
+
+
+def _num(value, digits=4) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _p(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+
+
+def _pct(value) -> str:
+    return "–" if value is None else f"{100 * value:+.2f}%"
+
+
+def table_rows(summary):
+    """Rows of the two report tables: metrics over seeds, and each config against the baseline."""
+    k = summary["k"]
+    metric_rows, test_rows = [], []
+    damaged = {}
+    for run in summary.get("left_out", []):
+        damaged[run["config"]] = damaged.get(run["config"], 0) + 1
+    for entry in summary["configs"]:
+        cells = [entry["name"], str(entry["seeds"]) + (FEW if 0 < entry["seeds"] < MIN_SEEDS else "")
+                 + (f" ({damaged[entry['name']]} left out)" if entry["name"] in damaged else "")]
+        for metric in METRICS:
+            mean, std, ci = entry["mean"][metric], entry["std"][metric], entry["ci95"][metric]
+            cell = _num(mean) + ("" if std is None else f" ± {std:.4f}")
+            if metric != "precision":
+                cell += "" if ci is None else f" [{ci[0]:.4f}, {ci[1]:.4f}]"
+            cells.append(cell)
+        cells += [_num(entry["mean"]["best_epoch"], 0), _num(entry["mean"]["train_seconds"], 0)]
+        metric_rows.append(cells)
+        versus = entry["vs_baseline"]
+        if versus is not None:
+            row = [entry["name"]]
+            for metric in ("recall", "ndcg"):
+                m = versus["by_metric"][metric]
+                few = FEW if m["p_seed_ttest"] is not None and versus["paired_seeds"] < MIN_SEEDS else ""
+                row += [_pct(m["rel_diff"]), _p(m["p_seed_ttest"]) + few, _p(m["p_user_wilcoxon"])]
+            test_rows.append(row)
+    metric_head = ["config", "seeds", f"Precision@{k}", f"Recall@{k} [95% CI]", f"NDCG@{k} [95% CI]",
+                   "best epoch", "train s"]
+    test_head = ["config", f"ΔRecall@{k}", "p (t, seeds)", "p (Wilcoxon, users)",
+                 f"ΔNDCG@{k}", "p (t, seeds)", "p (Wilcoxon, users)"]
+    return (metric_head, metric_rows), (test_head, test_rows)
+
+
+def notes(summary, rows, reasons=True) -> list:
+    """The lines under a table: what a † means, which damaged runs were left out (only when it applies)."""
+    lines = []
+    if any(FEW in cell for row in rows for cell in row):
+        lines.append(f"{FEW} fewer than {MIN_SEEDS} seeds: the interval is wide and a test over seeds has little "
+                     f"power, so a p-value there means little.")
+    if summary.get("left_out") and rows and "left out" in " ".join(cell for row in rows for cell in row):
+        lines.append("Left out (damaged files): " + "; ".join(
+            f"{run['config']} seed {run['seed']}" + (f" ({run['file']}: {run['reason']})" if reasons else "")
+            for run in summary["left_out"]) + ".")
+    return lines
+
+
+def markdown(summary) -> str:
+    (mh, mr), (th, tr) = table_rows(summary)
+    table = compare.markdown_table
+
+    def with_notes(rows, head):
+        found = notes(summary, rows)
+        return [table(head, rows)] + ([""] + found if found else [])
+
+    text = [f"## {summary['dataset']}: test metrics at k = {summary['k']} over seeds", "",
+            "mean ± sample std over seeds; [95% confidence interval of the mean, t distribution]; "
+            "best epoch and training seconds are means.", "", *with_notes(mr, mh), "",
+            f"## Against {summary['baseline']}", "",
+            "Δ: relative difference of the means; p (t, seeds): paired t-test over the seeds both configs "
+            "finished; p (Wilcoxon, users): Wilcoxon signed-rank test over test users, each user's metric "
+            "averaged over those seeds.", "", *with_notes(tr, th), ""]
+    return "\n".join(text)
+
+
+def latex(summary) -> str:
+    (mh, mr), (th, tr) = table_rows(summary)
+
+    def esc(text):
+        return (text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%")
+                .replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("–", "--").replace(FEW, r"$^\dagger$"))
+
+    def table(head, rows, caption):
+        spec = "l" + "r" * (len(head) - 1)
+        body = [r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(caption)}}}", rf"\begin{{tabular}}{{{spec}}}",
+                r"\toprule", " & ".join(esc(cell) for cell in head) + r" \\", r"\midrule"]
+        body += [" & ".join(esc(cell) for cell in row) + r" \\" for row in rows]
+        body += [r"\bottomrule", r"\end{tabular}"]
+        body += [r"\par\footnotesize " + esc(line) for line in notes(summary, rows, reasons=False)]
+        return "\n".join(body + [r"\end{table}"])
+
+    return "\n\n".join([
+        "% needs \\usepackage{booktabs}",
+        table(mh, mr, f"{summary['dataset']}: test metrics at k = {summary['k']}, mean ± std over seeds "
+                      f"[95% CI]"),
+        table(th, tr, f"{summary['dataset']}: against {summary['baseline']} (relative difference of the "
+                      f"means; paired t-test over seeds; Wilcoxon signed-rank test over users)")]) + "\n"
+
+
+def plot(out: Path, summary, configs, k) -> None:
+    """curves.png (validation Recall@k of `configs`, collect()'s runs) and bars.png (test metrics)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    for name, _, runs in configs:
+        curves = [dict(run.curve) for run in runs if run.curve]
+        if not curves:
+            continue
+        epochs = sorted(set().union(*curves))
+        values = [[curve[epoch] for curve in curves if epoch in curve] for epoch in epochs]
+        line, = axis.plot(epochs, [np.mean(v) for v in values], label=f"{name} (n={len(curves)})", linewidth=1)
+        axis.fill_between(epochs, [min(v) for v in values], [max(v) for v in values], alpha=0.2,
+                          color=line.get_color(), linewidth=0)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel(f"validation Recall@{k}")
+    axis.set_title(f"{summary['dataset']}: validation Recall@{k}, mean over seeds, min-max band")
+    axis.legend(fontsize="small")
+    figure.tight_layout()
+    with atomic_write(out / "curves.png", "wb") as handle:
+        figure.savefig(handle, format="png", dpi=120)
+    plt.close(figure)
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    entries = [entry for entry in summary["configs"] if entry["seeds"]]
+    for axis, metric, title in zip(axes, ("recall", "ndcg"), (f"Recall@{k}", f"NDCG@{k}")):
+        positions = np.arange(len(entries))
+        means = [entry["mean"][metric] for entry in entries]
+        errors = [entry["std"][metric] or 0 for entry in entries]
+        axis.bar(positions, means, yerr=errors, capsize=4, color="lightsteelblue", edgecolor="black")
+        for position, entry in zip(positions, entries):
+            seeds = [run["test"][metric] for run in entry["runs"]]
+            axis.plot([position] * len(seeds), seeds, "k.", markersize=4)
+        low = min(min(run["test"][metric] for run in entry["runs"]) for entry in entries) if entries else 0
+        axis.set_ylim(low * 0.97, None)
+        axis.set_xticks(positions, [entry["name"] for entry in entries], rotation=30, ha="right")
+        axis.set_title(f"test {title}: mean ± std, dots = seeds")
+        axis.set_ylabel("(axis does not start at 0)", fontsize="small")
+    figure.tight_layout()
+    with atomic_write(out / "bars.png", "wb") as handle:
+        figure.savefig(handle, format="png", dpi=120)
+    plt.close(figure)
+
+
+def report(out: Path, baseline=None, k=20) -> dict:
+    """Write summary.md/.tex/.json, curves.png and bars.png into OUT; print the markdown."""
+    collected = collect(out, k)  # every run's files read once, for the tables and the plots
+    summary = summarize(out, baseline, k, collected)
+    if not any(entry["seeds"] for entry in summary["configs"]):
+        print(f"no finished runs in {out} yet: nothing to report", file=sys.stderr)
+        return summary
+    text = markdown(summary)
+    with atomic_write(out / "summary.md") as handle:
+        handle.write(text)
+    with atomic_write(out / "summary.tex") as handle:
+        handle.write(latex(summary))
+    with atomic_write(out / "summary.json") as handle:
+        json.dump(summary, handle, indent=1, allow_nan=False)
+    plot(out, summary, collected.configs, k)
+    print(text)
+    print(f"written: {', '.join(str(out / name) for name in ('summary.md', 'summary.tex', 'summary.json', 'curves.png', 'bars.png'))}",
+          file=sys.stderr)
+    return summary

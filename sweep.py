@@ -1,0 +1,503 @@
+"""The sweep runner of experiments.py: every (config, seed) is one run of main.py in its own folder,
+run by a local pool or by Ray, resumed after a stop, each failure reported.
+
+    python experiments.py --dataset ML-100K --seeds 5 --jobs 2 --out results/ML-100K   # the command
+
+Layout of OUT: experiments.json (the manifest: the dataset and each config's full main.py flags),
+and per run OUT/<config>/seed<S>/: run.out (the log), run.test.json (its presence marks a finished
+run), run.test_users.csv (per-user test metrics), run.pt and run.last.pt (checkpoints), run.err
+(stderr) and run.json (how it was started). A run with only run.last.pt continues with `--resume`.
+"""
+import argparse
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from catalog import PUBLISHED_R
+from utils import InputError, atomic_write
+
+ROOT = Path(__file__).resolve().parent
+MAIN = ROOT / "main.py"
+MANIFEST = "experiments.json"
+
+
+# main.py flags that the sweep sets itself for every run.
+OWN_FLAGS = ("--random_seed", "--path_name", "--result_dir", "--device", "--resume")
+METRICS = ("precision", "recall", "ndcg")
+
+
+@dataclass
+class Run:
+    config: str
+    seed: int
+    folder: Path
+    flags: list                      # main.py flags of the config (dataset, r, config, extras)
+    status: str = "new"              # new | partial | done
+    failure: str | None = None       # why it could not start (its folder or run.json not writable)
+
+    @property
+    def label(self) -> str:
+        return f"{self.config} seed {self.seed}"
+
+    def main_argv(self, device: str) -> list:
+        argv = self.flags + ["--random_seed", str(self.seed), "--path_name", "run",
+                             "--result_dir", str(self.folder), "--device", device]
+        return argv + (["--resume"] if self.status == "partial" else [])
+
+
+def run_status(folder: Path) -> str:
+    if (folder / "run.test.json").is_file():
+        return "done"
+    return "partial" if (folder / "run.last.pt").is_file() else "new"
+
+
+def update_manifest(out: Path, dataset: str, configs) -> None:
+    """Record each config's flags in OUT/experiments.json; a config rerun with other flags is refused."""
+    write_manifest(out, merged_manifest(out, dataset, configs))
+
+
+def write_manifest(out: Path, manifest: dict) -> None:
+    with atomic_write(out / MANIFEST) as handle:
+        json.dump(manifest, handle, indent=1)
+
+
+def merged_manifest(out: Path, dataset: str, configs) -> dict:
+    """OUT's manifest with `configs` added; InputError for another dataset or a config name with other flags."""
+    path = out / MANIFEST
+    manifest = read_manifest(out) if path.exists() else {"dataset": dataset, "configs": []}
+    if manifest["dataset"] != dataset:
+        raise InputError(f"{path}: this folder holds a {manifest['dataset']} sweep; use another --out for {dataset}")
+    known = {entry["name"]: entry["flags"] for entry in manifest["configs"]}
+    for name, flags in configs:
+        if name in known and known[name] != flags:
+            raise InputError(f"{path}: config {name} ran with flags {shlex.join(known[name])!r}, now "
+                             f"{shlex.join(flags)!r}; use another --out or another config name")
+        if name not in known:
+            manifest["configs"].append({"name": name, "flags": flags})
+    return manifest
+
+
+def read_manifest(out: Path) -> dict:
+    path = out / MANIFEST
+    if not path.is_file():
+        raise InputError(f"{path}: no sweep manifest here; give the OUT folder of an experiments.py sweep")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError:
+        manifest = None
+    if not valid_manifest(manifest):
+        raise InputError(f"{path}: not a valid sweep manifest (written by experiments.py)")
+    return manifest
+
+
+def valid_manifest(manifest) -> bool:
+    """{"dataset": str, "configs": [{"name": str, "flags": [str, ...]}, ...]}, as update_manifest writes it."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("dataset"), str) \
+            or not isinstance(manifest.get("configs"), list):
+        return False
+    return all(isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("flags"), list)
+               and all(isinstance(flag, str) for flag in entry["flags"]) for entry in manifest["configs"])
+
+
+def plan_runs(out: Path, dataset: str, configs, seeds, extra_flags):
+    """(every (config, seed) run with the full main.py flags of its config, the manifest to write).
+
+    Checks first, writes nothing: a config's flags changed since OUT ran it, split files missing."""
+    base = ["--dataset", dataset]
+    if dataset in PUBLISHED_R:
+        base += ["--r", str(PUBLISHED_R[dataset])]
+    configs = [(name, base + flags + extra_flags) for name, flags in configs]
+    manifest = merged_manifest(out, dataset, configs)
+    runs = []
+    for name, flags in configs:
+        for seed in seeds:
+            folder = out / name / f"seed{seed}"  # as given: the log's "Save:" lines stay short
+            runs.append(Run(name, seed, folder, flags, run_status(folder)))
+    check_split_files([(name, flags) for name, flags in configs
+                       if any(run.config == name and run.status != "done" for run in runs)])
+    return runs, manifest
+
+
+def check_split_files(configs) -> None:
+    """InputError naming the first config whose split files are missing: before any run starts, not
+    after each has loaded torch. A config whose flags main.py will refuse is left to its run's error."""
+    import cli
+    from catalog import missing_split_message
+
+    for name, flags in configs:
+        parser = cli.build_parser()
+        parser.exit_on_error = False  # a bad flag: ArgumentError here, main.py's own message in the run
+        try:
+            main_args, _ = parser.parse_known_args(flags)
+        except argparse.ArgumentError:
+            continue
+        splits = ["train_augment" if main_args.dataset_augment else "train_original", "validation", "test"]
+        message = missing_split_message(main_args.data_dir, main_args.dataset, splits)
+        if message:
+            raise InputError(f"config {name}: {message}")
+
+
+def last_line(run: Run) -> str:
+    """Why the run failed: why it could not start, else the last non-empty line of its stderr, else of its log."""
+    if run.failure:
+        return run.failure
+    for name in ("run.err", "run.out"):
+        path = run.folder / name
+        if path.is_file():
+            try:
+                lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+            except OSError:
+                continue
+            if lines:
+                return lines[-1]
+    return "(no output)"
+
+
+def _load_prctl():
+    """libc's prctl on Linux, loaded before any fork (the child may only call it), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+PR_SET_PDEATHSIG = 1
+
+
+def _end_with_driver(driver_pid: int):
+    """preexec_fn: the child gets SIGTERM when the driver dies, even by SIGKILL (Linux), so no run
+    goes on alone and a rerun never starts a second writer on its folder. SIGTERM, not SIGKILL:
+    main.py saves the state of its finished epochs first."""
+    def set_death_signal():
+        if _PRCTL is not None:
+            _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != driver_pid:  # the driver died before the call: end now
+                os.kill(os.getpid(), signal.SIGTERM)
+    return set_death_signal
+
+
+def start_run(command, env, folder, cwd=None) -> subprocess.Popen:
+    """Start one main.py command; it writes its own log (run.out), its stderr goes to run.err.
+
+    The child runs in its own session so that a terminal's Ctrl-C reaches it only through the
+    driver: one SIGTERM, which main.py turns into a saved state and a clean exit (SIGINT would not
+    do: a shell starts background jobs with SIGINT ignored, and children inherit that). It ends
+    with the driver (_end_with_driver). The signal is tied to the thread that starts the child,
+    so that thread must wait for the child, as the pool's workers and Ray's tasks do.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "run.err", "a") as err:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True, preexec_fn=_end_with_driver(os.getpid()))
+
+
+def run_environment(threads: int, gpu: str | None = None) -> dict:
+    """The child's environment: its torch threads, and with `gpu` (a physical id) only that GPU visible."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    env.pop("PYTHONSTARTUP", None)
+    return env
+
+
+def run_threads(run: Run, default: int) -> int:
+    """The torch threads of a run: its own `--threads` (config or flags after --), else `default`."""
+    threads = default
+    for index, flag in enumerate(run.flags):
+        value = flag.partition("=")[2] if flag.startswith("--threads=") else \
+            (run.flags[index + 1] if flag == "--threads" and index + 1 < len(run.flags) else None)
+        if value is not None and value.isdigit() and int(value) > 0:
+            threads = int(value)
+    return threads
+
+
+def write_run_record(run: Run, command, device, threads, placement=None) -> None:
+    """run.json: how the run was started; `placement` adds the GPU's name and its CUDA_VISIBLE_DEVICES."""
+    record = {"config": run.config, "seed": run.seed, "command": command, "cwd": os.getcwd(),
+              "device": device, "threads": threads, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "resumed": run.status == "partial"}
+    if placement is not None and placement.gpu is not None:
+        record.update(gpu=placement.name, cuda_visible_devices=placement.gpu)
+    with atomic_write(run.folder / "run.json") as handle:
+        json.dump(record, handle, indent=1)
+
+
+@dataclass
+class Placement:
+    """Where a run goes: `device` in the driver's view (cpu, cuda:N); a GPU run's child sees only that
+    GPU (CUDA_VISIBLE_DEVICES=gpu, its physical id) and runs on cuda:0 there."""
+    device: str
+    gpu: str | None = None            # physical id (or UUID) for CUDA_VISIBLE_DEVICES; None: cpu
+    name: str | None = None           # the GPU's name, for run.json
+
+    @property
+    def child_device(self) -> str:
+        return "cpu" if self.gpu is None else "cuda:0"
+
+
+def gpu_name(index: int) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(index)
+
+
+def placements(names) -> list:
+    """--devices (cpu, cuda, cuda:N in this process's view) as Placements; an unusable one is an InputError.
+
+    A child sees one GPU: the physical id is this process's CUDA_VISIBLE_DEVICES entry for index N
+    (N itself when unset), so each run creates a CUDA context on its own GPU only.
+    """
+    result = []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = None if visible is None else [entry.strip() for entry in visible.split(",") if entry.strip()]
+    for name in names:
+        if name == "cpu":
+            result.append(Placement("cpu"))
+            continue
+        match = re.fullmatch(r"cuda(?::(\d+))?", name)
+        if match is None:
+            raise InputError(f"--devices {name}: not a device; use cpu, cuda or cuda:N")
+        index = int(match.group(1) or 0)
+        count = cuda_device_count()
+        if index >= count:
+            raise InputError(f"--devices {name}: {'no' if count == 0 else f'only {count}'} CUDA GPU(s) usable here"
+                             + ("" if count else "; use --devices cpu"))
+        gpu = str(index) if visible is None else visible[index]
+        result.append(Placement(f"cuda:{index}", gpu, gpu_name(index)))
+    return result
+
+
+def cuda_device_count() -> int:
+    import torch  # only here: the report and --help need no torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def default_devices() -> list:
+    """Every GPU torch can use, else cpu, saying once why where an NVIDIA GPU is present but unusable."""
+    import devices
+
+    gpus = devices.cuda_devices() if cuda_device_count() else []
+    if not gpus:
+        warning = devices.cuda_unusable_warning()
+        if warning:
+            print(warning, file=sys.stderr)
+    return gpus or ["cpu"]
+
+
+class SweepProgressBar:
+    """A progress bar over runs: done / running / failed, with tqdm's ETA."""
+
+    def __init__(self, runs, k):
+        from tqdm import tqdm
+
+        self.k = str(k)
+        self.done = sum(run.status == "done" for run in runs)
+        self.failed, self.running = [], 0
+        self.stopping = False  # set once the sweep passes a Ctrl-C on: runs ending then were stopped, not failed
+        self.lock = threading.Lock()
+        self.bar = tqdm(total=len(runs), initial=self.done, desc="runs", unit="run", file=sys.stderr,
+                        dynamic_ncols=True)
+        self._postfix()
+
+    def _postfix(self):
+        self.bar.set_postfix_str(f"running {self.running}, failed {len(self.failed)}")
+
+    def started(self, run):
+        with self.lock:
+            self.running += 1
+            self._postfix()
+
+    def finished(self, run, returncode):
+        """Count a run that ended: done, stopped (during a stop), else failed (returncode None: never started)."""
+        with self.lock:
+            self.running -= 1
+            if returncode == 0 and run_status(run.folder) == "done":
+                self.bar.write(f"done: {run.label}{self._result(run)}", file=sys.stderr)
+                self.bar.update(1)
+            elif self.stopping and returncode is not None:
+                self.bar.write(f"stopped: {run.label}: {last_line(run)}", file=sys.stderr)
+            else:
+                self.failed.append(run)
+                why = "could not start" if returncode is None else f"exit code {returncode}"
+                self.bar.write(f"failed: {run.label} ({why}): {last_line(run)}", file=sys.stderr)
+            self._postfix()
+
+    def _result(self, run) -> str:
+        """' (best epoch E, test Recall@k R)' from run.test.json; the report names a damaged file."""
+        try:
+            test = json.loads((run.folder / "run.test.json").read_text())
+            return (f" (best epoch {test['best_epoch']}, "
+                    f"test Recall@{self.k} {float(test['test'][self.k]['recall']):.4f})")
+        except (OSError, ValueError, KeyError, TypeError):
+            return ""
+
+    def write(self, line: str) -> None:
+        """A line above the bar (a line printed while the bar is drawn would start in its middle)."""
+        self.bar.write(line, file=sys.stderr)
+
+    def close(self):
+        self.bar.close()
+
+
+def start_failure(exc: BaseException) -> str:
+    """Why a run could not start, in one line: its folder or run.json not writable, a full disk, ..."""
+    if isinstance(exc, OSError):
+        # os.replace (atomic_write) names the temporary file first and the target second
+        return f"{exc.filename2 or exc.filename or 'its folder'}: {exc.strerror or exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def execute_local(runs, places, jobs, progress, threads=1) -> None:
+    """A pool of `jobs` workers; each run goes to the Placement with the fewest runs on it.
+
+    Every run ends in `progress`: finished, failed (also when it cannot start) or stopped. An error
+    in the pool itself is raised once the runs have ended, never dropped.
+    """
+    load = [0] * len(places)
+    lock = threading.Lock()
+    children = {}
+
+    def work(run):
+        with lock:
+            slot = min(range(len(places)), key=lambda index: load[index])
+            load[slot] += 1
+        place = places[slot]
+        returncode = None
+        progress.started(run)
+        try:
+            command = [sys.executable, str(MAIN)] + run.main_argv(place.child_device)
+            threads_of_run = run_threads(run, threads)
+            write_run_record(run, command, place.device, threads_of_run, place)
+            child = children[run.label] = start_run(command, run_environment(threads_of_run, place.gpu),
+                                                    run.folder, os.getcwd())
+            returncode = child.wait()
+        except Exception as exc:  # noqa: BLE001 - any failure to start is this run's failure, reported
+            run.failure = start_failure(exc)
+        finally:
+            with lock:
+                load[slot] -= 1
+                children.pop(run.label, None)
+        progress.finished(run, returncode)
+
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    futures = [pool.submit(work, run) for run in runs]
+    pending = set(futures)
+    try:
+        while pending:
+            _, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+    except KeyboardInterrupt:
+        progress.stopping = True
+        for future in pending:
+            future.cancel()
+        for child in list(children.values()):
+            child.send_signal(signal.SIGTERM)  # main.py keeps the state of its finished epochs
+        pool.shutdown(wait=True)
+        raise
+    pool.shutdown(wait=True)
+    for future in futures:
+        future.result()  # a worker's own error (not a run's) is raised, not lost
+
+
+def execute_ray(runs, args, progress) -> None:
+    """One Ray task per run. OUT, --data_dir and this repository must be at the same paths on every node."""
+    import ray  # experiments.py checked that it is installed
+
+    # Workers import this module by name: the repository goes on their path.
+    ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}})
+    try:
+        gpus = args.gpus_per_run
+        if gpus is None:
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        task = ray.remote(num_cpus=args.cpus_per_run, num_gpus=gpus, max_retries=0)(_ray_run)
+        futures = {}
+        for run in runs:
+            # Ray sets CUDA_VISIBLE_DEVICES to the task's GPU: it is cuda:0 there.
+            device = "cuda:0" if gpus > 0 else "cpu"
+            threads = run_threads(run, args.cpus_per_run)
+            progress.started(run)
+            try:
+                write_run_record(run, ["<ray worker python>", str(MAIN)] + run.main_argv(device), device, threads)
+            except OSError as exc:
+                run.failure = start_failure(exc)
+                progress.finished(run, None)
+                continue
+            futures[task.remote(str(MAIN), run.main_argv(device), os.getcwd(), threads, str(run.folder))] = run
+        try:
+            while futures:
+                ready, _ = ray.wait(list(futures), num_returns=1)
+                run = futures.pop(ready[0])
+                try:
+                    returncode = ray.get(ready[0])
+                except ray.exceptions.RayError as exc:  # the task itself failed: the run could not start
+                    run.failure, returncode = f"Ray task failed: {str(exc).strip().splitlines()[-1]}", None
+                progress.finished(run, returncode)
+        except KeyboardInterrupt:
+            progress.stopping = True
+            for future in futures:
+                ray.cancel(future)  # KeyboardInterrupt in the task: it passes SIGTERM on to main.py
+            ray.wait(list(futures), num_returns=len(futures), timeout=60)
+            raise
+    finally:
+        ray.shutdown()
+
+
+def _ray_run(main_path, argv, cwd, threads, folder) -> int:
+    """Body of a Ray task: main.py under the worker's own Python; Ray's cancel is passed on as SIGTERM."""
+    child = start_run([sys.executable, main_path] + argv, run_environment(threads), folder, cwd=cwd)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        child.send_signal(signal.SIGTERM)
+        return child.wait()
+
+
+def sweep(args, configs, seeds, extra_flags) -> list:
+    """Run every unfinished (config, seed) of `configs` x `seeds` in OUT (args.out); the failed runs.
+
+    A stop (Ctrl-C, SIGTERM) is passed on to the runs and ends as an InputError that says how many
+    runs finished.
+    """
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file; give a folder")
+    runs, manifest = plan_runs(out, args.dataset, configs, seeds, extra_flags)
+    names = [entry["name"] for entry in manifest["configs"]]
+    if args.baseline and args.baseline not in names:  # checked now, not after hours of training
+        raise InputError(f"--baseline {args.baseline}: not a config of this sweep ({', '.join(names)})")
+    todo = [run for run in runs if run.status != "done"]
+    places = placements(args.devices or default_devices()) if todo and args.executor == "local" else None
+    write_manifest(out, manifest)
+    print(f"{len(runs)} runs ({len(configs)} configs x {len(seeds)} seeds): {len(runs) - len(todo)} finished, "
+          f"{sum(run.status == 'partial' for run in todo)} to resume, "
+          f"{sum(run.status == 'new' for run in todo)} to start", file=sys.stderr)
+    progress = SweepProgressBar(runs, args.k)
+    try:
+        if todo and args.executor == "ray":
+            execute_ray(todo, args, progress)
+        elif todo:
+            execute_local(todo, places, args.jobs, progress, args.threads)
+    except KeyboardInterrupt:
+        progress.close()
+        finished = sum(run_status(run.folder) == "done" for run in runs)
+        raise InputError(f"interrupted: {finished} of {len(runs)} runs finished; rerun the same command to "
+                         f"continue the others from their last finished epoch") from None
+    finally:
+        progress.close()  # before any error line: it then starts on a line of its own
+    return progress.failed
