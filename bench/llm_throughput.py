@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from llm.data import load_train, read_skip_users
 import refine_llm as R  # noqa: E402
 from bench.tiny_llm import build_tiny_llm, synthetic_joined  # noqa: E402
 
@@ -34,9 +35,9 @@ def time_generation(model_dir, jobs, batch_size, device):
 
 def count(name, data_dir):
     """Prompt and character counts of a dataset's refinement run (chars ~ 3.5 per Llama token)."""
-    _, joined = R.load_train(data_dir, name)
+    _, joined = load_train(data_dir, name)
     skip_path = Path(data_dir) / name / "llm_skip_users.txt"
-    skip = R.read_skip_users(skip_path) if skip_path.is_file() else set()
+    skip = read_skip_users(skip_path) if skip_path.is_file() else set()
     jobs = R.build_prompts(joined, name, skip)
     chars1 = [len(j.prompt1) for j in jobs]
     budget = [len(R.budget_text(j.prompt1)) for j in jobs]

@@ -9,13 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from llm.data import ITEM_COL, RATING_COL, USER_COL, load_train
 import refine_llm as R
 
 
 def write_small_dataset(root, train_rows, item_rows):
     folder = root / "ML-100K"
     folder.mkdir(parents=True)
-    pd.DataFrame(train_rows, columns=[R.USER_COL, R.ITEM_COL, R.RATING_COL]).to_csv(
+    pd.DataFrame(train_rows, columns=[USER_COL, ITEM_COL, RATING_COL]).to_csv(
         folder / "ML-100K_train_original.csv", index=False)
     pd.DataFrame(item_rows, columns=["item_id:token", "movie_title:token_seq", "release_year:token",
                                      "class:token_seq"]).to_csv(folder / "ml-100k.item", sep="\t", index=False)
@@ -56,7 +57,7 @@ def published_answers(original, augment, titles):
     Users with 0.5 rows but no 4.5 row (ML-100K: 34, 225, 583, 688, asked with an empty list)
     get `[]`: upstream's defaultdict made a parsed empty list count as an answer.
     """
-    frame = pd.DataFrame({"user": original[R.USER_COL], "title": titles, "new": augment[R.RATING_COL]})
+    frame = pd.DataFrame({"user": original[USER_COL], "title": titles, "new": augment[RATING_COL]})
     blocks = []
     for user, rows in frame.groupby("user", sort=True):
         if not rows["new"].isin([0.5, 4.5]).any():
@@ -77,7 +78,7 @@ def test_apply_reproduces_published_ml100k_augment(shared_dir, tmp_path):
     original = pd.read_csv(folder / "ML-100K_train_original.csv")
     augment = pd.read_csv(source / "ML-100K_train_augment.csv")
     item = pd.read_csv(folder / "ml-100k.item", sep="\t")
-    titles = original.merge(item, on=R.ITEM_COL, how="left")["movie_title:token_seq"].to_numpy()
+    titles = original.merge(item, on=ITEM_COL, how="left")["movie_title:token_seq"].to_numpy()
     answers = tmp_path / "llama_distinguish_answer.txt"
     answers.write_text(published_answers(original, augment, titles), encoding="utf-8")
     assert answers.read_text().count("LLaMA's cut recommendation for user") == 819
@@ -92,7 +93,7 @@ def test_empty_answer_rule_is_what_reproduces_the_published_file(shared_dir):
     source = shared_dir / "datasets" / "ML-100K"
     augment = pd.read_csv(source / "ML-100K_train_augment.csv")
     for user in (34, 225, 583, 688):
-        ratings = augment.loc[augment[R.USER_COL] == user, R.RATING_COL]
+        ratings = augment.loc[augment[USER_COL] == user, RATING_COL]
         assert (ratings == 0.5).any() and not ratings.isin([2, 3, 4.5]).any()
 
 
@@ -102,16 +103,16 @@ def test_netflix_titles_split_on_first_two_commas(tmp_path):
     (folder / "movie_titles.csv").write_bytes(
         "1,2003,Dinosaur Planet\n2,NULL,Good, Bad and Ugly, The\n3,1999,Caf\u00e9 Lumi\u00e8re\n".encode("ISO-8859-1"))
     (folder / "netflix_genres.csv").write_text("movieId,genres\n1,Documentary|Animation\n2,Western\n3,Drama\n")
-    pd.DataFrame({R.USER_COL: [7, 7, 7], R.ITEM_COL: [2, 3, 1], R.RATING_COL: [3, 5, 2]}).to_csv(
+    pd.DataFrame({USER_COL: [7, 7, 7], ITEM_COL: [2, 3, 1], RATING_COL: [3, 5, 2]}).to_csv(
         folder / "Netflix-1M_train_original.csv", index=False)
-    _, joined = R.load_train(tmp_path, "Netflix-1M")
+    _, joined = load_train(tmp_path, "Netflix-1M")
     assert joined["title"].tolist() == ["Good, Bad and Ugly, The", "Caf\u00e9 Lumi\u00e8re", "Dinosaur Planet"]
     assert joined["genre"].tolist() == ["Western", "Drama", "Documentary|Animation"]
     answers = tmp_path / "a.txt"
     answers.write_text(R.format_answer_block(7, "['<Good, Bad and Ugly, The>']"))
     assert R.main(["apply", "Netflix-1M", "--data_dir", str(tmp_path), "--answers", str(answers)]) == 0
     out = pd.read_csv(folder / "Netflix-1M_train_augment.csv")
-    assert out[R.RATING_COL].tolist() == [4.5, 5.0, 0.5]
+    assert out[RATING_COL].tolist() == [4.5, 5.0, 0.5]
 
 
 def test_prompts_stage_writes_every_prompt(tmp_path, capsys):
@@ -185,4 +186,4 @@ def test_torn_last_cache_line_is_still_skipped_by_apply(tmp_path):
     answers = tmp_path / "cache.jsonl"
     answers.write_text(json.dumps(GOOD_RECORD) + "\n" + json.dumps(GOOD_RECORD)[:40])  # killed mid-write
     assert R.main(["apply", "ML-100K", "--data_dir", str(tmp_path), "--answers", str(answers)]) == 0
-    assert pd.read_csv(folder / "ML-100K_train_augment.csv")[R.RATING_COL].tolist() == [4.5, 0.5, 5.0, 2.0]
+    assert pd.read_csv(folder / "ML-100K_train_augment.csv")[RATING_COL].tolist() == [4.5, 0.5, 5.0, 2.0]

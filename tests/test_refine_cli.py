@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import data_prep
+from llm.data import ITEM_COL, RATING_COL, USER_COL
 import refine_llm as R
 from conftest import ROOT
 from refine_fixtures import make_dataset
@@ -24,7 +25,7 @@ def stage_parsers():
 
 
 def test_column_names_are_data_preps():
-    assert (R.USER_COL, R.ITEM_COL, R.RATING_COL) == (data_prep.USER, data_prep.ITEM, data_prep.RATING)
+    assert (USER_COL, ITEM_COL, RATING_COL) == (data_prep.USER, data_prep.ITEM, data_prep.RATING)
 
 
 @pytest.mark.parametrize("name, parser", stage_parsers())

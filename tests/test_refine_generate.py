@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import pytest
 
+from llm.data import ITEM_COL, RATING_COL
 import refine_llm as R
 from refine_fixtures import (FakeServer, api_args, expected_augment, expected_outcome, load_jobs,
                              make_dataset, word_tokens)
@@ -39,7 +40,7 @@ def test_http_backend_run_matches_hand_worked_answers(tmp_path):
     expected_txt = "".join(R.format_answer_block(j.user, o[2]) for j, o in zip(jobs, outcomes) if o[0] == "answered")
     assert (tmp_path / "ML-100K" / "llm" / "llama_distinguish_answer.txt").read_text() == expected_txt
     augment = pd.read_csv(tmp_path / "ML-100K" / "ML-100K_train_augment.csv")
-    assert augment[R.RATING_COL].tolist() == expected_augment(tmp_path, jobs, outcomes)
+    assert augment[RATING_COL].tolist() == expected_augment(tmp_path, jobs, outcomes)
 
 
 @pytest.mark.parametrize("api", [["--tokenizer", "server"], ["--api", "chat"]])
@@ -140,12 +141,12 @@ def test_other_bad_inputs_exit_2(tmp_path, capsys):
     items = pd.read_csv(folder / "ml-100k.item", sep="\t")
     items.iloc[1:].to_csv(folder / "ml-100k.item", sep="\t", index=False)
     train = pd.read_csv(folder / "ML-100K_train_original.csv")
-    train.loc[0, R.ITEM_COL] = 1
+    train.loc[0, ITEM_COL] = 1
     train.to_csv(folder / "ML-100K_train_original.csv", index=False)
     assert R.main(["prompts", "ML-100K", "--data_dir", str(tmp_path)]) == 2
     assert "have no title or genre" in capsys.readouterr().err
     # No 2/3-star rows anywhere: nothing for the LLM to refine.
-    train[R.RATING_COL] = 5
+    train[RATING_COL] = 5
     train.to_csv(folder / "ML-100K_train_original.csv", index=False)
     items.to_csv(folder / "ml-100k.item", sep="\t", index=False)
     assert R.main(["prompts", "ML-100K", "--data_dir", str(tmp_path)]) == 2

@@ -13,6 +13,7 @@ import time
 import pandas as pd
 import pytest
 
+from llm.data import RATING_COL
 import refine_llm as R
 from conftest import ROOT, ctrl_c_enabled
 from refine_fixtures import (CHAT_TEMPLATE_TOKENS, FakeServer, api_args, expected_augment, expected_outcome,
@@ -48,7 +49,7 @@ def test_both_endpoints_give_the_hand_worked_answers(tmp_path, monkeypatch, api,
     with FakeServer() as server:
         assert R.main(api_args(tmp_path, server.url, *extra)) == 0
     augment = pd.read_csv(tmp_path / "ML-100K" / "ML-100K_train_augment.csv")
-    assert augment[R.RATING_COL].tolist() == expected_augment(tmp_path, jobs, outcomes)
+    assert augment[RATING_COL].tolist() == expected_augment(tmp_path, jobs, outcomes)
     report = json.loads((tmp_path / "ML-100K" / "llm" / "report.json").read_text())
     assert (report["answered"], report["skipped_too_long"]) == (statuses.count("answered"), statuses.count("too_long"))
     assert (report["prompt_tokens"], report["completion_tokens"]) == tuple(server.usage)

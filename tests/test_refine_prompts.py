@@ -7,9 +7,10 @@ import re
 import numpy as np
 import pandas as pd
 
+from llm.data import ITEM_COL, RATING_COL, USER_COL, read_skip_users
 import refine_llm as R
 
-COLS = [R.USER_COL, R.ITEM_COL, R.RATING_COL, "title", "genre"]
+COLS = [USER_COL, ITEM_COL, RATING_COL, "title", "genre"]
 INSTR = (
     "Based on the User's Positively Rated Movie List, analyze the user's preferences and patterns.\n"
     "You will be provided with Candidate List, which includes movie titles and genres that the user has rated both positively and negatively.\n"
@@ -209,7 +210,7 @@ def test_global_seed_runs_on_across_users_and_skipped_users_draw_nothing():
     data = two_user_data()
     both = R.build_prompts(data, "ML-100K")
     # User 2 continues user 1's RNG stream, so its shuffles differ from a fresh seed ...
-    alone = R.build_prompts(data[data[R.USER_COL] == 2], "ML-100K")
+    alone = R.build_prompts(data[data[USER_COL] == 2], "ML-100K")
     assert both[1].prompt1 != alone[0].prompt1
     # ... unless user 1 is skipped: then user 2 gets the fresh stream.
     skipped = R.build_prompts(data, "ML-100K", skip_users={1})
@@ -284,9 +285,9 @@ def test_ml100k_prompts_equal_notebook_style_derivation(shared_dir):
     folder = shared_dir / "datasets" / "ML-100K"
     train = pd.read_csv(folder / "ML-100K_train_original.csv")
     item = pd.read_csv(folder / "ml-100k.item", sep="\t")
-    skip = R.read_skip_users(folder / "llm_skip_users.txt")
+    skip = read_skip_users(folder / "llm_skip_users.txt")
     expected = notebook_style_prompt_lists(train, item, skip)
-    joined = train.merge(item, on=R.ITEM_COL, how="left").rename(
+    joined = train.merge(item, on=ITEM_COL, how="left").rename(
         columns={"movie_title:token_seq": "title", "class:token_seq": "genre"})
     jobs = R.build_prompts(joined, "ML-100K", skip)
     assert len(jobs) == len(expected) == 3789

@@ -1,0 +1,152 @@
+"""The LLM stage's inputs: train_original joined with item titles and genres, the skip lists.
+
+    python -c "from llm.data import load_train; print(load_train('dataset', 'ML-100K')[1].head())"
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+from utils import InputError
+
+# The dataset vocabulary the LLM stage needs (columns, per-dataset prompt facts), kept in one block.
+USER_COL, ITEM_COL, RATING_COL = "user_id:token", "item_id:token", "rating:float"
+
+
+@dataclass(frozen=True)
+class DatasetPreset:
+    """What differs between the three published refinement notebooks."""
+    label: str              # dataset name inside the prompt
+    chunk_size: int         # real candidates per prompt
+    reseed_per_user: bool   # Netflix re-seeds numpy with 2024 for every user
+    prompt2_header: str     # "Candidate list:" in ML-100K's prompt 2, "Candidate List:" elsewhere
+    title_col: str
+    genre_col: str
+
+
+PRESETS = {
+    "ML-100K": DatasetPreset("MovieLens-100K", 5, False, "Candidate list:",
+                             "movie_title:token_seq", "class:token_seq"),
+    "ML-1M": DatasetPreset("MovieLens-1M", 5, False, "Candidate List:",
+                           "movie_title:token_seq", "genre:token_seq"),
+    "Netflix-1M": DatasetPreset("Netflix", 10, True, "Candidate List:", "title:token", "genres:token"),
+}
+
+
+def get_preset(name):
+    if name not in PRESETS:
+        raise InputError(f"unknown dataset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: train_original joined with titles and genres
+
+
+def read_csv_checked(path, columns, **read_kwargs):
+    """Read a CSV and check it has `columns`; missing file or column -> one-line InputError."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"file not found: {path}")
+    try:
+        frame = pd.read_csv(path, **read_kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
+        raise InputError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
+    return frame
+
+
+def missing_item_file_message(path, name, data_dir):
+    """A missing item file: where it comes from, with the user's own --data_dir in the command."""
+    from data_prep import MOVIE_TITLES_PAGE
+
+    fetch = f"`python dataloader.py download {name} --data_dir {data_dir}`"
+    if Path(path).name == "movie_titles.csv":
+        return (f"file not found: {path}: it is part of the Netflix Prize data ({MOVIE_TITLES_PAGE}, needs a "
+                f"Kaggle login); put it in {Path(path).parent}/ ({fetch} says the same and fetches the genres)")
+    return (f"file not found: {path}: the item file comes with the raw data; {fetch} fetches the raw files, "
+            f"the item file among them (the split CSVs are left alone)")
+
+
+def read_item_titles(dataset_dir, name, preset):
+    """Item id -> title, genre from the raw item file(s) of SPEC 1.1."""
+    import pandas as pd
+
+    dataset_dir = Path(dataset_dir)
+    if name == "Netflix-1M":
+        titles_path, genres_path = dataset_dir / "movie_titles.csv", dataset_dir / "netflix_genres.csv"
+        for path in (titles_path, genres_path):
+            if not path.is_file():
+                raise InputError(missing_item_file_message(path, name, dataset_dir.parent))
+        rows = []
+        # Titles contain commas: split on the first two only (id, year, title).
+        with open(titles_path, encoding="ISO-8859-1") as handle:
+            for line_no, line in enumerate(handle, 1):
+                parts = line.rstrip("\r\n").split(",", 2)
+                if len(parts) != 3:
+                    raise InputError(f"{titles_path}:{line_no}: expected 'id,year,title'")
+                try:
+                    rows.append((int(parts[0]), parts[2]))
+                except ValueError:
+                    raise InputError(f"{titles_path}:{line_no}: item id {parts[0]!r} is not an integer") from None
+        titles = pd.DataFrame(rows, columns=[ITEM_COL, preset.title_col])
+        genres = read_csv_checked(genres_path, [])
+        if genres.shape[1] < 2:
+            raise InputError(f"{genres_path}: expected two columns (item id, genres)")
+        genres = genres.iloc[:, :2]
+        genres.columns = [ITEM_COL, preset.genre_col]
+        items = titles.merge(genres, on=ITEM_COL, how="left")
+    else:
+        item_path = dataset_dir / f"{name.lower()}.item"
+        if not item_path.is_file():
+            raise InputError(missing_item_file_message(item_path, name, dataset_dir.parent))
+        items = read_csv_checked(item_path, [ITEM_COL, preset.title_col, preset.genre_col], sep="\t")
+        items = items[[ITEM_COL, preset.title_col, preset.genre_col]]
+    if items[ITEM_COL].duplicated().any():
+        dup = items.loc[items[ITEM_COL].duplicated(), ITEM_COL].iloc[0]
+        raise InputError(f"item file(s) in {dataset_dir} list item {dup} more than once")
+    return items
+
+
+def load_train(data_dir, name):
+    """Return (train_original as read, same rows with `title` and `genre` columns)."""
+    preset = get_preset(name)
+    dataset_dir = Path(data_dir) / name
+    train_path = dataset_dir / f"{name}_train_original.csv"
+    if not train_path.is_file():
+        from data_prep import missing_split_message
+
+        raise InputError(missing_split_message(data_dir, name, ("train_original",)))
+    train = read_csv_checked(train_path, [USER_COL, ITEM_COL, RATING_COL])
+    if preset.title_col in train.columns and preset.genre_col in train.columns:
+        # The notebooks' own train_original already carried the item columns.
+        joined = train.copy()
+    else:
+        items = read_item_titles(dataset_dir, name, preset)
+        joined = train.merge(items, on=ITEM_COL, how="left")
+    joined = joined.rename(columns={preset.title_col: "title", preset.genre_col: "genre"})
+    missing = joined["title"].isna() | joined["genre"].isna()
+    if missing.any():
+        item = joined.loc[missing, ITEM_COL].iloc[0]
+        raise InputError(f"{missing.sum()} train row(s) have no title or genre in the item file(s) "
+                         f"of {dataset_dir} (first: item {item})")
+    joined["title"] = joined["title"].astype(str)
+    joined["genre"] = joined["genre"].astype(str)
+    return train, joined
+
+
+def read_skip_users(path):
+    """One user id per line; blank lines ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"skip list not found: {path}")
+    users = set()
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                users.add(int(line))
+            except ValueError:
+                raise InputError(f"{path}:{line_no}: {line.strip()!r} is not a user id") from None
+    return users
