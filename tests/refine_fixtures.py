@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from llm.data import ITEM_COL, RATING_COL, USER_COL, load_train
-import refine_llm as R
+from llm.prompts import SEPARATOR, build_prompts
 from conftest import LocalHTTPServer
 
 
@@ -54,10 +54,10 @@ def fake_answer(prompt):
     titles = [re.sub(r" \(genre:.*\)$", "", t) for t in last_candidates(prompt)]
     picked = titles[::2]
     body = "[" + " ".join(f"'<{t}>'" for t in picked) + "]"
-    prompt2 = prompt.count(R.SEPARATOR) == 1
+    prompt2 = prompt.count(SEPARATOR) == 1
     if titles and not prompt2 and int(re.search(r"\d+", titles[0]).group()) % 3 == 0:
         body = body[:-1] + " and also"
-    return body + "\n\n" + R.SEPARATOR + "\n\nBased on the User's Positively Rated Movie List, more"
+    return body + "\n\n" + SEPARATOR + "\n\nBased on the User's Positively Rated Movie List, more"
 
 
 CHAT_TEMPLATE_TOKENS = 7  # what the fake chat template adds to a prompt's token count
@@ -70,7 +70,7 @@ def word_tokens(text):
 
 def load_jobs(root):
     _, joined = load_train(root, "ML-100K")
-    return joined, R.build_prompts(joined, "ML-100K")
+    return joined, build_prompts(joined, "ML-100K")
 
 
 def api_args(root, url, *extra):

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from llm.data import ITEM_COL, RATING_COL, USER_COL, load_train
+from llm.prompts import prompt_hash
 import refine_llm as R
 
 
@@ -125,7 +126,7 @@ def test_prompts_stage_writes_every_prompt(tmp_path, capsys):
     records = [json.loads(line) for line in lines]
     # User 1 has six 3-star rows -> chunks of 5 and 1; user 2 is on the default skip list.
     assert [(r["user"], r["chunk"]) for r in records] == [(1, 0), (1, 1)]
-    assert all(r["hash"] == R.prompt_hash(r["prompt1"]) for r in records)
+    assert all(r["hash"] == prompt_hash(r["prompt1"]) for r in records)
     assert "2 prompts for 1 user (1 user in the skip list)" in capsys.readouterr().out
 
 

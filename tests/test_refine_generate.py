@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from llm.data import ITEM_COL, RATING_COL
+from llm.prompts import SEPARATOR, budget_text
 import refine_llm as R
 from refine_fixtures import (FakeServer, api_args, expected_augment, expected_outcome, load_jobs,
                              make_dataset, word_tokens)
@@ -20,7 +21,7 @@ def http_args(root, url, *extra):
 def test_http_backend_run_matches_hand_worked_answers(tmp_path):
     make_dataset(tmp_path, n_users=6)
     joined, jobs = load_jobs(tmp_path)
-    totals = sorted(word_tokens(j.prompt1) + word_tokens(R.budget_text(j.prompt1)) for j in jobs)
+    totals = sorted(word_tokens(j.prompt1) + word_tokens(budget_text(j.prompt1)) for j in jobs)
     limit = totals[-1] - 1  # the longest prompts 1 (and longer prompt-2 retries) are too long
     assert totals[-1] > limit
     outcomes = [expected_outcome(j, limit) for j in jobs]
@@ -171,7 +172,7 @@ def test_transformers_backend_tiny_model_batched_equals_one_at_a_time(tiny_model
     root, model_dir, jobs = tiny_model
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     def total(prompt):
-        return len(tokenizer(prompt)["input_ids"]) + len(tokenizer(R.budget_text(prompt))["input_ids"])
+        return len(tokenizer(prompt)["input_ids"]) + len(tokenizer(budget_text(prompt))["input_ids"])
 
     limit = max(total(j.prompt1) for j in jobs) - 1  # the longest prompt 1 is skipped ...
     assert min(total(j.prompt2) for j in jobs) <= limit  # ... and some prompt 2 fits
@@ -204,7 +205,7 @@ def test_transformers_backend_stops_at_separator(tiny_model):
 
     _, model_dir, _ = tiny_model
     backend = R.TransformersBackend(str(model_dir), device="cpu", dtype="float64", batch_size=2)
-    sep_ids = backend.tokenizer(R.SEPARATOR, add_special_tokens=False)["input_ids"]
+    sep_ids = backend.tokenizer(SEPARATOR, add_special_tokens=False)["input_ids"]
     stop = R._SeparatorStop(backend.tokenizer, prompt_width=2, limits=[50, 50])
     ids = torch.tensor([[1, 5] + sep_ids + [7], [1, 5] + [9] * (len(sep_ids) + 1)])
     assert stop(ids, None).tolist() == [True, False]

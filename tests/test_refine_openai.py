@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from llm.data import RATING_COL
+from llm.prompts import SEPARATOR, budget_text
 import refine_llm as R
 from conftest import ROOT, ctrl_c_enabled
 from refine_fixtures import (CHAT_TEMPLATE_TOKENS, FakeServer, api_args, expected_augment, expected_outcome,
@@ -38,7 +39,7 @@ def test_both_endpoints_give_the_hand_worked_answers(tmp_path, monkeypatch, api,
     _, jobs = load_jobs(tmp_path)
     # Chat counts the template too (the fake server adds CHAT_TEMPLATE_TOKENS to each count).
     overhead = CHAT_TEMPLATE_TOKENS if api == "chat" else 0
-    totals = sorted(word_tokens(j.prompt1) + word_tokens(R.budget_text(j.prompt1)) + 2 * overhead for j in jobs)
+    totals = sorted(word_tokens(j.prompt1) + word_tokens(budget_text(j.prompt1)) + 2 * overhead for j in jobs)
     limit = totals[-1] - 1  # the longest prompt 1 is too long
     outcomes = [expected_outcome(j, limit, overhead) for j in jobs]
     statuses = [o[0] for o in outcomes]
@@ -58,12 +59,12 @@ def test_both_endpoints_give_the_hand_worked_answers(tmp_path, monkeypatch, api,
     for request in asked:
         body = request["body"]
         assert request["headers"]["authorization"] == f"Bearer {KEY}"
-        assert (body["temperature"], body["top_p"], body["n"], body["stop"]) == (0, 1, 1, [R.SEPARATOR])
+        assert (body["temperature"], body["top_p"], body["n"], body["stop"]) == (0, 1, 1, [SEPARATOR])
         prompt = body["messages"][0]["content"] if api == "chat" else body["prompt"]
         if api == "chat":
             # The published prompt, unchanged, as the only (user) message.
             assert body["messages"] == [{"role": "user", "content": prompt}]
-        assert body["max_tokens"] == word_tokens(R.budget_text(prompt)) + overhead
+        assert body["max_tokens"] == word_tokens(budget_text(prompt)) + overhead
     # A too-long prompt is never asked when counted first (/tokenize); with usage counts it is asked
     # once, then recorded as too long.
     asked_prompts = {r["body"].get("prompt") or r["body"]["messages"][0]["content"] for r in asked}
@@ -164,7 +165,7 @@ def test_key_and_header_values_appear_in_no_file_and_no_message(tmp_path, monkey
 
 def test_stop_modes_and_the_vllm_field_hint(tmp_path, capsys):
     make_dataset(tmp_path, n_users=1, seed=2)
-    for mode, stop, field in (("vllm", [R.SEPARATOR], True), ("plain", [R.SEPARATOR], False), ("none", None, False)):
+    for mode, stop, field in (("vllm", [SEPARATOR], True), ("plain", [SEPARATOR], False), ("none", None, False)):
         with FakeServer() as server:
             assert R.main(api_args(tmp_path, server.url, "--tokenizer", "server", "--stop", mode,
                                    "--out_dir", str(tmp_path / mode))) == 0
