@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from llm.answers import format_answer_block, parse_answers
 from llm.data import ITEM_COL, RATING_COL, USER_COL, load_train
 from llm.prompts import prompt_hash
 import refine_llm as R
@@ -27,11 +28,11 @@ def write_small_dataset(root, train_rows, item_rows):
 def test_parse_published_answers_file(tmp_path):
     path = tmp_path / "answers.txt"
     path.write_text(
-        R.format_answer_block(3, "['<Heat (genre: Action)>' '<Up>']")
-        + R.format_answer_block(3, "some chatter\n[\"<Ulee's Gold>\"]")
-        + R.format_answer_block(5, "[]")
-        + R.format_answer_block(9, "no list here <Ignored>"))
-    liked = R.parse_answers(path)
+        format_answer_block(3, "['<Heat (genre: Action)>' '<Up>']")
+        + format_answer_block(3, "some chatter\n[\"<Ulee's Gold>\"]")
+        + format_answer_block(5, "[]")
+        + format_answer_block(9, "no list here <Ignored>"))
+    liked = parse_answers(path)
     # User 5's `[]` counts as answered (empty set); user 9 has no `[` line, so no entry.
     assert liked == {3: {"Heat", "Up", "Ulee's Gold"}, 5: set()}
 
@@ -43,7 +44,7 @@ def test_apply_relabels_by_hand(tmp_path):
     train = [(1, 1, 3), (1, 2, 2), (1, 3, 5), (1, 4, 1), (2, 1, 2), (2, 3, 4), (3, 2, 3), (3, 4, 2)]
     folder = write_small_dataset(tmp_path, train, items)
     answers = tmp_path / "answers.txt"
-    answers.write_text(R.format_answer_block(1, "['<Heat>']") + R.format_answer_block(2, "[]"))
+    answers.write_text(format_answer_block(1, "['<Heat>']") + format_answer_block(2, "[]"))
     assert R.main(["apply", "ML-100K", "--data_dir", str(tmp_path), "--answers", str(answers)]) == 0
     text = (folder / "ML-100K_train_augment.csv").read_text()
     assert text == ("user_id:token,item_id:token,rating:float\n"
@@ -66,7 +67,7 @@ def published_answers(original, augment, titles):
         picked = sorted(set(rows.loc[rows["new"] == 4.5, "title"]))
         with np.printoptions(linewidth=np.inf):
             line = str(np.array([f"<{t}>" for t in picked], dtype=object))
-        blocks.append(R.format_answer_block(int(user), line))
+        blocks.append(format_answer_block(int(user), line))
     return "".join(blocks)
 
 
@@ -110,7 +111,7 @@ def test_netflix_titles_split_on_first_two_commas(tmp_path):
     assert joined["title"].tolist() == ["Good, Bad and Ugly, The", "Caf\u00e9 Lumi\u00e8re", "Dinosaur Planet"]
     assert joined["genre"].tolist() == ["Western", "Drama", "Documentary|Animation"]
     answers = tmp_path / "a.txt"
-    answers.write_text(R.format_answer_block(7, "['<Good, Bad and Ugly, The>']"))
+    answers.write_text(format_answer_block(7, "['<Good, Bad and Ugly, The>']"))
     assert R.main(["apply", "Netflix-1M", "--data_dir", str(tmp_path), "--answers", str(answers)]) == 0
     out = pd.read_csv(folder / "Netflix-1M_train_augment.csv")
     assert out[RATING_COL].tolist() == [4.5, 5.0, 0.5]
@@ -147,7 +148,7 @@ GOOD_RECORD = {"user": 1, "chunk": 0, "prompt": 1, "hash": "0123456789abcdef", "
     ("cache.jsonl", [dict(GOOD_RECORD, answer=None)], 1, "answer null is not text"),
     ("cache.jsonl", [dict(GOOD_RECORD, status="done")], 1, 'status "done" is not one of'),
     ("cache.jsonl", [{"user": 1, "chunk": 0}], 1, "record without prompt, hash, status, answer"),
-    ("answers.txt", R.format_answer_block(1, "['<Heat>']") + "LLaMA's cut recommendation for user x7:\n[]\n",
+    ("answers.txt", format_answer_block(1, "['<Heat>']") + "LLaMA's cut recommendation for user x7:\n[]\n",
      8, "with an integer user id N, got \"LLaMA's cut recommendation for user x7:\""),
     ("answers.bin", b"PNG\r\n\x1a\n\x00\xff\xfe binary", 3, "not UTF-8 text"),
 ])
@@ -167,7 +168,7 @@ def test_malformed_answers_file_is_one_line_naming_file_and_line(tmp_path, capsy
 
 
 @pytest.mark.parametrize("name, content", [
-    ("answers.txt", R.format_answer_block(1, "I cannot tell which films") + R.format_answer_block(2, "no list")),
+    ("answers.txt", format_answer_block(1, "I cannot tell which films") + format_answer_block(2, "no list")),
     ("answers.txt", ""),
     ("cache.jsonl", json.dumps(dict(GOOD_RECORD, status="no_bracket", answer="['<Heat>'")) + "\n"),
 ])

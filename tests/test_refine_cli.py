@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import data_prep
+from llm.answers import format_answer_block
 from llm.data import ITEM_COL, RATING_COL, USER_COL
 import refine_llm as R
 from conftest import ROOT
@@ -94,7 +95,7 @@ def test_warning_when_no_skip_list_is_found(tmp_path, capsys):
 def test_ctrl_c_in_each_stage_is_one_truthful_line(tmp_path, monkeypatch, capsys, stage, target, note):
     folder = make_dataset(tmp_path, n_users=2)
     answers = tmp_path / "answers.txt"
-    answers.write_text(R.format_answer_block(1, "[]"))
+    answers.write_text(format_answer_block(1, "[]"))
     augment = folder / "ML-100K_train_augment.csv"
     augment.write_text("earlier\n")
 

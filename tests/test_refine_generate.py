@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import pytest
 
+from llm.answers import format_answer_block, read_cache_records
 from llm.data import ITEM_COL, RATING_COL
 from llm.prompts import SEPARATOR, budget_text
 import refine_llm as R
@@ -38,7 +39,7 @@ def test_http_backend_run_matches_hand_worked_answers(tmp_path):
     # Each prompt asked once: prompt 1 for all not too long, prompt 2 only after a missing `]`.
     assert len(server.asked) == len(set(server.asked))
     # Published answers-file format, in (user, chunk) order.
-    expected_txt = "".join(R.format_answer_block(j.user, o[2]) for j, o in zip(jobs, outcomes) if o[0] == "answered")
+    expected_txt = "".join(format_answer_block(j.user, o[2]) for j, o in zip(jobs, outcomes) if o[0] == "answered")
     assert (tmp_path / "ML-100K" / "llm" / "llama_distinguish_answer.txt").read_text() == expected_txt
     augment = pd.read_csv(tmp_path / "ML-100K" / "ML-100K_train_augment.csv")
     assert augment[RATING_COL].tolist() == expected_augment(tmp_path, jobs, outcomes)
@@ -60,7 +61,7 @@ def test_failing_server_stops_run_and_rerun_asks_only_the_rest(tmp_path, capsys,
     assert err.count("\n") == 1 and "answered HTTP 500 injected 500, still after 2 retries" in err
     assert len(first) == 7
     cache_path = broken / "ML-100K" / "llm" / "answers_cache.jsonl"
-    assert len(R.read_cache_records(cache_path)) == 7  # every answer the server gave is kept
+    assert len(read_cache_records(cache_path)) == 7  # every answer the server gave is kept
     with open(cache_path, "a") as handle:
         handle.write('{"user": 1, "chunk": 0, "pro')  # as if killed in the middle of a write
     with FakeServer() as server:
@@ -185,7 +186,7 @@ def test_transformers_backend_tiny_model_batched_equals_one_at_a_time(tiny_model
         assert R.main(argv) == 0
         reports.append(json.loads((out / "report.json").read_text()))
         caches.append(sorted((r["user"], r["chunk"], r["prompt"], r["status"], r["answer"], r["budget_tokens"])
-                             for r in R.read_cache_records(out / "answers_cache.jsonl")))
+                             for r in read_cache_records(out / "answers_cache.jsonl")))
     report = reports[0]
     assert report["prompts"] == len(jobs)
     assert report["answered"] + report["skipped_too_long"] + report["hallucinated"] == len(jobs)

@@ -13,6 +13,7 @@ import time
 import pandas as pd
 import pytest
 
+from llm.answers import read_cache_records
 from llm.data import RATING_COL
 from llm.prompts import SEPARATOR, budget_text
 import refine_llm as R
@@ -102,7 +103,7 @@ def test_429_with_retry_after_then_503_then_success_answers_once(tmp_path):
     first_prompt = [r for r in generation_requests(server) if r["body"] == generation_requests(server)[0]["body"]]
     assert len(first_prompt) == 3  # 429, 503, answer
     assert first_prompt[1]["time"] - first_prompt[0]["time"] >= 0.3  # Retry-After honoured
-    records = R.read_cache_records(tmp_path / "ML-100K" / "llm" / "answers_cache.jsonl")
+    records = read_cache_records(tmp_path / "ML-100K" / "llm" / "answers_cache.jsonl")
     assert [r["prompt"] for r in records] in ([1], [1, 2])  # answered once, cached once
     report = json.loads((tmp_path / "ML-100K" / "llm" / "report.json").read_text())
     assert (report["requests_retried"], report["retries"]) == (1, 2)
@@ -115,7 +116,7 @@ def test_dropped_connection_body_cut_short_and_timeout_are_retried(tmp_path):
                                "--concurrency", "1", "--timeout", "0.5")) == 0
     first_prompt = [r for r in generation_requests(server) if r["body"] == generation_requests(server)[0]["body"]]
     assert len(first_prompt) == 4 and server.asked[0] == first_prompt[0]["body"]["prompt"]
-    records = R.read_cache_records(tmp_path / "ML-100K" / "llm" / "answers_cache.jsonl")
+    records = read_cache_records(tmp_path / "ML-100K" / "llm" / "answers_cache.jsonl")
     assert [r["prompt"] for r in records] in ([1], [1, 2])
     report = json.loads((tmp_path / "ML-100K" / "llm" / "report.json").read_text())
     assert (report["requests_retried"], report["retries"]) == (1, 3)
@@ -216,7 +217,7 @@ def test_ctrl_c_with_requests_in_flight_keeps_what_arrived_and_does_not_wait(tmp
     assert process.returncode == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("error: interrupted; every answer received is in ")
     assert err.strip().endswith("rerun the same command to resume (it asks only prompts without an answer)")
-    records = R.read_cache_records(tmp_path / "ML-100K" / "llm" / "answers_cache.jsonl")
+    records = read_cache_records(tmp_path / "ML-100K" / "llm" / "answers_cache.jsonl")
     assert len(records) == 2  # both answers that arrived are cached
     with FakeServer() as server:
         assert R.main(api_args(tmp_path, server.url, "--tokenizer", "server")) == 0
