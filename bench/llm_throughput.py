@@ -16,18 +16,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from llm.backends import Request, TransformersBackend
 from llm.data import load_train, read_skip_users
 from llm.prompts import budget_text, build_prompts, prompt_hash
-import refine_llm as R  # noqa: E402
 from bench.tiny_llm import build_tiny_llm, synthetic_joined  # noqa: E402
 
 
 def time_generation(model_dir, jobs, batch_size, device):
     """Seconds to answer prompt 1 of every job; returns (seconds, answers)."""
-    backend = R.TransformersBackend(str(model_dir), device=device, dtype="float32", batch_size=batch_size)
-    requests = [R.Request(j.user, j.chunk, 1, j.prompt1, prompt_hash(j.prompt1)) for j in jobs]
+    backend = TransformersBackend(str(model_dir), device=device, dtype="float32", batch_size=batch_size)
+    requests = [Request(j.user, j.chunk, 1, j.prompt1, prompt_hash(j.prompt1)) for j in jobs]
     lengths = backend.token_lengths(requests)
-    requests = [R.Request(r.user, r.chunk, 1, r.prompt, r.key, budget) for r, (_, budget) in zip(requests, lengths)]
+    requests = [Request(r.user, r.chunk, 1, r.prompt, r.key, budget) for r, (_, budget) in zip(requests, lengths)]
     backend.generate(requests[:1]).__next__()  # warm-up
     started = time.perf_counter()
     answers = {r.key: reply.text for r, reply in backend.generate(requests)}

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from llm.answers import format_answer_block, read_cache_records
+from llm.backends import TransformersBackend, _SeparatorStop
 from llm.data import ITEM_COL, RATING_COL
 from llm.prompts import SEPARATOR, budget_text
 import refine_llm as R
@@ -205,13 +206,13 @@ def test_transformers_backend_stops_at_separator(tiny_model):
     import torch
 
     _, model_dir, _ = tiny_model
-    backend = R.TransformersBackend(str(model_dir), device="cpu", dtype="float64", batch_size=2)
+    backend = TransformersBackend(str(model_dir), device="cpu", dtype="float64", batch_size=2)
     sep_ids = backend.tokenizer(SEPARATOR, add_special_tokens=False)["input_ids"]
-    stop = R._SeparatorStop(backend.tokenizer, prompt_width=2, limits=[50, 50])
+    stop = _SeparatorStop(backend.tokenizer, prompt_width=2, limits=[50, 50])
     ids = torch.tensor([[1, 5] + sep_ids + [7], [1, 5] + [9] * (len(sep_ids) + 1)])
     assert stop(ids, None).tolist() == [True, False]
     assert stop.finished_at(0, 99) == len(sep_ids) + 1 and stop.finished_at(1, 99) == 99
     # The token budget stops a row too (upstream's max_length = prompt + budget tokens).
-    budget = R._SeparatorStop(backend.tokenizer, prompt_width=2, limits=[3, 4])
+    budget = _SeparatorStop(backend.tokenizer, prompt_width=2, limits=[3, 4])
     assert budget(torch.tensor([[1, 5, 9, 9, 9], [1, 5, 9, 9, 9]]), None).tolist() == [True, False]
     assert budget.finished_at(0, 3) == 3
