@@ -252,26 +252,26 @@ def stage_generate(args, jobs, out_dir):
                              f"(it asks only prompts without an answer)")
     started = time.time()
     try:
-        final, counts = generate_answers(jobs, backend, cache, args.max_total_tokens, progress=not args.no_progress)
+        final, tally = generate_answers(jobs, backend, cache, args.max_total_tokens, progress=not args.no_progress)
     except InputError as err:
         raise InputError(f"{err}; every answer received so far is in {cache.path}: rerun the same command "
                          f"to resume") from None
     finally:
         cache.close()
     seconds = time.time() - started
-    with_usage = counts["with_usage"] > 0
+    with_usage = tally.with_usage > 0
     report = {"dataset": args.name, "backend": args.backend, "model": backend.model_id,
               "api": getattr(backend, "api_tag", None), "base_url": getattr(backend, "shown_url", None),
               "prompts": len(jobs), "users": len({j.user for j in jobs}),
-              "answered": counts["answered"], "answered_with_prompt2": counts["answered_with_prompt2"],
-              "skipped_too_long": counts["skipped_too_long"], "hallucinated": counts["hallucinated"],
-              "missing": counts["missing"], "from_cache": counts["from_cache"], "asked": counts["asked"],
+              "answered": tally.answered, "answered_with_prompt2": tally.answered_with_prompt2,
+              "skipped_too_long": tally.skipped_too_long, "hallucinated": tally.hallucinated,
+              "missing": tally.missing, "from_cache": tally.from_cache, "asked": tally.asked,
               "users_answered": len({k[0] for k, r in final.items() if r is not None and r["status"] == "answered"}),
-              "prompt_tokens": counts["usage_prompt_tokens"] if with_usage else None,
-              "completion_tokens": counts["usage_completion_tokens"] if with_usage else None,
-              "requests_retried": counts["requests_retried"], "retries": counts["retries"],
+              "prompt_tokens": tally.usage_prompt_tokens if with_usage else None,
+              "completion_tokens": tally.usage_completion_tokens if with_usage else None,
+              "requests_retried": tally.requests_retried, "retries": tally.retries,
               "seconds": round(seconds, 3),
-              "prompts_per_second": round(counts["asked"] / seconds, 3) if seconds > 0 else None,
+              "prompts_per_second": round(tally.asked / seconds, 3) if seconds > 0 else None,
               "answers_file": str(cache.txt_path), "cache_file": str(cache.path)}
     with atomic_write(out_dir / "report.json", encoding="utf-8") as handle:
         json.dump(report, handle, indent=2)

@@ -119,6 +119,24 @@ async def run_all(coroutines):
         raise errors.exceptions[0] from None
 
 
+@dataclass
+class Usage:
+    """The server's `usage` summed over the requests made for one answer."""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reported: bool = False      # False: no request reported usage, so the totals are unknown
+
+    def add(self, body):
+        usage = getattr(body, "usage", None)
+        if usage is not None:
+            self.prompt_tokens += getattr(usage, "prompt_tokens", 0) or 0
+            self.completion_tokens += getattr(usage, "completion_tokens", 0) or 0
+            self.reported = True
+
+    def totals(self):
+        return (self.prompt_tokens, self.completion_tokens) if self.reported else None
+
+
 class OpenAIBackend:
     """Any OpenAI-compatible server (vLLM, SGLang, llama.cpp, Ollama, hosted APIs) through the
     official `openai` client.
@@ -249,29 +267,20 @@ class OpenAIBackend:
         return tokens
 
     async def _ask(self, client, request):
-        retries, used = 0, [0, 0, False]
-
-        def add_usage(body):
-            usage = getattr(body, "usage", None)
-            if usage is not None:
-                used[0] += getattr(usage, "prompt_tokens", 0) or 0
-                used[1] += getattr(usage, "completion_tokens", 0) or 0
-                used[2] = True
-
-        budget, rule_tokens = request.max_new_tokens, None
+        usage = Usage()
+        budget, rule_tokens, retries = request.max_new_tokens, None, 0
         if budget is None:
             # --tokenizer usage: the budget is the server's count of the budget text.
             text = budget_text(request.prompt)
             body, retries = await self._call(self.endpoint, lambda: self._send(client, text, 1, with_system=False))
             budget = self._prompt_tokens(body, "--tokenizer usage")
-            add_usage(body)
+            usage.add(body)
         body, more = await self._call(self.endpoint, lambda: self._send(client, request.prompt, budget))
         retries += more
-        add_usage(body)
+        usage.add(body)
         if request.max_new_tokens is None:
             rule_tokens = (self._prompt_tokens(body, "--tokenizer usage"), budget)
-        return Reply(request.prompt + self._answer_text(body), rule_tokens,
-                     tuple(used[:2]) if used[2] else None, retries)
+        return Reply(request.prompt + self._answer_text(body), rule_tokens, usage.totals(), retries)
 
     async def _count_on_server(self, client, text):
         root = re.sub(r"/v1$", "", self.base_url)
