@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import entry
 from utils import ArgumentParser, HelpFormatter, InputError, atomic_write
 from llm.data import USER_COL, ITEM_COL, RATING_COL, get_preset, read_csv_checked, load_train, read_skip_users
 from llm.prompts import build_prompts, prompt_hash
@@ -242,14 +243,14 @@ def make_backend(args):
     return ReplayBackend(args.replay)
 
 
-def stage_generate(args, jobs, out_dir):
+def stage_generate(args, jobs, out_dir, stop):
     backend = make_backend(args)
     warn_if_no_skip_list(args)
     cache = AnswerCache(out_dir, backend.model_id, getattr(backend, "api_tag", "completions"))
     if cache.ignored:
         print(f"note: {cache.ignored} cached answer(s) from another model or API kind ignored", file=sys.stderr)
-    args.interrupted_note = (f"every answer received is in {cache.path}; rerun the same command to resume "
-                             f"(it asks only prompts without an answer)")
+    stop.set(f"every answer received is in {cache.path}; rerun the same command to resume "
+             f"(it asks only prompts without an answer)")
     started = time.time()
     try:
         final, tally = generate_answers(jobs, backend, cache, args.max_total_tokens, progress=not args.no_progress)
@@ -344,42 +345,38 @@ def stage_diff(args):
           f"in B only: {int((relabelled[1] & ~relabelled[0]).sum())}")
 
 
+def run_stage(args, stop):
+    """The stage's work; `stop` says, as it goes, what a Ctrl-C or SIGTERM leaves behind."""
+    if args.stage == "diff":
+        stage_diff(args)
+    elif args.stage == "prompts":
+        stop.set("prompts.jsonl is written only when complete; rerun the same command")
+        stage_prompts(args)
+    elif args.stage == "apply":
+        stop.set(f"{augment_path(args)} is replaced only when complete; rerun the same command")
+        get_preset(args.name)
+        _, out_dir, _ = resolve_paths(args)
+        train, joined = load_train(args.data_dir, args.name)
+        answers = Path(args.answers) if args.answers else out_dir / "llama_distinguish_answer.txt"
+        if not answers.is_file():
+            raise InputError(f"answers file not found: {answers}")
+        stage_apply(args, train, joined, answers)
+    else:
+        stop.set("nothing was asked yet; rerun the same command")
+        train, joined, jobs, out_dir = stage_prompts(args, write=False)
+        stage_generate(args, jobs, out_dir, stop)
+        if args.stage == "run":
+            stop.set(f"every answer is in {out_dir / 'answers_cache.jsonl'} and {augment_path(args)} is replaced "
+                     f"only when complete; rerun the same command (it asks nothing more)")
+            stage_apply(args, train, joined, out_dir / "llama_distinguish_answer.txt")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    args.interrupted_note = "nothing was written; rerun the same command"
-    try:
-        if args.stage == "diff":
-            stage_diff(args)
-        elif args.stage == "prompts":
-            args.interrupted_note = "prompts.jsonl is written only when complete; rerun the same command"
-            stage_prompts(args)
-        elif args.stage == "apply":
-            args.interrupted_note = f"{augment_path(args)} is replaced only when complete; rerun the same command"
-            get_preset(args.name)
-            _, out_dir, _ = resolve_paths(args)
-            train, joined = load_train(args.data_dir, args.name)
-            answers = Path(args.answers) if args.answers else out_dir / "llama_distinguish_answer.txt"
-            if not answers.is_file():
-                raise InputError(f"answers file not found: {answers}")
-            stage_apply(args, train, joined, answers)
-        else:
-            args.interrupted_note = "nothing was asked yet; rerun the same command"
-            train, joined, jobs, out_dir = stage_prompts(args, write=False)
-            stage_generate(args, jobs, out_dir)
-            if args.stage == "run":
-                args.interrupted_note = (f"every answer is in {out_dir / 'answers_cache.jsonl'} and "
-                                         f"{augment_path(args)} is replaced only when complete; rerun the same "
-                                         f"command (it asks nothing more)")
-                stage_apply(args, train, joined, out_dir / "llama_distinguish_answer.txt")
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        # Exit code 2 like every other stop on the user's side (main.py does the same).
-        print(f"error: interrupted; {args.interrupted_note}", file=sys.stderr)
-        return 2
-    return 0
+    stop = entry.Stop("nothing was written; rerun the same command")
+    return entry.run_script(lambda: run_stage(args, stop), stop)
 
 
 if __name__ == "__main__":
+    entry.install_stop_handlers()
     sys.exit(main())

@@ -193,7 +193,9 @@ def test_bad_flag_values_are_refused_before_any_work(tmp_path, flag, value):
     assert result.stderr.endswith("(see python refine_llm.py generate --help)\n")
 
 
-def test_ctrl_c_with_requests_in_flight_keeps_what_arrived_and_does_not_wait(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_with_requests_in_flight_keeps_what_arrived_and_does_not_wait(tmp_path, signum):
+    """Ctrl-C, and SIGTERM (a scheduler's stop) the same way."""
     make_dataset(tmp_path, n_users=6, seed=3)
     _, jobs = load_jobs(tmp_path)
     argv = [sys.executable, "refine_llm.py", *api_args(tmp_path, "URL", "--tokenizer", "server",
@@ -209,7 +211,7 @@ def test_ctrl_c_with_requests_in_flight_keeps_what_arrived_and_does_not_wait(tmp
         assert len(server.asked) == 2 and server.holding == 3  # two answered, three in flight
         time.sleep(0.3)  # let the two answers reach the client
         interrupted = time.monotonic()
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         _, err = process.communicate(timeout=30)
         # The held requests are dropped at once, not waited for (the server never answers them).
         assert time.monotonic() - interrupted < 10
