@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from utils import InputError, atomic_write
-from llm.data import USER_COL, RATING_COL
+from llm.data import USER_COL, RATING_COL, user_id
 
 ANSWER_HEADER = "LLaMA's cut recommendation for user {user}:"
 ANSWER_HEADER_PREFIX = "LLaMA's cut recommendation for user"
@@ -48,9 +48,11 @@ def cache_record_problem(rec):
     missing = [k for k in ("user", "chunk", "prompt", "hash", "status", "answer") if k not in rec]
     if missing:
         return f"record without {', '.join(missing)}"
-    for field in ("user", "chunk"):
-        if not isinstance(rec[field], int) or isinstance(rec[field], bool):
-            return f"{field} {json.dumps(rec[field])} is not an integer"
+    user = rec["user"]
+    if isinstance(user, bool) or not isinstance(user, (int, str)) or len(str(user).split()) != 1:
+        return f"user {json.dumps(user)} is not a user id (a whole number or a text without spaces)"
+    if not isinstance(rec["chunk"], int) or isinstance(rec["chunk"], bool):
+        return f"chunk {json.dumps(rec['chunk'])} is not an integer"
     if rec["prompt"] not in (1, 2):
         return f"prompt {json.dumps(rec['prompt'])} is not 1 or 2"
     if rec["status"] not in CACHE_STATUSES:
@@ -75,6 +77,7 @@ def read_cache_records(path):
         problem = cache_record_problem(rec)
         if problem:
             raise InputError(f"{path}:{line_no}: {problem}; fix or delete that line")
+        rec["user"] = user_id(rec["user"])
         records.append(rec)
     return records
 
@@ -85,13 +88,13 @@ def read_answer_blocks(path):
     for line_no, line in enumerate(read_text_lines(path), 1):
         stripped = line.strip()
         if stripped.startswith(ANSWER_HEADER_PREFIX):
-            match = re.fullmatch(r"(\d+):", stripped[len(ANSWER_HEADER_PREFIX):].strip())
+            match = re.fullmatch(r"(\S+):", stripped[len(ANSWER_HEADER_PREFIX):].strip())
             if not match:
-                raise InputError(f"{path}:{line_no}: expected \"{ANSWER_HEADER.format(user='N')}\" with an "
-                                 f"integer user id N, got {stripped[:80]!r}")
+                raise InputError(f"{path}:{line_no}: expected \"{ANSWER_HEADER.format(user='N')}\" with a "
+                                 f"user id N, got {stripped[:80]!r}")
             if user is not None:
                 blocks.append((user, "\n".join(lines).strip("\n")))
-            user, lines = int(match.group(1)), []
+            user, lines = user_id(match.group(1)), []
         elif user is not None:
             lines.append(line)
     if user is not None:
@@ -125,7 +128,7 @@ def parse_answers(path):
         for rec in read_cache_records(path):
             if rec["status"] == "answered":
                 latest[(rec["user"], rec["chunk"])] = rec
-        for (user, _), rec in sorted(latest.items()):
+        for (user, _), rec in sorted(latest.items(), key=lambda item: (str(item[0][0]), item[0][1])):
             parse_answer_lines(rec["answer"].split("\n"), user, liked)
         return liked
     for user, text in read_answer_blocks(path):
@@ -139,9 +142,9 @@ def relabel(train, titles, liked):
 
     out = train.copy()
     out[RATING_COL] = out[RATING_COL].astype(float)
-    users = out[USER_COL].to_numpy()
-    picked = np.array([t in liked.get(int(u), ()) for u, t in zip(users, titles)], dtype=bool)
-    target = np.isin(users, np.array(list(liked), dtype=users.dtype)) & out[RATING_COL].isin([2, 3]).to_numpy()
+    users = [user_id(u) for u in out[USER_COL].to_numpy()]
+    picked = np.array([t in liked.get(u, ()) for u, t in zip(users, titles)], dtype=bool)
+    target = np.array([u in liked for u in users], dtype=bool) & out[RATING_COL].isin([2, 3]).to_numpy()
     out.loc[target & picked, RATING_COL] = 4.5
     out.loc[target & ~picked, RATING_COL] = 0.5
     return out

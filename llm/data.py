@@ -2,6 +2,7 @@
 
     python -c "from llm.data import load_train; print(load_train('dataset', 'ML-100K')[1].head())"
 """
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,16 +138,30 @@ def load_train(data_dir, name):
     return train, joined
 
 
+def user_id(value):
+    """A user id as the LLM stage keeps it: an int when it is all digits (MovieLens, Netflix), else
+    its text (Amazon's `A1B2C3`), so ids from the train file, a skip list and an answers file compare
+    equal whatever file they came from."""
+    text = str(value).strip()
+    return int(text) if re.fullmatch(r"\d+", text) else text
+
+
+def shipped_skip_list(name):
+    """The published skip list that comes with this package for dataset `name`, or None."""
+    path = Path(__file__).parent / "skip_users" / f"{name}.txt"
+    return path if path.is_file() else None
+
+
 def read_skip_users(path):
-    """One user id per line; blank lines ignored."""
+    """One user id per line; blank lines and `#` comment lines ignored."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"skip list not found: {path}")
     users = set()
     for line_no, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                users.add(int(line))
-            except ValueError:
-                raise InputError(f"{path}:{line_no}: {line.strip()!r} is not a user id") from None
+        text = line.strip()
+        if text and not text.startswith("#"):
+            if len(text.split()) > 1:
+                raise InputError(f"{path}:{line_no}: {text[:80]!r} is not one user id (one id per line)")
+            users.add(user_id(text))
     return users

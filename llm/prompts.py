@@ -7,7 +7,7 @@ import re
 import sys
 from dataclasses import dataclass
 
-from llm.data import USER_COL, ITEM_COL, RATING_COL, get_preset
+from llm.data import USER_COL, ITEM_COL, RATING_COL, get_preset, user_id
 
 SEPARATOR = "-" * 45
 
@@ -60,7 +60,7 @@ def prompt2_text(label, header, pos5, example, few_shot, chunk):
 
 @dataclass(frozen=True)
 class PromptJob:
-    user: int
+    user: int | str   # llm.data.user_id
     chunk: int
     prompt1: str
     prompt2: str
@@ -99,7 +99,7 @@ def user_prompts(user, rows, preset, rng):
     for index, chunk in enumerate(chunks):
         chunk_s = render_list(chunk)
         jobs.append(PromptJob(
-            int(user), index,
+            user_id(user), index,
             prompt1_text(preset.label, pos5_s, example_s, few_s, chunk_s),
             prompt2_text(preset.label, preset.prompt2_header, pos5_s, example_s, few_s, chunk_s)))
     return jobs
@@ -118,10 +118,10 @@ def build_prompts(joined, name, skip_users=()):
     order = np.lexsort((-counts, users))
     rows = joined.iloc[order]
     rng = np.random.RandomState(SEED)
-    skip = set(int(u) for u in skip_users)
+    skip = {user_id(u) for u in skip_users}
     jobs = []
     for user, group in rows.groupby(USER_COL, sort=True):
-        if int(user) in skip:
+        if user_id(user) in skip:
             continue
         if preset.reseed_per_user:
             rng = np.random.RandomState(SEED)

@@ -144,12 +144,13 @@ GOOD_RECORD = {"user": 1, "chunk": 0, "prompt": 1, "hash": "0123456789abcdef", "
 
 
 @pytest.mark.parametrize("name, content, where, message", [
-    ("cache.jsonl", [GOOD_RECORD, dict(GOOD_RECORD, user="abc")], 2, 'user "abc" is not an integer'),
+    ("cache.jsonl", [GOOD_RECORD, dict(GOOD_RECORD, user="a b")], 2, 'user "a b" is not a user id'),
+    ("cache.jsonl", [dict(GOOD_RECORD, user=1.5)], 1, "user 1.5 is not a user id"),
     ("cache.jsonl", [dict(GOOD_RECORD, answer=None)], 1, "answer null is not text"),
     ("cache.jsonl", [dict(GOOD_RECORD, status="done")], 1, 'status "done" is not one of'),
     ("cache.jsonl", [{"user": 1, "chunk": 0}], 1, "record without prompt, hash, status, answer"),
-    ("answers.txt", format_answer_block(1, "['<Heat>']") + "LLaMA's cut recommendation for user x7:\n[]\n",
-     8, "with an integer user id N, got \"LLaMA's cut recommendation for user x7:\""),
+    ("answers.txt", format_answer_block(1, "['<Heat>']") + "LLaMA's cut recommendation for user :\n[]\n",
+     8, "with a user id N, got \"LLaMA's cut recommendation for user :\""),
     ("answers.bin", b"PNG\r\n\x1a\n\x00\xff\xfe binary", 3, "not UTF-8 text"),
 ])
 def test_malformed_answers_file_is_one_line_naming_file_and_line(tmp_path, capsys, name, content, where, message):

@@ -9,7 +9,7 @@ import pytest
 
 from llm.answers import format_answer_block, read_cache_records
 from llm.backends import TransformersBackend, _SeparatorStop
-from llm.data import ITEM_COL, RATING_COL
+from llm.data import ITEM_COL, RATING_COL, USER_COL
 from llm.prompts import SEPARATOR, budget_text
 import refine_llm as R
 from refine_fixtures import (FakeServer, api_args, expected_augment, expected_outcome, load_jobs,
@@ -44,6 +44,36 @@ def test_http_backend_run_matches_hand_worked_answers(tmp_path):
     assert (tmp_path / "ML-100K" / "llm" / "llama_distinguish_answer.txt").read_text() == expected_txt
     augment = pd.read_csv(tmp_path / "ML-100K" / "ML-100K_train_augment.csv")
     assert augment[RATING_COL].tolist() == expected_augment(tmp_path, jobs, outcomes)
+
+
+def test_string_user_ids_go_through_prompts_generate_and_apply(tmp_path):
+    """Amazon-style user ids (`A1B2C3`): every stage keeps them as text, and the skip list names them."""
+    folder = make_dataset(tmp_path, n_users=4, seed=4)
+    train_path = folder / "ML-100K_train_original.csv"
+    train = pd.read_csv(train_path)
+    train[USER_COL] = train[USER_COL].map(lambda u: f"A{u}X{u * 7}Q")
+    train.to_csv(train_path, index=False)
+    (folder / "llm_skip_users.txt").write_text("A2X14Q\n")
+    assert R.main(["prompts", "ML-100K", "--data_dir", str(tmp_path)]) == 0
+    records = [json.loads(line) for line in (folder / "llm" / "prompts.jsonl").read_text().splitlines()]
+    assert {r["user"] for r in records} == {"A1X7Q", "A3X21Q", "A4X28Q"}
+    _, jobs = load_jobs(tmp_path)
+    assert {j.user for j in jobs} == set(train[USER_COL])
+    outcomes = [expected_outcome(j, 5000) for j in jobs]
+    assert "answered" in {o[0] for o in outcomes}
+    with FakeServer() as server:
+        assert R.main(http_args(tmp_path, server.url)) == 0
+    augment = pd.read_csv(folder / "ML-100K_train_augment.csv")
+    assert augment[USER_COL].tolist() == train[USER_COL].tolist()
+    assert augment[RATING_COL].tolist() == expected_augment(tmp_path, jobs, outcomes)
+    # apply from the published answers format and from the cache: the same file.
+    answers_txt = (folder / "llm" / "llama_distinguish_answer.txt").read_text()
+    assert "LLaMA's cut recommendation for user A1X7Q:" in answers_txt
+    for answers in ("llama_distinguish_answer.txt", "answers_cache.jsonl"):
+        out = tmp_path / f"{answers}.csv"
+        assert R.main(["apply", "ML-100K", "--data_dir", str(tmp_path), "--answers", str(folder / "llm" / answers),
+                       "--output", str(out)]) == 0
+        assert out.read_bytes() == (folder / "ML-100K_train_augment.csv").read_bytes()
 
 
 @pytest.mark.parametrize("api", [["--tokenizer", "server"], ["--api", "chat"]])
