@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import entry
 from utils import ArgumentParser, HelpFormatter, InputError, atomic_write
-from llm.data import USER_COL, ITEM_COL, RATING_COL, get_preset, read_csv_checked, load_train, read_skip_users
+from llm.data import USER_COL, ITEM_COL, RATING_COL, get_preset, read_csv_checked, load_train, read_skip_users, shipped_skip_list
 from llm.prompts import build_prompts, prompt_hash
 from llm.answers import parse_answers, relabel, AnswerCache
 from llm.backends import DEFAULT_MODEL, TransformersBackend, ReplayBackend
@@ -77,8 +77,8 @@ EXAMPLES = {
             "      --model some-model --api_key_env EXAMPLE_API_KEY --out_dir dataset/ML-100K/llm-some-model \\\n"
             "      --output dataset/ML-100K/some-model_train_augment.csv\n"
             "  python refine_llm.py run ML-100K --backend replay --replay answers_cache.jsonl --out_dir /tmp/replay"),
-    "diff": ("  python refine_llm.py diff dataset/ML-100K/qwen_train_augment.csv \\\n"
-             "      ../shared/datasets/ML-100K/ML-100K_train_augment.csv"),
+    "diff": ("  python refine_llm.py diff dataset-qwen/ML-100K/ML-100K_train_augment.csv \\\n"
+             "      dataset/ML-100K/ML-100K_train_augment.csv"),
 }
 
 
@@ -99,8 +99,9 @@ def build_parser():
                        help="folder holding NAME/ (default: ./dataset, or $REFINE_DATA_DIR when set)")
         p.add_argument("--out_dir", default=None, help="cache, answers file and report (default: DATA_DIR/NAME/llm)")
         p.add_argument("--skip_users", default=None,
-                       help="file of user ids not to ask (default: DATA_DIR/NAME/llm_skip_users.txt if present; "
-                            "'none' for no skip list)")
+                       help="file of user ids not to ask, one a line (default: DATA_DIR/NAME/llm_skip_users.txt "
+                            "if present, else the published list for NAME that comes with refine_llm; 'none' "
+                            "asks every user)")
         p.add_argument("--max_prompts", type=non_negative_int, default=None,
                        help="only the first N prompts, for trial runs (default: all)")
 
@@ -174,26 +175,23 @@ def build_parser():
 
 
 def resolve_paths(args):
-    """(dataset folder, output folder, skip list: a set, or None when the default file is absent)."""
+    """(dataset folder, output folder, the set of user ids not to ask).
+
+    The skip list: --skip_users FILE, else DATA_DIR/NAME/llm_skip_users.txt, else the published one
+    in llm/skip_users/ (without it the prompts after the first skipped user differ from the
+    published ones, as one random stream shuffles every user's lists in turn).
+    """
     dataset_dir = Path(args.data_dir) / args.name
     out_dir = Path(args.out_dir) if args.out_dir else dataset_dir / "llm"
     if args.skip_users is None:
         default = dataset_dir / "llm_skip_users.txt"
-        skip = read_skip_users(default) if default.is_file() else None
+        path = default if default.exists() else shipped_skip_list(args.name)
+        skip = read_skip_users(path) if path else set()
     elif args.skip_users.lower() == "none":
         skip = set()
     else:
         skip = read_skip_users(args.skip_users)
     return dataset_dir, out_dir, skip
-
-
-def warn_if_no_skip_list(args):
-    if getattr(args, "skip_list_missing", False):
-        print(f"warning: no skip list at {Path(args.data_dir) / args.name / 'llm_skip_users.txt'}: every user "
-              f"is asked, and as one random stream shuffles all users in turn, the prompts after the first "
-              f"user the published run skipped differ from the published ones; copy the published "
-              f"llm_skip_users.txt there to match them, or pass --skip_users none to ask everyone without "
-              f"this warning", file=sys.stderr)
 
 
 def plural(count, noun):
@@ -206,8 +204,7 @@ def stage_prompts(args, write=True):
     train, joined = load_train(args.data_dir, args.name)
     if not joined[RATING_COL].isin([2, 3]).any():
         raise InputError(f"{dataset_dir}/{args.name}_train_original.csv has no 2- or 3-star rows: nothing to refine")
-    args.skip_list_missing = skip is None
-    jobs = build_prompts(joined, args.name, skip or ())
+    jobs = build_prompts(joined, args.name, skip)
     if args.max_prompts is not None:
         jobs = jobs[:args.max_prompts]
     if write:
@@ -215,9 +212,8 @@ def stage_prompts(args, write=True):
             for job in jobs:
                 handle.write(json.dumps({"user": job.user, "chunk": job.chunk, "hash": prompt_hash(job.prompt1),
                                          "prompt1": job.prompt1, "prompt2": job.prompt2}, ensure_ascii=False) + "\n")
-        warn_if_no_skip_list(args)
         print(f"{plural(len(jobs), 'prompt')} for {plural(len({j.user for j in jobs}), 'user')} "
-              f"({plural(len(skip or ()), 'user')} in the skip list) -> {out_dir / 'prompts.jsonl'}")
+              f"({plural(len(skip), 'user')} in the skip list) -> {out_dir / 'prompts.jsonl'}")
     return train, joined, jobs, out_dir
 
 
@@ -245,7 +241,6 @@ def make_backend(args):
 
 def stage_generate(args, jobs, out_dir, stop):
     backend = make_backend(args)
-    warn_if_no_skip_list(args)
     cache = AnswerCache(out_dir, backend.model_id, getattr(backend, "api_tag", "completions"))
     if cache.ignored:
         print(f"note: {cache.ignored} cached answer(s) from another model or API kind ignored", file=sys.stderr)

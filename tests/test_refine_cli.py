@@ -1,9 +1,10 @@
-"""refine_llm's command line: --help, fast flag errors, hints for missing inputs, the skip-list
-warning, Ctrl-C in each stage, and the diff command.
+"""refine_llm's command line: --help, fast flag errors, hints for missing inputs, the skip
+lists, Ctrl-C in each stage, and the diff command.
 
     /work/venv/bin/pytest tests/test_refine_cli.py -q
 """
 import argparse
+import json
 import subprocess
 import sys
 
@@ -68,19 +69,22 @@ def test_missing_item_file_says_where_it_comes_from(tmp_path, capsys):
     assert "movie_titles.csv: it is part of the Netflix Prize data" in err and "Kaggle" in err
 
 
-def test_warning_when_no_skip_list_is_found(tmp_path, capsys):
-    folder = make_dataset(tmp_path, n_users=3)
-    assert R.main(["prompts", "ML-100K", "--data_dir", str(tmp_path)]) == 0
-    err = capsys.readouterr().err
-    assert err.startswith(f"warning: no skip list at {folder / 'llm_skip_users.txt'}: every user is asked")
-    assert "differ from the published ones" in err and err.count("\n") == 1
-    for extra, content in ((["--skip_users", "none"], None), ([], "2\n")):
+def test_skip_list_default_is_the_shipped_one_and_a_user_file_overrides_it(tmp_path, capsys):
+    # ML-100K's published list skips users 1, 6 and 7 of users 1..8 (docs/llm.md, skip lists).
+    folder = make_dataset(tmp_path, n_users=8)
+    cases = [([], None, [2, 3, 4, 5, 8], "(116 users in the skip list)"),
+             ([], "2\n# a comment\n\n5\n", [1, 3, 4, 6, 7, 8], "(2 users in the skip list)"),
+             (["--skip_users", str(tmp_path / "mine.txt")], None, [1, 2, 3, 4, 5, 6, 7], "(1 user in the skip list)"),
+             (["--skip_users", "none"], None, [1, 2, 3, 4, 5, 6, 7, 8], "(0 users in the skip list)")]
+    (tmp_path / "mine.txt").write_text("8\n")
+    for extra, content, asked, note in cases:
         if content:
             (folder / "llm_skip_users.txt").write_text(content)
         assert R.main(["prompts", "ML-100K", "--data_dir", str(tmp_path), *extra]) == 0
         captured = capsys.readouterr()
-        assert captured.err == ""
-    assert "prompts for 2 users (1 user in the skip list)" in captured.out
+        assert captured.err == "" and note in captured.out
+        lines = (folder / "llm" / "prompts.jsonl").read_text().splitlines()
+        assert sorted({json.loads(line)["user"] for line in lines}) == asked
 
 
 @pytest.mark.parametrize("stage, target, note", [

@@ -2,13 +2,17 @@
 
     /work/venv/bin/pytest tests/test_refine_prompts.py -q
 """
+import json
 import re
+import shutil
 
 import numpy as np
 import pandas as pd
 
 from llm.data import ITEM_COL, RATING_COL, USER_COL, read_skip_users
 from llm.prompts import budget_text, build_prompts, cut_response, prompt1_text, render_list
+import refine_llm as R
+from conftest import ROOT
 
 COLS = [USER_COL, ITEM_COL, RATING_COL, "title", "genre"]
 INSTR = (
@@ -254,7 +258,7 @@ def test_budget_text_finds_second_candidate_list_in_both_prompts():
     assert budget_text(HIGH_MEAN_PROMPT2) == "Candidate list:\n['<Epsilon (genre: Horror)>']\n\nOutput (Answer):\n"
 
 
-def notebook_style_prompt_lists(train, item, skip):
+def notebook_style_prompt_lists(train, item, skip, max_prompts=None):
     """Independent re-derivation of the ML-100K notebook's lists, written with pandas/np.random."""
     train = train.merge(item, on="item_id:token", how="left")
     counts = train.groupby("item_id:token")["user_id:token"].count().rename("interaction_count")
@@ -278,6 +282,8 @@ def notebook_style_prompt_lists(train, item, skip):
         chunks = [real[i:i + 5] for i in range(0, len(real), 5)] if len(real) > 5 else [real]
         with np.printoptions(linewidth=np.inf):
             out += [(int(user), i, str(by[5]), str(example), str(few), str(c)) for i, c in enumerate(chunks)]
+        if max_prompts is not None and len(out) >= max_prompts:
+            return out[:max_prompts]
     return out
 
 
@@ -294,3 +300,33 @@ def test_ml100k_prompts_equal_notebook_style_derivation(shared_dir):
     for job, (user, chunk, pos5, example, few, real) in zip(jobs, expected):
         assert (job.user, job.chunk) == (user, chunk)
         assert job.prompt1 == prompt1_text("MovieLens-100K", pos5, example, few, real)
+
+
+# The first ids of the `skip` array in the published ML-100K notebook (2_augmenting_LLM_llama.ipynb).
+NOTEBOOK_SKIP_HEAD = [1, 6, 7, 10, 13, 18, 59, 85, 90, 92]
+
+
+def test_shipped_ml100k_skip_list_gives_the_published_prompts(shared_dir, tmp_path):
+    """`prompts` with no skip list of the user's reads the shipped one: the first users' prompts are
+    the notebook's; asking everyone instead changes them from the first user on (user 1 is skipped)."""
+    source = shared_dir / "datasets" / "ML-100K"
+    shipped = read_skip_users(ROOT / "llm" / "skip_users" / "ML-100K.txt")
+    assert sorted(shipped)[:10] == NOTEBOOK_SKIP_HEAD and shipped == read_skip_users(source / "llm_skip_users.txt")
+    folder = tmp_path / "ML-100K"
+    folder.mkdir()
+    for name in ("ML-100K_train_original.csv", "ml-100k.item"):
+        shutil.copy(source / name, folder / name)
+    train = pd.read_csv(folder / "ML-100K_train_original.csv")
+    item = pd.read_csv(folder / "ml-100k.item", sep="\t")
+    expected = notebook_style_prompt_lists(train, item, set(shipped), max_prompts=200)
+
+    def prompts(*extra):
+        assert R.main(["prompts", "ML-100K", "--data_dir", str(tmp_path), "--max_prompts", "200", *extra]) == 0
+        return [json.loads(line) for line in (folder / "llm" / "prompts.jsonl").read_text().splitlines()]
+
+    records = prompts()
+    assert len(records) == len(expected) == 200
+    for rec, (user, chunk, pos5, example, few, real) in zip(records, expected):
+        assert (rec["user"], rec["chunk"]) == (user, chunk)
+        assert rec["prompt1"] == prompt1_text("MovieLens-100K", pos5, example, few, real)
+    assert prompts("--skip_users", "none")[0]["user"] == 1 != records[0]["user"]
