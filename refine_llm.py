@@ -129,8 +129,11 @@ def build_parser():
                          help="environment variable holding the API key; it is never printed or written "
                               f"(unset {DEFAULT_KEY_ENV}: no key, for local servers)")
         api.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
-                         help="extra HTTP header for the server, repeatable; values are never written "
-                              "(default: none)")
+                         help="extra HTTP header for the server, repeatable; values are never written, nor "
+                              "sent on after a redirect to another origin (default: none)")
+        api.add_argument("--header_env", action="append", default=[], metavar="'NAME: VARIABLE'",
+                         help="extra HTTP header whose value is read from environment variable VARIABLE, "
+                              "repeatable; keeps the value out of ps and the shell history (default: none)")
         api.add_argument("--concurrency", type=positive_int, default=16, help="requests in flight at most")
         api.add_argument("--timeout", type=positive_seconds, default=600.0, help="seconds per request")
         api.add_argument("--max_retries", type=non_negative_int, default=5,
@@ -231,7 +234,8 @@ def make_backend(args):
         if args.system and args.api != "chat":
             raise InputError("--system needs --api chat (the completions API has no system message)")
         return OpenAIBackend(args.base_url, args.model, api=args.api, system=args.system,
-                             api_key_env=args.api_key_env, headers=args.header, tokenizer=args.tokenizer,
+                             api_key_env=args.api_key_env, headers=args.header,
+                             header_env=args.header_env, tokenizer=args.tokenizer,
                              concurrency=args.concurrency, timeout=args.timeout, max_retries=args.max_retries,
                              stop=args.stop)
     if not args.replay:

@@ -27,15 +27,35 @@ def public_url(url):
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
-def parse_headers(lines):
-    """`--header 'Name: value'` options -> {name: value}; the value is never echoed (it may be a key)."""
+def parse_headers(lines, from_env=()):
+    """`--header 'Name: value'` and `--header_env 'Name: VARIABLE'` options -> {name: value}.
+
+    A value is never echoed (it may be a key); --header_env reads it from the environment variable,
+    which keeps it out of `ps` and the shell history.
+    """
     headers = {}
-    for number, line in enumerate(lines or (), 1):
-        name, sep, value = line.partition(":")
-        if not sep or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name.strip()):
-            raise InputError(f"--header number {number}: expected 'Name: value' with a header name before ':'")
-        headers[name.strip()] = value.strip()
+    for flag, options in (("--header", lines or ()), ("--header_env", from_env or ())):
+        for number, line in enumerate(options, 1):
+            name, sep, value = line.partition(":")
+            if not sep or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name.strip()):
+                what = "'Name: VARIABLE' with a header name before ':'" if flag == "--header_env" else \
+                    "'Name: value' with a header name before ':'"
+                raise InputError(f"{flag} number {number}: expected {what}")
+            if flag == "--header_env":
+                variable = value.strip()
+                if variable not in os.environ:
+                    raise InputError(f"--header_env {name.strip()}: environment variable {variable!r} is not set")
+                value = os.environ[variable]
+            headers[name.strip()] = value.strip()
     return headers
+
+
+def same_origin(url, base):
+    """Whether two URLs share scheme, host and port (the port a scheme implies included)."""
+    default = {"http": 80, "https": 443}
+    a, b = urlsplit(str(url)), urlsplit(str(base))
+    return (a.scheme, a.hostname, a.port or default.get(a.scheme)) == (b.scheme, b.hostname,
+                                                                        b.port or default.get(b.scheme))
 
 
 def error_detail(body, fallback):
@@ -150,7 +170,7 @@ class OpenAIBackend:
     """
 
     def __init__(self, base_url, model, api="completions", system=None, api_key_env=DEFAULT_KEY_ENV,
-                 headers=(), tokenizer=None, concurrency=16, timeout=600.0, max_retries=5, stop="vllm"):
+                 headers=(), header_env=(), tokenizer=None, concurrency=16, timeout=600.0, max_retries=5, stop="vllm"):
         try:
             import openai  # noqa: F401 - checked here so a missing package is one line, before any work
         except ImportError:
@@ -169,7 +189,7 @@ class OpenAIBackend:
             raise InputError(f"--api_key_env {api_key_env}: that environment variable is not set")
         self.key_env = api_key_env
         self._key = key or NO_KEY
-        self._headers = parse_headers(headers)
+        self._headers = parse_headers(headers, header_env)
         # Never printed: the key and header values are masked in every message a server sends back.
         self._secrets = [s for s in (key, *self._headers.values()) if len(s) >= 4]
         tokenizer = tokenizer or ("usage" if api == "chat" else self.model_id)
@@ -189,8 +209,16 @@ class OpenAIBackend:
     def _client(self):
         import openai
 
+        async def keep_secrets_at_home(request):
+            # The client follows redirects; one to another origin gets neither the key nor the
+            # header values (httpx itself drops only Authorization, and not on http -> https).
+            if not same_origin(request.url, self.base_url):
+                for name in ("Authorization", *self._headers):
+                    request.headers.pop(name, None)
+
+        http_client = openai.DefaultAsyncHttpxClient(event_hooks={"request": [keep_secrets_at_home]})
         return openai.AsyncOpenAI(base_url=self.base_url, api_key=self._key, max_retries=self.max_retries,
-                                  timeout=self.timeout, default_headers=self._headers)
+                                  timeout=self.timeout, default_headers=self._headers, http_client=http_client)
 
     def _masked(self, text):
         for secret in self._secrets:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from http.server import BaseHTTPRequestHandler
 
 import pandas as pd
 import pytest
@@ -17,7 +18,7 @@ from llm.answers import read_cache_records
 from llm.data import RATING_COL
 from llm.prompts import SEPARATOR, budget_text
 import refine_llm as R
-from conftest import ROOT, ctrl_c_enabled
+from conftest import ROOT, LocalHTTPServer, ctrl_c_enabled
 from refine_fixtures import (CHAT_TEMPLATE_TOKENS, FakeServer, api_args, expected_augment, expected_outcome,
                              load_jobs, make_dataset, word_tokens)
 
@@ -162,6 +163,54 @@ def test_key_and_header_values_appear_in_no_file_and_no_message(tmp_path, monkey
     monkeypatch.delenv("MY_HOST_KEY")
     assert R.main(api_args(tmp_path, "http://127.0.0.1:9/v1", *args)) == 2
     assert "--api_key_env MY_HOST_KEY: that environment variable is not set" in capsys.readouterr().err
+
+
+class Redirector(LocalHTTPServer):
+    """Answers every POST with a 307 to the same path on `target` (another port: another origin),
+    recording the headers it received."""
+
+    def __init__(self, target):
+        self.headers = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                server.headers.append({name.lower(): value for name, value in self.headers.items()})
+                self.send_response(307)
+                self.send_header("Location", target.rstrip("/").removesuffix("/v1") + self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        super().__init__(Handler, "/v1")
+
+
+def test_a_redirect_to_another_origin_gets_neither_key_nor_header_values(tmp_path, monkeypatch):
+    """--header and --header_env values, and the key, go to the named origin only; the run still works."""
+    make_dataset(tmp_path, n_users=2, seed=1)
+    monkeypatch.setenv("MY_HOST_KEY", KEY)
+    monkeypatch.setenv("MY_TEAM_TOKEN", "tok-env-41c2aa90")
+    args = ["--tokenizer", "server", "--api_key_env", "MY_HOST_KEY", "--header", "X-Team: tok-5e1d0c77aa",
+            "--header_env", "X-Env-Team: MY_TEAM_TOKEN"]
+    with FakeServer() as elsewhere, Redirector(elsewhere.url) as home:
+        assert R.main(api_args(tmp_path, home.url, *args)) == 0
+    assert home.headers and all(h["authorization"] == f"Bearer {KEY}" and h["x-team"] == "tok-5e1d0c77aa"
+                                and h["x-env-team"] == "tok-env-41c2aa90" for h in home.headers)
+    arrived = [r["headers"] for r in elsewhere.requests]
+    assert arrived  # the redirect was followed: every answer came from there
+    for headers in arrived:
+        assert not {"authorization", "x-team", "x-env-team"} & set(headers), headers
+    assert (tmp_path / "ML-100K" / "ML-100K_train_augment.csv").is_file()
+
+
+def test_header_env_with_an_unset_variable_is_one_line(tmp_path, capsys):
+    make_dataset(tmp_path, n_users=1)
+    assert R.main(api_args(tmp_path, "http://127.0.0.1:9/v1", "--header_env", "X-Team: NO_SUCH_VAR_7A")) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --header_env X-Team: environment variable 'NO_SUCH_VAR_7A' is not set\n"
 
 
 def test_stop_modes_and_the_vllm_field_hint(tmp_path, capsys):
