@@ -26,7 +26,8 @@ from urllib.parse import urlsplit
 
 import entry
 from utils import ArgumentParser, HelpFormatter, InputError, atomic_write
-from llm.data import USER_COL, ITEM_COL, RATING_COL, get_preset, read_csv_checked, load_train, read_skip_users, shipped_skip_list
+from llm.data import (USER_COL, ITEM_COL, RATING_COL, get_preset, load_train, naming, output_folder,
+                      read_csv_checked, read_skip_users, require_file, shipped_skip_list)
 from llm.prompts import build_prompts, prompt_hash
 from llm.answers import parse_answers, relabel, AnswerCache
 from llm.backends import DEFAULT_MODEL, TransformersBackend, ReplayBackend
@@ -211,7 +212,7 @@ def stage_prompts(args, write=True):
     if args.max_prompts is not None:
         jobs = jobs[:args.max_prompts]
     if write:
-        with atomic_write(out_dir / "prompts.jsonl", encoding="utf-8") as handle:
+        with naming(out_dir / "prompts.jsonl"), atomic_write(out_dir / "prompts.jsonl", encoding="utf-8") as handle:
             for job in jobs:
                 handle.write(json.dumps({"user": job.user, "chunk": job.chunk, "hash": prompt_hash(job.prompt1),
                                          "prompt1": job.prompt1, "prompt2": job.prompt2}, ensure_ascii=False) + "\n")
@@ -273,7 +274,7 @@ def stage_generate(args, jobs, out_dir, stop):
               "seconds": round(seconds, 3),
               "prompts_per_second": round(tally.asked / seconds, 3) if seconds > 0 else None,
               "answers_file": str(cache.txt_path), "cache_file": str(cache.path)}
-    with atomic_write(out_dir / "report.json", encoding="utf-8") as handle:
+    with naming(out_dir / "report.json"), atomic_write(out_dir / "report.json", encoding="utf-8") as handle:
         json.dump(report, handle, indent=2)
         handle.write("\n")
     tokens = (f"; {report['prompt_tokens']:,} prompt + {report['completion_tokens']:,} completion tokens"
@@ -297,7 +298,7 @@ def stage_apply(args, train, joined, answers_path):
         raise InputError(f"{answers_path} holds no parsable answer (no answer line starting with '['); "
                          f"{output} was left unchanged")
     augmented = relabel(train, joined["title"].to_numpy(), liked)
-    with atomic_write(output, encoding="utf-8", newline="") as handle:
+    with naming(output), atomic_write(output, encoding="utf-8", newline="") as handle:
         augmented.to_csv(handle, index=False)
     counts = augmented[RATING_COL].value_counts()
     print(f"{plural(len(liked), 'user')} answered; {int(counts.get(4.5, 0))} rows -> 4.5, "
@@ -348,7 +349,13 @@ def run_stage(args, stop):
     """The stage's work; `stop` says, as it goes, what a Ctrl-C or SIGTERM leaves behind."""
     if args.stage == "diff":
         stage_diff(args)
-    elif args.stage == "prompts":
+        return
+    # A file where an output folder must go: said now, not at the first write.
+    if args.stage != "apply":
+        output_folder(resolve_paths(args)[1], "--out_dir")
+    if args.stage in ("apply", "run"):
+        output_folder(augment_path(args).parent, "--output")
+    if args.stage == "prompts":
         stop.set("prompts.jsonl is written only when complete; rerun the same command")
         stage_prompts(args)
     elif args.stage == "apply":
@@ -357,8 +364,7 @@ def run_stage(args, stop):
         _, out_dir, _ = resolve_paths(args)
         train, joined = load_train(args.data_dir, args.name)
         answers = Path(args.answers) if args.answers else out_dir / "llama_distinguish_answer.txt"
-        if not answers.is_file():
-            raise InputError(f"answers file not found: {answers}")
+        require_file(answers, f"answers file not found: {answers}")
         stage_apply(args, train, joined, answers)
     else:
         stop.set("nothing was asked yet; rerun the same command")

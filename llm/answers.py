@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from utils import InputError, atomic_write
-from llm.data import USER_COL, RATING_COL, user_id
+from llm.data import USER_COL, RATING_COL, naming, require_file, user_id
 
 ANSWER_HEADER = "LLaMA's cut recommendation for user {user}:"
 ANSWER_HEADER_PREFIX = "LLaMA's cut recommendation for user"
@@ -21,9 +21,7 @@ CACHE_STATUSES = ("answered", "no_bracket", "too_long")
 
 def read_text_lines(path):
     """Lines of a UTF-8 text file (universal newlines); not UTF-8 -> InputError naming the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"answers file not found: {path}")
+    path = require_file(path, f"answers file not found: {path}")
     data = path.read_bytes()
     try:
         text = data.decode("utf-8")
@@ -189,29 +187,35 @@ class AnswerCache:
                 "budget_tokens": lengths[1], "answer": answer}
 
     def add(self, rec):
+        with naming(self.path):
+            self._handle.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            self._handle.flush()
+        # Known only once on disk, so the answers file written after a failed write holds no more.
         self.records[(rec["user"], rec["chunk"], rec["prompt"], rec["hash"])] = rec
-        self._handle.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        self._handle.flush()
         if rec["status"] == "answered" and self._txt is not None:
-            self._txt.write(format_answer_block(rec["user"], rec["answer"]))
-            self._txt.flush()
+            with naming(self.txt_path):
+                self._txt.write(format_answer_block(rec["user"], rec["answer"]))
+                self._txt.flush()
 
     def start_answers_file(self, answered):
         """Rewrite the answers file from finished answers, then keep appending to it."""
-        with atomic_write(self.txt_path, encoding="utf-8") as handle:
+        with naming(self.txt_path), atomic_write(self.txt_path, encoding="utf-8") as handle:
             for rec in answered:
                 handle.write(format_answer_block(rec["user"], rec["answer"]))
         self._txt = open(self.txt_path, "a", encoding="utf-8")
 
     def write_answers_file(self, answered):
         if self._txt is not None:
-            self._txt.close()
+            with naming(self.txt_path):
+                self._txt.close()
             self._txt = None
-        with atomic_write(self.txt_path, encoding="utf-8") as handle:
+        with naming(self.txt_path), atomic_write(self.txt_path, encoding="utf-8") as handle:
             for rec in answered:
                 handle.write(format_answer_block(rec["user"], rec["answer"]))
 
     def close(self):
-        self._handle.close()
+        with naming(self.path):
+            self._handle.close()
         if self._txt is not None:
-            self._txt.close()
+            with naming(self.txt_path):
+                self._txt.close()

@@ -2,6 +2,7 @@
 
     python -c "from llm.data import load_train; print(load_train('dataset', 'ML-100K')[1].head())"
 """
+import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,13 +43,50 @@ def get_preset(name):
 # Data: train_original joined with titles and genres
 
 
+def require_file(path, missing):
+    """`path` as a Path if it is a file; InputError `missing` if absent, or one naming what is there instead.
+
+    A file that exists but cannot be read (permissions) fails when it is opened, as an OSError
+    naming it, which the entry point turns into one line.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.exists():
+        raise InputError(f"{path} is a folder or a special file, not a regular file: give the file itself")
+    raise InputError(missing)
+
+
+def output_folder(folder, what):
+    """InputError if a file stands where `folder` or one of its parents must be a folder; else `folder`.
+
+    Checked before any work, so a run does not fail at its first write.
+    """
+    folder = Path(folder)
+    for place in (folder, *folder.parents):
+        if place.exists():
+            if not place.is_dir():
+                raise InputError(f"{what} {folder}: {place} is a file, not a folder; move it or choose another path")
+            break
+    return folder
+
+
+@contextlib.contextmanager
+def naming(path):
+    """An OSError inside that the OS did not tie to a file (a failed flush: disk full) names `path`."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        raise
+
+
 def read_csv_checked(path, columns, **read_kwargs):
     """Read a CSV and check it has `columns`; missing file or column -> one-line InputError."""
     import pandas as pd
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"file not found: {path}")
+    path = require_file(path, f"file not found: {path}")
     try:
         frame = pd.read_csv(path, **read_kwargs)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
@@ -79,8 +117,7 @@ def read_item_titles(dataset_dir, name, preset):
     if name == "Netflix-1M":
         titles_path, genres_path = dataset_dir / "movie_titles.csv", dataset_dir / "netflix_genres.csv"
         for path in (titles_path, genres_path):
-            if not path.is_file():
-                raise InputError(missing_item_file_message(path, name, dataset_dir.parent))
+            require_file(path, missing_item_file_message(path, name, dataset_dir.parent))
         rows = []
         # Titles contain commas: split on the first two only (id, year, title).
         with open(titles_path, encoding="ISO-8859-1") as handle:
@@ -101,8 +138,7 @@ def read_item_titles(dataset_dir, name, preset):
         items = titles.merge(genres, on=ITEM_COL, how="left")
     else:
         item_path = dataset_dir / f"{name.lower()}.item"
-        if not item_path.is_file():
-            raise InputError(missing_item_file_message(item_path, name, dataset_dir.parent))
+        require_file(item_path, missing_item_file_message(item_path, name, dataset_dir.parent))
         items = read_csv_checked(item_path, [ITEM_COL, preset.title_col, preset.genre_col], sep="\t")
         items = items[[ITEM_COL, preset.title_col, preset.genre_col]]
     if items[ITEM_COL].duplicated().any():
@@ -116,7 +152,7 @@ def load_train(data_dir, name):
     preset = get_preset(name)
     dataset_dir = Path(data_dir) / name
     train_path = dataset_dir / f"{name}_train_original.csv"
-    if not train_path.is_file():
+    if not train_path.exists():
         from data_prep import missing_split_message
 
         raise InputError(missing_split_message(data_dir, name, ("train_original",)))
@@ -154,9 +190,7 @@ def shipped_skip_list(name):
 
 def read_skip_users(path):
     """One user id per line; blank lines and `#` comment lines ignored."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"skip list not found: {path}")
+    path = require_file(path, f"skip list not found: {path}")
     users = set()
     for line_no, line in enumerate(path.read_text().splitlines(), 1):
         text = line.strip()

@@ -5,8 +5,10 @@ lists, Ctrl-C in each stage, and the diff command.
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -152,3 +154,66 @@ def test_diff_refuses_files_of_different_train_originals(tmp_path, capsys, ratin
     assert R.main(["diff", str(first), str(second)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+
+
+@pytest.mark.parametrize("stage, what", [("prompts", "train"), ("prompts", "item"), ("prompts", "skip"),
+                                         ("apply", "answers")])
+def test_an_input_that_is_a_folder_is_one_line_naming_it(tmp_path, capsys, stage, what):
+    folder = make_dataset(tmp_path, n_users=2)
+    culprit = {"train": folder / "ML-100K_train_original.csv", "item": folder / "ml-100k.item",
+               "skip": tmp_path / "skip", "answers": tmp_path / "answers"}[what]
+    if culprit.exists():
+        culprit.unlink()
+    culprit.mkdir()
+    argv = [stage, "ML-100K", "--data_dir", str(tmp_path), "--skip_users", str(tmp_path / "skip")
+            if what == "skip" else "none"] + (["--answers", str(culprit)] if stage == "apply" else [])
+    assert R.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {culprit} is a folder or a special file, not a regular file: give the file itself\n"
+    assert not (folder / "llm").exists() and not (folder / "ML-100K_train_augment.csv").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_train_file_is_one_line_naming_it(tmp_path, capsys):
+    folder = make_dataset(tmp_path, n_users=2)
+    (folder / "ML-100K_train_original.csv").chmod(0)
+    assert R.main(["prompts", "ML-100K", "--data_dir", str(tmp_path), "--skip_users", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {folder / 'ML-100K_train_original.csv'}: Permission denied") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("stage, flag", [("prompts", "--out_dir"), ("apply", "--output"), ("run", "--out_dir")])
+def test_an_output_path_under_a_file_is_one_line_and_nothing_is_written(tmp_path, capsys, stage, flag):
+    make_dataset(tmp_path, n_users=2)
+    answers = tmp_path / "answers.txt"
+    answers.write_text(format_answer_block(1, "['<Movie 3>']"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine\n")
+    target = blocker / "sub" / ("out.csv" if flag == "--output" else "llm")
+    argv = [stage, "ML-100K", "--data_dir", str(tmp_path), "--skip_users", "none", flag, str(target)]
+    argv += {"apply": ["--answers", str(answers)], "run": ["--backend", "replay", "--replay", str(answers)]}.get(stage, [])
+    before = sorted(p for p in tmp_path.rglob("*"))
+    assert R.main(argv) == 2
+    folder_of = target.parent if flag == "--output" else target
+    assert capsys.readouterr().err == (f"error: {flag} {folder_of}: {blocker} is a file, not a folder; move it or "
+                                       f"choose another path\n")
+    assert sorted(p for p in tmp_path.rglob("*")) == before and blocker.read_text() == "mine\n"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, a device that is always full")
+def test_a_full_disk_while_caching_answers_is_one_line_and_keeps_the_answers_file_whole(tmp_path, capsys):
+    folder = make_dataset(tmp_path, n_users=2)
+    answers = tmp_path / "answers.txt"
+    answers.write_text(format_answer_block(1, "['<Movie 3>']") + format_answer_block(2, "[]"))
+    out = folder / "llm"
+    out.mkdir()
+    (out / "answers_cache.jsonl").symlink_to("/dev/full")  # every write to the cache: no space left
+    argv = ["generate", "ML-100K", "--data_dir", str(tmp_path), "--skip_users", "none", "--backend", "replay",
+            "--replay", str(answers), "--no_progress"]
+    assert R.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {out / 'answers_cache.jsonl'}: No space left on device "
+                                                  f"(free space); every answer received is in ")
+    # Nothing the cache does not hold: the answers file is whole, and empty.
+    assert (out / "llama_distinguish_answer.txt").read_text() == ""
+    assert sorted(p.name for p in out.iterdir()) == ["answers_cache.jsonl", "llama_distinguish_answer.txt"]
