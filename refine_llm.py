@@ -13,7 +13,8 @@ Stages: `prompts` builds the published prompts, `generate` asks a backend (Huggi
 transformers, any OpenAI-compatible server through the official `openai` client, completions or
 chat, or a replay of saved answers) and appends every answer to a JSONL cache as it arrives (a
 rerun resumes), `apply` parses the answers and relabels. `run` does all three; `diff` compares two
-augment files. The reference is docs/llm.md.
+augment files. The work is done by the llm/ package; this file is its command line. The reference
+is docs/llm.md.
 """
 import argparse
 import json
@@ -25,19 +26,17 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import entry
-from utils import ArgumentParser, HelpFormatter, InputError, atomic_write
-from llm.data import (USER_COL, ITEM_COL, RATING_COL, get_preset, load_train, naming, output_folder,
-                      read_csv_checked, read_skip_users, require_file, shipped_skip_list)
-from llm.prompts import build_prompts, prompt_hash
-from llm.answers import parse_answers, relabel, AnswerCache
-from llm.backends import DEFAULT_MODEL, TransformersBackend, ReplayBackend
-from llm.openai_backend import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, OpenAIBackend
+from llm.answers import AnswerCache, parse_answers, relabel
+from llm.backends import DEFAULT_MODEL, ReplayBackend, TransformersBackend
+from llm.data import (ITEM_COL, RATING_COL, USER_COL, get_preset, load_train, naming, output_folder, read_csv_checked,
+                      read_skip_users, require_file, shipped_skip_list)
 from llm.generate import generate_answers
+from llm.openai_backend import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, OpenAIBackend
+from llm.prompts import build_prompts, prompt_hash
+from utils import ArgumentParser, HelpFormatter, InputError, atomic_write
 
-# numpy, pandas, asyncio, openai and transformers are imported inside the functions that need them,
-# so that --help and flag errors answer at once.
-# ----------------------------------------------------------------------------------------------
-# CLI
+# numpy, pandas, asyncio, openai and transformers are imported inside the functions that need them
+# (here and in llm/), so that --help and flag errors answer at once.
 
 
 def default_data_dir():

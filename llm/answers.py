@@ -6,8 +6,8 @@ import json
 import re
 from pathlib import Path
 
+from llm.data import RATING_COL, USER_COL, naming, require_file, user_id
 from utils import InputError, atomic_write
-from llm.data import USER_COL, RATING_COL, naming, require_file, user_id
 
 ANSWER_HEADER = "LLaMA's cut recommendation for user {user}:"
 ANSWER_HEADER_PREFIX = "LLaMA's cut recommendation for user"

@@ -9,9 +9,9 @@ answers arrive.
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils import InputError
+from llm.answers import is_jsonl, read_answer_blocks, read_cache_records
 from llm.prompts import SEPARATOR, budget_text
-from llm.answers import is_jsonl, read_cache_records, read_answer_blocks
+from utils import InputError
 
 DEFAULT_MODEL = "meta-llama/Llama-2-7b-hf"
 

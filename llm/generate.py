@@ -5,8 +5,8 @@
 import enum
 from dataclasses import dataclass
 
-from llm.prompts import PromptJob, cut_response, prompt_hash
 from llm.backends import Request
+from llm.prompts import PromptJob, cut_response, prompt_hash
 
 
 def consume(stream, handle):

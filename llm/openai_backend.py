@@ -11,9 +11,9 @@ import threading
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from utils import InputError
-from llm.prompts import SEPARATOR, prompt_hash, budget_text
 from llm.backends import Reply
+from llm.prompts import SEPARATOR, budget_text, prompt_hash
+from utils import InputError
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"  # where `vllm serve` listens by default
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"

@@ -7,11 +7,9 @@ import re
 import sys
 from dataclasses import dataclass
 
-from llm.data import USER_COL, ITEM_COL, RATING_COL, get_preset, user_id
+from llm.data import ITEM_COL, RATING_COL, USER_COL, get_preset, user_id
 
 SEPARATOR = "-" * 45
-
-
 SEED = 2024
 INSTRUCTIONS = (
     "Based on the User's Positively Rated Movie List, analyze the user's preferences and patterns.\n"
