@@ -117,7 +117,7 @@ def test_replay_of_cache_and_answers_file(tmp_path):
     for source in ("answers_cache.jsonl", "llama_distinguish_answer.txt"):
         out = tmp_path / f"replay-{source}"
         argv = ["run", "ML-100K", "--data_dir", str(tmp_path), "--backend", "replay", "--replay", str(llm / source),
-                "--out_dir", str(out), "--output", str(out / "augment.csv"), "--no_progress"]
+                "--out_dir", str(out), "--output", str(out / "augment.csv"), "--no_progress", "--skip_users", "none"]
         assert R.main(argv) == 0
         assert (out / "augment.csv").read_bytes() == augment
         # apply straight from either file gives the same.
@@ -213,7 +213,7 @@ def test_transformers_backend_tiny_model_batched_equals_one_at_a_time(tiny_model
         out = tmp_path / f"b{batch}"
         argv = ["generate", "ML-100K", "--data_dir", str(root), "--backend", "hf", "--model", str(model_dir),
                 "--device", "cpu", "--dtype", "float64", "--batch_size", str(batch), "--out_dir", str(out),
-                "--max_total_tokens", str(limit), "--no_progress"]
+                "--max_total_tokens", str(limit), "--no_progress", "--skip_users", "none"]
         assert R.main(argv) == 0
         reports.append(json.loads((out / "report.json").read_text()))
         caches.append(sorted((r["user"], r["chunk"], r["prompt"], r["status"], r["answer"], r["budget_tokens"])
