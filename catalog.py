@@ -83,6 +83,17 @@ NETFLIX_TITLES, NETFLIX_GENRES = "movie_titles.csv", "netflix_genres.csv"
 
 
 @dataclass(frozen=True)
+class PromptPreset:
+    """What differs between the three published refinement notebooks (docs/method.md §2)."""
+    label: str              # dataset name inside the prompt
+    chunk_size: int         # real candidates per prompt
+    reseed_per_user: bool   # Netflix re-seeds numpy with 2024 for every user
+    prompt2_header: str     # "Candidate list:" in ML-100K's prompt 2, "Candidate List:" elsewhere
+    title_col: str
+    genre_col: str
+
+
+@dataclass(frozen=True)
 class DatasetInfo:
     """Where a dataset's raw files come from, how docs/method.md §1.2 reads them, and its published runs."""
     inter_file: str
@@ -98,6 +109,7 @@ class DatasetInfo:
     published_r: int | None = None   # ReFINe's `--r` in the published runs
     refine_log: bool = False         # the authors published ReFINe_<NAME>.out
     plus_log: str | None = None      # name of the authors' ReFINe++ log, <plus_log>.log
+    prompts: PromptPreset | None = None  # the LLM stage's prompt facts (None: no published prompts)
 
 
 DATASETS = {
@@ -106,12 +118,16 @@ DATASETS = {
                            "MovieLens/ml-100k.zip", grouplens_zip="ml-100k.zip",
                            grouplens_files=("u.data", "u.item"),
                            wheel_folder="recbole/dataset_example/ml-100k/",
-                           published_r=100, refine_log=True, plus_log="ML-100K"),
+                           published_r=100, refine_log=True, plus_log="ML-100K",
+                           prompts=PromptPreset("MovieLens-100K", 5, False, "Candidate list:",
+                                                "movie_title:token_seq", "class:token_seq")),
     "ML-1M": DatasetInfo("ml-1m.inter", "ml-1m.item",
                          ("movie_title:token_seq", "release_year:token", "genre:token_seq"),
                          "MovieLens/ml-1m.zip", grouplens_zip="ml-1m.zip",
                          grouplens_files=("ratings.dat", "movies.dat"),
-                         published_r=250, refine_log=True, plus_log="ML-1M"),
+                         published_r=250, refine_log=True, plus_log="ML-1M",
+                         prompts=PromptPreset("MovieLens-1M", 5, False, "Candidate List:",
+                                              "movie_title:token_seq", "genre:token_seq")),
     # The authors' Netflix notebook also drops validation/test rows whose item has no train
     # positive; docs/method.md §1.2 step 6. The published Netflix-1M files were made that way.
     "Netflix-1M": DatasetInfo("netflix.inter", None,
@@ -119,7 +135,9 @@ DATASETS = {
                               "Netflix/netflix.zip", sample_users=5000,
                               drop_unseen_eval_items=True,
                               extra_files=(NETFLIX_TITLES, NETFLIX_GENRES),
-                              published_r=300, refine_log=True, plus_log="Netflix-1M"),
+                              published_r=300, refine_log=True, plus_log="Netflix-1M",
+                              prompts=PromptPreset("Netflix", 10, True, "Candidate List:",
+                                                   "title:token", "genres:token")),
     # ReFINe++ only: ratings without titles, so the LLM stage cannot run on them here; the
     # authors' refined splits are fetched with --refined.
     "Amazon_Digital_Music": DatasetInfo("Amazon_Digital_Music.inter", None, (),
@@ -128,8 +146,10 @@ DATASETS = {
                                 "Amazon_ratings/Amazon_Books.zip", plus_log="Amazon-Book"),
 }
 
-# The published `--r` per dataset (experiments.py passes it); a view of DATASETS.
+# Views of DATASETS: the published `--r` per dataset (experiments.py passes it), and the datasets
+# whose published LLM prompts the LLM stage can rebuild.
 PUBLISHED_R = {name: info.published_r for name, info in DATASETS.items() if info.published_r}
+PROMPT_PRESETS = {name: info.prompts for name, info in DATASETS.items() if info.prompts}
 
 
 def default_data_dir():

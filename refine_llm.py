@@ -1,4 +1,4 @@
-"""LLM refinement (SPEC section 2): `<NAME>_train_original.csv` -> `<NAME>_train_augment.csv`.
+"""LLM refinement (docs/method.md §2): `<NAME>_train_original.csv` -> `<NAME>_train_augment.csv`.
 
 An LLM reads each user's 5-star titles and a few-shot example, then picks which of the user's
 ambiguous (2/3-star) titles were really liked; those become 4.5, the rest 0.5.
@@ -13,1109 +13,30 @@ Stages: `prompts` builds the published prompts, `generate` asks a backend (Huggi
 transformers, any OpenAI-compatible server through the official `openai` client, completions or
 chat, or a replay of saved answers) and appends every answer to a JSONL cache as it arrives (a
 rerun resumes), `apply` parses the answers and relabels. `run` does all three; `diff` compares two
-augment files. The reference is docs/llm.md.
+augment files. The work is done by the llm/ package; this file is its command line. The reference
+is docs/llm.md.
 """
 import argparse
-import contextlib
-import hashlib
 import json
 import math
-import os
-import queue
-import re
 import sys
-import threading
 import time
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+import entry
+from catalog import default_data_dir
+from llm.answers import AnswerCache, parse_answers, relabel
+from llm.backends import DEFAULT_MODEL, ReplayBackend, TransformersBackend
+from llm.data import (ITEM_COL, RATING_COL, USER_COL, get_preset, load_train, naming, output_folder, read_csv_checked,
+                      read_skip_users, require_file, shipped_skip_list)
+from llm.generate import generate_answers
+from llm.openai_backend import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, OpenAIBackend
+from llm.prompts import build_prompts, prompt_hash
 from utils import ArgumentParser, HelpFormatter, InputError, atomic_write
 
-# numpy, pandas, asyncio, openai and transformers are imported inside the functions that need them,
-# so that --help and flag errors answer at once.
-from catalog import ITEM as ITEM_COL, RATING as RATING_COL, USER as USER_COL, default_data_dir  # noqa: E402
-
-SEPARATOR = "-" * 45
-ANSWER_HEADER = "LLaMA's cut recommendation for user {user}:"
-ANSWER_HEADER_PREFIX = "LLaMA's cut recommendation for user"
-DEFAULT_MODEL = "meta-llama/Llama-2-7b-hf"
-SEED = 2024
-INSTRUCTIONS = (
-    "Based on the User's Positively Rated Movie List, analyze the user's preferences and patterns.\n"
-    "You will be provided with Candidate List, which includes movie titles and genres that the user "
-    "has rated both positively and negatively.\n"
-    "Your task is to strictly select movies and provide only the movie titles from Candidate List "
-    "that the user is most likely to have rated positively."
-)
-
-
-@dataclass(frozen=True)
-class DatasetPreset:
-    """What differs between the three published refinement notebooks."""
-    label: str              # dataset name inside the prompt
-    chunk_size: int         # real candidates per prompt
-    reseed_per_user: bool   # Netflix re-seeds numpy with 2024 for every user
-    prompt2_header: str     # "Candidate list:" in ML-100K's prompt 2, "Candidate List:" elsewhere
-    title_col: str
-    genre_col: str
-
-
-PRESETS = {
-    "ML-100K": DatasetPreset("MovieLens-100K", 5, False, "Candidate list:",
-                             "movie_title:token_seq", "class:token_seq"),
-    "ML-1M": DatasetPreset("MovieLens-1M", 5, False, "Candidate List:",
-                           "movie_title:token_seq", "genre:token_seq"),
-    "Netflix-1M": DatasetPreset("Netflix", 10, True, "Candidate List:", "title:token", "genres:token"),
-}
-
-
-def get_preset(name):
-    if name not in PRESETS:
-        raise InputError(f"unknown dataset {name!r}; known: {', '.join(PRESETS)}")
-    return PRESETS[name]
-
-
-# ----------------------------------------------------------------------------------------------
-# Data: train_original joined with titles and genres
-
-
-def read_csv_checked(path, columns, **read_kwargs):
-    """Read a CSV and check it has `columns`; missing file or column -> one-line InputError."""
-    import pandas as pd
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"file not found: {path}")
-    try:
-        frame = pd.read_csv(path, **read_kwargs)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
-        raise InputError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
-    return frame
-
-
-def missing_item_file_message(path, name, data_dir):
-    """A missing item file: where it comes from, with the user's own --data_dir in the command."""
-    from catalog import MOVIE_TITLES_PAGE
-
-    fetch = f"`python dataloader.py download {name} --data_dir {data_dir}`"
-    if Path(path).name == "movie_titles.csv":
-        return (f"file not found: {path}: it is part of the Netflix Prize data ({MOVIE_TITLES_PAGE}, needs a "
-                f"Kaggle login); put it in {Path(path).parent}/ ({fetch} says the same and fetches the genres)")
-    return (f"file not found: {path}: the item file comes with the raw data; {fetch} fetches the raw files, "
-            f"the item file among them (the split CSVs are left alone)")
-
-
-def read_item_titles(dataset_dir, name, preset):
-    """Item id -> title, genre from the raw item file(s) of SPEC 1.1."""
-    import pandas as pd
-
-    dataset_dir = Path(dataset_dir)
-    if name == "Netflix-1M":
-        titles_path, genres_path = dataset_dir / "movie_titles.csv", dataset_dir / "netflix_genres.csv"
-        for path in (titles_path, genres_path):
-            if not path.is_file():
-                raise InputError(missing_item_file_message(path, name, dataset_dir.parent))
-        rows = []
-        # Titles contain commas: split on the first two only (id, year, title).
-        with open(titles_path, encoding="ISO-8859-1") as handle:
-            for line_no, line in enumerate(handle, 1):
-                parts = line.rstrip("\r\n").split(",", 2)
-                if len(parts) != 3:
-                    raise InputError(f"{titles_path}:{line_no}: expected 'id,year,title'")
-                try:
-                    rows.append((int(parts[0]), parts[2]))
-                except ValueError:
-                    raise InputError(f"{titles_path}:{line_no}: item id {parts[0]!r} is not an integer") from None
-        titles = pd.DataFrame(rows, columns=[ITEM_COL, preset.title_col])
-        genres = read_csv_checked(genres_path, [])
-        if genres.shape[1] < 2:
-            raise InputError(f"{genres_path}: expected two columns (item id, genres)")
-        genres = genres.iloc[:, :2]
-        genres.columns = [ITEM_COL, preset.genre_col]
-        items = titles.merge(genres, on=ITEM_COL, how="left")
-    else:
-        item_path = dataset_dir / f"{name.lower()}.item"
-        if not item_path.is_file():
-            raise InputError(missing_item_file_message(item_path, name, dataset_dir.parent))
-        items = read_csv_checked(item_path, [ITEM_COL, preset.title_col, preset.genre_col], sep="\t")
-        items = items[[ITEM_COL, preset.title_col, preset.genre_col]]
-    if items[ITEM_COL].duplicated().any():
-        dup = items.loc[items[ITEM_COL].duplicated(), ITEM_COL].iloc[0]
-        raise InputError(f"item file(s) in {dataset_dir} list item {dup} more than once")
-    return items
-
-
-def load_train(data_dir, name):
-    """Return (train_original as read, same rows with `title` and `genre` columns)."""
-    preset = get_preset(name)
-    dataset_dir = Path(data_dir) / name
-    train_path = dataset_dir / f"{name}_train_original.csv"
-    if not train_path.is_file():
-        from catalog import missing_split_message
-
-        raise InputError(missing_split_message(data_dir, name, ("train_original",)))
-    train = read_csv_checked(train_path, [USER_COL, ITEM_COL, RATING_COL])
-    if preset.title_col in train.columns and preset.genre_col in train.columns:
-        # The notebooks' own train_original already carried the item columns.
-        joined = train.copy()
-    else:
-        items = read_item_titles(dataset_dir, name, preset)
-        joined = train.merge(items, on=ITEM_COL, how="left")
-    joined = joined.rename(columns={preset.title_col: "title", preset.genre_col: "genre"})
-    missing = joined["title"].isna() | joined["genre"].isna()
-    if missing.any():
-        item = joined.loc[missing, ITEM_COL].iloc[0]
-        raise InputError(f"{missing.sum()} train row(s) have no title or genre in the item file(s) "
-                         f"of {dataset_dir} (first: item {item})")
-    joined["title"] = joined["title"].astype(str)
-    joined["genre"] = joined["genre"].astype(str)
-    return train, joined
-
-
-def read_skip_users(path):
-    """One user id per line; blank lines ignored."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"skip list not found: {path}")
-    users = set()
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                users.add(int(line))
-            except ValueError:
-                raise InputError(f"{path}:{line_no}: {line.strip()!r} is not a user id") from None
-    return users
-
-
-# ----------------------------------------------------------------------------------------------
-# Prompts (pure)
-
-
-def render_list(entries):
-    """Render like numpy prints a 1-D object array with unlimited line width (the notebooks' str.format)."""
-    import numpy as np
-
-    with np.printoptions(linewidth=sys.maxsize):
-        return str(np.array(list(entries), dtype=object))
-
-
-def title_only(entry):
-    """`<Title (genre: X)>` -> `<Title>`, as the notebooks' few-shot answer rewrite."""
-    return re.sub(r"\s*\(genre:.*$", ">", entry)
-
-
-def prompt1_text(label, pos5, example, few_shot, chunk):
-    """Prompt 1 of SPEC 2 with already rendered lists."""
-    block = f"{INSTRUCTIONS}\n\nCandidate List:\n"
-    return (f"\nThis dataset is from the {label} dataset.\n\n"
-            f"User's Positively Rated Movie List:\n"
-            f"The following list includes movie titles and genres that the user has rated positively:\n"
-            f"{pos5}\n\n{SEPARATOR}\n\n"
-            f"{block}{example}\n\nOutput (Answer):\n{few_shot}\n\n{SEPARATOR}\n\n"
-            f"{block}{chunk}\n\nOutput (Answer):\n")
-
-
-def prompt2_text(label, header, pos5, example, few_shot, chunk):
-    """Prompt 2 (fallback): dataset line and instructions before each block, positives repeated."""
-    intro = (f"This dataset is from the {label} dataset.\n{INSTRUCTIONS}\n\n"
-             f"User's Positively Rated Movie List:\n{pos5}\n\n{header}\n")
-    return (f"\n{intro}{example}\n\nOutput (Answer):\n{few_shot}\n\n{SEPARATOR}\n\n"
-            f"{intro}{chunk}\n\nOutput (Answer):\n")
-
-
-@dataclass(frozen=True)
-class PromptJob:
-    user: int
-    chunk: int
-    prompt1: str
-    prompt2: str
-
-
-def user_prompts(user, rows, preset, rng):
-    """Prompts of one user. `rows`: (rating, title, genre) in popularity order; `rng` a RandomState.
-
-    Mirrors the notebooks: the example list is shuffled before the real list, both with the same
-    global RNG; the few-shot answer keeps example entries whose text equals a 4-star entry.
-    """
-    import numpy as np
-
-    entries = {r: [] for r in (5, 4, 3, 2, 1)}
-    ratings = []
-    for rating, title, genre in rows:
-        ratings.append(rating)
-        if rating in entries:
-            entries[rating].append(f"<{title} (genre: {genre})>")
-    mean_rating = np.mean(np.asarray(ratings, dtype=float))
-    if mean_rating >= 3:
-        example, real = entries[4] + entries[2] + entries[1], list(entries[3])
-    else:
-        example, real = entries[4] + entries[1], entries[3] + entries[2]
-    example, real = np.array(example, dtype=object), np.array(real, dtype=object)
-    rng.shuffle(example)  # draws depend only on the length, so dtype is irrelevant
-    rng.shuffle(real)
-    pos4 = set(entries[4])
-    few_shot = [title_only(e) for e in example if e in pos4]
-    size = preset.chunk_size
-    # The notebooks ask an empty list `[]` when a user has no real candidates (users 34, 225, 583,
-    # 688 of ML-100K were relabelled this way).
-    chunks = [real[i:i + size] for i in range(0, len(real), size)] if len(real) > size else [real]
-    pos5_s, example_s, few_s = render_list(entries[5]), render_list(example), render_list(few_shot)
-    jobs = []
-    for index, chunk in enumerate(chunks):
-        chunk_s = render_list(chunk)
-        jobs.append(PromptJob(
-            int(user), index,
-            prompt1_text(preset.label, pos5_s, example_s, few_s, chunk_s),
-            prompt2_text(preset.label, preset.prompt2_header, pos5_s, example_s, few_s, chunk_s)))
-    return jobs
-
-
-def build_prompts(joined, name, skip_users=()):
-    """Every prompt of the dataset, users ascending; skipped users draw nothing from the RNG."""
-    import numpy as np
-    import pandas as pd
-
-    preset = get_preset(name)
-    users = joined[USER_COL].to_numpy()
-    items = joined[ITEM_COL].to_numpy()
-    counts = pd.Series(items).map(pd.Series(items).value_counts()).to_numpy()
-    # Stable sort by (user asc, popularity desc): ties keep the file order, like pandas' lexsort.
-    order = np.lexsort((-counts, users))
-    rows = joined.iloc[order]
-    rng = np.random.RandomState(SEED)
-    skip = set(int(u) for u in skip_users)
-    jobs = []
-    for user, group in rows.groupby(USER_COL, sort=True):
-        if int(user) in skip:
-            continue
-        if preset.reseed_per_user:
-            rng = np.random.RandomState(SEED)
-        triples = zip(group[RATING_COL].to_numpy(), group["title"].to_numpy(), group["genre"].to_numpy())
-        jobs.extend(user_prompts(user, triples, preset, rng))
-    return jobs
-
-
-def prompt_hash(text):
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-# ----------------------------------------------------------------------------------------------
-# Length rule, cut rule (pure)
-
-
-def budget_text(prompt):
-    """Text from the second "Candidate List:" on, whose token count is the generation budget.
-
-    Upstream searched the exact string; ML-100K's prompt 2 spells it "Candidate list:", so upstream
-    found no second match there and crashed (UnboundLocalError). We match case-insensitively.
-    """
-    starts = [m.start() for m in re.finditer("candidate list:", prompt, flags=re.IGNORECASE)]
-    if len(starts) < 2:
-        raise ValueError("prompt has no second 'Candidate List:'")
-    return prompt[starts[1]:]
-
-
-def cut_response(full_text, prompt, prompt_no):
-    """Published cut: keep lines up to the 3rd (prompt 1) / 2nd (prompt 2) separator line, strip.
-
-    Returns (response, answer): `response` is what the `]` check looks at, `answer` the part
-    written to the answers file (`response[len(prompt)-1:]`, the prompt's leading newline being
-    stripped).
-    """
-    max_separators = 2 if prompt_no == 1 else 1
-    kept, seen = [], 0
-    for line in full_text.split("\n"):
-        if SEPARATOR in line:
-            seen += 1
-            if seen > max_separators:
-                break
-        kept.append(line)
-    response = "\n".join(kept).strip()
-    return response, response[len(prompt) - 1:]
-
-
-# ----------------------------------------------------------------------------------------------
-# Backends: token_lengths(requests) -> [(prompt_tokens, budget_tokens)], None where the backend
-# learns the count while asking; generate(requests) yields (request, Reply or None) as answers arrive.
-
-
-@dataclass(frozen=True)
-class Request:
-    user: int
-    chunk: int
-    prompt_no: int
-    prompt: str
-    key: str                          # prompt hash
-    max_new_tokens: int | None = 0    # None: the backend counts the budget itself (--tokenizer usage)
-
-
-@dataclass(frozen=True)
-class Reply:
-    """One answer. `text` is the prompt plus the generated text, which the published cut reads."""
-    text: str
-    rule_tokens: tuple | None = None  # (prompt, budget) tokens learned while asking (--tokenizer usage)
-    usage: tuple | None = None        # (prompt, completion) tokens of every request made for it
-    retries: int = 0                  # requests repeated after a transient failure
-
-
-class TransformersBackend:
-    """Any local causal-LM folder or hub id, greedy, batched with left padding."""
-
-    def __init__(self, model, device="auto", dtype="float32", batch_size=8):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.torch = torch
-        self.model_id = str(model)
-        self.batch_size = max(1, int(batch_size))
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if dtype == "auto":
-            dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
-        try:
-            torch_dtype = getattr(torch, dtype)
-        except AttributeError:
-            raise InputError(f"unknown --dtype {dtype!r}") from None
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model)
-            self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(device)
-        except Exception as err:  # noqa: BLE001 - any loader failure is a user-facing input problem
-            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise InputError(f"cannot load model {model!r}: {message}") from None
-        self.model.eval()
-        self.device = device
-        self.tokenizer.padding_side = "left"
-        # Upstream passed pad_token_id = eos when the tokenizer has no pad token (Llama-2).
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-
-    def token_lengths(self, requests):
-        prompts = [r.prompt for r in requests]
-        full = self.tokenizer(prompts)["input_ids"]
-        sub = self.tokenizer([budget_text(p) for p in prompts])["input_ids"]
-        return [(len(a), len(b)) for a, b in zip(full, sub)]
-
-    def generate(self, requests):
-        torch = self.torch
-        # Similar lengths share a batch, so little padding.
-        ordered = sorted(requests, key=lambda r: len(r.prompt))
-        for start in range(0, len(ordered), self.batch_size):
-            batch = ordered[start:start + self.batch_size]
-            enc = self.tokenizer([r.prompt for r in batch], return_tensors="pt", padding=True).to(self.device)
-            width = enc["input_ids"].shape[1]
-            stop = _SeparatorStop(self.tokenizer, width, [r.max_new_tokens for r in batch])
-            with torch.no_grad():
-                out = self.model.generate(
-                    **enc, max_new_tokens=max(r.max_new_tokens for r in batch),
-                    do_sample=False, num_beams=1, pad_token_id=self.tokenizer.pad_token_id,
-                    stopping_criteria=[stop])
-            for row, request in enumerate(batch):
-                prompt_ids = enc["input_ids"][row][enc["attention_mask"][row].bool()]
-                new_ids = out[row, width:width + stop.finished_at(row, out.shape[1] - width)]
-                # Decode prompt + answer together, as upstream did, so the len(prompt) slice matches.
-                text = self.tokenizer.decode(torch.cat([prompt_ids, new_ids]), skip_special_tokens=True)
-                yield request, Reply(text, usage=(len(prompt_ids), len(new_ids)))
-
-
-class _SeparatorStop:
-    """Per-sequence stop: after its own token budget, or once its new text holds the separator.
-
-    Stopping at the separator is exact: the cut rule drops that line and everything after it.
-    """
-
-    def __init__(self, tokenizer, prompt_width, limits):
-        self.tokenizer, self.width, self.limits = tokenizer, prompt_width, limits
-        self.done_at = [None] * len(limits)
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        n_new = input_ids.shape[1] - self.width
-        for row, limit in enumerate(self.limits):
-            if self.done_at[row] is not None:
-                continue
-            # The separator is 45 characters, so it lies within the last 64 tokens.
-            tail = input_ids[row, max(self.width, input_ids.shape[1] - 64):]
-            if n_new >= limit or SEPARATOR in self.tokenizer.decode(tail, skip_special_tokens=True):
-                self.done_at[row] = n_new
-        return torch.tensor([d is not None for d in self.done_at], device=input_ids.device)
-
-    def finished_at(self, row, generated):
-        return self.done_at[row] if self.done_at[row] is not None else generated
-
-
-DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"  # where `vllm serve` listens by default
-DEFAULT_KEY_ENV = "OPENAI_API_KEY"
-NO_KEY = "EMPTY"  # sent when no key is set: local servers started without a key ignore it
-
-
-def public_url(url):
-    """`url` without user:password@, query or fragment: safe to print and to write in the report."""
-    parts = urlsplit(url)
-    netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
-
-
-def parse_headers(lines):
-    """`--header 'Name: value'` options -> {name: value}; the value is never echoed (it may be a key)."""
-    headers = {}
-    for number, line in enumerate(lines or (), 1):
-        name, sep, value = line.partition(":")
-        if not sep or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name.strip()):
-            raise InputError(f"--header number {number}: expected 'Name: value' with a header name before ':'")
-        headers[name.strip()] = value.strip()
-    return headers
-
-
-def error_detail(body, fallback):
-    """The server's own words for an error, on one line (OpenAI, vLLM and FastAPI error shapes)."""
-    detail = body.get("error", body) if isinstance(body, dict) else body
-    if isinstance(detail, dict):
-        detail = detail.get("message", detail.get("detail", detail))
-    text = detail if isinstance(detail, str) else json.dumps(detail) if detail is not None else fallback
-    return " ".join(str(text).split())[:300]
-
-
-_DONE = object()
-
-
-@dataclass
-class _Failed:
-    error: BaseException
-
-
-def stream_from_loop(work):
-    """Run `await work(emit)` on an asyncio loop in a helper thread; yield each item it emits.
-
-    Ctrl-C reaches the main thread only, which waits here: it cancels the loop's work at once (the
-    requests in flight are dropped, not waited for), then still yields every item emitted before,
-    so their answers get cached, and then lets KeyboardInterrupt go on. An error of `work` is
-    raised here after the items emitted before it.
-    """
-    import asyncio
-
-    items = queue.Queue()
-    handle = {}
-    started = threading.Event()
-
-    async def runner():
-        handle["loop"], handle["task"] = asyncio.get_running_loop(), asyncio.current_task()
-        started.set()
-        try:
-            await work(items.put)
-        except asyncio.CancelledError:
-            pass
-        except BaseException as err:  # handed to the main thread, which raises it
-            items.put(_Failed(err))
-        finally:
-            items.put(_DONE)
-
-    thread = threading.Thread(target=asyncio.run, args=(runner(),), name="llm-requests", daemon=True)
-    thread.start()
-    started.wait()
-
-    def stop():
-        if thread.is_alive():
-            with contextlib.suppress(RuntimeError):  # the loop may have closed meanwhile
-                handle["loop"].call_soon_threadsafe(handle["task"].cancel)
-            thread.join()
-
-    try:
-        while (item := items.get()) is not _DONE:
-            if isinstance(item, _Failed):
-                raise item.error
-            yield item
-    except KeyboardInterrupt:
-        stop()
-        while not items.empty():
-            item = items.get_nowait()
-            if item is not _DONE and not isinstance(item, _Failed):
-                yield item
-        raise
-    finally:
-        stop()
-
-
-async def run_all(coroutines):
-    """Await `coroutines` together; the first InputError cancels the others and is raised alone."""
-    import asyncio
-
-    try:
-        async with asyncio.TaskGroup() as group:
-            for coroutine in coroutines:
-                group.create_task(coroutine)
-    except* InputError as errors:
-        raise errors.exceptions[0] from None
-
-
-class OpenAIBackend:
-    """Any OpenAI-compatible server (vLLM, SGLang, llama.cpp, Ollama, hosted APIs) through the
-    official `openai` client.
-
-    `api="completions"` sends the published prompt as is (the published setting); `"chat"` sends it
-    unchanged as one user message, after an optional system message. Both decode greedily with the
-    answer budget as max_tokens and stop at the separator. The client retries 408/409/429 (honouring
-    Retry-After up to two minutes), 5xx, dropped connections and timeouts, with exponential backoff
-    (0.5 s doubling to 8 s, minus up to 25% jitter), `max_retries` times per request; any other
-    failure, and one still failing after that, stops the run with one InputError line.
-    """
-
-    def __init__(self, base_url, model, api="completions", system=None, api_key_env=DEFAULT_KEY_ENV,
-                 headers=(), tokenizer=None, concurrency=16, timeout=600.0, max_retries=5, stop="vllm"):
-        try:
-            import openai  # noqa: F401 - checked here so a missing package is one line, before any work
-        except ImportError:
-            raise InputError("--backend openai needs the openai package: pip install -r requirements.txt") from None
-        self.base_url = base_url.rstrip("/")
-        self.shown_url = public_url(self.base_url)
-        self.model_id = str(model)
-        self.api = api
-        self.system = system
-        # The cache key: answers of another API kind or system message are other answers.
-        self.api_tag = f"chat+system:{prompt_hash(system)}" if api == "chat" and system else api
-        self.endpoint = f"{self.shown_url}/{'chat/completions' if api == 'chat' else 'completions'}"
-        self.concurrency, self.timeout, self.max_retries, self.stop = concurrency, timeout, max_retries, stop
-        key = os.environ.get(api_key_env, "")
-        if not key and api_key_env != DEFAULT_KEY_ENV:
-            raise InputError(f"--api_key_env {api_key_env}: that environment variable is not set")
-        self.key_env = api_key_env
-        self._key = key or NO_KEY
-        self._headers = parse_headers(headers)
-        # Never printed: the key and header values are masked in every message a server sends back.
-        self._secrets = [s for s in (key, *self._headers.values()) if len(s) >= 4]
-        tokenizer = tokenizer or ("usage" if api == "chat" else self.model_id)
-        self.count_mode = tokenizer if tokenizer in ("server", "usage") else "local"
-        self.tokenizer = None
-        if self.count_mode == "local":
-            try:
-                from transformers import AutoTokenizer
-                self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-            except Exception as err:  # noqa: BLE001 - any loader failure is a user-facing input problem
-                message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise InputError(f"cannot load tokenizer {tokenizer!r} (or pass --tokenizer server or usage): "
-                                 f"{message}") from None
-
-    # -- one request ----------------------------------------------------------------------------
-
-    def _client(self):
-        import openai
-
-        return openai.AsyncOpenAI(base_url=self.base_url, api_key=self._key, max_retries=self.max_retries,
-                                  timeout=self.timeout, default_headers=self._headers)
-
-    def _masked(self, text):
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    async def _call(self, what, send, hints=None):
-        """Await `send()`; return (body, retries taken). What fails after the client's retries -> InputError."""
-        import openai
-
-        try:
-            result = await send()
-            parse = getattr(result, "parse", None)  # a raw response; a plain body otherwise
-            return (parse() if parse else result), getattr(result, "retries_taken", 0)
-        except openai.APIStatusError as err:
-            status = err.status_code
-            detail = self._masked(error_detail(err.body, err.message))
-            if status in (408, 409, 429) or status >= 500:
-                wait = err.response.headers.get("retry-after", "")
-                if re.fullmatch(r"\d+(\.\d*)?", wait.strip()) and float(wait) > 120:
-                    raise InputError(f"{what} answered HTTP {status} {detail} and asks to wait {wait} s "
-                                     f"(Retry-After), longer than the client waits (120 s): rerun later") from None
-                raise InputError(f"{what} answered HTTP {status} {detail}, still after {self.max_retries} "
-                                 f"retries") from None
-            hint = (hints or {}).get(status) or {
-                400: ("the server does not take vLLM's include_stop_str_in_output: pass --stop plain"
-                      if "include_stop_str_in_output" in detail else "the server refused the request"),
-                401: f"check the key in ${self.key_env} (--api_key_env)",
-                403: f"the key in ${self.key_env} has no access to this model or endpoint",
-                404: f"unknown model {self.model_id!r}, or --base_url {self.shown_url} is not the API root "
-                     f"(it usually ends in /v1)"}.get(status, "the server refused the request")
-            raise InputError(f"{what} answered HTTP {status}: {detail}; {hint}") from None
-        except openai.APITimeoutError:
-            raise InputError(f"{what}: no answer within --timeout {self.timeout:g} s, still after "
-                             f"{self.max_retries} retries") from None
-        except openai.APIConnectionError as err:
-            reason = self._masked(" ".join(str(err.__cause__ or err).split()))[:300]
-            raise InputError(f"cannot reach {what}: {reason}, still after {self.max_retries} retries") from None
-        except ValueError as err:  # UnicodeDecodeError, JSONDecodeError: not a JSON text body
-            raise InputError(f"{what} answered a body that is not UTF-8 JSON ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0][:120]})") from None
-
-    def _send(self, client, text, max_tokens, with_system=True):
-        options = {"model": self.model_id, "max_tokens": max_tokens, "temperature": 0, "top_p": 1, "n": 1}
-        if self.stop != "none":
-            options["stop"] = [SEPARATOR]
-        if self.stop == "vllm":
-            options["extra_body"] = {"include_stop_str_in_output": True}
-        if self.api == "completions":
-            return client.completions.with_raw_response.create(prompt=text, **options)
-        messages = [{"role": "system", "content": self.system}] if self.system and with_system else []
-        messages.append({"role": "user", "content": text})
-        return client.chat.completions.with_raw_response.create(messages=messages, **options)
-
-    def _answer_text(self, body):
-        try:
-            choice = body.choices[0]
-            text = choice.text if self.api == "completions" else (choice.message.content or "")
-        except (AttributeError, IndexError, TypeError):
-            field = "text" if self.api == "completions" else "message.content"
-            raise InputError(f"{self.endpoint} answered without choices[0].{field}") from None
-        if not isinstance(text, str):
-            raise InputError(f"{self.endpoint} answered a choices[0] text that is not a string")
-        if self.stop != "none" and SEPARATOR not in text and getattr(choice, "stop_reason", None) == SEPARATOR:
-            # Stopped on the separator but left it out: put it back so the cut drops its line.
-            text += SEPARATOR
-        return text
-
-    def _prompt_tokens(self, body, why):
-        tokens = getattr(getattr(body, "usage", None), "prompt_tokens", None)
-        if not isinstance(tokens, int):
-            raise InputError(f"{self.endpoint} sent no usage.prompt_tokens, which {why} needs: "
-                             f"pass --tokenizer server (vLLM, llama.cpp) or a tokenizer name")
-        return tokens
-
-    async def _ask(self, client, request):
-        retries, used = 0, [0, 0, False]
-
-        def add_usage(body):
-            usage = getattr(body, "usage", None)
-            if usage is not None:
-                used[0] += getattr(usage, "prompt_tokens", 0) or 0
-                used[1] += getattr(usage, "completion_tokens", 0) or 0
-                used[2] = True
-
-        budget, rule_tokens = request.max_new_tokens, None
-        if budget is None:
-            # --tokenizer usage: the budget is the server's count of the budget text.
-            text = budget_text(request.prompt)
-            body, retries = await self._call(self.endpoint, lambda: self._send(client, text, 1, with_system=False))
-            budget = self._prompt_tokens(body, "--tokenizer usage")
-            add_usage(body)
-        body, more = await self._call(self.endpoint, lambda: self._send(client, request.prompt, budget))
-        retries += more
-        add_usage(body)
-        if request.max_new_tokens is None:
-            rule_tokens = (self._prompt_tokens(body, "--tokenizer usage"), budget)
-        return Reply(request.prompt + self._answer_text(body), rule_tokens,
-                     tuple(used[:2]) if used[2] else None, retries)
-
-    async def _count_on_server(self, client, text):
-        root = re.sub(r"/v1$", "", self.base_url)
-        # vLLM reads model/prompt/add_special_tokens, llama.cpp reads content/add_special.
-        payload = {"model": self.model_id, "prompt": text, "content": text,
-                   "add_special_tokens": True, "add_special": True}
-        where = f"{public_url(root)}/tokenize"
-        body, _ = await self._call(where, lambda: client.post(f"{root}/tokenize", cast_to=object, body=payload),
-                                   hints={404: "the server has no /tokenize (vLLM and llama.cpp have one): "
-                                               "pass --tokenizer usage or a tokenizer name"})
-        if isinstance(body, dict) and isinstance(body.get("count"), int):
-            return body["count"]
-        if isinstance(body, dict) and isinstance(body.get("tokens"), list):
-            return len(body["tokens"])
-        raise InputError(f"{where} answered without 'count' or 'tokens'")
-
-    # -- many requests ----------------------------------------------------------------------------
-
-    def _bounded(self, items, ask):
-        """Yield (item, await ask(client, item)) for every item, at most `concurrency` in flight."""
-        import asyncio
-
-        async def work(emit):
-            async with self._client() as client:
-                limit = asyncio.Semaphore(self.concurrency)
-
-                async def one(item):
-                    async with limit:
-                        emit((item, await ask(client, item)))
-
-                await run_all(one(item) for item in items)
-
-        return stream_from_loop(work)
-
-    def token_lengths(self, requests):
-        prompts = [r.prompt for r in requests]
-        subs = [budget_text(p) for p in prompts]
-        if self.count_mode == "usage":
-            return [(None, None)] * len(requests)
-        if self.count_mode == "local":
-            full = self.tokenizer(prompts)["input_ids"]
-            sub = self.tokenizer(subs)["input_ids"]
-            return [(len(a), len(b)) for a, b in zip(full, sub)]
-        texts = dict(enumerate(prompts + subs))
-        counts = dict(self._bounded(texts, lambda client, i: self._count_on_server(client, texts[i])))
-        return [(counts[i], counts[i + len(prompts)]) for i in range(len(prompts))]
-
-    def generate(self, requests):
-        yield from self._bounded(requests, self._ask)
-
-
-class ReplayBackend:
-    """Answers from a saved JSONL cache (exact, by prompt hash) or a published answers file.
-
-    In a published answers file a user's k-th block is taken as the answer to chunk k.
-    """
-
-    def __init__(self, path):
-        self.model_id = f"replay:{Path(path).name}"
-        self.records, self.blocks = {}, {}
-        if is_jsonl(path):
-            for rec in read_cache_records(path):
-                self.records[(rec["user"], rec["chunk"], rec["prompt"], rec["hash"])] = rec
-        else:
-            for user, text in read_answer_blocks(path):
-                self.blocks.setdefault(user, []).append(text)
-
-    def _record(self, r):
-        return self.records.get((r.user, r.chunk, r.prompt_no, r.key))
-
-    def token_lengths(self, requests):
-        out = []
-        for r in requests:
-            rec = self._record(r)
-            out.append((rec.get("prompt_tokens", 0), rec.get("budget_tokens", 0)) if rec else (0, 0))
-        return out
-
-    def generate(self, requests):
-        for r in requests:
-            rec = self._record(r)
-            if rec is not None:
-                yield r, Reply(r.prompt + rec["answer"])
-            elif not self.records and r.prompt_no == 1 and r.chunk < len(self.blocks.get(r.user, [])):
-                yield r, Reply(r.prompt + self.blocks[r.user][r.chunk])
-            else:
-                yield r, None
-
-
-# ----------------------------------------------------------------------------------------------
-# Answer files
-
-CACHE_STATUSES = ("answered", "no_bracket", "too_long")
-
-
-def read_text_lines(path):
-    """Lines of a UTF-8 text file (universal newlines); not UTF-8 -> InputError naming the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"answers file not found: {path}")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise InputError(f"{path}:{line}: not UTF-8 text; expected an answers file "
-                         f"(llama_distinguish_answer.txt) or a JSONL answers cache") from None
-    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-
-
-def is_jsonl(path):
-    for line in read_text_lines(path):
-        if line.strip():
-            return line.lstrip().startswith("{")
-    return False
-
-
-def cache_record_problem(rec):
-    """What is wrong with one parsed cache line, or None."""
-    if not isinstance(rec, dict):
-        return "not a JSON object"
-    missing = [k for k in ("user", "chunk", "prompt", "hash", "status", "answer") if k not in rec]
-    if missing:
-        return f"record without {', '.join(missing)}"
-    for field in ("user", "chunk"):
-        if not isinstance(rec[field], int) or isinstance(rec[field], bool):
-            return f"{field} {json.dumps(rec[field])} is not an integer"
-    if rec["prompt"] not in (1, 2):
-        return f"prompt {json.dumps(rec['prompt'])} is not 1 or 2"
-    if rec["status"] not in CACHE_STATUSES:
-        return f"status {json.dumps(rec['status'])} is not one of {', '.join(CACHE_STATUSES)}"
-    if not isinstance(rec["answer"], str) or not isinstance(rec["hash"], str):
-        field = "answer" if not isinstance(rec["answer"], str) else "hash"
-        return f"{field} {json.dumps(rec[field])} is not text"
-    return None
-
-
-def read_cache_records(path):
-    """Records of a JSONL cache. A line that is not JSON is a write cut short by a kill and is
-    skipped; a JSON record with wrong fields is an InputError naming file and line."""
-    records = []
-    for line_no, line in enumerate(read_text_lines(path), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        problem = cache_record_problem(rec)
-        if problem:
-            raise InputError(f"{path}:{line_no}: {problem}; fix or delete that line")
-        records.append(rec)
-    return records
-
-
-def read_answer_blocks(path):
-    """(user, text) per block of a published answers file; a header without a user id -> InputError."""
-    blocks, user, lines = [], None, []
-    for line_no, line in enumerate(read_text_lines(path), 1):
-        stripped = line.strip()
-        if stripped.startswith(ANSWER_HEADER_PREFIX):
-            match = re.fullmatch(r"(\d+):", stripped[len(ANSWER_HEADER_PREFIX):].strip())
-            if not match:
-                raise InputError(f"{path}:{line_no}: expected \"{ANSWER_HEADER.format(user='N')}\" with an "
-                                 f"integer user id N, got {stripped[:80]!r}")
-            if user is not None:
-                blocks.append((user, "\n".join(lines).strip("\n")))
-            user, lines = int(match.group(1)), []
-        elif user is not None:
-            lines.append(line)
-    if user is not None:
-        blocks.append((user, "\n".join(lines).strip("\n")))
-    return blocks
-
-
-def format_answer_block(user, answer):
-    """One block of the published answers file (`llama_distinguish_answer.txt`)."""
-    return ANSWER_HEADER.format(user=user) + "\n" + answer + "\n" * 6
-
-
-def clean_title(title):
-    return re.sub(r"\s\(genre:.*\)", "", title).strip()
-
-
-def parse_answer_lines(lines, user, liked):
-    """Published parsing: every line starting with `[` adds its `<...>` titles (maybe none) for `user`."""
-    for line in lines:
-        line = line.strip()
-        if line.startswith("["):
-            # setdefault even for `[]`: upstream's defaultdict made such users count as answered.
-            liked.setdefault(user, set()).update(clean_title(t) for t in re.findall(r"<([^>]+)>", line))
-
-
-def parse_answers(path):
-    """user -> set of titles the LLM called positive, from an answers file or a JSONL cache."""
-    liked = {}
-    if is_jsonl(path):
-        latest = {}
-        for rec in read_cache_records(path):
-            if rec["status"] == "answered":
-                latest[(rec["user"], rec["chunk"])] = rec
-        for (user, _), rec in sorted(latest.items()):
-            parse_answer_lines(rec["answer"].split("\n"), user, liked)
-        return liked
-    for user, text in read_answer_blocks(path):
-        parse_answer_lines(text.split("\n"), user, liked)
-    return liked
-
-
-def relabel(train, titles, liked):
-    """2/3-star rows of answered users -> 4.5 if the title was picked, else 0.5 (SPEC 2)."""
-    import numpy as np
-
-    out = train.copy()
-    out[RATING_COL] = out[RATING_COL].astype(float)
-    users = out[USER_COL].to_numpy()
-    picked = np.array([t in liked.get(int(u), ()) for u, t in zip(users, titles)], dtype=bool)
-    target = np.isin(users, np.array(list(liked), dtype=users.dtype)) & out[RATING_COL].isin([2, 3]).to_numpy()
-    out.loc[target & picked, RATING_COL] = 4.5
-    out.loc[target & ~picked, RATING_COL] = 0.5
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Generation with cache
-
-
-class AnswerCache:
-    """JSONL cache plus the published answers file, both appended as answers arrive.
-
-    A cached answer counts for a run with the same model and API kind (`api`: completions, chat or
-    chat+system:<hash>); records written before API kinds existed are completions.
-    """
-
-    def __init__(self, out_dir, model_id, api="completions"):
-        self.path = Path(out_dir) / "answers_cache.jsonl"
-        self.txt_path = Path(out_dir) / "llama_distinguish_answer.txt"
-        self.model_id, self.api = model_id, api
-        self.records, self.ignored = {}, 0
-        if self.path.is_file():
-            for rec in read_cache_records(self.path):
-                if rec.get("model") != model_id or rec.get("api", "completions") != api:
-                    self.ignored += 1
-                    continue
-                self.records[(rec["user"], rec["chunk"], rec["prompt"], rec["hash"])] = rec
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # A run killed mid-write leaves a torn last line; start ours on a fresh line.
-        torn = self.path.is_file() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")
-        self._handle = open(self.path, "a", encoding="utf-8")
-        if torn:
-            self._handle.write("\n")
-        self._txt = None
-
-    def get(self, request):
-        return self.records.get((request.user, request.chunk, request.prompt_no, request.key))
-
-    def record(self, request, status, answer, lengths):
-        return {"user": request.user, "chunk": request.chunk, "prompt": request.prompt_no, "hash": request.key,
-                "model": self.model_id, "api": self.api, "status": status, "prompt_tokens": lengths[0],
-                "budget_tokens": lengths[1], "answer": answer}
-
-    def add(self, rec):
-        self.records[(rec["user"], rec["chunk"], rec["prompt"], rec["hash"])] = rec
-        self._handle.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        self._handle.flush()
-        if rec["status"] == "answered" and self._txt is not None:
-            self._txt.write(format_answer_block(rec["user"], rec["answer"]))
-            self._txt.flush()
-
-    def start_answers_file(self, answered):
-        """Rewrite the answers file from finished answers, then keep appending to it."""
-        with atomic_write(self.txt_path, encoding="utf-8") as handle:
-            for rec in answered:
-                handle.write(format_answer_block(rec["user"], rec["answer"]))
-        self._txt = open(self.txt_path, "a", encoding="utf-8")
-
-    def write_answers_file(self, answered):
-        if self._txt is not None:
-            self._txt.close()
-            self._txt = None
-        with atomic_write(self.txt_path, encoding="utf-8") as handle:
-            for rec in answered:
-                handle.write(format_answer_block(rec["user"], rec["answer"]))
-
-    def close(self):
-        self._handle.close()
-        if self._txt is not None:
-            self._txt.close()
-
-
-def consume(stream, handle):
-    """handle(request, reply) for every answer of `stream`, also on Ctrl-C for those that arrived."""
-    try:
-        for request, reply in stream:
-            handle(request, reply)
-    except KeyboardInterrupt:
-        # Ctrl-C while an answer was being handled: the stream may hold more that arrived meanwhile.
-        try:
-            request, reply = stream.throw(KeyboardInterrupt)
-            while True:
-                handle(request, reply)
-                request, reply = next(stream)
-        except (KeyboardInterrupt, StopIteration):
-            pass
-        raise
-
-
-def generate_answers(jobs, backend, cache, max_total_tokens=5000, progress=True):
-    """Ask every prompt not yet in the cache; prompt 2 for answers not ending in `]`.
-
-    Returns (final record per (user, chunk) or None when replay had no answer, counts).
-    """
-    from tqdm import tqdm
-
-    final, counts = {}, Counter()
-    bar = tqdm(total=len(jobs), desc="LLM prompts", unit="prompt", disable=not progress, dynamic_ncols=True)
-
-    def finish(job, rec, cached):
-        final[(job.user, job.chunk)] = rec
-        status = rec["status"] if rec is not None else "missing"
-        counts[{"answered": "answered", "too_long": "skipped_too_long",
-                "no_bracket": "hallucinated", "missing": "missing"}[status]] += 1
-        counts["from_cache" if cached else "asked"] += 1
-        if rec is not None and rec["status"] == "answered" and rec["prompt"] == 2:
-            counts["answered_with_prompt2"] += 1
-        bar.update(1)
-        bar.set_postfix(answered=counts["answered"], skipped=counts["skipped_too_long"],
-                        hallucinated=counts["hallucinated"], retries=counts["retries"], refresh=False)
-
-    cache.start_answers_file(answered_records(jobs, cache))
-    pending = [(job, 1) for job in jobs]
-    try:
-        for prompt_no in (1, 2):
-            retry, asking = [], []
-            for job, _ in pending:
-                text = job.prompt1 if prompt_no == 1 else job.prompt2
-                request = Request(job.user, job.chunk, prompt_no, text, prompt_hash(text))
-                rec = cache.get(request)
-                if rec is None:
-                    asking.append((job, request))
-                elif prompt_no == 1 and rec["status"] == "no_bracket":
-                    retry.append((job, 2))
-                else:
-                    finish(job, rec, cached=True)
-            job_of = {}
-            lengths = backend.token_lengths([r for _, r in asking]) if asking else []
-            requests = []
-            for (job, request), (n_prompt, n_budget) in zip(asking, lengths):
-                if n_prompt is not None and n_budget is not None and n_prompt + n_budget > max_total_tokens:
-                    rec = cache.record(request, "too_long", "", (n_prompt, n_budget))
-                    cache.add(rec)
-                    finish(job, rec, cached=False)
-                    continue
-                # Upstream: max_length = prompt tokens + budget tokens, so budget new tokens.
-                request = Request(request.user, request.chunk, prompt_no, request.prompt, request.key, n_budget)
-                job_of[request] = (job, (n_prompt, n_budget))
-                requests.append(request)
-
-            def handle(request, reply):
-                job, lens = job_of[request]
-                if reply is None:
-                    finish(job, None, cached=False)
-                    return
-                counts["retries"] += reply.retries
-                counts["requests_retried"] += reply.retries > 0
-                if reply.usage is not None:
-                    counts["usage_prompt_tokens"] += reply.usage[0]
-                    counts["usage_completion_tokens"] += reply.usage[1]
-                    counts["with_usage"] += 1
-                if reply.rule_tokens is not None:
-                    # --tokenizer usage: the rule is applied once the server has counted the prompt.
-                    lens = reply.rule_tokens
-                    if lens[0] + lens[1] > max_total_tokens:
-                        rec = cache.record(request, "too_long", "", lens)
-                        cache.add(rec)
-                        finish(job, rec, cached=False)
-                        return
-                response, answer = cut_response(reply.text, request.prompt, prompt_no)
-                status = "answered" if response.endswith("]") else "no_bracket"
-                rec = cache.record(request, status, answer, lens)
-                cache.add(rec)
-                if status == "no_bracket" and prompt_no == 1:
-                    retry.append((job, 2))
-                else:
-                    finish(job, rec, cached=False)
-
-            consume(backend.generate(requests), handle)
-            pending = retry
-    finally:
-        bar.close()
-        # Also after an interruption: every finished answer of these prompts, in (user, chunk) order.
-        cache.write_answers_file(answered_records(jobs, cache))
-    return final, counts
-
-
-def answered_records(jobs, cache):
-    """The answered record of each job (prompt 1, else prompt 2 after a missing `]`), job order."""
-    out = []
-    for job in jobs:
-        rec1 = cache.get(Request(job.user, job.chunk, 1, job.prompt1, prompt_hash(job.prompt1)))
-        if rec1 is not None and rec1["status"] == "answered":
-            out.append(rec1)
-        elif rec1 is not None and rec1["status"] == "no_bracket":
-            rec2 = cache.get(Request(job.user, job.chunk, 2, job.prompt2, prompt_hash(job.prompt2)))
-            if rec2 is not None and rec2["status"] == "answered":
-                out.append(rec2)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI
+# numpy, pandas, asyncio, openai and transformers are imported inside the functions that need them
+# (here and in llm/), so that --help and flag errors answer at once.
 
 
 def checked(kind, low, low_ok, what):
@@ -1152,8 +73,8 @@ EXAMPLES = {
             "      --model some-model --api_key_env EXAMPLE_API_KEY --out_dir dataset/ML-100K/llm-some-model \\\n"
             "      --output dataset/ML-100K/some-model_train_augment.csv\n"
             "  python refine_llm.py run ML-100K --backend replay --replay answers_cache.jsonl --out_dir /tmp/replay"),
-    "diff": ("  python refine_llm.py diff dataset/ML-100K/qwen_train_augment.csv \\\n"
-             "      ../shared/datasets/ML-100K/ML-100K_train_augment.csv"),
+    "diff": ("  python refine_llm.py diff dataset-qwen/ML-100K/ML-100K_train_augment.csv \\\n"
+             "      dataset/ML-100K/ML-100K_train_augment.csv"),
 }
 
 
@@ -1174,8 +95,9 @@ def build_parser():
                        help="folder holding NAME/ (default: ./dataset, or $REFINE_DATA_DIR when set)")
         p.add_argument("--out_dir", default=None, help="cache, answers file and report (default: DATA_DIR/NAME/llm)")
         p.add_argument("--skip_users", default=None,
-                       help="file of user ids not to ask (default: DATA_DIR/NAME/llm_skip_users.txt if present; "
-                            "'none' for no skip list)")
+                       help="file of user ids not to ask, one a line (default: DATA_DIR/NAME/llm_skip_users.txt "
+                            "if present, else the published list for NAME that comes with refine_llm; 'none' "
+                            "asks every user)")
         p.add_argument("--max_prompts", type=non_negative_int, default=None,
                        help="only the first N prompts, for trial runs (default: all)")
 
@@ -1203,8 +125,11 @@ def build_parser():
                          help="environment variable holding the API key; it is never printed or written "
                               f"(unset {DEFAULT_KEY_ENV}: no key, for local servers)")
         api.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
-                         help="extra HTTP header for the server, repeatable; values are never written "
-                              "(default: none)")
+                         help="extra HTTP header for the server, repeatable; values are never written, nor "
+                              "sent on after a redirect to another origin (default: none)")
+        api.add_argument("--header_env", action="append", default=[], metavar="'NAME: VARIABLE'",
+                         help="extra HTTP header whose value is read from environment variable VARIABLE, "
+                              "repeatable; keeps the value out of ps and the shell history (default: none)")
         api.add_argument("--concurrency", type=positive_int, default=16, help="requests in flight at most")
         api.add_argument("--timeout", type=positive_seconds, default=600.0, help="seconds per request")
         api.add_argument("--max_retries", type=non_negative_int, default=5,
@@ -1249,26 +174,23 @@ def build_parser():
 
 
 def resolve_paths(args):
-    """(dataset folder, output folder, skip list: a set, or None when the default file is absent)."""
+    """(dataset folder, output folder, the set of user ids not to ask).
+
+    The skip list: --skip_users FILE, else DATA_DIR/NAME/llm_skip_users.txt, else the published one
+    in llm/skip_users/ (without it the prompts after the first skipped user differ from the
+    published ones, as one random stream shuffles every user's lists in turn).
+    """
     dataset_dir = Path(args.data_dir) / args.name
     out_dir = Path(args.out_dir) if args.out_dir else dataset_dir / "llm"
     if args.skip_users is None:
         default = dataset_dir / "llm_skip_users.txt"
-        skip = read_skip_users(default) if default.is_file() else None
+        path = default if default.exists() else shipped_skip_list(args.name)
+        skip = read_skip_users(path) if path else set()
     elif args.skip_users.lower() == "none":
         skip = set()
     else:
         skip = read_skip_users(args.skip_users)
     return dataset_dir, out_dir, skip
-
-
-def warn_if_no_skip_list(args):
-    if getattr(args, "skip_list_missing", False):
-        print(f"warning: no skip list at {Path(args.data_dir) / args.name / 'llm_skip_users.txt'}: every user "
-              f"is asked, and as one random stream shuffles all users in turn, the prompts after the first "
-              f"user the published run skipped differ from the published ones; copy the published "
-              f"llm_skip_users.txt there to match them, or pass --skip_users none to ask everyone without "
-              f"this warning", file=sys.stderr)
 
 
 def plural(count, noun):
@@ -1281,18 +203,16 @@ def stage_prompts(args, write=True):
     train, joined = load_train(args.data_dir, args.name)
     if not joined[RATING_COL].isin([2, 3]).any():
         raise InputError(f"{dataset_dir}/{args.name}_train_original.csv has no 2- or 3-star rows: nothing to refine")
-    args.skip_list_missing = skip is None
-    jobs = build_prompts(joined, args.name, skip or ())
+    jobs = build_prompts(joined, args.name, skip)
     if args.max_prompts is not None:
         jobs = jobs[:args.max_prompts]
     if write:
-        with atomic_write(out_dir / "prompts.jsonl", encoding="utf-8") as handle:
+        with naming(out_dir / "prompts.jsonl"), atomic_write(out_dir / "prompts.jsonl", encoding="utf-8") as handle:
             for job in jobs:
                 handle.write(json.dumps({"user": job.user, "chunk": job.chunk, "hash": prompt_hash(job.prompt1),
                                          "prompt1": job.prompt1, "prompt2": job.prompt2}, ensure_ascii=False) + "\n")
-        warn_if_no_skip_list(args)
         print(f"{plural(len(jobs), 'prompt')} for {plural(len({j.user for j in jobs}), 'user')} "
-              f"({plural(len(skip or ()), 'user')} in the skip list) -> {out_dir / 'prompts.jsonl'}")
+              f"({plural(len(skip), 'user')} in the skip list) -> {out_dir / 'prompts.jsonl'}")
     return train, joined, jobs, out_dir
 
 
@@ -1310,7 +230,8 @@ def make_backend(args):
         if args.system and args.api != "chat":
             raise InputError("--system needs --api chat (the completions API has no system message)")
         return OpenAIBackend(args.base_url, args.model, api=args.api, system=args.system,
-                             api_key_env=args.api_key_env, headers=args.header, tokenizer=args.tokenizer,
+                             api_key_env=args.api_key_env, headers=args.header,
+                             header_env=args.header_env, tokenizer=args.tokenizer,
                              concurrency=args.concurrency, timeout=args.timeout, max_retries=args.max_retries,
                              stop=args.stop)
     if not args.replay:
@@ -1318,38 +239,37 @@ def make_backend(args):
     return ReplayBackend(args.replay)
 
 
-def stage_generate(args, jobs, out_dir):
+def stage_generate(args, jobs, out_dir, stop):
     backend = make_backend(args)
-    warn_if_no_skip_list(args)
     cache = AnswerCache(out_dir, backend.model_id, getattr(backend, "api_tag", "completions"))
     if cache.ignored:
         print(f"note: {cache.ignored} cached answer(s) from another model or API kind ignored", file=sys.stderr)
-    args.interrupted_note = (f"every answer received is in {cache.path}; rerun the same command to resume "
-                             f"(it asks only prompts without an answer)")
+    stop.set(f"every answer received is in {cache.path}; rerun the same command to resume "
+             f"(it asks only prompts without an answer)")
     started = time.time()
     try:
-        final, counts = generate_answers(jobs, backend, cache, args.max_total_tokens, progress=not args.no_progress)
+        final, tally = generate_answers(jobs, backend, cache, args.max_total_tokens, progress=not args.no_progress)
     except InputError as err:
         raise InputError(f"{err}; every answer received so far is in {cache.path}: rerun the same command "
                          f"to resume") from None
     finally:
         cache.close()
     seconds = time.time() - started
-    with_usage = counts["with_usage"] > 0
+    with_usage = tally.with_usage > 0
     report = {"dataset": args.name, "backend": args.backend, "model": backend.model_id,
               "api": getattr(backend, "api_tag", None), "base_url": getattr(backend, "shown_url", None),
               "prompts": len(jobs), "users": len({j.user for j in jobs}),
-              "answered": counts["answered"], "answered_with_prompt2": counts["answered_with_prompt2"],
-              "skipped_too_long": counts["skipped_too_long"], "hallucinated": counts["hallucinated"],
-              "missing": counts["missing"], "from_cache": counts["from_cache"], "asked": counts["asked"],
+              "answered": tally.answered, "answered_with_prompt2": tally.answered_with_prompt2,
+              "skipped_too_long": tally.skipped_too_long, "hallucinated": tally.hallucinated,
+              "missing": tally.missing, "from_cache": tally.from_cache, "asked": tally.asked,
               "users_answered": len({k[0] for k, r in final.items() if r is not None and r["status"] == "answered"}),
-              "prompt_tokens": counts["usage_prompt_tokens"] if with_usage else None,
-              "completion_tokens": counts["usage_completion_tokens"] if with_usage else None,
-              "requests_retried": counts["requests_retried"], "retries": counts["retries"],
+              "prompt_tokens": tally.usage_prompt_tokens if with_usage else None,
+              "completion_tokens": tally.usage_completion_tokens if with_usage else None,
+              "requests_retried": tally.requests_retried, "retries": tally.retries,
               "seconds": round(seconds, 3),
-              "prompts_per_second": round(counts["asked"] / seconds, 3) if seconds > 0 else None,
+              "prompts_per_second": round(tally.asked / seconds, 3) if seconds > 0 else None,
               "answers_file": str(cache.txt_path), "cache_file": str(cache.path)}
-    with atomic_write(out_dir / "report.json", encoding="utf-8") as handle:
+    with naming(out_dir / "report.json"), atomic_write(out_dir / "report.json", encoding="utf-8") as handle:
         json.dump(report, handle, indent=2)
         handle.write("\n")
     tokens = (f"; {report['prompt_tokens']:,} prompt + {report['completion_tokens']:,} completion tokens"
@@ -1373,7 +293,7 @@ def stage_apply(args, train, joined, answers_path):
         raise InputError(f"{answers_path} holds no parsable answer (no answer line starting with '['); "
                          f"{output} was left unchanged")
     augmented = relabel(train, joined["title"].to_numpy(), liked)
-    with atomic_write(output, encoding="utf-8", newline="") as handle:
+    with naming(output), atomic_write(output, encoding="utf-8", newline="") as handle:
         augmented.to_csv(handle, index=False)
     counts = augmented[RATING_COL].value_counts()
     print(f"{plural(len(liked), 'user')} answered; {int(counts.get(4.5, 0))} rows -> 4.5, "
@@ -1420,42 +340,43 @@ def stage_diff(args):
           f"in B only: {int((relabelled[1] & ~relabelled[0]).sum())}")
 
 
+def run_stage(args, stop):
+    """The stage's work; `stop` says, as it goes, what a Ctrl-C or SIGTERM leaves behind."""
+    if args.stage == "diff":
+        stage_diff(args)
+        return
+    # A file where an output folder must go: said now, not at the first write.
+    if args.stage != "apply":
+        output_folder(resolve_paths(args)[1], "--out_dir")
+    if args.stage in ("apply", "run"):
+        output_folder(augment_path(args).parent, "--output")
+    if args.stage == "prompts":
+        stop.set("prompts.jsonl is written only when complete; rerun the same command")
+        stage_prompts(args)
+    elif args.stage == "apply":
+        stop.set(f"{augment_path(args)} is replaced only when complete; rerun the same command")
+        get_preset(args.name)
+        _, out_dir, _ = resolve_paths(args)
+        train, joined = load_train(args.data_dir, args.name)
+        answers = Path(args.answers) if args.answers else out_dir / "llama_distinguish_answer.txt"
+        require_file(answers, f"answers file not found: {answers}")
+        stage_apply(args, train, joined, answers)
+    else:
+        stop.set("nothing was asked yet; rerun the same command")
+        train, joined, jobs, out_dir = stage_prompts(args, write=False)
+        stage_generate(args, jobs, out_dir, stop)
+        if args.stage == "run":
+            stop.set(f"every answer is in {out_dir / 'answers_cache.jsonl'} and {augment_path(args)} is replaced "
+                     f"only when complete; rerun the same command (it asks nothing more)")
+            stage_apply(args, train, joined, out_dir / "llama_distinguish_answer.txt")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    args.interrupted_note = "nothing was written; rerun the same command"
-    try:
-        if args.stage == "diff":
-            stage_diff(args)
-        elif args.stage == "prompts":
-            args.interrupted_note = "prompts.jsonl is written only when complete; rerun the same command"
-            stage_prompts(args)
-        elif args.stage == "apply":
-            args.interrupted_note = f"{augment_path(args)} is replaced only when complete; rerun the same command"
-            get_preset(args.name)
-            _, out_dir, _ = resolve_paths(args)
-            train, joined = load_train(args.data_dir, args.name)
-            answers = Path(args.answers) if args.answers else out_dir / "llama_distinguish_answer.txt"
-            if not answers.is_file():
-                raise InputError(f"answers file not found: {answers}")
-            stage_apply(args, train, joined, answers)
-        else:
-            args.interrupted_note = "nothing was asked yet; rerun the same command"
-            train, joined, jobs, out_dir = stage_prompts(args, write=False)
-            stage_generate(args, jobs, out_dir)
-            if args.stage == "run":
-                args.interrupted_note = (f"every answer is in {out_dir / 'answers_cache.jsonl'} and "
-                                         f"{augment_path(args)} is replaced only when complete; rerun the same "
-                                         f"command (it asks nothing more)")
-                stage_apply(args, train, joined, out_dir / "llama_distinguish_answer.txt")
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        # Exit code 2 like every other stop on the user's side (main.py does the same).
-        print(f"error: interrupted; {args.interrupted_note}", file=sys.stderr)
-        return 2
-    return 0
+    stop = entry.Stop("nothing was written; rerun the same command")
+    return entry.run_script(lambda: run_stage(args, stop), stop)
 
 
 if __name__ == "__main__":
+    entry.install_stop_handlers()
     sys.exit(main())

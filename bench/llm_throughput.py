@@ -16,16 +16,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import refine_llm as R  # noqa: E402
+from llm.backends import Request, TransformersBackend
+from llm.data import load_train, read_skip_users
+from llm.prompts import budget_text, build_prompts, prompt_hash
 from bench.tiny_llm import build_tiny_llm, synthetic_joined  # noqa: E402
 
 
 def time_generation(model_dir, jobs, batch_size, device):
     """Seconds to answer prompt 1 of every job; returns (seconds, answers)."""
-    backend = R.TransformersBackend(str(model_dir), device=device, dtype="float32", batch_size=batch_size)
-    requests = [R.Request(j.user, j.chunk, 1, j.prompt1, R.prompt_hash(j.prompt1)) for j in jobs]
+    backend = TransformersBackend(str(model_dir), device=device, dtype="float32", batch_size=batch_size)
+    requests = [Request(j.user, j.chunk, 1, j.prompt1, prompt_hash(j.prompt1)) for j in jobs]
     lengths = backend.token_lengths(requests)
-    requests = [R.Request(r.user, r.chunk, 1, r.prompt, r.key, budget) for r, (_, budget) in zip(requests, lengths)]
+    requests = [Request(r.user, r.chunk, 1, r.prompt, r.key, budget) for r, (_, budget) in zip(requests, lengths)]
     backend.generate(requests[:1]).__next__()  # warm-up
     started = time.perf_counter()
     answers = {r.key: reply.text for r, reply in backend.generate(requests)}
@@ -34,12 +36,12 @@ def time_generation(model_dir, jobs, batch_size, device):
 
 def count(name, data_dir):
     """Prompt and character counts of a dataset's refinement run (chars ~ 3.5 per Llama token)."""
-    _, joined = R.load_train(data_dir, name)
+    _, joined = load_train(data_dir, name)
     skip_path = Path(data_dir) / name / "llm_skip_users.txt"
-    skip = R.read_skip_users(skip_path) if skip_path.is_file() else set()
-    jobs = R.build_prompts(joined, name, skip)
+    skip = read_skip_users(skip_path) if skip_path.is_file() else set()
+    jobs = build_prompts(joined, name, skip)
     chars1 = [len(j.prompt1) for j in jobs]
-    budget = [len(R.budget_text(j.prompt1)) for j in jobs]
+    budget = [len(budget_text(j.prompt1)) for j in jobs]
     # Chunks of one user share everything before the last candidate list (prefix caching).
     prefixes = {}
     for j in jobs:
@@ -62,7 +64,7 @@ def main(argv=None):
     if args.count:
         count(args.count, args.data_dir)
         return 0
-    jobs = R.build_prompts(synthetic_joined(n_users=args.prompts), "ML-100K")[:args.prompts]
+    jobs = build_prompts(synthetic_joined(n_users=args.prompts), "ML-100K")[:args.prompts]
     with tempfile.TemporaryDirectory() as folder:
         model_dir = build_tiny_llm(Path(folder) / "model", [j.prompt1 for j in jobs], vocab_size=1500)
         single, answers1 = time_generation(model_dir, jobs, 1, args.device)

@@ -53,6 +53,6 @@ def synthetic_joined(n_users=8, n_items=60, per_user=12, seed=0):
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from refine_llm import INSTRUCTIONS
+    from llm.prompts import INSTRUCTIONS
 
     print(build_tiny_llm(sys.argv[1] if len(sys.argv) > 1 else "tiny-llm", [INSTRUCTIONS] * 10))

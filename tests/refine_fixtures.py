@@ -8,7 +8,8 @@ from http.server import BaseHTTPRequestHandler
 import numpy as np
 import pandas as pd
 
-import refine_llm as R
+from llm.data import ITEM_COL, RATING_COL, USER_COL, load_train
+from llm.prompts import SEPARATOR, build_prompts
 from conftest import LocalHTTPServer
 
 
@@ -33,7 +34,7 @@ def make_dataset(root, n_users=6, n_items=30, per_user=14, seed=0):
         chosen = rng.choice(np.arange(1, n_items + 1), size=size, replace=False)
         ratings = rng.choice([1, 2, 3, 3, 3, 4, 5], size=size)
         rows += [(user, int(i), int(r)) for i, r in zip(chosen, ratings)]
-    pd.DataFrame(rows, columns=[R.USER_COL, R.ITEM_COL, R.RATING_COL]).to_csv(
+    pd.DataFrame(rows, columns=[USER_COL, ITEM_COL, RATING_COL]).to_csv(
         folder / "ML-100K_train_original.csv", index=False)
     return folder
 
@@ -53,10 +54,10 @@ def fake_answer(prompt):
     titles = [re.sub(r" \(genre:.*\)$", "", t) for t in last_candidates(prompt)]
     picked = titles[::2]
     body = "[" + " ".join(f"'<{t}>'" for t in picked) + "]"
-    prompt2 = prompt.count(R.SEPARATOR) == 1
+    prompt2 = prompt.count(SEPARATOR) == 1
     if titles and not prompt2 and int(re.search(r"\d+", titles[0]).group()) % 3 == 0:
         body = body[:-1] + " and also"
-    return body + "\n\n" + R.SEPARATOR + "\n\nBased on the User's Positively Rated Movie List, more"
+    return body + "\n\n" + SEPARATOR + "\n\nBased on the User's Positively Rated Movie List, more"
 
 
 CHAT_TEMPLATE_TOKENS = 7  # what the fake chat template adds to a prompt's token count
@@ -68,8 +69,8 @@ def word_tokens(text):
 
 
 def load_jobs(root):
-    _, joined = R.load_train(root, "ML-100K")
-    return joined, R.build_prompts(joined, "ML-100K")
+    _, joined = load_train(root, "ML-100K")
+    return joined, build_prompts(joined, "ML-100K")
 
 
 def api_args(root, url, *extra):
@@ -97,9 +98,9 @@ def expected_augment(root, jobs, outcomes):
     for job, (status, _, answer) in zip(jobs, outcomes):
         if status == "answered":
             liked.setdefault(job.user, set()).update(re.findall(r"<([^>]+)>", answer))
-    train, joined = R.load_train(root, "ML-100K")
+    train, joined = load_train(root, "ML-100K")
     return [(4.5 if title in liked[user] else 0.5) if user in liked and rating in (2, 3) else float(rating)
-            for user, rating, title in zip(train[R.USER_COL], train[R.RATING_COL], joined["title"])]
+            for user, rating, title in zip(train[USER_COL], train[RATING_COL], joined["title"])]
 
 
 class FakeServer(LocalHTTPServer):

@@ -9,13 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from llm.answers import format_answer_block, parse_answers
+from llm.data import ITEM_COL, RATING_COL, USER_COL, load_train
+from llm.prompts import prompt_hash
 import refine_llm as R
 
 
 def write_small_dataset(root, train_rows, item_rows):
     folder = root / "ML-100K"
     folder.mkdir(parents=True)
-    pd.DataFrame(train_rows, columns=[R.USER_COL, R.ITEM_COL, R.RATING_COL]).to_csv(
+    pd.DataFrame(train_rows, columns=[USER_COL, ITEM_COL, RATING_COL]).to_csv(
         folder / "ML-100K_train_original.csv", index=False)
     pd.DataFrame(item_rows, columns=["item_id:token", "movie_title:token_seq", "release_year:token",
                                      "class:token_seq"]).to_csv(folder / "ml-100k.item", sep="\t", index=False)
@@ -25,11 +28,11 @@ def write_small_dataset(root, train_rows, item_rows):
 def test_parse_published_answers_file(tmp_path):
     path = tmp_path / "answers.txt"
     path.write_text(
-        R.format_answer_block(3, "['<Heat (genre: Action)>' '<Up>']")
-        + R.format_answer_block(3, "some chatter\n[\"<Ulee's Gold>\"]")
-        + R.format_answer_block(5, "[]")
-        + R.format_answer_block(9, "no list here <Ignored>"))
-    liked = R.parse_answers(path)
+        format_answer_block(3, "['<Heat (genre: Action)>' '<Up>']")
+        + format_answer_block(3, "some chatter\n[\"<Ulee's Gold>\"]")
+        + format_answer_block(5, "[]")
+        + format_answer_block(9, "no list here <Ignored>"))
+    liked = parse_answers(path)
     # User 5's `[]` counts as answered (empty set); user 9 has no `[` line, so no entry.
     assert liked == {3: {"Heat", "Up", "Ulee's Gold"}, 5: set()}
 
@@ -41,7 +44,7 @@ def test_apply_relabels_by_hand(tmp_path):
     train = [(1, 1, 3), (1, 2, 2), (1, 3, 5), (1, 4, 1), (2, 1, 2), (2, 3, 4), (3, 2, 3), (3, 4, 2)]
     folder = write_small_dataset(tmp_path, train, items)
     answers = tmp_path / "answers.txt"
-    answers.write_text(R.format_answer_block(1, "['<Heat>']") + R.format_answer_block(2, "[]"))
+    answers.write_text(format_answer_block(1, "['<Heat>']") + format_answer_block(2, "[]"))
     assert R.main(["apply", "ML-100K", "--data_dir", str(tmp_path), "--answers", str(answers)]) == 0
     text = (folder / "ML-100K_train_augment.csv").read_text()
     assert text == ("user_id:token,item_id:token,rating:float\n"
@@ -56,7 +59,7 @@ def published_answers(original, augment, titles):
     Users with 0.5 rows but no 4.5 row (ML-100K: 34, 225, 583, 688, asked with an empty list)
     get `[]`: upstream's defaultdict made a parsed empty list count as an answer.
     """
-    frame = pd.DataFrame({"user": original[R.USER_COL], "title": titles, "new": augment[R.RATING_COL]})
+    frame = pd.DataFrame({"user": original[USER_COL], "title": titles, "new": augment[RATING_COL]})
     blocks = []
     for user, rows in frame.groupby("user", sort=True):
         if not rows["new"].isin([0.5, 4.5]).any():
@@ -64,7 +67,7 @@ def published_answers(original, augment, titles):
         picked = sorted(set(rows.loc[rows["new"] == 4.5, "title"]))
         with np.printoptions(linewidth=np.inf):
             line = str(np.array([f"<{t}>" for t in picked], dtype=object))
-        blocks.append(R.format_answer_block(int(user), line))
+        blocks.append(format_answer_block(int(user), line))
     return "".join(blocks)
 
 
@@ -77,7 +80,7 @@ def test_apply_reproduces_published_ml100k_augment(ml100k_with_raw, tmp_path):
     original = pd.read_csv(folder / "ML-100K_train_original.csv")
     augment = pd.read_csv(source / "ML-100K_train_augment.csv")
     item = pd.read_csv(folder / "ml-100k.item", sep="\t")
-    titles = original.merge(item, on=R.ITEM_COL, how="left")["movie_title:token_seq"].to_numpy()
+    titles = original.merge(item, on=ITEM_COL, how="left")["movie_title:token_seq"].to_numpy()
     answers = tmp_path / "llama_distinguish_answer.txt"
     answers.write_text(published_answers(original, augment, titles), encoding="utf-8")
     assert answers.read_text().count("LLaMA's cut recommendation for user") == 819
@@ -92,7 +95,7 @@ def test_empty_answer_rule_is_what_reproduces_the_published_file(ml100k_splits):
     source = ml100k_splits / "ML-100K"
     augment = pd.read_csv(source / "ML-100K_train_augment.csv")
     for user in (34, 225, 583, 688):
-        ratings = augment.loc[augment[R.USER_COL] == user, R.RATING_COL]
+        ratings = augment.loc[augment[USER_COL] == user, RATING_COL]
         assert (ratings == 0.5).any() and not ratings.isin([2, 3, 4.5]).any()
 
 
@@ -102,16 +105,16 @@ def test_netflix_titles_split_on_first_two_commas(tmp_path):
     (folder / "movie_titles.csv").write_bytes(
         "1,2003,Dinosaur Planet\n2,NULL,Good, Bad and Ugly, The\n3,1999,Caf\u00e9 Lumi\u00e8re\n".encode("ISO-8859-1"))
     (folder / "netflix_genres.csv").write_text("movieId,genres\n1,Documentary|Animation\n2,Western\n3,Drama\n")
-    pd.DataFrame({R.USER_COL: [7, 7, 7], R.ITEM_COL: [2, 3, 1], R.RATING_COL: [3, 5, 2]}).to_csv(
+    pd.DataFrame({USER_COL: [7, 7, 7], ITEM_COL: [2, 3, 1], RATING_COL: [3, 5, 2]}).to_csv(
         folder / "Netflix-1M_train_original.csv", index=False)
-    _, joined = R.load_train(tmp_path, "Netflix-1M")
+    _, joined = load_train(tmp_path, "Netflix-1M")
     assert joined["title"].tolist() == ["Good, Bad and Ugly, The", "Caf\u00e9 Lumi\u00e8re", "Dinosaur Planet"]
     assert joined["genre"].tolist() == ["Western", "Drama", "Documentary|Animation"]
     answers = tmp_path / "a.txt"
-    answers.write_text(R.format_answer_block(7, "['<Good, Bad and Ugly, The>']"))
+    answers.write_text(format_answer_block(7, "['<Good, Bad and Ugly, The>']"))
     assert R.main(["apply", "Netflix-1M", "--data_dir", str(tmp_path), "--answers", str(answers)]) == 0
     out = pd.read_csv(folder / "Netflix-1M_train_augment.csv")
-    assert out[R.RATING_COL].tolist() == [4.5, 5.0, 0.5]
+    assert out[RATING_COL].tolist() == [4.5, 5.0, 0.5]
 
 
 def test_prompts_stage_writes_every_prompt(tmp_path, capsys):
@@ -124,7 +127,7 @@ def test_prompts_stage_writes_every_prompt(tmp_path, capsys):
     records = [json.loads(line) for line in lines]
     # User 1 has six 3-star rows -> chunks of 5 and 1; user 2 is on the default skip list.
     assert [(r["user"], r["chunk"]) for r in records] == [(1, 0), (1, 1)]
-    assert all(r["hash"] == R.prompt_hash(r["prompt1"]) for r in records)
+    assert all(r["hash"] == prompt_hash(r["prompt1"]) for r in records)
     assert "2 prompts for 1 user (1 user in the skip list)" in capsys.readouterr().out
 
 
@@ -141,12 +144,13 @@ GOOD_RECORD = {"user": 1, "chunk": 0, "prompt": 1, "hash": "0123456789abcdef", "
 
 
 @pytest.mark.parametrize("name, content, where, message", [
-    ("cache.jsonl", [GOOD_RECORD, dict(GOOD_RECORD, user="abc")], 2, 'user "abc" is not an integer'),
+    ("cache.jsonl", [GOOD_RECORD, dict(GOOD_RECORD, user="a b")], 2, 'user "a b" is not a user id'),
+    ("cache.jsonl", [dict(GOOD_RECORD, user=1.5)], 1, "user 1.5 is not a user id"),
     ("cache.jsonl", [dict(GOOD_RECORD, answer=None)], 1, "answer null is not text"),
     ("cache.jsonl", [dict(GOOD_RECORD, status="done")], 1, 'status "done" is not one of'),
     ("cache.jsonl", [{"user": 1, "chunk": 0}], 1, "record without prompt, hash, status, answer"),
-    ("answers.txt", R.format_answer_block(1, "['<Heat>']") + "LLaMA's cut recommendation for user x7:\n[]\n",
-     8, "with an integer user id N, got \"LLaMA's cut recommendation for user x7:\""),
+    ("answers.txt", format_answer_block(1, "['<Heat>']") + "LLaMA's cut recommendation for user :\n[]\n",
+     8, "with a user id N, got \"LLaMA's cut recommendation for user :\""),
     ("answers.bin", b"PNG\r\n\x1a\n\x00\xff\xfe binary", 3, "not UTF-8 text"),
 ])
 def test_malformed_answers_file_is_one_line_naming_file_and_line(tmp_path, capsys, name, content, where, message):
@@ -165,7 +169,7 @@ def test_malformed_answers_file_is_one_line_naming_file_and_line(tmp_path, capsy
 
 
 @pytest.mark.parametrize("name, content", [
-    ("answers.txt", R.format_answer_block(1, "I cannot tell which films") + R.format_answer_block(2, "no list")),
+    ("answers.txt", format_answer_block(1, "I cannot tell which films") + format_answer_block(2, "no list")),
     ("answers.txt", ""),
     ("cache.jsonl", json.dumps(dict(GOOD_RECORD, status="no_bracket", answer="['<Heat>'")) + "\n"),
 ])
@@ -185,4 +189,4 @@ def test_torn_last_cache_line_is_still_skipped_by_apply(tmp_path):
     answers = tmp_path / "cache.jsonl"
     answers.write_text(json.dumps(GOOD_RECORD) + "\n" + json.dumps(GOOD_RECORD)[:40])  # killed mid-write
     assert R.main(["apply", "ML-100K", "--data_dir", str(tmp_path), "--answers", str(answers)]) == 0
-    assert pd.read_csv(folder / "ML-100K_train_augment.csv")[R.RATING_COL].tolist() == [4.5, 0.5, 5.0, 2.0]
+    assert pd.read_csv(folder / "ML-100K_train_augment.csv")[RATING_COL].tolist() == [4.5, 0.5, 5.0, 2.0]

@@ -1,14 +1,18 @@
-"""refine_llm's command line: --help, fast flag errors, hints for missing inputs, the skip-list
-warning, Ctrl-C in each stage, and the diff command.
+"""refine_llm's command line: --help, fast flag errors, hints for missing inputs, the skip
+lists, Ctrl-C in each stage, and the diff command.
 
     /work/venv/bin/pytest tests/test_refine_cli.py -q
 """
 import argparse
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from llm.answers import format_answer_block
 import refine_llm as R
 from conftest import ROOT
 from refine_fixtures import make_dataset
@@ -61,19 +65,22 @@ def test_missing_item_file_says_where_it_comes_from(tmp_path, capsys):
     assert "movie_titles.csv: it is part of the Netflix Prize data" in err and "Kaggle" in err
 
 
-def test_warning_when_no_skip_list_is_found(tmp_path, capsys):
-    folder = make_dataset(tmp_path, n_users=3)
-    assert R.main(["prompts", "ML-100K", "--data_dir", str(tmp_path)]) == 0
-    err = capsys.readouterr().err
-    assert err.startswith(f"warning: no skip list at {folder / 'llm_skip_users.txt'}: every user is asked")
-    assert "differ from the published ones" in err and err.count("\n") == 1
-    for extra, content in ((["--skip_users", "none"], None), ([], "2\n")):
+def test_skip_list_default_is_the_shipped_one_and_a_user_file_overrides_it(tmp_path, capsys):
+    # ML-100K's published list skips users 1, 6 and 7 of users 1..8 (docs/llm.md, skip lists).
+    folder = make_dataset(tmp_path, n_users=8)
+    cases = [([], None, [2, 3, 4, 5, 8], "(116 users in the skip list)"),
+             ([], "2\n# a comment\n\n5\n", [1, 3, 4, 6, 7, 8], "(2 users in the skip list)"),
+             (["--skip_users", str(tmp_path / "mine.txt")], None, [1, 2, 3, 4, 5, 6, 7], "(1 user in the skip list)"),
+             (["--skip_users", "none"], None, [1, 2, 3, 4, 5, 6, 7, 8], "(0 users in the skip list)")]
+    (tmp_path / "mine.txt").write_text("8\n")
+    for extra, content, asked, note in cases:
         if content:
             (folder / "llm_skip_users.txt").write_text(content)
         assert R.main(["prompts", "ML-100K", "--data_dir", str(tmp_path), *extra]) == 0
         captured = capsys.readouterr()
-        assert captured.err == ""
-    assert "prompts for 2 users (1 user in the skip list)" in captured.out
+        assert captured.err == "" and note in captured.out
+        lines = (folder / "llm" / "prompts.jsonl").read_text().splitlines()
+        assert sorted({json.loads(line)["user"] for line in lines}) == asked
 
 
 @pytest.mark.parametrize("stage, target, note", [
@@ -88,7 +95,7 @@ def test_warning_when_no_skip_list_is_found(tmp_path, capsys):
 def test_ctrl_c_in_each_stage_is_one_truthful_line(tmp_path, monkeypatch, capsys, stage, target, note):
     folder = make_dataset(tmp_path, n_users=2)
     answers = tmp_path / "answers.txt"
-    answers.write_text(R.format_answer_block(1, "[]"))
+    answers.write_text(format_answer_block(1, "[]"))
     augment = folder / "ML-100K_train_augment.csv"
     augment.write_text("earlier\n")
 
@@ -141,3 +148,66 @@ def test_diff_refuses_files_of_different_train_originals(tmp_path, capsys, ratin
     assert R.main(["diff", str(first), str(second)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+
+
+@pytest.mark.parametrize("stage, what", [("prompts", "train"), ("prompts", "item"), ("prompts", "skip"),
+                                         ("apply", "answers")])
+def test_an_input_that_is_a_folder_is_one_line_naming_it(tmp_path, capsys, stage, what):
+    folder = make_dataset(tmp_path, n_users=2)
+    culprit = {"train": folder / "ML-100K_train_original.csv", "item": folder / "ml-100k.item",
+               "skip": tmp_path / "skip", "answers": tmp_path / "answers"}[what]
+    if culprit.exists():
+        culprit.unlink()
+    culprit.mkdir()
+    argv = [stage, "ML-100K", "--data_dir", str(tmp_path), "--skip_users", str(tmp_path / "skip")
+            if what == "skip" else "none"] + (["--answers", str(culprit)] if stage == "apply" else [])
+    assert R.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {culprit} is a folder or a special file, not a regular file: give the file itself\n"
+    assert not (folder / "llm").exists() and not (folder / "ML-100K_train_augment.csv").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_train_file_is_one_line_naming_it(tmp_path, capsys):
+    folder = make_dataset(tmp_path, n_users=2)
+    (folder / "ML-100K_train_original.csv").chmod(0)
+    assert R.main(["prompts", "ML-100K", "--data_dir", str(tmp_path), "--skip_users", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {folder / 'ML-100K_train_original.csv'}: Permission denied") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("stage, flag", [("prompts", "--out_dir"), ("apply", "--output"), ("run", "--out_dir")])
+def test_an_output_path_under_a_file_is_one_line_and_nothing_is_written(tmp_path, capsys, stage, flag):
+    make_dataset(tmp_path, n_users=2)
+    answers = tmp_path / "answers.txt"
+    answers.write_text(format_answer_block(1, "['<Movie 3>']"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine\n")
+    target = blocker / "sub" / ("out.csv" if flag == "--output" else "llm")
+    argv = [stage, "ML-100K", "--data_dir", str(tmp_path), "--skip_users", "none", flag, str(target)]
+    argv += {"apply": ["--answers", str(answers)], "run": ["--backend", "replay", "--replay", str(answers)]}.get(stage, [])
+    before = sorted(p for p in tmp_path.rglob("*"))
+    assert R.main(argv) == 2
+    folder_of = target.parent if flag == "--output" else target
+    assert capsys.readouterr().err == (f"error: {flag} {folder_of}: {blocker} is a file, not a folder; move it or "
+                                       f"choose another path\n")
+    assert sorted(p for p in tmp_path.rglob("*")) == before and blocker.read_text() == "mine\n"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, a device that is always full")
+def test_a_full_disk_while_caching_answers_is_one_line_and_keeps_the_answers_file_whole(tmp_path, capsys):
+    folder = make_dataset(tmp_path, n_users=2)
+    answers = tmp_path / "answers.txt"
+    answers.write_text(format_answer_block(1, "['<Movie 3>']") + format_answer_block(2, "[]"))
+    out = folder / "llm"
+    out.mkdir()
+    (out / "answers_cache.jsonl").symlink_to("/dev/full")  # every write to the cache: no space left
+    argv = ["generate", "ML-100K", "--data_dir", str(tmp_path), "--skip_users", "none", "--backend", "replay",
+            "--replay", str(answers), "--no_progress"]
+    assert R.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {out / 'answers_cache.jsonl'}: No space left on device "
+                                                  f"(free space); every answer received is in ")
+    # Nothing the cache does not hold: the answers file is whole, and empty.
+    assert (out / "llama_distinguish_answer.txt").read_text() == ""
+    assert sorted(p.name for p in out.iterdir()) == ["answers_cache.jsonl", "llama_distinguish_answer.txt"]

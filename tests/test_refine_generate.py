@@ -7,6 +7,10 @@ import json
 import pandas as pd
 import pytest
 
+from llm.answers import format_answer_block, read_cache_records
+from llm.backends import TransformersBackend, _SeparatorStop
+from llm.data import ITEM_COL, RATING_COL, USER_COL
+from llm.prompts import SEPARATOR, budget_text
 import refine_llm as R
 from refine_fixtures import (FakeServer, api_args, expected_augment, expected_outcome, load_jobs,
                              make_dataset, word_tokens)
@@ -19,7 +23,7 @@ def http_args(root, url, *extra):
 def test_http_backend_run_matches_hand_worked_answers(tmp_path):
     make_dataset(tmp_path, n_users=6)
     joined, jobs = load_jobs(tmp_path)
-    totals = sorted(word_tokens(j.prompt1) + word_tokens(R.budget_text(j.prompt1)) for j in jobs)
+    totals = sorted(word_tokens(j.prompt1) + word_tokens(budget_text(j.prompt1)) for j in jobs)
     limit = totals[-1] - 1  # the longest prompts 1 (and longer prompt-2 retries) are too long
     assert totals[-1] > limit
     outcomes = [expected_outcome(j, limit) for j in jobs]
@@ -36,10 +40,40 @@ def test_http_backend_run_matches_hand_worked_answers(tmp_path):
     # Each prompt asked once: prompt 1 for all not too long, prompt 2 only after a missing `]`.
     assert len(server.asked) == len(set(server.asked))
     # Published answers-file format, in (user, chunk) order.
-    expected_txt = "".join(R.format_answer_block(j.user, o[2]) for j, o in zip(jobs, outcomes) if o[0] == "answered")
+    expected_txt = "".join(format_answer_block(j.user, o[2]) for j, o in zip(jobs, outcomes) if o[0] == "answered")
     assert (tmp_path / "ML-100K" / "llm" / "llama_distinguish_answer.txt").read_text() == expected_txt
     augment = pd.read_csv(tmp_path / "ML-100K" / "ML-100K_train_augment.csv")
-    assert augment[R.RATING_COL].tolist() == expected_augment(tmp_path, jobs, outcomes)
+    assert augment[RATING_COL].tolist() == expected_augment(tmp_path, jobs, outcomes)
+
+
+def test_string_user_ids_go_through_prompts_generate_and_apply(tmp_path):
+    """Amazon-style user ids (`A1B2C3`): every stage keeps them as text, and the skip list names them."""
+    folder = make_dataset(tmp_path, n_users=4, seed=4)
+    train_path = folder / "ML-100K_train_original.csv"
+    train = pd.read_csv(train_path)
+    train[USER_COL] = train[USER_COL].map(lambda u: f"A{u}X{u * 7}Q")
+    train.to_csv(train_path, index=False)
+    (folder / "llm_skip_users.txt").write_text("A2X14Q\n")
+    assert R.main(["prompts", "ML-100K", "--data_dir", str(tmp_path)]) == 0
+    records = [json.loads(line) for line in (folder / "llm" / "prompts.jsonl").read_text().splitlines()]
+    assert {r["user"] for r in records} == {"A1X7Q", "A3X21Q", "A4X28Q"}
+    _, jobs = load_jobs(tmp_path)
+    assert {j.user for j in jobs} == set(train[USER_COL])
+    outcomes = [expected_outcome(j, 5000) for j in jobs]
+    assert "answered" in {o[0] for o in outcomes}
+    with FakeServer() as server:
+        assert R.main(http_args(tmp_path, server.url)) == 0
+    augment = pd.read_csv(folder / "ML-100K_train_augment.csv")
+    assert augment[USER_COL].tolist() == train[USER_COL].tolist()
+    assert augment[RATING_COL].tolist() == expected_augment(tmp_path, jobs, outcomes)
+    # apply from the published answers format and from the cache: the same file.
+    answers_txt = (folder / "llm" / "llama_distinguish_answer.txt").read_text()
+    assert "LLaMA's cut recommendation for user A1X7Q:" in answers_txt
+    for answers in ("llama_distinguish_answer.txt", "answers_cache.jsonl"):
+        out = tmp_path / f"{answers}.csv"
+        assert R.main(["apply", "ML-100K", "--data_dir", str(tmp_path), "--answers", str(folder / "llm" / answers),
+                       "--output", str(out)]) == 0
+        assert out.read_bytes() == (folder / "ML-100K_train_augment.csv").read_bytes()
 
 
 @pytest.mark.parametrize("api", [["--tokenizer", "server"], ["--api", "chat"]])
@@ -58,7 +92,7 @@ def test_failing_server_stops_run_and_rerun_asks_only_the_rest(tmp_path, capsys,
     assert err.count("\n") == 1 and "answered HTTP 500 injected 500, still after 2 retries" in err
     assert len(first) == 7
     cache_path = broken / "ML-100K" / "llm" / "answers_cache.jsonl"
-    assert len(R.read_cache_records(cache_path)) == 7  # every answer the server gave is kept
+    assert len(read_cache_records(cache_path)) == 7  # every answer the server gave is kept
     with open(cache_path, "a") as handle:
         handle.write('{"user": 1, "chunk": 0, "pro')  # as if killed in the middle of a write
     with FakeServer() as server:
@@ -83,7 +117,7 @@ def test_replay_of_cache_and_answers_file(tmp_path):
     for source in ("answers_cache.jsonl", "llama_distinguish_answer.txt"):
         out = tmp_path / f"replay-{source}"
         argv = ["run", "ML-100K", "--data_dir", str(tmp_path), "--backend", "replay", "--replay", str(llm / source),
-                "--out_dir", str(out), "--output", str(out / "augment.csv"), "--no_progress"]
+                "--out_dir", str(out), "--output", str(out / "augment.csv"), "--no_progress", "--skip_users", "none"]
         assert R.main(argv) == 0
         assert (out / "augment.csv").read_bytes() == augment
         # apply straight from either file gives the same.
@@ -140,12 +174,12 @@ def test_other_bad_inputs_exit_2(tmp_path, capsys):
     items = pd.read_csv(folder / "ml-100k.item", sep="\t")
     items.iloc[1:].to_csv(folder / "ml-100k.item", sep="\t", index=False)
     train = pd.read_csv(folder / "ML-100K_train_original.csv")
-    train.loc[0, R.ITEM_COL] = 1
+    train.loc[0, ITEM_COL] = 1
     train.to_csv(folder / "ML-100K_train_original.csv", index=False)
     assert R.main(["prompts", "ML-100K", "--data_dir", str(tmp_path)]) == 2
     assert "have no title or genre" in capsys.readouterr().err
     # No 2/3-star rows anywhere: nothing for the LLM to refine.
-    train[R.RATING_COL] = 5
+    train[RATING_COL] = 5
     train.to_csv(folder / "ML-100K_train_original.csv", index=False)
     items.to_csv(folder / "ml-100k.item", sep="\t", index=False)
     assert R.main(["prompts", "ML-100K", "--data_dir", str(tmp_path)]) == 2
@@ -170,7 +204,7 @@ def test_transformers_backend_tiny_model_batched_equals_one_at_a_time(tiny_model
     root, model_dir, jobs = tiny_model
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     def total(prompt):
-        return len(tokenizer(prompt)["input_ids"]) + len(tokenizer(R.budget_text(prompt))["input_ids"])
+        return len(tokenizer(prompt)["input_ids"]) + len(tokenizer(budget_text(prompt))["input_ids"])
 
     limit = max(total(j.prompt1) for j in jobs) - 1  # the longest prompt 1 is skipped ...
     assert min(total(j.prompt2) for j in jobs) <= limit  # ... and some prompt 2 fits
@@ -179,11 +213,11 @@ def test_transformers_backend_tiny_model_batched_equals_one_at_a_time(tiny_model
         out = tmp_path / f"b{batch}"
         argv = ["generate", "ML-100K", "--data_dir", str(root), "--backend", "hf", "--model", str(model_dir),
                 "--device", "cpu", "--dtype", "float64", "--batch_size", str(batch), "--out_dir", str(out),
-                "--max_total_tokens", str(limit), "--no_progress"]
+                "--max_total_tokens", str(limit), "--no_progress", "--skip_users", "none"]
         assert R.main(argv) == 0
         reports.append(json.loads((out / "report.json").read_text()))
         caches.append(sorted((r["user"], r["chunk"], r["prompt"], r["status"], r["answer"], r["budget_tokens"])
-                             for r in R.read_cache_records(out / "answers_cache.jsonl")))
+                             for r in read_cache_records(out / "answers_cache.jsonl")))
     report = reports[0]
     assert report["prompts"] == len(jobs)
     assert report["answered"] + report["skipped_too_long"] + report["hallucinated"] == len(jobs)
@@ -202,13 +236,13 @@ def test_transformers_backend_stops_at_separator(tiny_model):
     import torch
 
     _, model_dir, _ = tiny_model
-    backend = R.TransformersBackend(str(model_dir), device="cpu", dtype="float64", batch_size=2)
-    sep_ids = backend.tokenizer(R.SEPARATOR, add_special_tokens=False)["input_ids"]
-    stop = R._SeparatorStop(backend.tokenizer, prompt_width=2, limits=[50, 50])
+    backend = TransformersBackend(str(model_dir), device="cpu", dtype="float64", batch_size=2)
+    sep_ids = backend.tokenizer(SEPARATOR, add_special_tokens=False)["input_ids"]
+    stop = _SeparatorStop(backend.tokenizer, prompt_width=2, limits=[50, 50])
     ids = torch.tensor([[1, 5] + sep_ids + [7], [1, 5] + [9] * (len(sep_ids) + 1)])
     assert stop(ids, None).tolist() == [True, False]
     assert stop.finished_at(0, 99) == len(sep_ids) + 1 and stop.finished_at(1, 99) == 99
     # The token budget stops a row too (upstream's max_length = prompt + budget tokens).
-    budget = R._SeparatorStop(backend.tokenizer, prompt_width=2, limits=[3, 4])
+    budget = _SeparatorStop(backend.tokenizer, prompt_width=2, limits=[3, 4])
     assert budget(torch.tensor([[1, 5, 9, 9, 9], [1, 5, 9, 9, 9]]), None).tolist() == [True, False]
     assert budget.finished_at(0, 3) == 3

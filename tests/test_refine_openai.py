@@ -9,12 +9,16 @@ import signal
 import subprocess
 import sys
 import time
+from http.server import BaseHTTPRequestHandler
 
 import pandas as pd
 import pytest
 
+from llm.answers import read_cache_records
+from llm.data import RATING_COL
+from llm.prompts import SEPARATOR, budget_text
 import refine_llm as R
-from conftest import ROOT, ctrl_c_enabled
+from conftest import ROOT, LocalHTTPServer, ctrl_c_enabled
 from refine_fixtures import (CHAT_TEMPLATE_TOKENS, FakeServer, api_args, expected_augment, expected_outcome,
                              load_jobs, make_dataset, word_tokens)
 
@@ -37,7 +41,7 @@ def test_both_endpoints_give_the_hand_worked_answers(tmp_path, monkeypatch, api,
     _, jobs = load_jobs(tmp_path)
     # Chat counts the template too (the fake server adds CHAT_TEMPLATE_TOKENS to each count).
     overhead = CHAT_TEMPLATE_TOKENS if api == "chat" else 0
-    totals = sorted(word_tokens(j.prompt1) + word_tokens(R.budget_text(j.prompt1)) + 2 * overhead for j in jobs)
+    totals = sorted(word_tokens(j.prompt1) + word_tokens(budget_text(j.prompt1)) + 2 * overhead for j in jobs)
     limit = totals[-1] - 1  # the longest prompt 1 is too long
     outcomes = [expected_outcome(j, limit, overhead) for j in jobs]
     statuses = [o[0] for o in outcomes]
@@ -48,7 +52,7 @@ def test_both_endpoints_give_the_hand_worked_answers(tmp_path, monkeypatch, api,
     with FakeServer() as server:
         assert R.main(api_args(tmp_path, server.url, *extra)) == 0
     augment = pd.read_csv(tmp_path / "ML-100K" / "ML-100K_train_augment.csv")
-    assert augment[R.RATING_COL].tolist() == expected_augment(tmp_path, jobs, outcomes)
+    assert augment[RATING_COL].tolist() == expected_augment(tmp_path, jobs, outcomes)
     report = json.loads((tmp_path / "ML-100K" / "llm" / "report.json").read_text())
     assert (report["answered"], report["skipped_too_long"]) == (statuses.count("answered"), statuses.count("too_long"))
     assert (report["prompt_tokens"], report["completion_tokens"]) == tuple(server.usage)
@@ -57,12 +61,12 @@ def test_both_endpoints_give_the_hand_worked_answers(tmp_path, monkeypatch, api,
     for request in asked:
         body = request["body"]
         assert request["headers"]["authorization"] == f"Bearer {KEY}"
-        assert (body["temperature"], body["top_p"], body["n"], body["stop"]) == (0, 1, 1, [R.SEPARATOR])
+        assert (body["temperature"], body["top_p"], body["n"], body["stop"]) == (0, 1, 1, [SEPARATOR])
         prompt = body["messages"][0]["content"] if api == "chat" else body["prompt"]
         if api == "chat":
             # The published prompt, unchanged, as the only (user) message.
             assert body["messages"] == [{"role": "user", "content": prompt}]
-        assert body["max_tokens"] == word_tokens(R.budget_text(prompt)) + overhead
+        assert body["max_tokens"] == word_tokens(budget_text(prompt)) + overhead
     # A too-long prompt is never asked when counted first (/tokenize); with usage counts it is asked
     # once, then recorded as too long.
     asked_prompts = {r["body"].get("prompt") or r["body"]["messages"][0]["content"] for r in asked}
@@ -100,7 +104,7 @@ def test_429_with_retry_after_then_503_then_success_answers_once(tmp_path):
     first_prompt = [r for r in generation_requests(server) if r["body"] == generation_requests(server)[0]["body"]]
     assert len(first_prompt) == 3  # 429, 503, answer
     assert first_prompt[1]["time"] - first_prompt[0]["time"] >= 0.3  # Retry-After honoured
-    records = R.read_cache_records(tmp_path / "ML-100K" / "llm" / "answers_cache.jsonl")
+    records = read_cache_records(tmp_path / "ML-100K" / "llm" / "answers_cache.jsonl")
     assert [r["prompt"] for r in records] in ([1], [1, 2])  # answered once, cached once
     report = json.loads((tmp_path / "ML-100K" / "llm" / "report.json").read_text())
     assert (report["requests_retried"], report["retries"]) == (1, 2)
@@ -113,7 +117,7 @@ def test_dropped_connection_body_cut_short_and_timeout_are_retried(tmp_path):
                                "--concurrency", "1", "--timeout", "0.5")) == 0
     first_prompt = [r for r in generation_requests(server) if r["body"] == generation_requests(server)[0]["body"]]
     assert len(first_prompt) == 4 and server.asked[0] == first_prompt[0]["body"]["prompt"]
-    records = R.read_cache_records(tmp_path / "ML-100K" / "llm" / "answers_cache.jsonl")
+    records = read_cache_records(tmp_path / "ML-100K" / "llm" / "answers_cache.jsonl")
     assert [r["prompt"] for r in records] in ([1], [1, 2])
     report = json.loads((tmp_path / "ML-100K" / "llm" / "report.json").read_text())
     assert (report["requests_retried"], report["retries"]) == (1, 3)
@@ -161,9 +165,57 @@ def test_key_and_header_values_appear_in_no_file_and_no_message(tmp_path, monkey
     assert "--api_key_env MY_HOST_KEY: that environment variable is not set" in capsys.readouterr().err
 
 
+class Redirector(LocalHTTPServer):
+    """Answers every POST with a 307 to the same path on `target` (another port: another origin),
+    recording the headers it received."""
+
+    def __init__(self, target):
+        self.headers = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                server.headers.append({name.lower(): value for name, value in self.headers.items()})
+                self.send_response(307)
+                self.send_header("Location", target.rstrip("/").removesuffix("/v1") + self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        super().__init__(Handler, "/v1")
+
+
+def test_a_redirect_to_another_origin_gets_neither_key_nor_header_values(tmp_path, monkeypatch):
+    """--header and --header_env values, and the key, go to the named origin only; the run still works."""
+    make_dataset(tmp_path, n_users=2, seed=1)
+    monkeypatch.setenv("MY_HOST_KEY", KEY)
+    monkeypatch.setenv("MY_TEAM_TOKEN", "tok-env-41c2aa90")
+    args = ["--tokenizer", "server", "--api_key_env", "MY_HOST_KEY", "--header", "X-Team: tok-5e1d0c77aa",
+            "--header_env", "X-Env-Team: MY_TEAM_TOKEN"]
+    with FakeServer() as elsewhere, Redirector(elsewhere.url) as home:
+        assert R.main(api_args(tmp_path, home.url, *args)) == 0
+    assert home.headers and all(h["authorization"] == f"Bearer {KEY}" and h["x-team"] == "tok-5e1d0c77aa"
+                                and h["x-env-team"] == "tok-env-41c2aa90" for h in home.headers)
+    arrived = [r["headers"] for r in elsewhere.requests]
+    assert arrived  # the redirect was followed: every answer came from there
+    for headers in arrived:
+        assert not {"authorization", "x-team", "x-env-team"} & set(headers), headers
+    assert (tmp_path / "ML-100K" / "ML-100K_train_augment.csv").is_file()
+
+
+def test_header_env_with_an_unset_variable_is_one_line(tmp_path, capsys):
+    make_dataset(tmp_path, n_users=1)
+    assert R.main(api_args(tmp_path, "http://127.0.0.1:9/v1", "--header_env", "X-Team: NO_SUCH_VAR_7A")) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --header_env X-Team: environment variable 'NO_SUCH_VAR_7A' is not set\n"
+
+
 def test_stop_modes_and_the_vllm_field_hint(tmp_path, capsys):
     make_dataset(tmp_path, n_users=1, seed=2)
-    for mode, stop, field in (("vllm", [R.SEPARATOR], True), ("plain", [R.SEPARATOR], False), ("none", None, False)):
+    for mode, stop, field in (("vllm", [SEPARATOR], True), ("plain", [SEPARATOR], False), ("none", None, False)):
         with FakeServer() as server:
             assert R.main(api_args(tmp_path, server.url, "--tokenizer", "server", "--stop", mode,
                                    "--out_dir", str(tmp_path / mode))) == 0
@@ -190,7 +242,9 @@ def test_bad_flag_values_are_refused_before_any_work(tmp_path, flag, value):
     assert result.stderr.endswith("(see python refine_llm.py generate --help)\n")
 
 
-def test_ctrl_c_with_requests_in_flight_keeps_what_arrived_and_does_not_wait(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_with_requests_in_flight_keeps_what_arrived_and_does_not_wait(tmp_path, signum):
+    """Ctrl-C, and SIGTERM (a scheduler's stop) the same way."""
     make_dataset(tmp_path, n_users=6, seed=3)
     _, jobs = load_jobs(tmp_path)
     argv = [sys.executable, "refine_llm.py", *api_args(tmp_path, "URL", "--tokenizer", "server",
@@ -206,7 +260,7 @@ def test_ctrl_c_with_requests_in_flight_keeps_what_arrived_and_does_not_wait(tmp
         assert len(server.asked) == 2 and server.holding == 3  # two answered, three in flight
         time.sleep(0.3)  # let the two answers reach the client
         interrupted = time.monotonic()
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         _, err = process.communicate(timeout=30)
         # The held requests are dropped at once, not waited for (the server never answers them).
         assert time.monotonic() - interrupted < 10
@@ -214,7 +268,7 @@ def test_ctrl_c_with_requests_in_flight_keeps_what_arrived_and_does_not_wait(tmp
     assert process.returncode == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("error: interrupted; every answer received is in ")
     assert err.strip().endswith("rerun the same command to resume (it asks only prompts without an answer)")
-    records = R.read_cache_records(tmp_path / "ML-100K" / "llm" / "answers_cache.jsonl")
+    records = read_cache_records(tmp_path / "ML-100K" / "llm" / "answers_cache.jsonl")
     assert len(records) == 2  # both answers that arrived are cached
     with FakeServer() as server:
         assert R.main(api_args(tmp_path, server.url, "--tokenizer", "server")) == 0

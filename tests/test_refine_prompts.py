@@ -2,14 +2,19 @@
 
     /work/venv/bin/pytest tests/test_refine_prompts.py -q
 """
+import json
 import re
+import shutil
 
 import numpy as np
 import pandas as pd
 
+from llm.data import ITEM_COL, RATING_COL, USER_COL, read_skip_users
+from llm.prompts import budget_text, build_prompts, cut_response, prompt1_text, render_list
 import refine_llm as R
+from conftest import ROOT
 
-COLS = [R.USER_COL, R.ITEM_COL, R.RATING_COL, "title", "genre"]
+COLS = [USER_COL, ITEM_COL, RATING_COL, "title", "genre"]
 INSTR = (
     "Based on the User's Positively Rated Movie List, analyze the user's preferences and patterns.\n"
     "You will be provided with Candidate List, which includes movie titles and genres that the user has rated both positively and negatively.\n"
@@ -152,14 +157,14 @@ Output (Answer):
 
 
 def test_high_mean_user_prompts_match_published_text():
-    jobs = [j for j in R.build_prompts(HIGH_MEAN, "ML-100K") if j.user == 1]
+    jobs = [j for j in build_prompts(HIGH_MEAN, "ML-100K") if j.user == 1]
     assert len(jobs) == 1 and jobs[0].chunk == 0
     assert jobs[0].prompt1 == HIGH_MEAN_PROMPT1
     assert jobs[0].prompt2 == HIGH_MEAN_PROMPT2
 
 
 def test_low_mean_user_prompts_match_published_text():
-    jobs = R.build_prompts(LOW_MEAN, "ML-1M")
+    jobs = build_prompts(LOW_MEAN, "ML-1M")
     assert len(jobs) == 1
     assert jobs[0].prompt1 == LOW_MEAN_PROMPT1
     assert jobs[0].prompt2 == LOW_MEAN_PROMPT2
@@ -174,7 +179,7 @@ def test_chunks_of_five_and_ten_cover_the_shuffled_candidates():
     # One user with 12 three-star rows and mean 3: all 12 are real candidates.
     rows = [(1, i, 3, f"T{i}", "Drama") for i in range(12)]
     data = frame(rows)
-    ml = R.build_prompts(data, "ML-100K")
+    ml = build_prompts(data, "ML-100K")
     assert [j.chunk for j in ml] == [0, 1, 2]
     titles = [t for j in ml for t in chunk_titles(j.prompt1)]
     assert [len(chunk_titles(j.prompt1)) for j in ml] == [5, 5, 2]
@@ -182,17 +187,17 @@ def test_chunks_of_five_and_ten_cover_the_shuffled_candidates():
     expected = np.array([f"T{i}" for i in range(12)], dtype=object)
     np.random.RandomState(2024).shuffle(expected)
     assert titles == list(expected)
-    netflix = R.build_prompts(data, "Netflix-1M")
+    netflix = build_prompts(data, "Netflix-1M")
     assert [len(chunk_titles(j.prompt1)) for j in netflix] == [10, 2]
     assert netflix[0].prompt1.startswith("\nThis dataset is from the Netflix dataset.\n")
     # Exactly chunk-size candidates stay one chunk.
-    assert len(R.build_prompts(frame(rows[:5]), "ML-100K")) == 1
+    assert len(build_prompts(frame(rows[:5]), "ML-100K")) == 1
 
 
 def test_user_without_candidates_is_asked_with_an_empty_list():
     # Published behaviour (ML-100K users 34, 225, 583, 688): an empty chunk is still asked.
     data = frame([(1, 1, 5, "A", "Drama"), (1, 2, 4, "B", "Drama"), (1, 3, 2, "C", "Drama")])
-    jobs = R.build_prompts(data, "ML-100K")
+    jobs = build_prompts(data, "ML-100K")
     assert len(jobs) == 1
     assert jobs[0].prompt1.endswith("Candidate List:\n[]\n\nOutput (Answer):\n")
 
@@ -207,53 +212,53 @@ def two_user_data():
 
 def test_global_seed_runs_on_across_users_and_skipped_users_draw_nothing():
     data = two_user_data()
-    both = R.build_prompts(data, "ML-100K")
+    both = build_prompts(data, "ML-100K")
     # User 2 continues user 1's RNG stream, so its shuffles differ from a fresh seed ...
-    alone = R.build_prompts(data[data[R.USER_COL] == 2], "ML-100K")
+    alone = build_prompts(data[data[USER_COL] == 2], "ML-100K")
     assert both[1].prompt1 != alone[0].prompt1
     # ... unless user 1 is skipped: then user 2 gets the fresh stream.
-    skipped = R.build_prompts(data, "ML-100K", skip_users={1})
+    skipped = build_prompts(data, "ML-100K", skip_users={1})
     assert [j.user for j in skipped] == [2]
     assert skipped[0].prompt1 == alone[0].prompt1
 
 
 def test_netflix_reseeds_for_every_user():
     data = two_user_data()
-    jobs = R.build_prompts(data, "Netflix-1M")
+    jobs = build_prompts(data, "Netflix-1M")
     assert jobs[0].prompt1 == jobs[1].prompt1  # identical histories, identical shuffles
 
 
 def test_render_list_matches_numpy_printing():
     entries = ["<A 'quoted' (genre: X)>", '<B "double" (genre: Y)>', "<C\\D (genre: Z)>"]
     with np.printoptions(linewidth=np.inf):
-        assert R.render_list(entries) == str(np.array(entries, dtype=object))
-    assert R.render_list([]) == "[]"
+        assert render_list(entries) == str(np.array(entries, dtype=object))
+    assert render_list([]) == "[]"
 
 
 def test_cut_rule_and_bracket_check():
     prompt = HIGH_MEAN_PROMPT1
     generated = "['<Epsilon>']\n\n---------------------------------------------\n\nBased on more text"
-    response, answer = R.cut_response(prompt + generated, prompt, 1)
+    response, answer = cut_response(prompt + generated, prompt, 1)
     assert answer == "['<Epsilon>']" and response.endswith("]")
     # A line that merely contains the separator is dropped whole, with all that follows.
-    response, answer = R.cut_response(prompt + "['<A>']\nnoise ---------------------------------------------x", prompt, 1)
+    response, answer = cut_response(prompt + "['<A>']\nnoise ---------------------------------------------x", prompt, 1)
     assert answer == "['<A>']"
     # Nothing generated: the response ends with the prompt's colon, so no `]`.
-    response, answer = R.cut_response(prompt + "\n\n", prompt, 1)
+    response, answer = cut_response(prompt + "\n\n", prompt, 1)
     assert answer == "" and response.endswith("Output (Answer):")
     # Prompt 2 holds one separator, so its answer stops at the first new one.
-    response, answer = R.cut_response(HIGH_MEAN_PROMPT2 + "[]\n---------------------------------------------\n[x]",
+    response, answer = cut_response(HIGH_MEAN_PROMPT2 + "[]\n---------------------------------------------\n[x]",
                                       HIGH_MEAN_PROMPT2, 2)
     assert answer == "[]"
 
 
 def test_budget_text_finds_second_candidate_list_in_both_prompts():
-    assert R.budget_text(HIGH_MEAN_PROMPT1) == "Candidate List:\n['<Epsilon (genre: Horror)>']\n\nOutput (Answer):\n"
+    assert budget_text(HIGH_MEAN_PROMPT1) == "Candidate List:\n['<Epsilon (genre: Horror)>']\n\nOutput (Answer):\n"
     # ML-100K prompt 2 spells it "Candidate list:"; upstream's exact search found nothing there.
-    assert R.budget_text(HIGH_MEAN_PROMPT2) == "Candidate list:\n['<Epsilon (genre: Horror)>']\n\nOutput (Answer):\n"
+    assert budget_text(HIGH_MEAN_PROMPT2) == "Candidate list:\n['<Epsilon (genre: Horror)>']\n\nOutput (Answer):\n"
 
 
-def notebook_style_prompt_lists(train, item, skip):
+def notebook_style_prompt_lists(train, item, skip, max_prompts=None):
     """Independent re-derivation of the ML-100K notebook's lists, written with pandas/np.random."""
     train = train.merge(item, on="item_id:token", how="left")
     counts = train.groupby("item_id:token")["user_id:token"].count().rename("interaction_count")
@@ -277,6 +282,8 @@ def notebook_style_prompt_lists(train, item, skip):
         chunks = [real[i:i + 5] for i in range(0, len(real), 5)] if len(real) > 5 else [real]
         with np.printoptions(linewidth=np.inf):
             out += [(int(user), i, str(by[5]), str(example), str(few), str(c)) for i, c in enumerate(chunks)]
+        if max_prompts is not None and len(out) >= max_prompts:
+            return out[:max_prompts]
     return out
 
 
@@ -284,12 +291,42 @@ def test_ml100k_prompts_equal_notebook_style_derivation(ml100k_with_raw):
     folder = ml100k_with_raw / "ML-100K"
     train = pd.read_csv(folder / "ML-100K_train_original.csv")
     item = pd.read_csv(folder / "ml-100k.item", sep="\t")
-    skip = R.read_skip_users(folder / "llm_skip_users.txt")
+    skip = read_skip_users(folder / "llm_skip_users.txt")
     expected = notebook_style_prompt_lists(train, item, skip)
-    joined = train.merge(item, on=R.ITEM_COL, how="left").rename(
+    joined = train.merge(item, on=ITEM_COL, how="left").rename(
         columns={"movie_title:token_seq": "title", "class:token_seq": "genre"})
-    jobs = R.build_prompts(joined, "ML-100K", skip)
+    jobs = build_prompts(joined, "ML-100K", skip)
     assert len(jobs) == len(expected) == 3789
     for job, (user, chunk, pos5, example, few, real) in zip(jobs, expected):
         assert (job.user, job.chunk) == (user, chunk)
-        assert job.prompt1 == R.prompt1_text("MovieLens-100K", pos5, example, few, real)
+        assert job.prompt1 == prompt1_text("MovieLens-100K", pos5, example, few, real)
+
+
+# The first ids of the `skip` array in the published ML-100K notebook (2_augmenting_LLM_llama.ipynb).
+NOTEBOOK_SKIP_HEAD = [1, 6, 7, 10, 13, 18, 59, 85, 90, 92]
+
+
+def test_shipped_ml100k_skip_list_gives_the_published_prompts(shared_dir, tmp_path):
+    """`prompts` with no skip list of the user's reads the shipped one: the first users' prompts are
+    the notebook's; asking everyone instead changes them from the first user on (user 1 is skipped)."""
+    source = shared_dir / "datasets" / "ML-100K"
+    shipped = read_skip_users(ROOT / "llm" / "skip_users" / "ML-100K.txt")
+    assert sorted(shipped)[:10] == NOTEBOOK_SKIP_HEAD and shipped == read_skip_users(source / "llm_skip_users.txt")
+    folder = tmp_path / "ML-100K"
+    folder.mkdir()
+    for name in ("ML-100K_train_original.csv", "ml-100k.item"):
+        shutil.copy(source / name, folder / name)
+    train = pd.read_csv(folder / "ML-100K_train_original.csv")
+    item = pd.read_csv(folder / "ml-100k.item", sep="\t")
+    expected = notebook_style_prompt_lists(train, item, set(shipped), max_prompts=200)
+
+    def prompts(*extra):
+        assert R.main(["prompts", "ML-100K", "--data_dir", str(tmp_path), "--max_prompts", "200", *extra]) == 0
+        return [json.loads(line) for line in (folder / "llm" / "prompts.jsonl").read_text().splitlines()]
+
+    records = prompts()
+    assert len(records) == len(expected) == 200
+    for rec, (user, chunk, pos5, example, few, real) in zip(records, expected):
+        assert (rec["user"], rec["chunk"]) == (user, chunk)
+        assert rec["prompt1"] == prompt1_text("MovieLens-100K", pos5, example, few, real)
+    assert prompts("--skip_users", "none")[0]["user"] == 1 != records[0]["user"]
