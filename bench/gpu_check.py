@@ -40,8 +40,8 @@ def synchronize(device):
 def versions(opts) -> int:
     import torch
     import torch_geometric
-    result = {"python": sys.version.split()[0], "torch": torch.__version__, "torch_geometric": torch_geometric.__version__,
-              "cuda_build": torch.version.cuda, "cuda_available": torch.cuda.is_available(), "gpus": []}
+    result = {"python": sys.version.split()[0], "torch": torch.__version__,
+              "torch_geometric": torch_geometric.__version__, "cuda_build": torch.version.cuda, "cuda_available": torch.cuda.is_available(), "gpus": []}
     for index in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(index)
         result["gpus"].append({"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
@@ -270,4 +270,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import entry
+    entry.install_stop_handlers()
+    sys.exit(entry.run_script(main, entry.Stop("this step saved nothing: rerun it")))

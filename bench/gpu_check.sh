@@ -73,7 +73,8 @@ if [ "$DRY_RUN" = 1 ]; then
     DATA="$RUN_DIR/data"
     DATASET=ml-100k
     timeout 60 "$PYTHON" bench/synthetic.py ml-100k --scale 0.05 --out "$DATA" >> "$LOG" 2>&1
-    SCALE=0.02; EPOCHS=1; RUN_EPOCHS="--epochs 2 --r 5 --s 2 --threads 1"; SYNC_CASES="--cases refine/dense,refine_plus/shared"
+    SCALE=0.02; EPOCHS=1; RUN_EPOCHS="--epochs 2 --r 5 --s 2 --threads 1"
+    SYNC_CASES="--cases refine/dense,refine_plus/shared"
     PRODUCT_SIZE="--users 300 --items 200 --edges 5000"; RUNS="1 2"
 else
     DEVICE=cuda

@@ -184,4 +184,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import entry
+    entry.install_stop_handlers()
+    sys.exit(entry.run_script(main, entry.Stop("nothing was saved: rerun it")))

@@ -9,7 +9,6 @@ import sys
 import pytest
 import torch
 
-import main
 import model as model_module
 from conftest import ROOT, write_synthetic_dataset
 from test_main import SMALL, run_main, without_timing
