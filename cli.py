@@ -92,10 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refine: ReFINe; refine_plus: ReFINe++; lightgcn: uniform negatives over non-positives")
     extras.add_argument("--refine_plus_negatives", choices=["shared", "shared_fast", "per_positive"],
                         default="shared",
-                        help="ReFINe++ only. shared (published, draw for draw): every positive of a batch uses the "
-                             "negatives drawn for the batch's second positive; shared_fast: the same, drawing "
-                             "only that row (same distribution, other random numbers, faster); per_positive: "
-                             "each positive its own draw")
+                        help="ReFINe++ only. shared (published; draw for draw on a CPU, the same distribution on "
+                             "a GPU): every positive of a batch uses the negatives drawn for the batch's second "
+                             "positive; shared_fast: the same, drawing only that row (same distribution, other "
+                             "random numbers, faster); per_positive: each positive its own draw")
     extras.add_argument("--data_dir", type=str, default=default_data_dir(),
                         help="folder holding <NAME>/<NAME>_*.csv ($REFINE_DATA_DIR, else ./dataset)")
     extras.add_argument("--device", type=str, default="auto",
@@ -111,9 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPU: flush denormal floats (< 1.2e-38) to zero; ReFINe++ epochs run 3x faster "
                              "once its weights reach that range (off: computed as published)")
     extras.add_argument("--sampler", choices=["auto", "dense", "sparse"], default="auto",
-                        help="negative sampler: dense (published, draw-for-draw), sparse (no users x items "
-                             "matrix, same distribution), auto (dense up to 2**28 user-item pairs); "
-                             "ReFINe++ is always dense")
+                        help="negative sampler: dense (published; draw for draw on a CPU, the same distribution "
+                             "on a GPU), sparse (no users x items matrix, same distribution), auto (dense up to "
+                             "2**28 user-item pairs); ReFINe++ is always dense")
     extras.add_argument("--duplicate_pairs", choices=["error", "first", "last"], default="error",
                         help="split rows that repeat a (user, item) pair (e.g. a positive and a confirmed "
                              "negative): error refuses them with their line numbers; first / last keeps the "

@@ -89,10 +89,37 @@ class LightGCN(torch_geometric.nn.LightGCN):
         return (out[edge_label_index[0]] * out[edge_label_index[1]]).sum(dim=-1)
 
 
+def true_indices(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """torch.nonzero(mask).squeeze(1) of a 1-D mask whose number of True entries, `count`, is known on
+    the host: ascending indices, without the read-back from the GPU that nonzero makes to size its output."""
+    slot = torch.where(mask, mask.cumsum(0) - 1, count)  # the False entries all go to one spare slot
+    found = torch.empty(count + 1, dtype=torch.long, device=mask.device)
+    return found.scatter_(0, slot, torch.arange(mask.numel(), device=mask.device))[:count]
+
+
+def distinct_rows(weight: torch.Tensor, node_id: torch.Tensor) -> torch.Tensor:
+    """(len(node_id), dim): the rows weight[unique(node_id)] in ascending id order, then zero rows.
+
+    torch.unique's output size is data-dependent (on a GPU it waits for the device to know it);
+    padding to len(node_id) rows keeps the shape known. Trailing zeros leave the sum of squares
+    unchanged, bit for bit when dim is a multiple of the CPU's vector width (tested for 16, 32 and 64).
+    """
+    ids = node_id.reshape(-1).sort().values
+    first = torch.ones_like(ids, dtype=torch.bool)
+    first[1:] = ids[1:] != ids[:-1]
+    slot = torch.where(first, first.cumsum(0) - 1, ids.numel())  # the repeats all go to one spare slot
+    compact = torch.zeros(ids.numel() + 1, dtype=ids.dtype, device=ids.device).scatter_(0, slot, ids)[:-1]
+    keep = torch.arange(ids.numel(), device=ids.device) < first.sum()
+    return weight[compact] * keep.unsqueeze(1)
+
+
 def bpr_loss(pos_score, neg_score, embedding_weight, node_id, lambda_reg: float = LAMBDA_REG):
-    """-mean(logsigmoid(pos - neg)) + lambda * ||embedding_weight[node_id]||^2 / batch_size."""
+    """-mean(logsigmoid(pos - neg)) + lambda * ||embedding_weight[unique(node_id)]||^2 / batch_size.
+
+    node_id: the batch's node ids, repeats allowed (each distinct node counts once).
+    """
     ranking = -F.logsigmoid(pos_score - neg_score).mean()
-    regularization = lambda_reg * embedding_weight[node_id].norm(p=2).pow(2) / pos_score.size(0)
+    regularization = lambda_reg * distinct_rows(embedding_weight, node_id).norm(p=2).pow(2) / pos_score.size(0)
     return ranking + regularization
 
 
@@ -122,14 +149,16 @@ class DispreferenceAutoencoder(torch.nn.Module):
         latent = self.encoder(x)
         return self.decoder(latent), latent
 
-    def bce_and_codes(self, x):
+    def bce_and_codes(self, x, active=None):
         """(mean BCE of reconstructing x (rows, n), latent codes (rows, latent_dim)), as forward() on every row.
 
         A batch holds few dislikes, so most rows of x are all zero: they share one code and one
         reconstruction, computed once here and counted with their multiplicity. Equal to the
         row-by-row computation up to float summation order (tested), several times less work.
+        `active`: the ascending indices of the rows that are not all zero, where the caller knows them.
         """
-        active = x.any(dim=1).nonzero().squeeze(1)
+        if active is None:
+            active = x.any(dim=1).nonzero().squeeze(1)
         rows = torch.cat([x[active], x.new_zeros(1, x.size(1))])  # the active rows, then one all-zero row
         recon, latent = self(rows)
         row_bce = F.binary_cross_entropy(recon, rows, reduction="none").sum(dim=1)
@@ -190,16 +219,25 @@ class ReFINePlus(torch.nn.Module):
         out = self.propagate_embeddings()
         user_out, item_out = out[:self.num_users], out[self.num_users:]
         pos_score = (user_out[pos_users] * item_out[pos_items]).sum(-1)                   # (P,)
+        dislikes = torch.zeros(self.num_users, self.num_items, device=out.device)
+        dislikes[neg_edges[0], neg_edges[1]] = 1.0
+        disliking_users, disliked_items = dislikes.any(dim=1), dislikes.any(dim=0)
+        drawn = torch.zeros(self.num_items, dtype=torch.bool, device=out.device)
+        drawn[neg_items.reshape(-1)] = True
+        # The batch's one read from the device: the sizes of what follows.
+        num_users, num_items, num_drawn = torch.stack([disliking_users.sum(), disliked_items.sum(),
+                                                       drawn.sum()]).tolist()
+
         # Score against each distinct negative once, then pick: one matmul instead of a (P, J, dim) gather.
-        distinct_items, slot = torch.unique(neg_items, return_inverse=True)
+        # distinct_items and slot are torch.unique(neg_items, return_inverse=True).
+        distinct_items = true_indices(drawn, num_drawn)
+        slot = (drawn.cumsum(0) - 1)[neg_items]
         neg_score = (user_out[pos_users] @ item_out[distinct_items].t()).gather(1, slot)  # (P, J)
         ranking = multi_negative_ranking_loss(pos_score, neg_score)
         ranking = ranking + self.EMBEDDING_REG * self.gcn.embedding.weight.pow(2).sum()
 
-        dislikes = torch.zeros(self.num_users, self.num_items, device=out.device)
-        dislikes[neg_edges[0], neg_edges[1]] = 1.0
-        user_bce, user_latent = self.user_ae.bce_and_codes(dislikes)
-        item_bce, item_latent = self.item_ae.bce_and_codes(dislikes.t())
+        user_bce, user_latent = self.user_ae.bce_and_codes(dislikes, true_indices(disliking_users, num_users))
+        item_bce, item_latent = self.item_ae.bce_and_codes(dislikes.t(), true_indices(disliked_items, num_items))
         autoencoder = (user_bce + item_bce
                        + self.AE_REG * sum(p.pow(2).sum() for ae in (self.user_ae, self.item_ae)
                                            for p in ae.parameters()))

@@ -9,10 +9,14 @@ similarity of the current embeddings: the s items most similar to a positive of 
 each only where the weight is still exactly 1. A positive (u, i) is paired with one negative
 j ~ W[u, :] / sum(W[u, :]).
 
-Two samplers compute this, with the same interface (`build_negative_sampler`):
+Two samplers compute this, with the same interface (`build_negative_sampler`); ReFINe++'s
+fixed W and its draw of several negatives without replacement sit behind the same interface
+(RefinePlusNegativeSampler):
 
-- DenseNegativeSampler: the published design, a dense W and torch.multinomial per batch row;
-  it draws from the global RNG exactly as the published code does (runs match its log).
+- DenseNegativeSampler: the published design, a dense W and torch.multinomial's draw per batch row;
+  on a CPU it draws from the global RNG exactly as the published code does (runs match its CPU
+  log); on a GPU the draws have the same distribution, not the same values (CUDA's random numbers
+  depend on the GPU model and torch version, so no GPU run replays a published log).
 - SparseNegativeSampler: W stored as 1 plus a sorted list of exceptions (the entries != 1),
   memory O(train pairs + refined pairs) instead of O(users x items); each negative costs one
   uniform number and two binary searches. Same distribution, different RNG use.
@@ -67,31 +71,59 @@ def refine_weights_by_similarity(base_weights, item_emb, train_pos, train_neg, s
     return weights
 
 
+def check_weights(weights: torch.Tensor) -> None:
+    """W must be finite and >= 0: the check torch.multinomial makes on every call, made once per W here
+    (on a GPU it reads a value back from the device, which would stall every batch)."""
+    if weights.numel() and not bool((weights.max() < float("inf")) & (weights.min() >= 0)):
+        raise ValueError("sampling weights must be finite and >= 0")
+
+
+def exponential_race(rows: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """(R, num_samples) indices drawn without replacement from each row of `rows` (R, n), with
+    probability proportional to its weights: the num_samples largest rows / E, E ~ Exp(1) i.i.d.
+
+    This is how torch.multinomial draws one sample or draws without replacement, written out: on a
+    CPU the same random numbers and the same result, without its per-call validity check, which
+    reads a value back from a GPU (check_weights makes it once per W instead).
+    """
+    scores = rows / torch.empty_like(rows).exponential_(1)
+    if num_samples == 1:
+        return scores.argmax(dim=-1, keepdim=True)
+    return scores.topk(num_samples).indices
+
+
 def draw_negatives(weights: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
     """One item per entry of `users`, drawn with probability proportional to weights[user, :].
 
-    torch.multinomial on the dense rows, from the global RNG: the published sampler, draw for draw.
+    torch.multinomial's draw, from the global RNG: on a CPU the published sampler, draw for draw;
+    on a GPU the same distribution (CUDA's random numbers depend on the GPU model and torch version).
     """
-    return torch.multinomial(weights[users], num_samples=1).squeeze(1)
+    return exponential_race(weights[users], 1).squeeze(1)
 
 
 def refine_plus_negatives(weights, pos_users, num_negatives, mode="shared"):
     """(P, J) ReFINe++ negatives for the batch's positive users pos_users (P,): J = num_negatives items
     per positive, drawn without replacement with probability proportional to weights[u, :].
 
-    - shared (published, draw for draw): one torch.multinomial over the rows of ALL positives, of
-      which the second row serves every positive (the published quirk; a one-positive batch uses its own);
+    - shared (published): one torch.multinomial over the rows of ALL positives, of which the second
+      row serves every positive (the published quirk; a one-positive batch uses its own). All P rows
+      of random numbers are drawn, only the kept row is ranked: on a CPU the published draws, draw for
+      draw; on a GPU the same distribution;
     - shared_fast: the same quirk, drawing only that row: the same distribution, P times fewer random
       numbers, other values;
     - per_positive: every positive its own row.
     """
     if mode == "per_positive":
-        return torch.multinomial(weights[pos_users], num_negatives, replacement=False)
+        return exponential_race(weights[pos_users], num_negatives)
     second = min(1, len(pos_users) - 1)
+    # A one-element slice, not pos_users[second]: indexing with a 0-d tensor reads it back from the GPU.
+    row_weights = weights[pos_users[second:second + 1]]  # (1, num_items)
     if mode == "shared":
-        row = torch.multinomial(weights[pos_users], num_negatives, replacement=False)[second]
+        noise = torch.empty(len(pos_users), weights.size(1), dtype=weights.dtype,
+                            device=weights.device).exponential_(1)  # as multinomial draws it for all P rows
+        row = (row_weights[0] / noise[second]).topk(num_negatives).indices
     elif mode == "shared_fast":
-        row = torch.multinomial(weights[pos_users[second]], num_negatives, replacement=False)
+        row = exponential_race(row_weights, num_negatives)[0]
     else:
         raise ValueError(f"unknown ReFINe++ negative mode {mode!r}")
     return row.expand(len(pos_users), -1)
@@ -102,7 +134,7 @@ def shuffled_batches(num_examples: int, batch_size: int, device=None):
 
     Each DataLoader epoch takes two int64s from the global torch RNG: the iterator's worker base
     seed (unused without workers), then the seed of the private generator that permutes. Doing
-    the same keeps every later global draw (the negatives) identical to the published run,
+    the same keeps every later global draw (the negatives) identical to the published run on a CPU,
     without DataLoader's per-batch Python collation. `device` is where the batches go.
     """
     torch.empty((), dtype=torch.int64).random_()  # the DataLoader iterator's base seed
@@ -112,14 +144,17 @@ def shuffled_batches(num_examples: int, batch_size: int, device=None):
     return permutation.to(device).split(batch_size)
 
 
-# --- One interface, two implementations ---------------------------------------------------
+# --- One interface, three implementations -------------------------------------------------
 #
 # A sampler is built once per run; `base()` gives the weights of epochs before t, `refine(item_emb)`
-# a fresh refined copy for one epoch. Both return a weights object whose `draw(users)` gives one
-# negative item per user and whose `to_dense()` gives W (for tests and small cases).
+# a fresh refined copy for one epoch. Both return a weights object whose `draw(users)` gives the
+# negatives of each user (one item per user (U,) for ReFINe and LightGCN, J items (U, J) for
+# ReFINe++) and whose `to_dense()` gives W (for tests and small cases). No draw reads a value back
+# from the device: on a GPU the batch loop never waits for it.
 
 # Below this many user-item entries (1 GiB as float32) `--sampler auto` keeps the dense published
-# sampler: ML-100K, ML-1M and Netflix-1M stay draw-for-draw identical to the published code.
+# sampler: ML-100K, ML-1M and Netflix-1M stay draw-for-draw identical to the published code on a CPU
+# (on a GPU: the same distribution).
 AUTO_DENSE_MAX_ENTRIES = 1 << 28
 
 
@@ -127,6 +162,7 @@ class DenseWeights:
     """One epoch's dense W (num_users, num_items)."""
 
     def __init__(self, weights: torch.Tensor):
+        check_weights(weights)
         self.weights = weights
 
     def draw(self, users: torch.Tensor) -> torch.Tensor:
@@ -281,6 +317,42 @@ class SparseNegativeSampler:
             new_keys = candidates[~stored]
             keys, values = _merge_sorted(keys, values, new_keys, torch.full_like(new_keys, value, dtype=values.dtype))
         return self._weights(keys, values)
+
+
+class MultiNegativeWeights:
+    """ReFINe++'s W (num_users, num_items) with its draw of `num_negatives` items per positive without
+    replacement (`mode`: shared, shared_fast or per_positive; see refine_plus_negatives)."""
+
+    def __init__(self, weights: torch.Tensor, num_negatives: int, mode: str):
+        if mode not in ("shared", "shared_fast", "per_positive"):
+            raise ValueError(f"unknown ReFINe++ negative mode {mode!r}")
+        check_weights(weights)
+        self.weights, self.num_negatives, self.mode = weights, num_negatives, mode
+
+    def draw(self, users: torch.Tensor) -> torch.Tensor:
+        """(U, num_negatives) negatives for the batch's positive users (U,)."""
+        return refine_plus_negatives(self.weights, users, self.num_negatives, self.mode)
+
+    def to_dense(self) -> torch.Tensor:
+        return self.weights
+
+
+class RefinePlusNegativeSampler:
+    """ReFINe++'s sampler: W is 1, then 0 at every graph edge (positives, confirmed negatives and the
+    rest), then real_neg_samp_prob at confirmed negatives; it is never refined by similarity."""
+
+    def __init__(self, num_users, num_items, graph_edges, train_neg, real_neg_samp_prob, num_negatives,
+                 mode="shared"):
+        self.base_weights = MultiNegativeWeights(
+            base_sampling_weights(num_users, num_items, graph_edges, train_neg, real_neg_samp_prob),
+            num_negatives, mode)
+
+    def base(self) -> MultiNegativeWeights:
+        return self.base_weights
+
+    def refine(self, item_emb: torch.Tensor) -> MultiNegativeWeights:
+        """ReFINe++ has no similarity step: W stays as built."""
+        return self.base_weights
 
 
 def build_negative_sampler(kind: str, num_users, num_items, train_pos, train_neg, real_neg_samp_prob,

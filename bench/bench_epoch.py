@@ -5,7 +5,7 @@
 
 Implementations (--impls, run interleaved in one process, order alternating per epoch, so
 machine load hits all of them alike): `published` is bench/baseline.py; `dense` and `sparse`
-are main.py's own train_refine_epoch and evaluate with that --sampler. Each epoch is timed as
+are main.py's own training.train_bpr_epoch and evaluate with that --sampler. Each epoch is timed as
 weights (the epoch's W: clone or refinement), train (all batches) and eval (validation ranking).
 Epochs >= --t refine W by item similarity. Ratios are published / ours on the median epoch.
 Peak memory: the process's peak RSS on CPU, read after each phase (run one implementation alone
@@ -34,6 +34,7 @@ import dataloader  # noqa: E402
 import main as refine_main  # noqa: E402
 import sampler  # noqa: E402
 import synthetic  # noqa: E402
+import training  # noqa: E402
 from baseline import PublishedDesign  # noqa: E402
 from model import LightGCN  # noqa: E402
 from utils import atomic_write  # noqa: E402
@@ -42,7 +43,7 @@ IMPLS = ("published", "dense", "sparse")
 
 
 class FixedWeights:
-    """A sampler stand-in whose base() is a given epoch's weights: main.train_refine_epoch then
+    """A sampler stand-in whose base() is a given epoch's weights: training.train_bpr_epoch then
     trains on weights refined (and timed) outside it."""
 
     def __init__(self, weights):
@@ -75,7 +76,7 @@ class OursDesign:
 
     def train_batches(self, weights) -> float:
         no_refine = Namespace(**{**vars(self.args), "t": float("inf")})
-        return refine_main.train_refine_epoch(self.model, self.optimizer, self.data, FixedWeights(weights), 1, no_refine)
+        return training.train_bpr_epoch(self.model, self.optimizer, self.data, FixedWeights(weights), 1, no_refine)
 
     def evaluate(self, ground_truth, ks):
         return refine_main.evaluate(self.model, self.data, ground_truth, self.exclude, self.args)

@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 import dataloader  # noqa: E402
 import main as refine_main  # noqa: E402
+import training  # noqa: E402
 from utils import atomic_write, set_seed  # noqa: E402
 
 MODES = ("shared", "shared_fast")
@@ -47,7 +48,7 @@ def main(argv=None):
     for mode in MODES:
         set_seed(2024)
         args = refine_main.build_parser().parse_args(["--model", "refine_plus", "--refine_plus_negatives", mode])
-        model, weights, train_epoch = refine_main.build_model(args, data)
+        model, weights, train_epoch = training.build_model(args, data)
         runs[mode] = (model, torch.optim.Adam(model.parameters(), lr=args.learning_rate), weights, train_epoch, args)
 
     load_before = os.getloadavg()

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import main
+import training
 from conftest import ROOT, ctrl_c_enabled, write_synthetic_dataset
 from test_main import SMALL, run_main, without_timing
 
@@ -254,7 +255,7 @@ def test_an_error_a_library_raises_while_a_stop_unwinds_is_reported_as_the_stop(
         except KeyboardInterrupt:
             raise RuntimeError("library cleanup failed")
 
-    monkeypatch.setattr(main, "train_refine_epoch", stopped_inside_a_library)
+    monkeypatch.setattr(training, "train_bpr_epoch", stopped_inside_a_library)
     if not stopped:
         with pytest.raises(RuntimeError, match="library cleanup failed"):
             run_main(toy + ["--epochs", "2"], capsys)
@@ -330,7 +331,7 @@ def test_sigterm_stops_like_ctrl_c_even_where_ctrl_c_is_ignored(tmp_path):
 # --- Metrics files stay valid JSON ---------------------------------------------------------------------
 
 def test_a_diverged_loss_is_an_error_not_nan_in_json(toy, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(main, "train_refine_epoch", lambda *args: float("nan"))
+    monkeypatch.setattr(training, "train_bpr_epoch", lambda *args: float("nan"))
     code, out, err = run_main(toy + ["--epochs", "2"], capsys)
     assert code == 2 and "Epoch:" not in out
     assert_one_error_line(err, "epoch 1", "loss is nan", "--learning_rate")

@@ -5,7 +5,9 @@
 - propagation (precomputed CSR adjacency) == torch_geometric's LGConv stack, forward and gradient;
 - sparse sampler: refinement densifies to exactly the dense W; draws follow W (chi-square);
 - one-pass metrics == the published per-k evaluation (bench/baseline.py);
-- the default run's first 3 epochs print exactly the published code's CPU log.
+- the default run's first 3 epochs print exactly the published code's CPU log;
+- the batch loops read nothing back from the device (ReFINe++: once per batch), with the written-out
+  draw and the regulariser equal to torch.multinomial and torch.unique's, bit for bit.
 """
 import re
 import sys
@@ -18,8 +20,10 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
+import host_syncs  # noqa: E402
 import main  # noqa: E402
 import metrics  # noqa: E402
+import model as model_module  # noqa: E402
 import sampler  # noqa: E402
 import synthetic  # noqa: E402
 from baseline import published_metrics  # noqa: E402
@@ -166,3 +170,72 @@ def test_sparse_sampler_trains_on_synthetic_splits(tmp_path, monkeypatch, capsys
     losses = [float(x) for x in re.findall(r"^Epoch: \d{3}, Loss: ([\d.]+)", printed, flags=re.M)]
     assert len(losses) == 3 and losses[2] < losses[0] < 0.7
     assert "Final Test Results" in printed
+
+
+# --- No reads from the device in the batch loop (what would stall a GPU) ---------------------------
+
+def test_host_read_counter_counts_what_would_wait_for_a_gpu():
+    """The counter below sees each kind of read: otherwise a count of 0 would prove nothing."""
+    x = torch.tensor([1.0, -2.0, 3.0])
+    with host_syncs.HostReadCounter() as counter:
+        torch.unique(x), x[x > 0], x.nonzero(), x.sum().item(), x.tolist(), float(x[0]), torch.multinomial(x.abs(), 1)
+        x[x < 0] = 0.0
+        with counter.paused():
+            x.sum().item()
+        x[1:], torch.sort(x), x[torch.tensor([0, 2])]  # slices, sorts and integer gathers read nothing
+    assert counter.count == 8
+
+
+@pytest.fixture(scope="module")
+def toy_data():
+    return host_syncs.toy_data("cpu")
+
+
+@pytest.mark.parametrize("model_name,mode", host_syncs.CASES)
+def test_epoch_reads_nothing_per_batch_but_refine_plus_sizes(model_name, mode, toy_data):
+    """Counted on CPU tensors standing in for GPU ones: ReFINe and LightGCN read nothing back per
+    batch, ReFINe++ once (the sizes of its batch's distinct negatives and autoencoder rows)."""
+    per_batch, per_epoch = host_syncs.reads_per_batch(model_name, mode, toy_data, host_syncs.HostReadCounter)
+    assert per_batch == (1 if model_name == "refine_plus" else 0)
+    assert 0 < per_epoch <= 20  # the shuffle seed, the loss, W's check and refinement: once an epoch
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_draws_equal_torch_multinomial_and_its_random_stream(seed):
+    """The written-out draw is torch.multinomial's, draw for draw on a CPU, and leaves the generator
+    where torch.multinomial leaves it: one sample, and several without replacement."""
+    generator = torch.Generator().manual_seed(seed)
+    weights = torch.rand(9 + seed, 40 + 7 * seed, generator=generator)
+    weights[weights < 0.3] = 0.0
+    weights[:, :8] = 1.5
+    users = torch.randint(0, weights.size(0), (25,), generator=generator)
+    for draw, published in ((lambda: sampler.draw_negatives(weights, users),
+                             lambda: torch.multinomial(weights[users], 1).squeeze(1)),
+                            (lambda: sampler.exponential_race(weights[users], 6),
+                             lambda: torch.multinomial(weights[users], 6, replacement=False))):
+        torch.manual_seed(seed)
+        expected, expected_next = published(), torch.rand(2)
+        torch.manual_seed(seed)
+        assert torch.equal(draw(), expected) and torch.equal(torch.rand(2), expected_next)
+
+
+@pytest.mark.parametrize("dim", [16, 32, 64])
+def test_regulariser_without_unique_equals_unique_bit_for_bit(dim):
+    """bpr_loss's regulariser over padded distinct rows equals the one over torch.unique's rows, value
+    and gradient, bit for bit (the published ReFINe log is matched digit for digit)."""
+    generator = torch.Generator().manual_seed(dim)
+    weight = torch.randn(300, dim, generator=generator, requires_grad=True)
+    for size in (1, 7, 250, 600):
+        node_id = torch.randint(0, 300, (2, size), generator=generator)
+        expected = weight[node_id.unique()].norm(p=2).pow(2)
+        expected_grad, = torch.autograd.grad(expected * 0.3, weight)
+        got = model_module.distinct_rows(weight, node_id).norm(p=2).pow(2)
+        got_grad, = torch.autograd.grad(got * 0.3, weight)
+        assert torch.equal(got, expected) and torch.equal(got_grad, expected_grad)
+
+
+def test_true_indices_equal_nonzero():
+    generator = torch.Generator().manual_seed(0)
+    for size in (0, 1, 17, 300):
+        mask = torch.rand(size, generator=generator) < 0.3
+        assert torch.equal(model_module.true_indices(mask, int(mask.sum())), mask.nonzero().squeeze(1))

@@ -1,4 +1,5 @@
 """Sampling weights, the epoch-wise similarity refinement and the draws, checked by hand."""
+import pytest
 import torch
 from scipy.stats import chisquare
 
@@ -68,3 +69,21 @@ def test_draws_follow_weights():
     observed = counts[1:].double().numpy()
     probabilities = weights[0, 1:].double().numpy() / weights.sum().item()
     assert chisquare(observed, probabilities * observed.sum()).pvalue > 1e-3
+
+
+def test_refine_plus_sampler_keeps_w_behind_the_sampler_interface():
+    """ReFINe++'s W: 0 at every graph edge, then the negative weight at confirmed negatives; never refined;
+    draw gives J distinct items per positive, none of weight 0."""
+    graph_edges = torch.tensor([[0, 0, 1, 1], [1, 3, 0, 2]])
+    train_neg = torch.tensor([[0, 1], [3, 4]])
+    negatives = sampler.RefinePlusNegativeSampler(2, 6, graph_edges, train_neg, 1.5, num_negatives=3)
+    expected = torch.tensor([[1, 0, 1, 1.5, 1, 1], [0, 1, 0, 1, 1.5, 1]])
+    assert torch.equal(negatives.base().to_dense(), expected)
+    assert negatives.refine(torch.randn(6, 4)) is negatives.base()
+    torch.manual_seed(0)
+    draws = negatives.base().draw(torch.tensor([1, 0, 1]))
+    assert draws.shape == (3, 3) and all(len(set(row.tolist())) == 3 for row in draws)
+    assert all(row.tolist() == draws[1].tolist() for row in draws)  # shared: the second positive's row
+    assert not set(draws[1].tolist()) & {1}  # user 0's graph edge (weight 0) is never drawn
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        sampler.MultiNegativeWeights(torch.tensor([[1.0, -1.0]]), 1, "shared")

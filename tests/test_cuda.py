@@ -1,0 +1,67 @@
+"""The CUDA paths: training, resume, checkpoints read on a CPU, the sparse product, no syncs per batch.
+
+    python -m pytest -q -m cuda tests/test_cuda.py      # skipped where torch sees no GPU
+
+Each test runs a few epochs of the toy data (tests/conftest.py) on cuda:0.
+"""
+import sys
+
+import pytest
+import torch
+
+import model as model_module
+from conftest import ROOT, write_synthetic_dataset
+from test_main import SMALL, run_main, without_timing
+
+sys.path.insert(0, str(ROOT / "bench"))
+import host_syncs  # noqa: E402
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")]
+
+MODELS = {"refine": [], "lightgcn": ["--dataset_augment", "0"], "refine_plus": ["--model", "refine_plus"],
+          "refine_sparse": ["--sampler", "sparse"]}
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    write_synthetic_dataset(tmp_path / "data", "TOY")
+    monkeypatch.chdir(tmp_path)
+    return ["--data_dir", str(tmp_path / "data")] + SMALL
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_trains_resumes_and_the_checkpoint_loads_on_the_cpu(name, toy, tmp_path, capsys):
+    extra = (["--model", "lightgcn"] if name == "lightgcn" else []) + MODELS[name]
+    argv = toy + extra + ["--device", "cuda:0", "--early_stopping_step", "100"]
+    code, whole, _ = run_main(argv + ["--epochs", "4"], capsys)
+    assert code == 0 and whole.count("\nEpoch: ") == 4
+    # Stopped after 2 epochs and resumed: the same run, on the GPU as on a CPU.
+    assert run_main(argv + ["--epochs", "2", "--path_name", "cut"], capsys)[0] == 0
+    code, resumed, err = run_main(argv + ["--epochs", "4", "--path_name", "cut", "--resume"], capsys)
+    assert code == 0 and "resumed after epoch 2" in err
+    assert without_timing(resumed) == without_timing(whole.replace("nothing", "cut"))
+    # The best checkpoint holds tensors a CPU-only machine reads into the model built there.
+    state = torch.load(tmp_path / "result/TOY/nothing.pt", map_location="cpu", weights_only=True)
+    assert all(value.device.type == "cpu" for value in state.values())
+    assert run_main(toy + extra + ["--device", "cpu", "--epochs", "4", "--resume"], capsys)[0] == 0
+
+
+def test_sparse_product_equals_the_cpu_one():
+    generator = torch.Generator().manual_seed(0)
+    num_users, num_items = 300, 500
+    users = torch.randint(0, num_users, (5000,), generator=generator)
+    items = torch.randint(0, num_items, (5000,), generator=generator) + num_users
+    edge_index = torch.cat([torch.stack([users, items]), torch.stack([items, users])], dim=1)
+    x = torch.randn(num_users + num_items, 64, generator=generator)
+    on_cpu = model_module.normalized_adjacency(edge_index, num_users + num_items) @ x
+    on_gpu = model_module.normalized_adjacency(edge_index.cuda(), num_users + num_items) @ x.cuda()
+    assert torch.allclose(on_gpu.cpu(), on_cpu, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_name,mode", host_syncs.CASES)
+def test_no_synchronisation_per_batch(model_name, mode):
+    """CUDA's own report (torch.cuda.set_sync_debug_mode): ReFINe and LightGCN 0 per batch, ReFINe++ 1."""
+    data = host_syncs.toy_data("cuda:0")
+    per_batch, _ = host_syncs.reads_per_batch(model_name, mode, data, host_syncs.CudaSyncCounter)
+    assert per_batch <= (1 if model_name == "refine_plus" else 0)
