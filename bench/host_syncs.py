@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import dataloader  # noqa: E402
+import model as model_module  # noqa: E402
 import training  # noqa: E402
 from cli import build_parser  # noqa: E402
 
@@ -35,6 +36,7 @@ from cli import build_parser  # noqa: E402
 READING_METHODS = ("item", "tolist", "nonzero", "unique", "unique_consecutive", "masked_select", "argwhere",
                    "__bool__", "__int__", "__float__", "__index__")
 READING_FUNCTIONS = ("nonzero", "unique", "unique_consecutive", "masked_select", "argwhere", "multinomial")
+CPU_DISTINCT_ROWS = model_module.distinct_rows
 CASES = (("refine", "dense"), ("refine", "sparse"), ("lightgcn", "dense"),
          ("refine_plus", "shared"), ("refine_plus", "shared_fast"), ("refine_plus", "per_positive"))
 
@@ -143,10 +145,15 @@ def reads_in_epoch(model_name, mode, data, batch_size, counter_type, epoch=3):
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     train_epoch(model, optimizer, data, negatives, epoch, args)  # warm-up: lazy initialisations read once
     counter = counter_type()
+    if data.train_pos.device.type == "cpu":  # CPU tensors stand in for GPU ones: take the GPU's code path
+        model_module.distinct_rows = model_module.padded_distinct_rows
     step = optimizer.step
     optimizer.step = lambda *a, **k: _paused_call(counter, step, *a, **k)
-    with counter:
-        train_epoch(model, optimizer, data, negatives, epoch, args)
+    try:
+        with counter:
+            train_epoch(model, optimizer, data, negatives, epoch, args)
+    finally:
+        model_module.distinct_rows = CPU_DISTINCT_ROWS
     edges = data.graph_edges.size(1) if model_name == "refine_plus" else data.train_pos.size(1)
     return counter.count, -(-edges // batch_size)
 
