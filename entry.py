@@ -59,6 +59,13 @@ def install_stop_handlers() -> None:
     signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
 
 
+def raise_if_stopped() -> None:
+    """Raise the KeyboardInterrupt of a stop that a finalizer swallowed (Python only prints
+    "Exception ignored" there): long loops call this between steps so the stop still takes effect."""
+    if stop_requested:
+        raise KeyboardInterrupt
+
+
 def os_error_line(exc: OSError, then: str) -> str:
     """`error: <path>: <reason>; <then>`, with the fix for the common causes."""
     where = exc.filename if exc.filename is not None else "a file"
@@ -73,7 +80,10 @@ def run_script(body, stop: Stop) -> int:
     """Run `body()` and turn how it ends into an exit code: its return value (None is 0), or 2 with
     one line on stderr for bad input, a stop, or an OS error the user's environment caused."""
     try:
-        return body() or 0
+        code = body() or 0
+        if not stop_requested:
+            return code
+        print(stop.line(), file=sys.stderr)  # a stop swallowed after the last check is a stop all the same
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
     except OSError as exc:

@@ -253,8 +253,7 @@ def run(args, paths: RunPaths, log: RunLog, stop: entry.Stop) -> int:
                       desc="epochs", unit="epoch", file=sys.stderr, disable=None):
         if early_stopping.early_stop:
             break
-        if entry.stop_requested:  # a stop whose KeyboardInterrupt a finalizer swallowed (Python only warns)
-            raise KeyboardInterrupt
+        entry.raise_if_stopped()
         stop.set(*resume_advice(paths, "epoch", epoch))
         model.train()
         loss = train_one_epoch(model, optimizer, data, negatives, epoch, args)
@@ -273,6 +272,7 @@ def run(args, paths: RunPaths, log: RunLog, stop: entry.Stop) -> int:
     if not report_training(model, early_stopping, train_seconds, args, paths):
         return 0
     stop.set(*resume_advice(paths, "test", early_stopping.best_epoch))
+    entry.raise_if_stopped()
     final_test(model, data, train_interactions, early_stopping.best_epoch, train_seconds, args, paths, device)
     return 0
 
