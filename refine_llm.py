@@ -302,15 +302,15 @@ def stage_apply(args, train, joined, answers_path):
     return output
 
 
-def stage_diff(args):
-    """Relabel counts of two augment files of one train_original, and how far they agree."""
+def compare_augments(frames, names):
+    """Relabel counts of two augment files of one train_original and how far they agree, as a dict;
+    InputError if they differ in a way a relabel cannot explain. `names` name them in messages."""
     import numpy as np
 
-    frames = [read_csv_checked(path, [USER_COL, ITEM_COL, RATING_COL]) for path in (args.first, args.second)]
     first, second = frames
     keys = [frame[[USER_COL, ITEM_COL]].to_numpy() for frame in frames]
     if keys[0].shape != keys[1].shape or not (keys[0] == keys[1]).all():
-        raise InputError(f"{args.first} and {args.second} do not list the same (user, item) rows in the same "
+        raise InputError(f"{names[0]} and {names[1]} do not list the same (user, item) rows in the same "
                          f"order: compare augment files made from one train_original")
     ratings = [frame[RATING_COL].to_numpy(dtype=float) for frame in frames]
     relabelled = [np.isin(r, (0.5, 4.5)) for r in ratings]
@@ -320,24 +320,41 @@ def stage_diff(args):
                               np.where(relabelled[1], ~np.isin(ratings[0], (2, 3)), ratings[0] != ratings[1])))
     if clash.any():
         line = int(np.flatnonzero(clash)[0]) + 2
-        raise InputError(f"{args.first} and {args.second} differ at line {line} in a way a relabel cannot "
+        raise InputError(f"{names[0]} and {names[1]} differ at line {line} in a way a relabel cannot "
                          f"explain: compare augment files made from one train_original")
-    rows = [("users relabelled", [len(np.unique(f[USER_COL].to_numpy()[m])) for f, m in zip(frames, relabelled)]),
-            ("rows -> 4.5", [int((r == 4.5).sum()) for r in ratings]),
-            ("rows -> 0.5", [int((r == 0.5).sum()) for r in ratings]),
-            ("2/3 rows left", [int(np.isin(r, (2, 3)).sum()) for r in ratings])]
-    print(f"A: {args.first}\nB: {args.second}")
-    print(f"{'':18} {'A':>8} {'B':>8}")
-    for label, (a, b) in rows:
-        print(f"{label:18} {a:>8} {b:>8}")
     both = relabelled[0] & relabelled[1]
-    same = int((both & (ratings[0] == ratings[1])).sum())
-    share = f"{100 * same / both.sum():.1f}%" if both.any() else "-"
-    print(f"rows relabelled in both: {int(both.sum())}, same label {same} ({share}); "
-          f"A 4.5 / B 0.5: {int((both & (ratings[0] == 4.5) & (ratings[1] == 0.5)).sum())}, "
-          f"A 0.5 / B 4.5: {int((both & (ratings[0] == 0.5) & (ratings[1] == 4.5)).sum())}")
-    print(f"rows relabelled in A only: {int((relabelled[0] & ~relabelled[1]).sum())}, "
-          f"in B only: {int((relabelled[1] & ~relabelled[0]).sum())}")
+    return {"users relabelled": [len(np.unique(f[USER_COL].to_numpy()[m])) for f, m in zip(frames, relabelled)],
+            "rows -> 4.5": [int((r == 4.5).sum()) for r in ratings],
+            "rows -> 0.5": [int((r == 0.5).sum()) for r in ratings],
+            "2/3 rows left": [int(np.isin(r, (2, 3)).sum()) for r in ratings],
+            "relabelled in both": int(both.sum()),
+            "same label": int((both & (ratings[0] == ratings[1])).sum()),
+            "A 4.5 / B 0.5": int((both & (ratings[0] == 4.5) & (ratings[1] == 0.5)).sum()),
+            "A 0.5 / B 4.5": int((both & (ratings[0] == 0.5) & (ratings[1] == 4.5)).sum()),
+            "relabelled in A only": int((relabelled[0] & ~relabelled[1]).sum()),
+            "relabelled in B only": int((relabelled[1] & ~relabelled[0]).sum())}
+
+
+def print_comparison(names, result):
+    """compare_augments' result as the diff stage's table."""
+    print(f"A: {names[0]}\nB: {names[1]}")
+    print(f"{'':18} {'A':>8} {'B':>8}")
+    for label in ("users relabelled", "rows -> 4.5", "rows -> 0.5", "2/3 rows left"):
+        a, b = result[label]
+        print(f"{label:18} {a:>8} {b:>8}")
+    both, same = result["relabelled in both"], result["same label"]
+    share = f"{100 * same / both:.1f}%" if both else "-"
+    print(f"rows relabelled in both: {both}, same label {same} ({share}); "
+          f"A 4.5 / B 0.5: {result['A 4.5 / B 0.5']}, A 0.5 / B 4.5: {result['A 0.5 / B 4.5']}")
+    print(f"rows relabelled in A only: {result['relabelled in A only']}, "
+          f"in B only: {result['relabelled in B only']}")
+
+
+def stage_diff(args):
+    """Relabel counts of two augment files of one train_original, and how far they agree."""
+    names = (args.first, args.second)
+    frames = [read_csv_checked(path, [USER_COL, ITEM_COL, RATING_COL]) for path in names]
+    print_comparison(names, compare_augments(frames, names))
 
 
 def run_stage(args, stop):
