@@ -160,17 +160,19 @@ def collaborative_scores(data, options):
     import cli
     import dataloader
     import devices
-    from main import build_model  # main.py's building blocks (training.py's, re-exported there)
+    from main import build_model, check_args  # main.py's building blocks
     from utils import set_seed
 
     args = cli.build_parser().parse_args(
         ["--dataset", options.name, "--data_dir", str(options.data_dir), "--model", "lightgcn",
          "--dataset_augment", "0", "--random_seed", str(options.seed), "--epochs", str(options.epochs),
-         "--threads", str(options.threads)])
+         "--threads", str(options.threads),
+         "--r", "1", "--s", "1"])  # ReFINe's similarity flags: plain LightGCN never uses them, small data fits 1
     torch.set_num_threads(options.threads)
     set_seed(options.seed)  # as main.py: seeds, then data, then the model
     device = devices.resolve_device(options.device)
     model_data = dataloader.load_splits(options.data_dir, options.name, augment=False)
+    check_args(args, model_data)  # data main.py could not train on: the same one line
     model, negatives, train_one_epoch = build_model(args, model_data.to(device))
     model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
