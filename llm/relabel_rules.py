@@ -209,6 +209,9 @@ RULES = {
 }
 # Rules that draw random numbers: their output depends on --seed.
 SEEDED = ("random-matched", "collaborative")
+# The rules experiments.py's --preset relabel trains on, each from dataset-relabel/<rule>/ (RELABEL_DIR).
+NON_LLM_RULES = ("random-matched", "user-mean", "collaborative", "all-positive", "all-negative")
+RELABEL_DIR = "dataset-relabel"
 
 
 def per_user_counts(data, picked):

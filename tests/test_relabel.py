@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 
 import dataloader
+import experiments
 import refine_llm as R
+import sweep
 from llm import relabel_rules
 from llm.data import ITEM_COL, RATING_COL, USER_COL
 from refine_fixtures import make_dataset
@@ -240,3 +242,46 @@ def test_augment_not_made_by_the_apply_rule_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "ML-100K_train_augment.csv:5: rating 3 where train_original has 3" in err
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# experiments.py --preset relabel
+
+
+def test_relabel_preset_trains_both_models_on_each_set():
+    configs = experiments.PRESETS["relabel"]
+    assert list(configs)[:4] == ["lightgcn-llm", "refine-llm", "lightgcn-original", "refine-original"]
+    assert configs["lightgcn-llm"] == ["--model", "lightgcn"] and configs["refine-llm"] == []
+    for rule in ("random-matched", "user-mean", "collaborative", "all-positive", "all-negative"):
+        assert configs[f"lightgcn-{rule}"] == ["--model", "lightgcn", "--data_dir", f"dataset-relabel/{rule}"]
+        assert configs[f"refine-{rule}"] == ["--data_dir", f"dataset-relabel/{rule}"]
+    assert len(configs) == 14
+
+
+def test_relabel_preset_names_the_command_for_a_missing_set(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    write_hand_dataset(data)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REFINE_DATA_DIR", str(data))
+    for rule in ("random-matched", "user-mean", "all-positive", "all-negative"):
+        relabelled(data, tmp_path / "dataset-relabel" / rule, rule)
+    capsys.readouterr()
+    argv = ["--dataset", "ML-100K", "--preset", "relabel", "--out", str(tmp_path / "sweep")]
+    assert experiments.main(argv) == 2
+    assert capsys.readouterr().err == (
+        "error: config lightgcn-collaborative: dataset-relabel/collaborative/ML-100K/ML-100K_train_augment.csv "
+        "not found; make it with `python refine_llm.py relabel ML-100K --rule collaborative --out_dir "
+        "dataset-relabel/collaborative` (docs/relabel.md)\n")
+    assert not (tmp_path / "sweep").exists()
+    # every set present: the sweep's own check of each config's split files passes
+    shutil.copytree(tmp_path / "dataset-relabel" / "random-matched", tmp_path / "dataset-relabel" / "collaborative")
+    configs = experiments.resolve_configs(experiments.parse_args(argv).args)
+    experiments.check_relabelled_sets("ML-100K", configs)
+    sweep.check_split_files([(name, ["--dataset", "ML-100K"] + flags) for name, flags in configs])
+
+
+def test_relabel_preset_refuses_one_data_dir_for_all(capsys):
+    with pytest.raises(SystemExit) as exc:
+        experiments.parse_args(["--dataset", "ML-100K", "--preset", "relabel", "--out", "x", "--", "--data_dir", "d"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.startswith("error: --data_dir after -- with --preset relabel: each config has")
