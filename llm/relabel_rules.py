@@ -151,8 +151,8 @@ def rule_all_negative(data, options):
 def collaborative_scores(data, options):
     """A LightGCN (main.py's model, sampler and epoch) trained `options.epochs` epochs on the train
     positives of train_original (no early stopping: the validation split is not read), seeded as
-    main.py seeds; each candidate row's score <user, item>. Items and users the model has not seen
-    (no train positive) score -inf."""
+    main.py seeds; each candidate row's score <user, item>, 0 elsewhere. load_splits has checked
+    that every user and item of a train row has a train positive, so each has a representation."""
     import numpy as np
     import torch
     from tqdm import tqdm
@@ -185,11 +185,9 @@ def collaborative_scores(data, options):
     user_index = {user_id(u): i for i, u in enumerate(model_data.user_ids.tolist())}
     item_index = {user_id(i): model_data.num_users + j for j, i in enumerate(model_data.item_ids.tolist())}
     items = [user_id(i) for i in data.train[ITEM_COL].to_numpy()]
-    scores = np.full(len(data.candidates), -np.inf)
+    scores = np.zeros(len(data.candidates))
     for row in np.flatnonzero(data.candidates):
-        u, i = user_index.get(data.users[row]), item_index.get(items[row])
-        if u is not None and i is not None:
-            scores[row] = float(emb[u] @ emb[i])
+        scores[row] = float(emb[user_index[data.users[row]]] @ emb[item_index[items[row]]])
     return scores
 
 

@@ -285,3 +285,24 @@ def test_relabel_preset_refuses_one_data_dir_for_all(capsys):
         experiments.parse_args(["--dataset", "ML-100K", "--preset", "relabel", "--out", "x", "--", "--data_dir", "d"])
     assert exc.value.code == 2
     assert capsys.readouterr().err.startswith("error: --data_dir after -- with --preset relabel: each config has")
+
+
+def test_ctrl_c_says_what_was_written(tmp_path, monkeypatch, capsys):
+    write_hand_dataset(tmp_path / "data")
+    argv = ["relabel", "ML-100K", "--data_dir", str(tmp_path / "data"), "--rule", "all-positive",
+            "--out_dir", str(tmp_path / "out")]
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(R.RULES, "all-positive", interrupted)  # while the rule chooses
+    assert R.main(argv) == 2
+    assert capsys.readouterr().err == "error: interrupted; nothing was written; rerun the same command\n"
+    assert not (tmp_path / "out").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(R, "write_augment", interrupted)  # after the copies, before the train file
+    assert R.main(argv) == 2
+    assert capsys.readouterr().err == (f"error: interrupted; each file in {tmp_path / 'out' / 'ML-100K'} is whole or "
+                                       f"absent (written atomically); rerun the same command\n")
+    assert sorted(p.name for p in (tmp_path / "out" / "ML-100K").iterdir()) == [
+        "ML-100K_test.csv", "ML-100K_train_original.csv", "ML-100K_validation.csv"]
