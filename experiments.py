@@ -47,8 +47,8 @@ PRESETS = {
         "refine-llm": [],
         "lightgcn-original": ["--model", "lightgcn", "--dataset_augment", "0"],
         "refine-original": ["--dataset_augment", "0"],
-        **{f"{model}-{rule}": (["--model", "lightgcn"] if model == "lightgcn" else []) + ["--data_dir", f"{RELABEL_DIR}/{rule}"]
-           for rule in NON_LLM_RULES for model in ("lightgcn", "refine")},
+        **{f"{model}-{rule}": (["--model", "lightgcn"] if model == "lightgcn" else [])
+           + ["--data_dir", f"{RELABEL_DIR}/{rule}"] for rule in NON_LLM_RULES for model in ("lightgcn", "refine")},
     },
 }
 

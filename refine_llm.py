@@ -87,7 +87,8 @@ EXAMPLES = {
             "  python refine_llm.py run ML-100K --backend replay --replay answers_cache.jsonl --out_dir /tmp/replay"),
     "diff": ("  python refine_llm.py diff dataset-qwen/ML-100K/ML-100K_train_augment.csv \\\n"
              "      dataset/ML-100K/ML-100K_train_augment.csv"),
-    "relabel": ("  python refine_llm.py relabel ML-100K --rule random-matched --out_dir dataset-relabel/random-matched\n"
+    "relabel": ("  python refine_llm.py relabel ML-100K --rule random-matched \\\n"
+                "      --out_dir dataset-relabel/random-matched\n"
                 "  python refine_llm.py relabel ML-100K --rule collaborative --out_dir dataset-relabel/collaborative "
                 "--llm dataset/ML-100K/llm/answers_cache.jsonl\n"
                 "  python main.py --dataset ML-100K --data_dir dataset-relabel/random-matched --model lightgcn"),

@@ -2,8 +2,8 @@
 
     python -m pytest -q tests/test_relabel.py
 
-The hand dataset: users 1 and 2 answered by the LLM, user 3 not (skipped), user 4 without 2/3 rows. Candidates are the 2/3
-rows of users 1 and 2; the LLM chose one of each user's: user 1 item 2, user 2 item 2.
+The hand dataset: users 1 and 2 answered by the LLM, user 3 not (skipped), user 4 without 2/3 rows.
+Candidates are the 2/3 rows of users 1 and 2; the LLM chose one of each user's: user 1 item 2, user 2 item 2.
 """
 import json
 import shutil
@@ -19,7 +19,7 @@ import sweep
 from llm import relabel_rules
 from llm.data import ITEM_COL, RATING_COL, USER_COL
 from refine_fixtures import make_dataset
-from test_refine_apply import published_answers
+from test_refine_apply import write_published_answers
 
 COLUMNS = [USER_COL, ITEM_COL, RATING_COL]
 TRAIN = [(1, 1, 5), (1, 2, 3), (1, 3, 2), (1, 4, 3), (1, 5, 4),
@@ -183,12 +183,8 @@ def test_llm_answers_through_the_relabel_path_reproduce_the_published_ml100k_aug
     folder.mkdir(parents=True)
     for name in ("ML-100K_train_original.csv", "ML-100K_validation.csv", "ML-100K_test.csv", "ml-100k.item"):
         shutil.copy(source / name, folder / name)
-    original = pd.read_csv(folder / "ML-100K_train_original.csv")
-    augment = pd.read_csv(source / "ML-100K_train_augment.csv")
-    item = pd.read_csv(folder / "ml-100k.item", sep="\t")
-    titles = original.merge(item, on=ITEM_COL, how="left")["movie_title:token_seq"].to_numpy()
     answers = tmp_path / "llama_distinguish_answer.txt"
-    answers.write_text(published_answers(original, augment, titles), encoding="utf-8")
+    write_published_answers(source, answers)
     published = (source / "ML-100K_train_augment.csv").read_bytes()
     # from the answers, as the apply stage reads them
     relabelled(tmp_path / "data", tmp_path / "from-answers", "llm", "--llm", str(answers))
@@ -200,7 +196,7 @@ def test_llm_answers_through_the_relabel_path_reproduce_the_published_ml100k_aug
     relabelled(tmp_path / "data", tmp_path / "random", "random-matched", "--llm",
                str(source / "ML-100K_train_augment.csv"))
     ours = pd.read_csv(tmp_path / "random" / "ML-100K" / "ML-100K_train_augment.csv")
-    assert positives_per_user(ours) == positives_per_user(augment)
+    assert positives_per_user(ours) == positives_per_user(pd.read_csv(source / "ML-100K_train_augment.csv"))
 
 
 def exit_code(argv):
