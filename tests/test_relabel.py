@@ -215,6 +215,8 @@ def exit_code(argv):
     (["--epochs", "0"], "argument --epochs: '0' is not a whole number of at least 1"),
     (["--rule", "coin"], "argument --rule: invalid choice: 'coin'"),
     (["--out_dir", "{tmp}/file/below"], "is a file, not a folder"),
+    (["--rule", "collaborative", "--device", "cuda:99"], "error: --device cuda:99: "),
+    (["--rule", "collaborative", "--device", "tpu"], "--device tpu: unknown device"),
 ])
 def test_bad_input_is_one_line_before_any_work(tmp_path, capsys, flags, message):
     write_hand_dataset(tmp_path / "data")
