@@ -21,6 +21,7 @@ from pathlib import Path
 import entry
 import report
 import sweep
+from llm.relabel_rules import NON_LLM_RULES, RELABEL_DIR
 from sweep import MANIFEST, OWN_FLAGS
 from utils import ArgumentParser, HelpFormatter, InputError
 
@@ -37,6 +38,17 @@ PRESETS = {
         "refine-no-similarity": ["--t", "1000000"],
         "refine": [],
         "refine_plus": ["--model", "refine_plus"],
+    },
+    # Does the gain need an LLM (docs/relabel.md)? LightGCN and ReFINe on the LLM's labels (the
+    # baseline), the original ratings, and each non-LLM rule's labels, made beforehand by
+    # `python refine_llm.py relabel NAME --rule RULE --out_dir dataset-relabel/RULE`.
+    "relabel": {
+        "lightgcn-llm": ["--model", "lightgcn"],
+        "refine-llm": [],
+        "lightgcn-original": ["--model", "lightgcn", "--dataset_augment", "0"],
+        "refine-original": ["--dataset_augment", "0"],
+        **{f"{model}-{rule}": (["--model", "lightgcn"] if model == "lightgcn" else [])
+           + ["--data_dir", f"{RELABEL_DIR}/{rule}"] for rule in NON_LLM_RULES for model in ("lightgcn", "refine")},
     },
 }
 
@@ -63,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="output folder of the sweep (required unless --report)")
     parser.add_argument("--report", metavar="OUT", help="only write the report of the finished runs in OUT (default: run the sweep, then report)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="paper",
-                        help="named set of configs: paper = " + ", ".join(PRESETS["paper"]))
+                        help="named set of configs: paper = " + ", ".join(PRESETS["paper"]) + "; relabel = "
+                             "LightGCN and ReFINe on the LLM's labels, the original ratings and each of "
+                             f"{RELABEL_DIR}/<rule>/ (docs/relabel.md)")
     parser.add_argument("--configs", nargs="+", metavar="NAME",
                         help="run only these configs (of the preset or of --config; default: all of them)")
     parser.add_argument("--config", action="append", default=[], metavar='NAME="--flag value ..."',
@@ -113,6 +127,10 @@ def parse_args(argv) -> Options:
     for flag in extra:
         if flag.split("=")[0] in OWN_FLAGS:
             parser.error(f"{flag} after --: experiments.py sets it for every run (use --seeds / --devices)")
+        if flag.split("=")[0] == "--data_dir" and args.preset == "relabel":
+            # After --, it would win over each config's own folder: every config would train on one set.
+            parser.error("--data_dir after -- with --preset relabel: each config has its own data folder; set "
+                         "REFINE_DATA_DIR for the LLM's and the original ratings instead")
     if args.jobs < 1 or args.cpus_per_run < 1 or args.threads < 1:
         parser.error("--jobs, --threads and --cpus_per_run must be at least 1")
     if args.gpus_per_run is not None and not (math.isfinite(args.gpus_per_run) and args.gpus_per_run >= 0):
@@ -178,13 +196,29 @@ def resolve_configs(args) -> list:
     return list(configs.items())
 
 
+def check_relabelled_sets(dataset, configs) -> None:
+    """InputError for the first config of a relabelled set (RELABEL_DIR/<rule>) whose train file is
+    missing, with the command that makes it (the sweep's own check would suggest a download)."""
+    from catalog import split_path
+
+    for name, flags in configs:
+        for rule in NON_LLM_RULES:
+            folder = f"{RELABEL_DIR}/{rule}"
+            if folder in flags and not split_path(folder, dataset, "train_augment").is_file():
+                raise InputError(f"config {name}: {split_path(folder, dataset, 'train_augment')} not found; make it "
+                                 f"with `python refine_llm.py relabel {shlex.quote(dataset)} --rule {rule} "
+                                 f"--out_dir {folder}` (docs/relabel.md)")
+
+
 def run(options: Options) -> int:
     """The command: a report only, or a sweep and then its report; 1 if a run failed."""
     args = options.args
     if args.report:
         report.report(Path(args.report), args.baseline, args.k)
         return 0
-    failed = sweep.sweep(args, resolve_configs(args), resolve_seeds(args.seeds), options.extra_flags)
+    configs = resolve_configs(args)
+    check_relabelled_sets(args.dataset, configs)
+    failed = sweep.sweep(args, configs, resolve_seeds(args.seeds), options.extra_flags)
     report.report(Path(args.out), args.baseline, args.k)
     if failed:
         print(f"{len(failed)} run(s) failed: " + "; ".join(f"{run.label}: {sweep.last_line(run)}" for run in failed),

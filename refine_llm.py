@@ -8,15 +8,17 @@ ambiguous (2/3-star) titles were really liked; those become 4.5, the rest 0.5.
     python refine_llm.py generate ML-100K --backend openai --base_url http://127.0.0.1:8000/v1
     python refine_llm.py apply ML-100K --answers dataset/ML-100K/llm/llama_distinguish_answer.txt
     python refine_llm.py diff mine.csv dataset/ML-100K/ML-100K_train_augment.csv
+    python refine_llm.py relabel ML-100K --rule random-matched --out_dir dataset-relabel/random-matched
 
 Stages: `prompts` builds the published prompts, `generate` asks a backend (Hugging Face
 transformers, any OpenAI-compatible server through the official `openai` client, completions or
 chat, or a replay of saved answers) and appends every answer to a JSONL cache as it arrives (a
 rerun resumes), `apply` parses the answers and relabels. `run` does all three; `diff` compares two
-augment files. The work is done by the llm/ package; this file is its command line. The reference
-is docs/llm.md.
+augment files; `relabel` chooses among the LLM's candidates by a rule without an LLM (docs/relabel.md).
+The work is done by the llm/ package; this file is its command line. The reference is docs/llm.md.
 """
 import argparse
+import csv
 import json
 import math
 import sys
@@ -25,14 +27,16 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import entry
-from catalog import default_data_dir
-from llm.answers import AnswerCache, parse_answers, relabel
+from catalog import SPLITS, default_data_dir, missing_split_message, split_path
+from llm.answers import AnswerCache, apply_labels, parse_answers, relabel
 from llm.backends import DEFAULT_MODEL, ReplayBackend, TransformersBackend
 from llm.data import (ITEM_COL, RATING_COL, USER_COL, get_preset, load_train, naming, output_folder, read_csv_checked,
                       read_skip_users, require_file, shipped_skip_list)
 from llm.generate import generate_answers
 from llm.openai_backend import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, OpenAIBackend
 from llm.prompts import build_prompts, prompt_hash
+from llm.relabel_rules import (RULES, SEEDED, RuleOptions, labels_from_answers, labels_from_augment,
+                               per_user_counts)
 from utils import ArgumentParser, HelpFormatter, InputError, atomic_write
 
 # numpy, pandas, asyncio, openai and transformers are imported inside the functions that need them
@@ -56,6 +60,14 @@ positive_int = checked(int, 1, True, "a whole number of at least 1")
 non_negative_int = checked(int, 0, True, "a whole number of at least 0")
 positive_seconds = checked(float, 0, False, "a number of seconds above 0")
 
+
+def seed_int(text):
+    """An argparse type: a seed numpy and torch both take, 0 .. 2**32 - 1."""
+    value = non_negative_int(text)
+    if value >= 2 ** 32:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed from 0 to 2**32 - 1")
+    return value
+
 OUTPUTS = ("outputs: OUT_DIR (default DATA_DIR/NAME/llm/) holds prompts.jsonl (prompts stage),\n"
            "answers_cache.jsonl and llama_distinguish_answer.txt (appended as answers arrive) and\n"
            "report.json; apply and run write DATA_DIR/NAME/NAME_train_augment.csv (or --output).\n"
@@ -75,7 +87,18 @@ EXAMPLES = {
             "  python refine_llm.py run ML-100K --backend replay --replay answers_cache.jsonl --out_dir /tmp/replay"),
     "diff": ("  python refine_llm.py diff dataset-qwen/ML-100K/ML-100K_train_augment.csv \\\n"
              "      dataset/ML-100K/ML-100K_train_augment.csv"),
+    "relabel": ("  python refine_llm.py relabel ML-100K --rule random-matched \\\n"
+                "      --out_dir dataset-relabel/random-matched\n"
+                "  python refine_llm.py relabel ML-100K --rule collaborative --out_dir dataset-relabel/collaborative "
+                "--llm dataset/ML-100K/llm/answers_cache.jsonl\n"
+                "  python main.py --dataset ML-100K --data_dir dataset-relabel/random-matched --model lightgcn"),
 }
+RELABEL_OUTPUTS = ("outputs: OUT_DIR/NAME/ holds NAME_train_augment.csv (the relabelled train file), copies of\n"
+                   "NAME_train_original.csv, NAME_validation.csv and NAME_test.csv (so main.py --data_dir OUT_DIR\n"
+                   "trains on it), relabel_report.json (totals, agreement with the LLM) and relabel_users.csv\n"
+                   "(per answered user: candidates, the LLM's 4.5 count, the rule's 4.5 and 0.5 counts, rows\n"
+                   "labelled as the LLM labelled them). Each file is written whole or not at all.\n"
+                   "Reference: docs/relabel.md.")
 
 
 def build_parser():
@@ -170,6 +193,27 @@ def build_parser():
               "outputs: a table on stdout; nothing is written.")
     p.add_argument("first", metavar="A.csv", help="an augment file")
     p.add_argument("second", metavar="B.csv", help="another augment file of the same train_original")
+    p = stage("relabel", "relabel the LLM's candidates by a rule without an LLM, into a data folder of its own",
+              RELABEL_OUTPUTS)
+    p.add_argument("name", help="dataset, as in DATA_DIR/NAME/")
+    p.add_argument("--data_dir", default=default_data_dir(),
+                   help="folder holding NAME/ with the three split files (default: ./dataset, or $REFINE_DATA_DIR "
+                        "when set)")
+    p.add_argument("--rule", required=True, choices=list(RULES),
+                   help="random-matched: the LLM's count per user, drawn at random; user-mean: rating >= the "
+                        "user's mean; collaborative: the LLM's count per user, LightGCN's top; all-positive, "
+                        "all-negative: the bounds; llm: the LLM's own labels")
+    p.add_argument("--out_dir", required=True,
+                   help="data folder to write NAME/ into; train on it with main.py --data_dir OUT_DIR")
+    p.add_argument("--llm", default=None, metavar="FILE",
+                   help="the LLM's labels: an augment file (.csv: its 4.5/0.5 rows), or an answers file or JSONL "
+                        "cache read as the apply stage reads it (default: DATA_DIR/NAME/NAME_train_augment.csv)")
+    p.add_argument("--seed", type=seed_int, default=2024, help="random-matched and collaborative: the seed")
+    p.add_argument("--epochs", type=positive_int, default=350,
+                   help="collaborative: LightGCN's training epochs (about the mean best epoch of LightGCN on "
+                        "ML-100K's original ratings)")
+    p.add_argument("--threads", type=positive_int, default=1, help="collaborative: torch threads")
+    p.add_argument("--device", default="cpu", help="collaborative: cpu, cuda, cuda:1, auto")
     return parser
 
 
@@ -286,6 +330,12 @@ def augment_path(args):
     return Path(args.output) if args.output else Path(args.data_dir) / args.name / f"{args.name}_train_augment.csv"
 
 
+def write_augment(path, augmented):
+    """An augment file as the published ones are written (the bytes the reproduction tests compare)."""
+    with naming(path), atomic_write(path, encoding="utf-8", newline="") as handle:
+        augmented.to_csv(handle, index=False)
+
+
 def stage_apply(args, train, joined, answers_path):
     output = augment_path(args)
     liked = parse_answers(answers_path)
@@ -293,8 +343,7 @@ def stage_apply(args, train, joined, answers_path):
         raise InputError(f"{answers_path} holds no parsable answer (no answer line starting with '['); "
                          f"{output} was left unchanged")
     augmented = relabel(train, joined["title"].to_numpy(), liked)
-    with naming(output), atomic_write(output, encoding="utf-8", newline="") as handle:
-        augmented.to_csv(handle, index=False)
+    write_augment(output, augmented)
     counts = augmented[RATING_COL].value_counts()
     print(f"{plural(len(liked), 'user')} answered; {int(counts.get(4.5, 0))} rows -> 4.5, "
           f"{int(counts.get(0.5, 0))} rows -> 0.5, {int(augmented[RATING_COL].isin([2, 3]).sum())} left 2/3 "
@@ -302,15 +351,15 @@ def stage_apply(args, train, joined, answers_path):
     return output
 
 
-def stage_diff(args):
-    """Relabel counts of two augment files of one train_original, and how far they agree."""
+def compare_augments(frames, names):
+    """Relabel counts of two augment files of one train_original and how far they agree, as a dict;
+    InputError if they differ in a way a relabel cannot explain. `names` name them in messages."""
     import numpy as np
 
-    frames = [read_csv_checked(path, [USER_COL, ITEM_COL, RATING_COL]) for path in (args.first, args.second)]
     first, second = frames
     keys = [frame[[USER_COL, ITEM_COL]].to_numpy() for frame in frames]
     if keys[0].shape != keys[1].shape or not (keys[0] == keys[1]).all():
-        raise InputError(f"{args.first} and {args.second} do not list the same (user, item) rows in the same "
+        raise InputError(f"{names[0]} and {names[1]} do not list the same (user, item) rows in the same "
                          f"order: compare augment files made from one train_original")
     ratings = [frame[RATING_COL].to_numpy(dtype=float) for frame in frames]
     relabelled = [np.isin(r, (0.5, 4.5)) for r in ratings]
@@ -320,30 +369,123 @@ def stage_diff(args):
                               np.where(relabelled[1], ~np.isin(ratings[0], (2, 3)), ratings[0] != ratings[1])))
     if clash.any():
         line = int(np.flatnonzero(clash)[0]) + 2
-        raise InputError(f"{args.first} and {args.second} differ at line {line} in a way a relabel cannot "
+        raise InputError(f"{names[0]} and {names[1]} differ at line {line} in a way a relabel cannot "
                          f"explain: compare augment files made from one train_original")
-    rows = [("users relabelled", [len(np.unique(f[USER_COL].to_numpy()[m])) for f, m in zip(frames, relabelled)]),
-            ("rows -> 4.5", [int((r == 4.5).sum()) for r in ratings]),
-            ("rows -> 0.5", [int((r == 0.5).sum()) for r in ratings]),
-            ("2/3 rows left", [int(np.isin(r, (2, 3)).sum()) for r in ratings])]
-    print(f"A: {args.first}\nB: {args.second}")
-    print(f"{'':18} {'A':>8} {'B':>8}")
-    for label, (a, b) in rows:
-        print(f"{label:18} {a:>8} {b:>8}")
     both = relabelled[0] & relabelled[1]
-    same = int((both & (ratings[0] == ratings[1])).sum())
-    share = f"{100 * same / both.sum():.1f}%" if both.any() else "-"
-    print(f"rows relabelled in both: {int(both.sum())}, same label {same} ({share}); "
-          f"A 4.5 / B 0.5: {int((both & (ratings[0] == 4.5) & (ratings[1] == 0.5)).sum())}, "
-          f"A 0.5 / B 4.5: {int((both & (ratings[0] == 0.5) & (ratings[1] == 4.5)).sum())}")
-    print(f"rows relabelled in A only: {int((relabelled[0] & ~relabelled[1]).sum())}, "
-          f"in B only: {int((relabelled[1] & ~relabelled[0]).sum())}")
+    return {"users relabelled": [len(np.unique(f[USER_COL].to_numpy()[m])) for f, m in zip(frames, relabelled)],
+            "rows -> 4.5": [int((r == 4.5).sum()) for r in ratings],
+            "rows -> 0.5": [int((r == 0.5).sum()) for r in ratings],
+            "2/3 rows left": [int(np.isin(r, (2, 3)).sum()) for r in ratings],
+            "relabelled in both": int(both.sum()),
+            "same label": int((both & (ratings[0] == ratings[1])).sum()),
+            "A 4.5 / B 0.5": int((both & (ratings[0] == 4.5) & (ratings[1] == 0.5)).sum()),
+            "A 0.5 / B 4.5": int((both & (ratings[0] == 0.5) & (ratings[1] == 4.5)).sum()),
+            "relabelled in A only": int((relabelled[0] & ~relabelled[1]).sum()),
+            "relabelled in B only": int((relabelled[1] & ~relabelled[0]).sum())}
+
+
+def print_comparison(names, result):
+    """compare_augments' result as the diff stage's table."""
+    print(f"A: {names[0]}\nB: {names[1]}")
+    print(f"{'':18} {'A':>8} {'B':>8}")
+    for label in ("users relabelled", "rows -> 4.5", "rows -> 0.5", "2/3 rows left"):
+        a, b = result[label]
+        print(f"{label:18} {a:>8} {b:>8}")
+    both, same = result["relabelled in both"], result["same label"]
+    share = f"{100 * same / both:.1f}%" if both else "-"
+    print(f"rows relabelled in both: {both}, same label {same} ({share}); "
+          f"A 4.5 / B 0.5: {result['A 4.5 / B 0.5']}, A 0.5 / B 4.5: {result['A 0.5 / B 4.5']}")
+    print(f"rows relabelled in A only: {result['relabelled in A only']}, "
+          f"in B only: {result['relabelled in B only']}")
+
+
+def stage_diff(args):
+    """Relabel counts of two augment files of one train_original, and how far they agree."""
+    names = (args.first, args.second)
+    frames = [read_csv_checked(path, [USER_COL, ITEM_COL, RATING_COL]) for path in names]
+    print_comparison(names, compare_augments(frames, names))
+
+
+def relabel_input(args):
+    """The LLM's labels (llm.relabel_rules.RelabelInput) from --llm, after the checks of the inputs."""
+    source = Path(args.data_dir) / args.name
+    message = missing_split_message(args.data_dir, args.name, SPLITS)
+    if message:  # the validation and test files are copied beside the relabelled train file
+        raise InputError(message)
+    llm_path = Path(args.llm) if args.llm else split_path(args.data_dir, args.name, "train_augment")
+    require_file(llm_path, f"the LLM's labels not found: {llm_path}: give --llm, an augment file made by the "
+                           f"apply stage (or the published one), an answers file or a JSONL cache")
+    if llm_path.suffix.lower() == ".csv":
+        train = read_csv_checked(split_path(args.data_dir, args.name, "train_original"),
+                                 [USER_COL, ITEM_COL, RATING_COL])
+        data = labels_from_augment(train, llm_path)
+    else:
+        data = labels_from_answers(args.data_dir, args.name, llm_path)
+    if not data.candidates.any():
+        raise InputError(f"{llm_path}: no answered user has a 2 or 3 star row in {source}: nothing to relabel")
+    return data, llm_path
+
+
+def stage_relabel(args, stop):
+    """A rule's choice among the LLM's candidates -> OUT_DIR/NAME/, a data folder main.py trains on."""
+    import shutil
+
+    target = Path(args.out_dir) / args.name
+    output_folder(target, "--out_dir")
+    if target.resolve() == (Path(args.data_dir) / args.name).resolve():
+        raise InputError(f"--out_dir {args.out_dir} is --data_dir: the relabelled file would replace the "
+                         f"LLM's; give a folder of its own (such as dataset-relabel/{args.rule})")
+    if args.rule == "collaborative":
+        import devices  # torch: only for the rule that trains
+
+        devices.resolve_device(args.device)  # an unusable --device now, not after loading
+    data, llm_path = relabel_input(args)
+    options = RuleOptions(seed=args.seed, epochs=args.epochs, threads=args.threads, device=args.device,
+                          data_dir=Path(args.data_dir), name=args.name)
+    picked = RULES[args.rule](data, options)
+    ours = apply_labels(data.train, data.candidates, picked)
+    llm = apply_labels(data.train, data.candidates, data.llm_picked)
+    names = (f"{args.rule} ({target / (args.name + '_train_augment.csv')})", f"the LLM's labels ({llm_path})")
+    agreement = compare_augments([ours, llm], names)
+
+    stop.set(f"each file in {target} is whole or absent (written atomically); rerun the same command")
+    for split in ("train_original", "validation", "test"):
+        path = split_path(args.out_dir, args.name, split)
+        with naming(path), atomic_write(path, "wb") as handle, \
+                open(split_path(args.data_dir, args.name, split), "rb") as original:
+            shutil.copyfileobj(original, handle)
+    write_augment(split_path(args.out_dir, args.name, "train_augment"), ours)
+    users = per_user_counts(data, picked)
+    with naming(target / "relabel_users.csv"), \
+            atomic_write(target / "relabel_users.csv", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["user_id", "candidates", "llm_4.5", "rule_4.5", "rule_0.5", "same_as_llm"])
+        writer.writerows(users)
+    report = {"rule": args.rule, "dataset": args.name, "llm_labels": str(llm_path),
+              "seed": args.seed if args.rule in SEEDED else None,
+              "epochs": args.epochs if args.rule == "collaborative" else None,
+              "users_relabelled": len(users), "candidates": int(data.candidates.sum()),
+              "rows_4.5": agreement["rows -> 4.5"][0], "rows_0.5": agreement["rows -> 0.5"][0],
+              "llm_rows_4.5": agreement["rows -> 4.5"][1], "llm_rows_0.5": agreement["rows -> 0.5"][1],
+              "same_label_as_llm": agreement["same label"],
+              "rule_4.5_llm_0.5": agreement["A 4.5 / B 0.5"], "rule_0.5_llm_4.5": agreement["A 0.5 / B 4.5"]}
+    with naming(target / "relabel_report.json"), \
+            atomic_write(target / "relabel_report.json", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=2)
+        handle.write("\n")
+    print(f"{args.rule}: {plural(len(users), 'user')} relabelled; {report['rows_4.5']} rows -> 4.5, "
+          f"{report['rows_0.5']} rows -> 0.5 -> {split_path(args.out_dir, args.name, 'train_augment')}")
+    print_comparison(names, agreement)
+    print(f"train on it: python main.py --dataset {args.name} --data_dir {args.out_dir}")
 
 
 def run_stage(args, stop):
     """The stage's work; `stop` says, as it goes, what a Ctrl-C or SIGTERM leaves behind."""
     if args.stage == "diff":
         stage_diff(args)
+        return
+    if args.stage == "relabel":
+        stage_relabel(args, stop)
         return
     # A file where an output folder must go: said now, not at the first write.
     if args.stage != "apply":

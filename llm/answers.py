@@ -134,18 +134,38 @@ def parse_answers(path):
     return liked
 
 
-def relabel(train, titles, liked):
-    """2/3-star rows of answered users -> 4.5 if the title was picked, else 0.5 (docs/method.md §2)."""
+def candidate_rows(train, answered):
+    """Boolean mask of the rows a relabel rewrites: the 2/3-star rows of the users in `answered`
+    (docs/method.md §2). Users without an answer (skipped, too long, missing) keep theirs."""
     import numpy as np
 
+    users = np.array([user_id(u) in answered for u in train[USER_COL].to_numpy()], dtype=bool)
+    return users & train[RATING_COL].isin([2, 3]).to_numpy()
+
+
+def apply_labels(train, candidates, picked):
+    """train with its `candidates` rows set to 4.5 where `picked`, else 0.5; the other rows as they are.
+
+    The one place the apply rule is written: the LLM's answers (relabel) and the non-LLM rules of
+    llm/relabel_rules.py both end here."""
     out = train.copy()
     out[RATING_COL] = out[RATING_COL].astype(float)
-    users = [user_id(u) for u in out[USER_COL].to_numpy()]
-    picked = np.array([t in liked.get(u, ()) for u, t in zip(users, titles)], dtype=bool)
-    target = np.array([u in liked for u in users], dtype=bool) & out[RATING_COL].isin([2, 3]).to_numpy()
-    out.loc[target & picked, RATING_COL] = 4.5
-    out.loc[target & ~picked, RATING_COL] = 0.5
+    out.loc[candidates & picked, RATING_COL] = 4.5
+    out.loc[candidates & ~picked, RATING_COL] = 0.5
     return out
+
+
+def picked_by_title(train, titles, liked):
+    """Boolean mask of the rows whose title the row's user's answer named."""
+    import numpy as np
+
+    users = [user_id(u) for u in train[USER_COL].to_numpy()]
+    return np.array([t in liked.get(u, ()) for u, t in zip(users, titles)], dtype=bool)
+
+
+def relabel(train, titles, liked):
+    """2/3-star rows of answered users -> 4.5 if the title was picked, else 0.5 (docs/method.md §2)."""
+    return apply_labels(train, candidate_rows(train, liked), picked_by_title(train, titles, liked))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -71,18 +71,24 @@ def published_answers(original, augment, titles):
     return "".join(blocks)
 
 
+def write_published_answers(source, path):
+    """Write to `path` the answers file that gives source/ML-100K_train_augment.csv (the published
+    ML-100K folder, with its raw item file)."""
+    original = pd.read_csv(source / "ML-100K_train_original.csv")
+    augment = pd.read_csv(source / "ML-100K_train_augment.csv")
+    item = pd.read_csv(source / "ml-100k.item", sep="\t")
+    titles = original.merge(item, on=ITEM_COL, how="left")["movie_title:token_seq"].to_numpy()
+    path.write_text(published_answers(original, augment, titles), encoding="utf-8")
+
+
 def test_apply_reproduces_published_ml100k_augment(ml100k_with_raw, tmp_path):
     source = ml100k_with_raw / "ML-100K"
     folder = tmp_path / "ML-100K"
     folder.mkdir()
     for name in ("ML-100K_train_original.csv", "ml-100k.item"):
         shutil.copy(source / name, folder / name)
-    original = pd.read_csv(folder / "ML-100K_train_original.csv")
-    augment = pd.read_csv(source / "ML-100K_train_augment.csv")
-    item = pd.read_csv(folder / "ml-100k.item", sep="\t")
-    titles = original.merge(item, on=ITEM_COL, how="left")["movie_title:token_seq"].to_numpy()
     answers = tmp_path / "llama_distinguish_answer.txt"
-    answers.write_text(published_answers(original, augment, titles), encoding="utf-8")
+    write_published_answers(source, answers)
     assert answers.read_text().count("LLaMA's cut recommendation for user") == 819
     assert R.main(["apply", "ML-100K", "--data_dir", str(tmp_path), "--answers", str(answers)]) == 0
     ours = (folder / "ML-100K_train_augment.csv").read_bytes()
