@@ -51,7 +51,8 @@ def build_parser():
 
     data_dir_help = "folder holding NAME/ (default: $REFINE_DATA_DIR, else ./dataset)"
     down = commands.add_parser(
-        "download", formatter_class=HelpFormatter, help="fetch raw RecBole files, or with --refined the published splits",
+        "download", formatter_class=HelpFormatter,
+        help="fetch raw RecBole files, or with --refined the published splits",
         description="Fetch the raw files of NAME, or with --refined the authors' split CSVs, into DATA_DIR/NAME/.\n"
                     "Files already there are checked against their published sha256 and kept.",
         epilog="examples:\n  python dataloader.py download ML-100K --refined --data_dir dataset\n"
@@ -89,7 +90,8 @@ def build_parser():
 
     prep = commands.add_parser(
         "preprocess", formatter_class=HelpFormatter, help="raw files in DATA_DIR/NAME/ -> the three split CSVs",
-        description="docs/method.md §1.2: raw files in DATA_DIR/NAME/ -> NAME_train_original.csv, NAME_validation.csv and\n"
+        description="docs/method.md §1.2: raw files in DATA_DIR/NAME/ -> NAME_train_original.csv, "
+                    "NAME_validation.csv and\n"
                     "NAME_test.csv beside them (written together, or none). The defaults are the published\n"
                     "settings; they reproduce the published ML-100K splits byte for byte.",
         epilog="examples:\n  python dataloader.py preprocess ML-100K\n"

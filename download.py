@@ -319,7 +319,8 @@ def download_netflix_items(folder, args, log):
         try:
             _report(genres, fetch(args.genres_url, genres, None, not args.no_progress), log)
         except DownloadError as error:
-            raise DownloadError(f"{error}. Download {NETFLIX_GENRES} by hand from {GENRES_PAGE} into {folder}/") from None
+            raise DownloadError(f"{error}. Download {NETFLIX_GENRES} by hand from {GENRES_PAGE} "
+                                f"into {folder}/") from None
     titles = folder / NETFLIX_TITLES
     if titles.exists():
         log(f"  {titles} already present, skipped")

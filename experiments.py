@@ -55,7 +55,8 @@ PRESETS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
-        prog="python experiments.py", description="Run several configs x seeds of main.py in parallel and report mean +- std, "
+        prog="python experiments.py",
+        description="Run several configs x seeds of main.py in parallel and report mean +- std, "
                     "95% confidence intervals and paired significance tests.",
         formatter_class=HelpFormatter,
         usage="%(prog)s [options] [-- MAIN.PY FLAGS FOR EVERY RUN]",
@@ -73,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                "OUT/bars.png")
     parser.add_argument("--dataset", help="dataset name, as main.py --dataset (required unless --report)")
     parser.add_argument("--out", help="output folder of the sweep (required unless --report)")
-    parser.add_argument("--report", metavar="OUT", help="only write the report of the finished runs in OUT (default: run the sweep, then report)")
+    parser.add_argument("--report", metavar="OUT",
+                        help="only write the report of the finished runs in OUT (default: run the sweep, then report)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="paper",
                         help="named set of configs: paper = " + ", ".join(PRESETS["paper"]) + "; relabel = "
                              "LightGCN and ReFINe on the LLM's labels, the original ratings and each of "

@@ -214,8 +214,8 @@ def summarize(out: Path, baseline=None, k=20, collected=None) -> dict:
             for metric in METRICS:
                 base_mean = stats_mean(base_runs, metric)
                 p_seed, p_user = paired_tests(runs, base_runs, metric)
-                comparison[metric] = {"rel_diff": (entry["mean"][metric] - base_mean) / base_mean if base_mean else None,
-                                      "p_seed_ttest": p_seed, "p_user_wilcoxon": p_user}
+                rel_diff = (entry["mean"][metric] - base_mean) / base_mean if base_mean else None
+                comparison[metric] = {"rel_diff": rel_diff, "p_seed_ttest": p_seed, "p_user_wilcoxon": p_user}
             entry["vs_baseline"] = {"paired_seeds": len({run.seed for run in runs} & {run.seed for run in base_runs}),
                                     "recall_rel_diff": comparison["recall"]["rel_diff"],
                                     "p_seed_ttest": comparison["recall"]["p_seed_ttest"],
@@ -395,6 +395,6 @@ def report(out: Path, baseline=None, k=20) -> dict:
         json.dump(summary, handle, indent=1, allow_nan=False)
     plot(out, summary, collected.configs, k)
     print(text)
-    print(f"written: {', '.join(str(out / name) for name in ('summary.md', 'summary.tex', 'summary.json', 'curves.png', 'bars.png'))}",
-          file=sys.stderr)
+    written = ("summary.md", "summary.tex", "summary.json", "curves.png", "bars.png")
+    print(f"written: {', '.join(str(out / name) for name in written)}", file=sys.stderr)
     return summary

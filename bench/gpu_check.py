@@ -41,7 +41,8 @@ def versions(opts) -> int:
     import torch
     import torch_geometric
     result = {"python": sys.version.split()[0], "torch": torch.__version__,
-              "torch_geometric": torch_geometric.__version__, "cuda_build": torch.version.cuda, "cuda_available": torch.cuda.is_available(), "gpus": []}
+              "torch_geometric": torch_geometric.__version__, "cuda_build": torch.version.cuda,
+              "cuda_available": torch.cuda.is_available(), "gpus": []}
     for index in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(index)
         result["gpus"].append({"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),

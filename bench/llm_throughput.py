@@ -16,9 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llm.backends import Request, TransformersBackend
-from llm.data import load_train, read_skip_users
-from llm.prompts import budget_text, build_prompts, prompt_hash
+from llm.backends import Request, TransformersBackend  # noqa: E402
+from llm.data import load_train, read_skip_users  # noqa: E402
+from llm.prompts import budget_text, build_prompts, prompt_hash  # noqa: E402
 from bench.tiny_llm import build_tiny_llm, synthetic_joined  # noqa: E402
 
 

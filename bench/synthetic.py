@@ -88,7 +88,8 @@ def generate(preset: str = "ml-1m", scale: float = 1.0, seed: int = 0) -> RecDat
 
     train_pos = pairs(rng.permutation(pos_keys))
     return RecData(num_users=num_users, num_items=num_items, train_pos=train_pos, graph_edges=train_pos,
-                   graph_ratings=torch.full((train_pos.size(1),), 4.0), train_neg=pairs(splits["neg"]), train_neutral=pairs(splits["neutral"]),
+                   graph_ratings=torch.full((train_pos.size(1),), 4.0), train_neg=pairs(splits["neg"]),
+                   train_neutral=pairs(splits["neutral"]),
                    valid=pairs(splits["valid"]), test=pairs(splits["test"]),
                    user_ids=np.arange(num_users), item_ids=np.arange(num_items))
 

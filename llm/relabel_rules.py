@@ -160,7 +160,8 @@ def collaborative_scores(data, options):
     import cli
     import dataloader
     import devices
-    from main import build_model, check_args  # main.py's building blocks
+    from main import check_args  # main.py's check of flags against the data
+    from training import build_model
     from utils import set_seed
 
     args = cli.build_parser().parse_args(

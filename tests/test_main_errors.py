@@ -253,7 +253,7 @@ def test_an_error_a_library_raises_while_a_stop_unwinds_is_reported_as_the_stop(
         try:
             raise KeyboardInterrupt
         except KeyboardInterrupt:
-            raise RuntimeError("library cleanup failed")
+            raise RuntimeError("library cleanup failed")  # noqa: B904 (as a library would)
 
     monkeypatch.setattr(training, "train_bpr_epoch", stopped_inside_a_library)
     if not stopped:
