@@ -1,4 +1,4 @@
-"""Full-ranking evaluation: masked top-k over all items, precision / recall / NDCG@k (SPEC section 4).
+"""Full-ranking evaluation: masked top-k over all items, precision / recall / NDCG@k (docs/method.md §4).
 
     python -m pytest tests/test_metrics.py
 

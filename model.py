@@ -134,7 +134,7 @@ def bpr_loss(pos_score, neg_score, embedding_weight, node_id, lambda_reg: float 
 
 
 class DispreferenceAutoencoder(torch.nn.Module):
-    """ReFINe++'s autoencoder of confirmed negatives, as published (SPEC 6):
+    """ReFINe++'s autoencoder of confirmed negatives, as published (docs/method.md §6):
 
         encoder: Linear(n, hidden), ReLU, Linear(hidden, latent)      -- the latent code has no activation
         decoder: Linear(latent, hidden), ReLU, Linear(hidden, n), Sigmoid
@@ -179,7 +179,7 @@ class DispreferenceAutoencoder(torch.nn.Module):
 
 
 class ReFINePlus(torch.nn.Module):
-    """ReFINe++ (SPEC section 6): LightGCN over positive AND negative edges, a multi-negative
+    """ReFINe++ (docs/method.md §6): LightGCN over positive AND negative edges, a multi-negative
     ranking loss, and user/item autoencoders of the batch's confirmed negatives whose codes the
     LightGCN representations are pulled towards:
 
@@ -205,7 +205,7 @@ class ReFINePlus(torch.nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self):
-        """Initialise as the published model does, in its order of random draws (SPEC 6):
+        """Initialise as the published model does, in its order of random draws (docs/method.md §6):
         the embedding's N(0, 1) init, then each Linear's default init (weight, then bias) in the order
         user encoder, user decoder, item encoder, item decoder; then Xavier-uniform on the embedding,
         then on each Linear's weight in the same order. Biases keep their default init."""

@@ -1,4 +1,4 @@
-"""Negative sampling weights of ReFINe and the weighted negative draw (SPEC section 3).
+"""Negative sampling weights of ReFINe and the weighted negative draw (docs/method.md §3).
 
     python -m pytest tests/test_sampler.py tests/test_perf.py
 

@@ -1,6 +1,6 @@
 """Time ReFINe epochs (train, similarity refinement, evaluation) against the published design.
 
-    python bench/bench_epoch.py --data_dir ../shared/datasets --dataset ML-100K --out bench/ml100k.json
+    python bench/bench_epoch.py --data_dir dataset --dataset ML-100K --out bench/ml100k.json
     python bench/bench_epoch.py --synthetic amazon-book --impls sparse --epochs 1 --t 1   # scale run
 
 Implementations (--impls, run interleaved in one process, order alternating per epoch, so

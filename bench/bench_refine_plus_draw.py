@@ -1,6 +1,6 @@
 """Time ReFINe++ training epochs with the published negative draw against --refine_plus_negatives shared_fast.
 
-    python bench/bench_refine_plus_draw.py --data_dir ../shared/datasets --dataset ML-100K --epochs 4 \
+    python bench/bench_refine_plus_draw.py --data_dir dataset --dataset ML-100K --epochs 4 \
         --out bench/results/refine_plus_draw_cpu.json
 
 `shared` (the default) draws a row of I // 10 negatives for every positive of a batch and keeps the

@@ -5,7 +5,7 @@ decoding), not a real LLM. With --count it instead counts a dataset's prompts an
 the basis of the README's estimate for a real run.
 
     python bench/llm_throughput.py --prompts 8 --batch_size 8
-    python bench/llm_throughput.py --count ML-100K --data_dir ../shared/datasets
+    python bench/llm_throughput.py --count ML-100K --data_dir dataset
 """
 import argparse
 import sys
