@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import dataloader  # noqa: E402
+from catalog import default_data_dir  # noqa: E402
 import main as refine_main  # noqa: E402
 import sampler  # noqa: E402
 import synthetic  # noqa: E402
@@ -160,7 +161,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--synthetic", choices=sorted(synthetic.PRESETS), help="a generated graph of this size")
-    parser.add_argument("--data_dir", default=os.environ.get("REFINE_DATA_DIR", "dataset"))
+    parser.add_argument("--data_dir", default=default_data_dir())
     parser.add_argument("--dataset", default="ML-100K")
     parser.add_argument("--scale", type=float, default=1.0, help="shrink a synthetic preset (users, items, edges)")
     parser.add_argument("--seed", type=int, default=0)

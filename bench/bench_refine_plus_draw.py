@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import dataloader  # noqa: E402
+from catalog import default_data_dir  # noqa: E402
 import main as refine_main  # noqa: E402
 import training  # noqa: E402
 from utils import atomic_write, set_seed  # noqa: E402
@@ -33,7 +34,7 @@ MODES = ("shared", "shared_fast")
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data_dir", default=os.environ.get("REFINE_DATA_DIR", "dataset"))
+    parser.add_argument("--data_dir", default=default_data_dir())
     parser.add_argument("--dataset", default="ML-100K")
     parser.add_argument("--epochs", type=int, default=4, help="timed epochs per mode")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")

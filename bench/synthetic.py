@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from catalog import PUBLISHED_R, SPLIT_COLUMNS  # noqa: E402
 from dataloader import RecData  # noqa: E402
 
 
@@ -36,9 +37,9 @@ class Preset:
 # (1.17M train edges). The ML-100K augment split has 0.24 negatives and 0.26 neutrals per positive;
 # Amazon-Book has fewer 1-star ratings, so 0.1 there.
 PRESETS = {
-    "ml-100k": Preset(938, 1008, 52_984, 0.24, 0.26, 100),
-    "ml-1m": Preset(6_038, 3_533, 575_000, 0.24, 0.26, 250),
-    "netflix-1m": Preset(4_803, 5_575, 419_376, 0.24, 0.26, 300),
+    "ml-100k": Preset(938, 1008, 52_984, 0.24, 0.26, PUBLISHED_R["ML-100K"]),
+    "ml-1m": Preset(6_038, 3_533, 575_000, 0.24, 0.26, PUBLISHED_R["ML-1M"]),
+    "netflix-1m": Preset(4_803, 5_575, 419_376, 0.24, 0.26, PUBLISHED_R["Netflix-1M"]),
     "amazon-book": Preset(28_623, 29_948, 1_170_000, 0.10, 0.10, 100),
 }
 
@@ -101,7 +102,7 @@ def write_splits(data: RecData, out_dir, name: str) -> Path:
     from utils import atomic_write
 
     folder = Path(out_dir) / name
-    columns = ["user_id:token", "item_id:token", "rating:float"]
+    columns = SPLIT_COLUMNS
 
     def frame(*parts):
         rows = [np.column_stack([edges[0].numpy(), edges[1].numpy(), np.full(edges.size(1), rating)])

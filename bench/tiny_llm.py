@@ -8,6 +8,9 @@ the same from_pretrained path a user takes, without downloads.
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from catalog import SPLIT_COLUMNS  # noqa: E402
+
 
 def build_tiny_llm(folder, texts, vocab_size=400, hidden=64, layers=2, seed=0):
     """Train a tokenizer on `texts`, build a random LlamaForCausalLM, save both into `folder`."""
@@ -48,11 +51,10 @@ def synthetic_joined(n_users=8, n_items=60, per_user=12, seed=0):
         for item in rng.choice(np.arange(1, n_items + 1), size=per_user, replace=False):
             rows.append((user, int(item), int(rng.choice([1, 2, 3, 3, 3, 4, 5])),
                          f"Movie Number {item}", genres[item % len(genres)]))
-    return pd.DataFrame(rows, columns=["user_id:token", "item_id:token", "rating:float", "title", "genre"])
+    return pd.DataFrame(rows, columns=[*SPLIT_COLUMNS, "title", "genre"])
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from llm.prompts import INSTRUCTIONS
 
     print(build_tiny_llm(sys.argv[1] if len(sys.argv) > 1 else "tiny-llm", [INSTRUCTIONS] * 10))
