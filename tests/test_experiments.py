@@ -351,6 +351,7 @@ def test_a_run_that_cannot_start_is_a_failure(tmp_path, monkeypatch):
     assert sweep.last_line(runs[0]) == f"{tmp_path / 'seed0' / 'run.json'}: No space left on device"
 
 
+@pytest.mark.slow
 def test_sweep_runs_each_run_once_and_reports_the_same(toy_data, tmp_path):
     out = tmp_path / "out"
     first = run_sweep(sweep_command(toy_data, out), tmp_path)
@@ -402,6 +403,7 @@ def children_of(pid):
     return children
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the driver's children in /proc (Linux)")
 @pytest.mark.parametrize("stop", ["kill the run", "stop the sweep", "kill the driver"])
 def test_interrupted_sweep_completes_on_rerun(toy_data, tmp_path, stop):
@@ -456,6 +458,7 @@ def test_interrupted_sweep_completes_on_rerun(toy_data, tmp_path, stop):
     assert "Final Test Results" in log
 
 
+@pytest.mark.slow
 def test_a_run_whose_folder_is_blocked_fails_the_sweep(toy_data, tmp_path):
     """The run folder cannot be made (a file in the way): the run is reported as failed, the others
     finish, and the sweep exits 1, not 0 with "nothing to report"."""
@@ -490,6 +493,7 @@ def test_an_error_while_the_bar_is_drawn_starts_its_own_line(tmp_path, toy_data,
     assert code == 2 and "\nerror: something went wrong\n" in err and err.endswith("\n")
 
 
+@pytest.mark.slow
 def test_failing_config_is_reported_and_the_others_finish(toy_data, tmp_path):
     out = tmp_path / "out"
     command = sweep_command(toy_data, out, "--config", "broken=--learning_rate fast", configs=("refine",))
@@ -501,6 +505,7 @@ def test_failing_config_is_reported_and_the_others_finish(toy_data, tmp_path):
     assert [(entry["name"], entry["seeds"]) for entry in summary["configs"]] == [("refine", 2), ("broken", 0)]
 
 
+@pytest.mark.slow
 def test_ray_executor_gives_the_local_results(toy_data, tmp_path):
     pytest.importorskip("ray")
     local, remote = tmp_path / "local", tmp_path / "ray"

@@ -308,6 +308,7 @@ def test_ctrl_c_while_importing_is_one_line(tmp_path):
     assert_one_error_line(process.stderr, "interrupted while starting", "nothing can be resumed")
 
 
+@pytest.mark.slow
 def test_sigterm_stops_like_ctrl_c_even_where_ctrl_c_is_ignored(tmp_path):
     """A background job ignores SIGINT; SIGTERM (a scheduler's stop, experiments.py's) keeps the finished
     epochs, says so in one line, and --resume then finishes the run."""

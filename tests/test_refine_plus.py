@@ -194,6 +194,7 @@ def test_initialisation_follows_the_published_order():
     assert isinstance(model.user_ae.encoder[-1], torch.nn.Linear)
 
 
+@pytest.mark.slow
 def test_ml100k_matches_published_refine_plus_code_on_cpu(ml100k_splits, tmp_path, monkeypatch, capsys):
     """Two epochs of the default ReFINe++ run on the published splits: the statistics lines and every
     epoch block equal the published ReFINe++ code's own CPU log (same random stream, draw for draw)."""
