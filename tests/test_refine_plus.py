@@ -84,7 +84,7 @@ def test_refine_plus_encodes_negatives_and_builds_unsigned_graph(tmp_path):
 def test_each_model_trains_with_falling_loss(model_name, tmp_path, monkeypatch, capsys):
     write_synthetic_dataset(tmp_path / "data", "TOY", num_users=40, num_items=60)
     monkeypatch.chdir(tmp_path)
-    code = main.main(["--data_dir", str(tmp_path / "data"), "--dataset", "TOY", "--model", model_name,
+    code = main.main(["--data_dir", str(tmp_path / "data"), "--dataset", "TOY", "--model", model_name, "--device", "cpu",
                       "--epochs", "10", "--batch_size", "64", "--top_k", "5", "10", "--r", "5", "--t", "4",
                       "--embedding_dim", "16", "--layers", "2", "--learning_rate", "0.01"])
     out = capsys.readouterr().out
@@ -199,7 +199,7 @@ def test_ml100k_matches_published_refine_plus_code_on_cpu(ml100k_splits, tmp_pat
     """Two epochs of the default ReFINe++ run on the published splits: the statistics lines and every
     epoch block equal the published ReFINe++ code's own CPU log (same random stream, draw for draw)."""
     monkeypatch.chdir(tmp_path)
-    code = main.main(["--data_dir", str(ml100k_splits), "--model", "refine_plus", "--epochs", "2"])
+    code = main.main(["--data_dir", str(ml100k_splits), "--model", "refine_plus", "--epochs", "2", "--device", "cpu"])
     out = capsys.readouterr().out
     assert code == 0
     on_cpu = (ORACLE_DIR / "ReFINe_plus_ML-100K.published-code-on-cpu.out").read_text()

@@ -168,7 +168,7 @@ def test_collaborative_trains_lightgcn_keeps_counts_and_is_seeded(tmp_path):
     _, train, llm = fake_llm_dataset(tmp_path / "data")
     files = []
     for out in ("a", "b"):
-        relabelled(tmp_path / "data", tmp_path / out, "collaborative", "--epochs", "2", "--seed", "5")
+        relabelled(tmp_path / "data", tmp_path / out, "collaborative", "--epochs", "2", "--seed", "5", "--device", "cpu")
         files.append((tmp_path / out / "ML-100K" / "ML-100K_train_augment.csv").read_bytes())
     assert files[0] == files[1]
     out = pd.read_csv(tmp_path / "a" / "ML-100K" / "ML-100K_train_augment.csv")
