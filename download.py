@@ -394,7 +394,11 @@ def download(args, log, warn):
     if name not in DATASETS:
         raise InputError(f"no known source for dataset {name!r} (known: {', '.join(DATASETS)}); "
                          f"put its RecBole files in {Path(args.data_dir) / name}/ by hand")
-    shlex.split(args.pip_args)  # an unbalanced quote fails here, not after the first download
+    try:  # an unbalanced quote fails here, not after the first download
+        shlex.split(args.pip_args)
+    except ValueError as exc:
+        raise InputError(f"--pip_args {args.pip_args!r}: cannot split it into pip's arguments ({exc}); "
+                         f"check its quotes") from None
     raw_sources(name, args.source)
     folder = Path(args.data_dir) / name
     log(f"{name} -> {folder}/")

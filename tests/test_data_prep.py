@@ -988,3 +988,13 @@ def test_preprocess_stopped_by_a_signal_is_one_line_exit_2(tmp_path, signum):
     assert err == ("error: interrupted; no split file was written or replaced (the three are renamed into place "
                    "together at the end); rerun the same command\n")
     assert sorted(p.name for p in (tmp_path / "own").iterdir()) == ["own.inter"]
+
+
+def test_pip_args_with_an_unbalanced_quote_is_one_line_before_any_download(tmp_path):
+    """Through the real entry point: the flag is checked before anything is fetched or written."""
+    process = subprocess.run([sys.executable, str(ROOT / "dataloader.py"), "download", "ML-100K", "--data_dir",
+                              str(tmp_path / "data"), "--pip_args", '--index-url "http://example.invalid'],
+                             capture_output=True, text=True, timeout=120)
+    assert process.returncode == 2 and "Traceback" not in process.stderr
+    assert process.stderr.count("\n") == 1 and process.stderr.startswith("error: --pip_args ")
+    assert "No closing quotation" in process.stderr and not (tmp_path / "data").exists()
