@@ -69,8 +69,9 @@ def test_relative_links_resolve(page):
 
 
 def user_facing_files():
-    """README, docs, bench, the results' pages and every module outside tests/."""
-    files = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *(ROOT / "results4comparison").rglob("*.md")]
+    """README, docs, bench, the results (pages, logs, run records) and every module outside tests/."""
+    files = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]
+    files += [p for p in (ROOT / "results4comparison").rglob("*") if p.suffix in (".md", ".out", ".json", ".tex")]
     files += [p for p in (ROOT / "bench").rglob("*") if p.suffix in (".md", ".py", ".sh")]
     files += [p for p in ROOT.rglob("*.py") if not ({"tests", ".venv", "venv", "dataset", "result"}
                                                     & set(p.relative_to(ROOT).parts))]
