@@ -287,11 +287,14 @@ def notebook_style_prompt_lists(train, item, skip, max_prompts=None):
     return out
 
 
+SHIPPED_SKIP_LIST = ROOT / "llm" / "skip_users" / "ML-100K.txt"
+
+
 def test_ml100k_prompts_equal_notebook_style_derivation(ml100k_with_raw):
     folder = ml100k_with_raw / "ML-100K"
     train = pd.read_csv(folder / "ML-100K_train_original.csv")
     item = pd.read_csv(folder / "ml-100k.item", sep="\t")
-    skip = read_skip_users(folder / "llm_skip_users.txt")
+    skip = read_skip_users(SHIPPED_SKIP_LIST)  # the published notebook's list, shipped with llm/
     expected = notebook_style_prompt_lists(train, item, skip)
     joined = train.merge(item, on=ITEM_COL, how="left").rename(
         columns={"movie_title:token_seq": "title", "class:token_seq": "genre"})
@@ -302,16 +305,18 @@ def test_ml100k_prompts_equal_notebook_style_derivation(ml100k_with_raw):
         assert job.prompt1 == prompt1_text("MovieLens-100K", pos5, example, few, real)
 
 
-# The first ids of the `skip` array in the published ML-100K notebook (2_augmenting_LLM_llama.ipynb).
+# The first ids of the `skip` array in the published ML-100K notebook (2_augmenting_LLM_llama.ipynb),
+# and its length.
 NOTEBOOK_SKIP_HEAD = [1, 6, 7, 10, 13, 18, 59, 85, 90, 92]
+NOTEBOOK_SKIP_COUNT = 116
 
 
-def test_shipped_ml100k_skip_list_gives_the_published_prompts(shared_dir, tmp_path):
+def test_shipped_ml100k_skip_list_gives_the_published_prompts(ml100k_with_raw, tmp_path):
     """`prompts` with no skip list of the user's reads the shipped one: the first users' prompts are
     the notebook's; asking everyone instead changes them from the first user on (user 1 is skipped)."""
-    source = shared_dir / "datasets" / "ML-100K"
-    shipped = read_skip_users(ROOT / "llm" / "skip_users" / "ML-100K.txt")
-    assert sorted(shipped)[:10] == NOTEBOOK_SKIP_HEAD and shipped == read_skip_users(source / "llm_skip_users.txt")
+    source = ml100k_with_raw / "ML-100K"
+    shipped = read_skip_users(SHIPPED_SKIP_LIST)
+    assert sorted(shipped)[:10] == NOTEBOOK_SKIP_HEAD and len(shipped) == NOTEBOOK_SKIP_COUNT
     folder = tmp_path / "ML-100K"
     folder.mkdir()
     for name in ("ML-100K_train_original.csv", "ml-100k.item"):
