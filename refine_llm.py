@@ -31,7 +31,7 @@ from catalog import SPLITS, default_data_dir, missing_split_message, split_path
 from llm.answers import AnswerCache, apply_labels, parse_answers, relabel
 from llm.backends import DEFAULT_MODEL, ReplayBackend, TransformersBackend
 from llm.data import (ITEM_COL, RATING_COL, USER_COL, get_preset, load_train, naming, output_folder, read_csv_checked,
-                      read_skip_users, require_file, shipped_skip_list)
+                      default_skip_users, read_skip_users, require_file)
 from llm.generate import generate_answers
 from llm.openai_backend import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, OpenAIBackend
 from llm.prompts import build_prompts, prompt_hash
@@ -220,16 +220,12 @@ def build_parser():
 def resolve_paths(args):
     """(dataset folder, output folder, the set of user ids not to ask).
 
-    The skip list: --skip_users FILE, else DATA_DIR/NAME/llm_skip_users.txt, else the published one
-    in llm/skip_users/ (without it the prompts after the first skipped user differ from the
-    published ones, as one random stream shuffles every user's lists in turn).
+    The skip list: --skip_users FILE ("none": nobody), else llm.data.default_skip_users.
     """
     dataset_dir = Path(args.data_dir) / args.name
     out_dir = Path(args.out_dir) if args.out_dir else dataset_dir / "llm"
     if args.skip_users is None:
-        default = dataset_dir / "llm_skip_users.txt"
-        path = default if default.exists() else shipped_skip_list(args.name)
-        skip = read_skip_users(path) if path else set()
+        skip = default_skip_users(args.data_dir, args.name)
     elif args.skip_users.lower() == "none":
         skip = set()
     else:

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from llm.backends import Request, TransformersBackend  # noqa: E402
-from llm.data import load_train, read_skip_users  # noqa: E402
+from llm.data import default_skip_users, load_train  # noqa: E402
 from llm.prompts import budget_text, build_prompts, prompt_hash  # noqa: E402
 from bench.tiny_llm import build_tiny_llm, synthetic_joined  # noqa: E402
 
@@ -37,8 +37,7 @@ def time_generation(model_dir, jobs, batch_size, device):
 def count(name, data_dir):
     """Prompt and character counts of a dataset's refinement run (chars ~ 3.5 per Llama token)."""
     _, joined = load_train(data_dir, name)
-    skip_path = Path(data_dir) / name / "llm_skip_users.txt"
-    skip = read_skip_users(skip_path) if skip_path.is_file() else set()
+    skip = default_skip_users(data_dir, name)
     jobs = build_prompts(joined, name, skip)
     chars1 = [len(j.prompt1) for j in jobs]
     budget = [len(budget_text(j.prompt1)) for j in jobs]

@@ -151,6 +151,15 @@ def shipped_skip_list(name):
     return path if path.is_file() else None
 
 
+def default_skip_users(data_dir, name):
+    """The users not to ask when the user names no list: DATA_DIR/NAME/llm_skip_users.txt, else the
+    published one shipped in llm/skip_users/ (without it the prompts after the first skipped user
+    differ from the published ones, as one random stream shuffles every user's lists in turn)."""
+    user_file = Path(data_dir) / name / "llm_skip_users.txt"
+    path = user_file if user_file.exists() else shipped_skip_list(name)
+    return read_skip_users(path) if path else set()
+
+
 def read_skip_users(path):
     """One user id per line; blank lines and `#` comment lines ignored."""
     path = require_file(path, f"skip list not found: {path}")
