@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import dataloader  # noqa: E402
+import entry  # noqa: E402
 from catalog import default_data_dir  # noqa: E402
 import main as refine_main  # noqa: E402
 import sampler  # noqa: E402
@@ -147,13 +148,13 @@ def summarize(records, impls, t):
         rows = [r for r in records if r["impl"] == impl]
         plain = [r for r in rows if r["epoch"] < t] or rows
         refined = [r for r in rows if r["epoch"] >= t]
-        entry = {"train": statistics.median(r["train"] for r in plain),
+        timings = {"train": statistics.median(r["train"] for r in plain),
                  "eval": statistics.median(r["eval"] for r in plain),
                  "epoch": statistics.median(r["weights"] + r["train"] + r["eval"] for r in plain)}
         if refined:
-            entry["refine"] = statistics.median(r["weights"] for r in refined)
-            entry["epoch_refined"] = statistics.median(r["weights"] + r["train"] + r["eval"] for r in refined)
-        summary[impl] = entry
+            timings["refine"] = statistics.median(r["weights"] for r in refined)
+            timings["epoch_refined"] = statistics.median(r["weights"] + r["train"] + r["eval"] for r in refined)
+        summary[impl] = timings
     return summary
 
 
@@ -234,11 +235,11 @@ def main(argv=None) -> int:
     reference = opts.impls[0]
     print(f"\nmedian seconds (epochs < t: weights+train+eval; refined: epochs >= t); ratio = {reference} / impl")
     ratios = {}
-    for impl, entry in summary.items():
-        ratios[impl] = {phase: summary[reference][phase] / value for phase, value in entry.items()
+    for impl, timings in summary.items():
+        ratios[impl] = {phase: summary[reference][phase] / value for phase, value in timings.items()
                         if phase in summary[reference] and value > 0}
         cells = "  ".join(f"{phase} {value:.3f} s (x{ratios[impl].get(phase, float('nan')):.1f})"
-                          for phase, value in entry.items())
+                          for phase, value in timings.items())
         print(f"{impl:>9}: {cells}")
     load_after = os.getloadavg()
     memory = {"peak_rss_mib": peak_rss_mib(), "rss_mib_now": current_rss_mib()}
@@ -267,4 +268,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry.run_script(main, entry.Stop("nothing was saved: rerun it")))

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import dataloader  # noqa: E402
+import entry  # noqa: E402
 from catalog import default_data_dir  # noqa: E402
 import main as refine_main  # noqa: E402
 import training  # noqa: E402
@@ -79,4 +80,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(entry.run_script(main, entry.Stop("nothing was saved: rerun it")))

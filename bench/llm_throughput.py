@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import entry  # noqa: E402
 from llm.backends import Request, TransformersBackend  # noqa: E402
 from llm.data import default_skip_users, load_train  # noqa: E402
 from llm.prompts import budget_text, build_prompts, prompt_hash  # noqa: E402
@@ -77,4 +78,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry.run_script(main, entry.Stop("nothing was saved: rerun it")))

@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from catalog import PUBLISHED_R, SPLIT_COLUMNS  # noqa: E402
+import entry  # noqa: E402
 from dataloader import RecData  # noqa: E402
 
 
@@ -134,4 +135,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry.run_script(main, entry.Stop("the splits are written together or not at all: rerun it")))
