@@ -149,8 +149,8 @@ def summarize(records, impls, t):
         plain = [r for r in rows if r["epoch"] < t] or rows
         refined = [r for r in rows if r["epoch"] >= t]
         timings = {"train": statistics.median(r["train"] for r in plain),
-                 "eval": statistics.median(r["eval"] for r in plain),
-                 "epoch": statistics.median(r["weights"] + r["train"] + r["eval"] for r in plain)}
+                   "eval": statistics.median(r["eval"] for r in plain),
+                   "epoch": statistics.median(r["weights"] + r["train"] + r["eval"] for r in plain)}
         if refined:
             timings["refine"] = statistics.median(r["weights"] for r in refined)
             timings["epoch_refined"] = statistics.median(r["weights"] + r["train"] + r["eval"] for r in refined)
