@@ -13,7 +13,9 @@ they can do then. The script updates it at each point where that changes.
 Stops: `install_stop_handlers()` makes SIGTERM (a scheduler's stop, experiments.py passing a
 Ctrl-C on) raise KeyboardInterrupt like Ctrl-C, so both end the same way, also in background jobs
 where SIGINT is ignored. After a stop, any error a library raises while it unwinds is reported as
-the stop (`stop_requested`).
+the stop (`stop_requested`). Only the first stop raises: the script is already ending, and a second
+one (a repeated Ctrl-C, or the second SIGTERM Linux sends a sweep's run when its driver dies with
+threads) would only cut short the saving of the state or print a traceback from an exit handler.
 """
 import errno
 import signal
@@ -48,6 +50,8 @@ class Stop:
 
 def _stop_like_ctrl_c(signum, frame):
     global stop_requested
+    if stop_requested:  # already stopping: let the first stop finish what it is doing
+        return
     stop_requested = True
     raise KeyboardInterrupt
 
