@@ -9,6 +9,7 @@ they can do then. The script updates it at each point where that changes.
     error: <message of an InputError>
     error: interrupted[ <where>]; <then>
     error: <path>: <what the OS said>; <then>          (a full disk, a directory in the way, ...)
+    error: standard output was closed (...); <then>    (`python main.py ... | head`)
 
 Stops: `install_stop_handlers()` makes SIGTERM (a scheduler's stop, experiments.py passing a
 Ctrl-C on) raise KeyboardInterrupt like Ctrl-C, so both end the same way, also in background jobs
@@ -18,6 +19,7 @@ one (a repeated Ctrl-C, or the second SIGTERM Linux sends a sweep's run when its
 threads) would only cut short the saving of the state or print a traceback from an exit handler.
 """
 import errno
+import os
 import signal
 import sys
 
@@ -80,6 +82,20 @@ def os_error_line(exc: OSError, then: str) -> str:
     return f"error: {where}: {reason}{f' ({hint})' if hint else ''}; {then}"
 
 
+def _end_with_closed_output(stop: Stop) -> None:
+    """The reader of stdout went away (`| head` read enough): say so on stderr, where the one line
+    still reaches the user, and send what Python still wants to flush at exit to /dev/null, where
+    it would otherwise raise once more and print a traceback."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    try:
+        print(f"error: standard output was closed before the end (a broken pipe, e.g. `| head`); {stop.then}",
+              file=sys.stderr)
+    except OSError:  # stderr is the closed pipe too: the exit code alone tells
+        pass
+
+
 def run_script(body, stop: Stop) -> int:
     """Run `body()` and turn how it ends into an exit code: its return value (None is 0), or 2 with
     one line on stderr for bad input, a stop, or an OS error the user's environment caused."""
@@ -93,6 +109,8 @@ def run_script(body, stop: Stop) -> int:
     except OSError as exc:
         if stop_requested:
             print(stop.line(), file=sys.stderr)
+        elif exc.errno == errno.EPIPE:
+            _end_with_closed_output(stop)
         elif exc.errno in USER_OS_ERRORS:
             print(os_error_line(exc, stop.then), file=sys.stderr)
         else:

@@ -52,3 +52,26 @@ def test_without_a_stop_the_scripts_exit_code_stands(tmp_path):
     """))
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stderr) == (3, "")
+
+
+def test_a_closed_output_pipe_is_one_line(tmp_path):
+    """`python main.py ... | head`: the reader goes away while the script still writes."""
+    script = tmp_path / "chatty.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import entry
+
+        def body():
+            for line in range(10 ** 6):
+                print(f"line {{line}}")
+
+        entry.install_stop_handlers()
+        sys.exit(entry.run_script(body, entry.Stop("rerun the command")))
+    """))
+    chatty = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert chatty.stdout.read(8) == b"line 0\nl"
+    chatty.stdout.close()  # as head does once it has its lines
+    err = chatty.stderr.read().decode()
+    assert chatty.wait(timeout=60) == 2
+    assert err == "error: standard output was closed before the end (a broken pipe, e.g. `| head`); rerun the command\n"
