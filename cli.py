@@ -11,7 +11,7 @@ import signal
 import sys
 
 from catalog import default_data_dir
-from utils import ArgumentParser, HelpFormatter, InputError
+from utils import ArgumentParser, HelpFormatter, InputError, regular_file
 
 EPILOG = """\
 examples:
@@ -198,9 +198,8 @@ def check_splits(args) -> None:
     if message:
         raise InputError(message)
     for path in split_files(args):
-        if not path.is_file():
-            raise InputError(f"{path} is not a file (a folder?): put the split file there, or give the "
-                             f"folder that holds it with --data_dir")
+        regular_file(path, f"missing {path}", "put the split file there, or give the folder that holds it "
+                                              "with --data_dir")
 
 
 def _interrupted_while_starting(signum, frame):

@@ -25,7 +25,7 @@ from catalog import (DATASETS, EXPECTED_SHA256, GENRES_PAGE, GROUPLENS_URL, ITEM
                      NETFLIX_TITLES, PUBLISHED_LOG_SHA256, PUBLISHED_URL, RATING, RAW_SOURCES,
                      RECBOLE_WHEEL, REFINED_FILE_PAGE, REFINED_PAGE, REFINED_SPLITS, SPLITS, USER, published_log_url,
                      published_logs, split_path)
-from utils import InputError, atomic_write, check_output_path
+from utils import InputError, atomic_write, check_output_path, regular_file
 
 # GroupLens u.genre, in flag order (u.item carries 19 0/1 genre flags).
 ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
@@ -470,9 +470,8 @@ def published_log(file_name, base_url=None, progress=False):
     """Path of the authors' log `file_name` under PUBLISHED_DIR, fetched on first use and checked
     by sha256 every time: a changed file is refused (a download that differs is not kept)."""
     known, dest = PUBLISHED_LOG_SHA256[file_name], PUBLISHED_DIR / file_name
-    if dest.is_dir():
-        raise InputError(f"{dest} is a directory, not the published log: move it away and rerun")
     if dest.exists():
+        regular_file(dest, "", "move it away and rerun to fetch the published log")
         sha = sha256_of(dest)
         if sha != known:
             raise InputError(f"{dest} differs from the published log (sha256 {sha}, published {known}); "

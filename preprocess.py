@@ -14,7 +14,10 @@ from pathlib import Path
 
 from catalog import (DATASETS, GENRES_PAGE, ITEM, MOVIE_TITLES_PAGE, NETFLIX_GENRES, NETFLIX_TITLES, RATING,
                      SPLIT_COLUMNS, SPLITS, USER, DatasetInfo, split_path)
-from utils import InputError, atomic_write, check_output_path
+from utils import InputError, atomic_write, check_output_path, regular_file
+
+# What to do when something other than a file stands where an input file belongs.
+INPUT_IN_THE_WAY = "move it away and put the file there"
 
 # The published settings (docs/method.md §1.2): the defaults of the `preprocess` flags.
 DEFAULTS = dict(positive_threshold=4, min_user=5, min_item=5, test_ratio=0.2, valid_ratio=0.1, seed=2024,
@@ -29,17 +32,6 @@ def default_options(**changes):
 # ----------------------------------------------------------------------------------------------
 # Reading raw files
 
-def check_input_file(path, source=None):
-    """`path` as a Path if it is a file; else an InputError naming it (and where it comes from).
-    A file that cannot be read is left to open(): its OSError names the path (entry.run_script)."""
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path} is a directory, not a file: move it away and put the file there")
-    if not path.exists():
-        raise InputError(f"missing {path}" + (f" ({source})" if source else ""))
-    return path
-
-
 def read_atomic(path, required, usecols=None):
     """Read a tab-separated RecBole atomic file, checking the header has the `required` fields.
 
@@ -48,7 +40,7 @@ def read_atomic(path, required, usecols=None):
     """
     import pandas as pd
 
-    path = check_input_file(path)
+    path = regular_file(path, f"missing {path}", INPUT_IN_THE_WAY)
     with open(path, encoding="utf-8", errors="replace") as handle:
         header = handle.readline().rstrip("\r\n")
     if not header.strip():
@@ -94,7 +86,7 @@ def read_movie_titles(path):
     """
     import pandas as pd
 
-    path = check_input_file(path, f"Netflix Prize data, {MOVIE_TITLES_PAGE}")
+    path = regular_file(path, f"missing {path} (Netflix Prize data, {MOVIE_TITLES_PAGE})", INPUT_IN_THE_WAY)
     rows = []
     with open(path, encoding="ISO-8859-1") as handle:
         for number, line in enumerate(handle, 1):
@@ -119,7 +111,7 @@ def read_netflix_genres(path):
     genres:token]. The one reader of this file, for preprocessing and the LLM stage."""
     import pandas as pd
 
-    path = check_input_file(path, GENRES_PAGE)
+    path = regular_file(path, f"missing {path} ({GENRES_PAGE})", INPUT_IN_THE_WAY)
     try:
         genres = pd.read_csv(path)
     except pd.errors.EmptyDataError:

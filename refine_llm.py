@@ -31,13 +31,13 @@ from catalog import SPLITS, default_data_dir, missing_split_message, split_path
 from llm.answers import AnswerCache, apply_labels, parse_answers, relabel
 from llm.backends import DEFAULT_MODEL, ReplayBackend, TransformersBackend
 from llm.data import (ITEM_COL, RATING_COL, USER_COL, get_preset, load_train, naming, output_folder, read_csv_checked,
-                      default_skip_users, read_skip_users, require_file)
+                      default_skip_users, read_skip_users)
 from llm.generate import generate_answers
 from llm.openai_backend import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, OpenAIBackend
 from llm.prompts import build_prompts, prompt_hash
 from llm.relabel_rules import (RULES, SEEDED, RuleOptions, labels_from_answers, labels_from_augment,
                                per_user_counts)
-from utils import ArgumentParser, HelpFormatter, InputError, atomic_write
+from utils import ArgumentParser, HelpFormatter, InputError, atomic_write, regular_file
 
 # numpy, pandas, asyncio, openai and transformers are imported inside the functions that need them
 # (here and in llm/), so that --help and flag errors answer at once.
@@ -409,7 +409,7 @@ def relabel_input(args):
     if message:  # the validation and test files are copied beside the relabelled train file
         raise InputError(message)
     llm_path = Path(args.llm) if args.llm else split_path(args.data_dir, args.name, "train_augment")
-    require_file(llm_path, f"the LLM's labels not found: {llm_path}: give --llm, an augment file made by the "
+    regular_file(llm_path, f"the LLM's labels not found: {llm_path}: give --llm, an augment file made by the "
                            f"apply stage (or the published one), an answers file or a JSONL cache")
     if llm_path.suffix.lower() == ".csv":
         train = read_csv_checked(split_path(args.data_dir, args.name, "train_original"),
@@ -497,7 +497,7 @@ def run_stage(args, stop):
         _, out_dir, _ = resolve_paths(args)
         train, joined = load_train(args.data_dir, args.name)
         answers = Path(args.answers) if args.answers else out_dir / "llama_distinguish_answer.txt"
-        require_file(answers, f"answers file not found: {answers}")
+        regular_file(answers, f"answers file not found: {answers}")
         stage_apply(args, train, joined, answers)
     else:
         stop.set("nothing was asked yet; rerun the same command")

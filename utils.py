@@ -96,6 +96,21 @@ class RunLog(io.TextIOBase):
             handle.write(self.getvalue())
 
 
+def regular_file(path, missing: str, fix: str = "give the file itself") -> Path:
+    """`path` as a Path if it is a regular file; else an InputError: `missing` where nothing is there,
+    or one naming what stands there instead (a folder, a device or pipe) and `fix`. Checked before
+    the work starts. A file that cannot be read fails when it is opened, as an OSError naming it
+    (entry.run_script makes that one line)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not a file: {fix}")
+    if path.exists():
+        raise InputError(f"{path} is a special file (a device, pipe or socket), not a regular file: {fix}")
+    raise InputError(missing)
+
+
 def check_output_path(path, what="output"):
     """InputError unless a file can be written at `path`: not a directory, no file in the way of
     a parent folder, the nearest existing folder writable. Checked before any work starts."""

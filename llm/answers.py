@@ -6,8 +6,8 @@ import json
 import re
 from pathlib import Path
 
-from llm.data import RATING_COL, USER_COL, naming, require_file, user_id
-from utils import InputError, atomic_write
+from llm.data import RATING_COL, USER_COL, naming, user_id
+from utils import InputError, atomic_write, regular_file
 
 ANSWER_HEADER = "LLaMA's cut recommendation for user {user}:"
 ANSWER_HEADER_PREFIX = "LLaMA's cut recommendation for user"
@@ -21,7 +21,7 @@ CACHE_STATUSES = ("answered", "no_bracket", "too_long")
 
 def read_text_lines(path):
     """Lines of a UTF-8 text file (universal newlines); not UTF-8 -> InputError naming the line."""
-    path = require_file(path, f"answers file not found: {path}")
+    path = regular_file(path, f"answers file not found: {path}")
     data = path.read_bytes()
     try:
         text = data.decode("utf-8")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from catalog import (ITEM, MOVIE_TITLES_PAGE, NETFLIX_GENRES, NETFLIX_TITLES, PROMPT_PRESETS, RATING, USER,
                      missing_split_message)
-from utils import InputError
+from utils import InputError, regular_file
 
 # The dataset vocabulary lives in catalog.py; these are the LLM stage's names for it.
 USER_COL, ITEM_COL, RATING_COL = USER, ITEM, RATING
@@ -23,20 +23,6 @@ def get_preset(name):
 
 # ----------------------------------------------------------------------------------------------
 # Data: train_original joined with titles and genres
-
-
-def require_file(path, missing):
-    """`path` as a Path if it is a file; InputError `missing` if absent, or one naming what is there instead.
-
-    A file that exists but cannot be read (permissions) fails when it is opened, as an OSError
-    naming it, which the entry point turns into one line.
-    """
-    path = Path(path)
-    if path.is_file():
-        return path
-    if path.exists():
-        raise InputError(f"{path} is a folder or a special file, not a regular file: give the file itself")
-    raise InputError(missing)
 
 
 def output_folder(folder, what):
@@ -68,7 +54,7 @@ def read_csv_checked(path, columns, **read_kwargs):
     """Read a CSV and check it has `columns`; missing file or column -> one-line InputError."""
     import pandas as pd
 
-    path = require_file(path, f"file not found: {path}")
+    path = regular_file(path, f"file not found: {path}")
     try:
         frame = pd.read_csv(path, **read_kwargs)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
@@ -95,7 +81,7 @@ def read_item_titles(dataset_dir, name, preset):
     if name == "Netflix-1M":
         titles_path, genres_path = dataset_dir / NETFLIX_TITLES, dataset_dir / NETFLIX_GENRES
         for path in (titles_path, genres_path):
-            require_file(path, missing_item_file_message(path, name, dataset_dir.parent))
+            regular_file(path, missing_item_file_message(path, name, dataset_dir.parent))
         from preprocess import read_movie_titles, read_netflix_genres  # the one reader of each file
 
         titles = read_movie_titles(titles_path)[[ITEM_COL, preset.title_col]]
@@ -103,7 +89,7 @@ def read_item_titles(dataset_dir, name, preset):
         items = titles.merge(genres, on=ITEM_COL, how="left")
     else:
         item_path = dataset_dir / f"{name.lower()}.item"
-        require_file(item_path, missing_item_file_message(item_path, name, dataset_dir.parent))
+        regular_file(item_path, missing_item_file_message(item_path, name, dataset_dir.parent))
         items = read_csv_checked(item_path, [ITEM_COL, preset.title_col, preset.genre_col], sep="\t")
         items = items[[ITEM_COL, preset.title_col, preset.genre_col]]
     if items[ITEM_COL].duplicated().any():
@@ -162,7 +148,7 @@ def default_skip_users(data_dir, name):
 
 def read_skip_users(path):
     """One user id per line; blank lines and `#` comment lines ignored."""
-    path = require_file(path, f"skip list not found: {path}")
+    path = regular_file(path, f"skip list not found: {path}")
     users = set()
     for line_no, line in enumerate(path.read_text().splitlines(), 1):
         text = line.strip()

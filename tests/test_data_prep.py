@@ -256,7 +256,7 @@ def test_netflix_genres_reader(tmp_path):
 @pytest.mark.parametrize("reader", ["read_movie_titles", "read_netflix_genres"])
 def test_netflix_readers_name_a_directory_or_missing_file(tmp_path, reader):
     (tmp_path / "folder").mkdir()
-    with pytest.raises(preprocess.InputError, match="folder is a directory, not a file"):
+    with pytest.raises(preprocess.InputError, match="folder is a folder, not a file"):
         getattr(preprocess, reader)(tmp_path / "folder")
     with pytest.raises(preprocess.InputError, match=r"missing .*absent \(.*https://"):
         getattr(preprocess, reader)(tmp_path / "absent")
@@ -839,7 +839,7 @@ def test_preprocess_raw_file_that_is_a_directory_is_named(tmp_path, capsys, raw)
         (folder / raw).unlink()
     (folder / raw).mkdir()
     code, out, err = run_main(["preprocess", "own", "--data_dir", tmp_path, "--item_columns", "title:token"], capsys)
-    assert (code, err) == (2, f"error: {folder / raw} is a directory, not a file: move it away and put the file there\n")
+    assert (code, err) == (2, f"error: {folder / raw} is a folder, not a file: move it away and put the file there\n")
     assert not list(folder.glob("own_*.csv"))
 
 

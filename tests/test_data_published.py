@@ -89,6 +89,16 @@ def test_a_changed_cached_log_is_refused(published, capsys):
     assert err.count("\n") == 1 and f"{cached} differs from the published log" in err and "delete it" in err
 
 
+def test_a_folder_in_place_of_a_kept_log_is_one_line(published, capsys):
+    server, _ = published
+    (download.PUBLISHED_DIR / "ReFINe_ML-1M.out").mkdir(parents=True)
+    assert compare.main(["published:ML-1M"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {download.PUBLISHED_DIR / 'ReFINe_ML-1M.out'} is a folder, not a file: move it away "
+                   f"and rerun to fetch the published log\n")
+    assert server.requests == []
+
+
 def test_unreachable_is_one_line_naming_the_url_and_the_place(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(download, "PUBLISHED_DIR", tmp_path / "published")
     base = f"http://127.0.0.1:{closed_port()}"

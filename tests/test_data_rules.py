@@ -179,5 +179,5 @@ def test_split_file_that_is_a_directory_is_one_line_exit_2(toy, capsys):
     (toy / "TOY_validation.csv").mkdir()
     code, out, err = run_main(SMALL + ["--data_dir", str(toy.parent)], capsys)
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
-    # main.py checks the split files before loading them (its wording); dataloader's own check is tested there.
-    assert err.startswith(f"error: {toy / 'TOY_validation.csv'} is not a file")
+    # main.py checks the split files before loading them; dataloader's read_split is tested there.
+    assert err.startswith(f"error: {toy / 'TOY_validation.csv'} is a folder, not a file")

@@ -71,7 +71,7 @@ def test_split_file_that_is_a_directory_is_named(tmp_path):
     test_file = tmp_path / "T" / "T_test.csv"
     test_file.unlink()
     test_file.mkdir()
-    with pytest.raises(InputError, match=f"{test_file} is a directory, not a file"):
+    with pytest.raises(InputError, match=f"{test_file} is a folder, not a file"):
         dataloader.load_splits(tmp_path, "T")
 
 

@@ -224,7 +224,7 @@ def test_a_split_file_that_is_a_folder_is_one_line(toy, tmp_path, capsys):
     validation.mkdir()
     code, out, err = run_main(toy + ["--epochs", "1"], capsys)
     assert code == 2 and out == ""
-    assert_one_error_line(err, "TOY_validation.csv is not a file")
+    assert_one_error_line(err, "TOY_validation.csv is a folder, not a file")
     assert not (tmp_path / "result").exists()
 
 

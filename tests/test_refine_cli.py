@@ -163,7 +163,7 @@ def test_an_input_that_is_a_folder_is_one_line_naming_it(tmp_path, capsys, stage
             if what == "skip" else "none"] + (["--answers", str(culprit)] if stage == "apply" else [])
     assert R.main(argv) == 2
     err = capsys.readouterr().err
-    assert err == f"error: {culprit} is a folder or a special file, not a regular file: give the file itself\n"
+    assert err == f"error: {culprit} is a folder, not a file: give the file itself\n"
     assert not (folder / "llm").exists() and not (folder / "ML-100K_train_augment.csv").exists()
 
 

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from utils import EarlyStopping, atomic_write, format_metrics
+from utils import EarlyStopping, InputError, atomic_write, format_metrics, regular_file
 
 
 def test_early_stopping_ties_and_patience():
@@ -59,3 +59,19 @@ def test_atomic_write_names_the_final_file_in_os_errors(tmp_path):
             handle.write("x")
     assert failed.value.filename == str(target) and failed.value.filename2 is None
     assert os.listdir(tmp_path) == ["out.csv"]
+
+
+def test_regular_file_names_what_stands_in_its_place(tmp_path):
+    (tmp_path / "file.csv").write_text("a\n")
+    assert regular_file(str(tmp_path / "file.csv"), "unused") == tmp_path / "file.csv"
+    (tmp_path / "folder.csv").mkdir()
+    os.mkfifo(tmp_path / "pipe.csv")
+    cases = {"folder.csv": "is a folder, not a file: fix it",
+             "pipe.csv": "is a special file (a device, pipe or socket), not a regular file: fix it"}
+    for name, words in cases.items():
+        with pytest.raises(InputError) as raised:
+            regular_file(tmp_path / name, "unused", "fix it")
+        assert str(raised.value) == f"{tmp_path / name} {words}"
+    with pytest.raises(InputError) as raised:
+        regular_file(tmp_path / "absent.csv", "absent.csv is missing: make it")
+    assert str(raised.value) == "absent.csv is missing: make it"
