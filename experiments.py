@@ -104,7 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ray: GPUs per run, fractions share a GPU (default: 1 if the cluster has "
                              "GPUs, else 0)")
     parser.add_argument("--cpus_per_run", type=int, default=1, help="ray: CPU cores (and torch threads) per run")
-    parser.add_argument("--baseline", default=None, help="config the others are tested against (default: the first)")
+    parser.add_argument("--baseline", nargs="+", default=None, metavar="NAME",
+                        help="config the others are tested against (default: the first); with one per model "
+                             "(e.g. --baseline lightgcn-llm refine-llm), each config is tested against the one "
+                             "trained with its own --model")
     parser.add_argument("--k", type=int, default=20, help="cut-off of the reported metrics")
     return parser
 

@@ -7,8 +7,11 @@ From each finished run in OUT (see sweep.py for the folder layout) it reads run.
 run.test_users.csv and the log run.out, once each. Per config, at k = 20: mean +- sample std and
 the 95% t interval of the test metrics over seeds; against a baseline config, the relative
 difference of the means, a paired t-test over seeds and a Wilcoxon signed-rank test over users
-(scipy.stats). Written to OUT as summary.md, summary.tex, summary.json, curves.png and bars.png.
+(scipy.stats). With several baselines (one per model, e.g. LightGCN and ReFINe on the LLM's
+labels), each config is tested against the one trained with its own --model. Written to OUT as
+summary.md, summary.tex, summary.json, curves.png and bars.png.
 """
+import argparse
 import csv
 import json
 import math
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import compare
-from sweep import METRICS, read_manifest, run_status
+from sweep import MANIFEST, METRICS, read_manifest, run_status
 from utils import InputError, atomic_write
 
 MIN_SEEDS = 5  # fewer seeds than this: the tables mark the count and the t-test over seeds with FEW
@@ -188,17 +191,53 @@ def paired_tests(runs, baseline_runs, metric):
     return p_seed, p_user
 
 
+def model_of(flags) -> str:
+    """The --model a config's main.py flags train (main.py's default where they do not say)."""
+    import cli
+
+    parser = cli.build_parser()
+    parser.exit_on_error = False
+    try:
+        return parser.parse_known_args(flags)[0].model
+    except argparse.ArgumentError as exc:
+        raise InputError(f"config flags {' '.join(flags)}: {exc}") from None
+
+
+def baseline_of_each(out: Path, configs, baselines) -> dict:
+    """{config name: the baseline it is tested against, or None}. One baseline: every other config.
+    Several: the one trained with the config's --model; two baselines of one model are refused."""
+    names = [name for name, _, _ in configs]
+    for baseline in baselines:
+        if baseline not in names:
+            raise InputError(f"--baseline {baseline}: not a config of {out} (configs: {', '.join(names)})")
+    if len(baselines) == 1:
+        return {name: None if name == baselines[0] else baselines[0] for name in names}
+    models = {name: model_of(flags) for name, flags, _ in configs}
+    by_model = {}
+    for baseline in baselines:
+        other = by_model.setdefault(models[baseline], baseline)
+        if other != baseline:
+            raise InputError(f"--baseline {other} {baseline}: both train --model {models[baseline]}; "
+                             f"give one baseline per model")
+    return {name: None if name in baselines else by_model.get(models[name]) for name in names}
+
+
 def summarize(out: Path, baseline=None, k=20, collected=None) -> dict:
-    """The summary.json dictionary of the finished runs in OUT (`collected`: collect()'s result, if read)."""
+    """The summary.json dictionary of the finished runs in OUT (`collected`: collect()'s result, if read).
+
+    `baseline`: a config name, a list of them (one per model), or None for the first config."""
     collected = collected or collect(out, k)
     dataset, configs = collected.dataset, collected.configs
     names = [name for name, _, _ in configs]
-    baseline = baseline or (names[0] if names else None)
-    if baseline not in names:
-        raise InputError(f"--baseline {baseline}: not a config of {out} (configs: {', '.join(names)})")
-    base_runs = next(runs for name, _, runs in configs if name == baseline)
-    summary = {"dataset": dataset, "k": k, "baseline": baseline, "configs": [], "left_out": collected.left_out}
+    baselines = [baseline] if isinstance(baseline, str) else list(baseline or names[:1])
+    if not baselines:
+        raise InputError(f"{out}: no configs in its {MANIFEST}")
+    tested_against = baseline_of_each(out, configs, baselines)
+    runs_of = {name: runs for name, _, runs in configs}
+    summary = {"dataset": dataset, "k": k, "baseline": baselines[0], "baselines": baselines, "configs": [],
+               "left_out": collected.left_out}
     for name, flags, runs in configs:
+        baseline, base_runs = tested_against[name], runs_of.get(tested_against[name])
         stats = {metric: describe([run.test[metric] for run in runs]) for metric in METRICS}
         for key in ("best_epoch", "train_seconds"):
             stats[key] = describe([getattr(run, key) for run in runs])
@@ -209,14 +248,15 @@ def summarize(out: Path, baseline=None, k=20, collected=None) -> dict:
                  "std": {key: value["std"] for key, value in stats.items()},
                  "ci95": {metric: stats[metric]["ci95"] for metric in METRICS},
                  "vs_baseline": None}
-        if name != baseline and runs and base_runs:
+        if baseline is not None and runs and base_runs:
             comparison = {}
             for metric in METRICS:
                 base_mean = stats_mean(base_runs, metric)
                 p_seed, p_user = paired_tests(runs, base_runs, metric)
                 rel_diff = (entry["mean"][metric] - base_mean) / base_mean if base_mean else None
                 comparison[metric] = {"rel_diff": rel_diff, "p_seed_ttest": p_seed, "p_user_wilcoxon": p_user}
-            entry["vs_baseline"] = {"paired_seeds": len({run.seed for run in runs} & {run.seed for run in base_runs}),
+            entry["vs_baseline"] = {"baseline": baseline,
+                                    "paired_seeds": len({run.seed for run in runs} & {run.seed for run in base_runs}),
                                     "recall_rel_diff": comparison["recall"]["rel_diff"],
                                     "p_seed_ttest": comparison["recall"]["p_seed_ttest"],
                                     "p_user_wilcoxon": comparison["recall"]["p_user_wilcoxon"],
@@ -244,9 +284,11 @@ def _pct(value) -> str:
 
 
 def table_rows(summary):
-    """Rows of the two report tables: metrics over seeds, and each config against the baseline."""
+    """Rows of the report tables: metrics over seeds, and for each baseline the configs tested against it
+    ({baseline: rows})."""
     k = summary["k"]
-    metric_rows, test_rows = [], []
+    metric_rows = []
+    test_rows = {baseline: [] for baseline in summary.get("baselines", [summary["baseline"]])}
     damaged = {}
     for run in summary.get("left_out", []):
         damaged[run["config"]] = damaged.get(run["config"], 0) + 1
@@ -268,7 +310,7 @@ def table_rows(summary):
                 m = versus["by_metric"][metric]
                 few = FEW if m["p_seed_ttest"] is not None and versus["paired_seeds"] < MIN_SEEDS else ""
                 row += [_pct(m["rel_diff"]), _p(m["p_seed_ttest"]) + few, _p(m["p_user_wilcoxon"])]
-            test_rows.append(row)
+            test_rows[versus.get("baseline", summary["baseline"])].append(row)
     metric_head = ["config", "seeds", f"Precision@{k}", f"Recall@{k} [95% CI]", f"NDCG@{k} [95% CI]",
                    "best epoch", "train s"]
     test_head = ["config", f"ΔRecall@{k}", "p (t, seeds)", "p (Wilcoxon, users)",
@@ -299,11 +341,13 @@ def markdown(summary) -> str:
 
     text = [f"## {summary['dataset']}: test metrics at k = {summary['k']} over seeds", "",
             "mean ± sample std over seeds; [95% confidence interval of the mean, t distribution]; "
-            "best epoch and training seconds are means.", "", *with_notes(mr, mh), "",
-            f"## Against {summary['baseline']}", "",
-            "Δ: relative difference of the means; p (t, seeds): paired t-test over the seeds both configs "
-            "finished; p (Wilcoxon, users): Wilcoxon signed-rank test over test users, each user's metric "
-            "averaged over those seeds.", "", *with_notes(tr, th), ""]
+            "best epoch and training seconds are means.", "", *with_notes(mr, mh), ""]
+    for baseline, rows in tr.items():
+        text += [f"## Against {baseline}", "",
+                 "Δ: relative difference of the means; p (t, seeds): paired t-test over the seeds both configs "
+                 "finished; p (Wilcoxon, users): Wilcoxon signed-rank test over test users, each user's metric "
+                 "averaged over those seeds." + (f" The configs trained with {baseline}'s --model."
+                                                 if len(tr) > 1 else ""), "", *with_notes(rows, th), ""]
     return "\n".join(text)
 
 
@@ -326,9 +370,10 @@ def latex(summary) -> str:
     return "\n\n".join([
         "% needs \\usepackage{booktabs}",
         table(mh, mr, f"{summary['dataset']}: test metrics at k = {summary['k']}, mean ± std over seeds "
-                      f"[95% CI]"),
-        table(th, tr, f"{summary['dataset']}: against {summary['baseline']} (relative difference of the "
-                      f"means; paired t-test over seeds; Wilcoxon signed-rank test over users)")]) + "\n"
+                      f"[95% CI]")]
+        + [table(th, rows, f"{summary['dataset']}: against {baseline} (relative difference of the means; paired "
+                           f"t-test over seeds; Wilcoxon signed-rank test over users)")
+           for baseline, rows in tr.items()]) + "\n"
 
 
 def plot(out: Path, summary, configs, k) -> None:

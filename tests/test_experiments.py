@@ -122,6 +122,38 @@ def test_report_files_and_baseline_choice(fake_sweep, capsys):
     assert capsys.readouterr().err.startswith("error: --baseline nope")
 
 
+def test_one_baseline_per_model(fake_sweep, capsys):
+    """Each config is tested against the baseline trained with its own --model: the same numbers as a
+    report against that baseline alone."""
+    out, values = fake_sweep
+    manifest = json.loads((out / "experiments.json").read_text())
+    manifest["configs"].append({"name": "base-copy", "flags": ["--model", "lightgcn", "--r", "5"]})
+    manifest["configs"].append({"name": "new-copy", "flags": ["--t", "3"]})  # the default --model: refine
+    (out / "experiments.json").write_text(json.dumps(manifest))
+    for copy, config in (("base-copy", "base"), ("new-copy", "new")):
+        for seed in (2024, 2025, 2026):
+            test, per_user = values[config, seed]
+            write_fake_run(out, copy, seed, [value * 1.01 for value in test], per_user)
+    both = report.summarize(out, ["base", "new"])
+    against = {name: report.summarize(out, name) for name in ("base", "new")}
+    entries = {entry["name"]: entry for entry in both["configs"]}
+    assert both["baselines"] == ["base", "new"] and entries["base"]["vs_baseline"] is None
+    assert entries["new"]["vs_baseline"] is None
+    for name, baseline in (("base-copy", "base"), ("new-copy", "new")):
+        alone = next(entry for entry in against[baseline]["configs"] if entry["name"] == name)
+        assert entries[name]["vs_baseline"] == alone["vs_baseline"]
+        assert entries[name]["vs_baseline"]["baseline"] == baseline
+    assert experiments.main(["--report", str(out), "--baseline", "base", "new"]) == 0
+    text = (out / "summary.md").read_text()
+    against_base, against_new = text.split("## Against base")[1].split("## Against new")
+    assert "| base-copy |" in against_base and "| new-copy |" not in against_base
+    assert "| new-copy |" in against_new and "| base-copy |" not in against_new
+    capsys.readouterr()
+    assert experiments.main(["--report", str(out), "--baseline", "base", "base-copy"]) == 2
+    assert capsys.readouterr().err == ("error: --baseline base base-copy: both train --model lightgcn; "
+                                       "give one baseline per model\n")
+
+
 def test_unfinished_runs_do_not_count(fake_sweep):
     out, _ = fake_sweep
     (out / "new/seed2026/run.test.json").unlink()
