@@ -478,9 +478,11 @@ def sweep(args, configs, seeds, extra_flags) -> list:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: is a file; give a folder")
     runs, manifest = plan_runs(out, args.dataset, configs, seeds, extra_flags)
-    names = [entry["name"] for entry in manifest["configs"]]
-    if args.baseline and args.baseline not in names:  # checked now, not after hours of training
-        raise InputError(f"--baseline {args.baseline}: not a config of this sweep ({', '.join(names)})")
+    if args.baseline:  # checked now (a name of this sweep, one per model), not after hours of training
+        import report
+
+        report.baseline_of_each(out, [(entry["name"], entry["flags"], []) for entry in manifest["configs"]],
+                                args.baseline)
     todo = [run for run in runs if run.status != "done"]
     places = placements(args.devices or default_devices()) if todo and args.executor == "local" else None
     write_manifest(out, manifest)

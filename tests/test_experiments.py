@@ -514,6 +514,21 @@ def test_missing_split_files_stop_the_sweep_before_any_run(toy_data, tmp_path):
     assert result.stderr.count("\n") == 1 and not out.exists()
 
 
+def test_baselines_are_checked_before_any_run(toy_data, tmp_path, monkeypatch, capsys):
+    started = []
+    monkeypatch.setattr(sweep, "execute_local", lambda runs, *rest: started.extend(runs))
+    out = tmp_path / "out"
+    command = ["--dataset", "TOY", "--configs", "refine", "lightgcn-augment", "--config", "tuned=--t 3",
+               "--seeds", "1", "--devices", "cpu", "--out", str(out), "--baseline"]
+    extra = ["--", "--data_dir", str(toy_data)]
+    for baselines, message in ((["nope"], f"error: --baseline nope: not a config of {out} (configs: "),
+                               (["refine", "tuned"], "error: --baseline refine tuned: both train --model refine; ")):
+        assert experiments.main(command + baselines + extra) == 2
+        assert capsys.readouterr().err.startswith(message) and started == []
+    assert experiments.main(command + ["lightgcn-augment", "refine"] + extra) == 0
+    assert sorted(run.config for run in started) == ["lightgcn-augment", "refine", "tuned"]
+
+
 def test_an_error_while_the_bar_is_drawn_starts_its_own_line(tmp_path, toy_data, monkeypatch, capsys):
     def broken(*args):
         raise experiments.InputError("something went wrong")
