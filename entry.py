@@ -15,8 +15,9 @@ Stops: `install_stop_handlers()` makes SIGTERM (a scheduler's stop, experiments.
 Ctrl-C on) raise KeyboardInterrupt like Ctrl-C, so both end the same way, also in background jobs
 where SIGINT is ignored. After a stop, any error a library raises while it unwinds is reported as
 the stop (`stop_requested`). Only the first stop raises: the script is already ending, and a second
-one (a repeated Ctrl-C, or the second SIGTERM Linux sends a sweep's run when its driver dies with
-threads) would only cut short the saving of the state or print a traceback from an exit handler.
+one (a repeated Ctrl-C, or a further SIGTERM: Linux sends a sweep's run its parent-death signal again
+each time the dying driver's threads pass the run on) would only cut short the saving of the state or
+print a traceback from an exit handler.
 """
 import errno
 import os
