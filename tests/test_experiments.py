@@ -100,6 +100,21 @@ def test_aggregation_against_independent_computation(fake_sweep):
     assert new["vs_baseline"]["p_user_wilcoxon"] == pytest.approx(exact_wilcoxon_p(mean_new - mean_base), rel=1e-9)
 
 
+COMMITTED_SWEEPS = sorted(path.parent for path in (ROOT / "results4comparison").glob("*/summary.json"))
+
+
+@pytest.mark.parametrize("folder", COMMITTED_SWEEPS, ids=lambda path: path.name)
+def test_committed_sweeps_summaries_equal_what_their_runs_say(folder):
+    """The committed summary.json is what the report makes of the committed runs, and each run's test
+    metrics are those its log printed."""
+    committed = json.loads((folder / "summary.json").read_text())
+    assert report.summarize(folder, committed["baselines"], committed["k"]) == committed
+    for entry in committed["configs"]:
+        for run in entry["runs"]:
+            printed = compare.parse_log(folder / run["log"]).final_test[committed["k"]]
+            assert printed == tuple(float(f"{run['test'][metric]:.4f}") for metric in sweep.METRICS), run["log"]
+
+
 def test_validation_curves_come_from_the_logs(fake_sweep):
     out, _ = fake_sweep
     configs = report.collect(out, 20).configs

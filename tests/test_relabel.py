@@ -7,6 +7,7 @@ Candidates are the 2/3 rows of users 1 and 2; the LLM chose one of each user's: 
 """
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -254,6 +255,24 @@ def test_relabel_preset_trains_both_models_on_each_set():
         assert configs[f"lightgcn-{rule}"] == ["--model", "lightgcn", "--data_dir", f"dataset-relabel/{rule}"]
         assert configs[f"refine-{rule}"] == ["--data_dir", f"dataset-relabel/{rule}"]
     assert len(configs) == 14
+
+
+def test_the_committed_relabel_sweep_is_the_whole_preset_with_5_seeds_each():
+    """results4comparison/ML-100K-relabel holds every config of --preset relabel with its flags, 5 seeds
+    each, tested against the LLM's labels of its own model (its summary is checked against its runs in
+    test_experiments)."""
+    folder = Path(__file__).resolve().parent.parent / "results4comparison" / "ML-100K-relabel"
+    summary = json.loads((folder / "summary.json").read_text())
+    manifest = json.loads((folder / sweep.MANIFEST).read_text())
+    preset = experiments.PRESETS["relabel"]
+    assert sorted(entry["name"] for entry in summary["configs"]) == sorted(preset)
+    for entry in manifest["configs"]:
+        assert entry["flags"] == ["--dataset", "ML-100K", "--r", "100"] + preset[entry["name"]] + ["--sampler", "sparse"]
+    assert summary["baselines"] == ["lightgcn-llm", "refine-llm"]
+    for entry in summary["configs"]:
+        assert [run["seed"] for run in entry["runs"]] == list(range(2024, 2029)), entry["name"]
+        if entry["name"] not in summary["baselines"]:
+            assert entry["vs_baseline"]["baseline"] == entry["name"].split("-")[0] + "-llm"
 
 
 def test_relabel_preset_names_the_command_for_a_missing_set(tmp_path, monkeypatch, capsys):
