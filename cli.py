@@ -177,6 +177,14 @@ def check_flags(args) -> None:
         check_name(flag, getattr(args, flag))
 
 
+def parse_main_flags(flags) -> argparse.Namespace:
+    """A config's main.py flags as main.py reads them, its defaults filled in; flags it does not know are
+    left aside, and a value it refuses raises argparse.ArgumentError (for the caller to word)."""
+    parser = build_parser()
+    parser.exit_on_error = False
+    return parser.parse_known_args(flags)[0]
+
+
 def split_names(args) -> list[str]:
     """The three splits the run reads: train (augment or original), validation, test."""
     return ["train_augment" if args.dataset_augment else "train_original", "validation", "test"]

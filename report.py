@@ -195,10 +195,8 @@ def model_of(flags) -> str:
     """The --model a config's main.py flags train (main.py's default where they do not say)."""
     import cli
 
-    parser = cli.build_parser()
-    parser.exit_on_error = False
     try:
-        return parser.parse_known_args(flags)[0].model
+        return cli.parse_main_flags(flags).model
     except argparse.ArgumentError as exc:
         raise InputError(f"config flags {' '.join(flags)}: {exc}") from None
 

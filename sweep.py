@@ -134,14 +134,11 @@ def check_split_files(configs) -> None:
     from catalog import missing_split_message
 
     for name, flags in configs:
-        parser = cli.build_parser()
-        parser.exit_on_error = False  # a bad flag: ArgumentError here, main.py's own message in the run
         try:
-            main_args, _ = parser.parse_known_args(flags)
-        except argparse.ArgumentError:
+            main_args = cli.parse_main_flags(flags)
+        except argparse.ArgumentError:  # a bad flag: main.py's own message, in the run
             continue
-        splits = ["train_augment" if main_args.dataset_augment else "train_original", "validation", "test"]
-        message = missing_split_message(main_args.data_dir, main_args.dataset, splits)
+        message = missing_split_message(main_args.data_dir, main_args.dataset, cli.split_names(main_args))
         if message:
             raise InputError(f"config {name}: {message}")
 
