@@ -162,6 +162,10 @@ def split_path(data_dir, name, split):
     return Path(data_dir) / name / f"{name}_{split}.csv"
 
 
+# What to do when a folder or a special file stands where a split file belongs (utils.regular_file's fix).
+SPLIT_IN_THE_WAY = "put the split file there, or give the folder that holds it with --data_dir"
+
+
 def missing_split_message(data_dir, name, splits=REFINED_SPLITS):
     """One-line message naming missing split files and the commands that create them, each with
     the user's --data_dir; None if all of `splits` exist. load_splits raises it for main.py."""

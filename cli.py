@@ -10,7 +10,7 @@ import argparse
 import signal
 import sys
 
-from catalog import default_data_dir
+from catalog import SPLIT_IN_THE_WAY, default_data_dir
 from utils import ArgumentParser, HelpFormatter, InputError, regular_file
 
 EPILOG = """\
@@ -206,8 +206,7 @@ def check_splits(args) -> None:
     if message:
         raise InputError(message)
     for path in split_files(args):
-        regular_file(path, f"missing {path}", "put the split file there, or give the folder that holds it "
-                                              "with --data_dir")
+        regular_file(path, f"missing {path}", SPLIT_IN_THE_WAY)
 
 
 def _interrupted_while_starting(signum, frame):

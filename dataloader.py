@@ -167,7 +167,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from catalog import ITEM, RATING, USER, missing_split_message, split_path  # noqa: E402
+from catalog import ITEM, RATING, SPLIT_IN_THE_WAY, USER, missing_split_message, split_path  # noqa: E402
 from utils import InputError, regular_file  # noqa: E402
 
 ROLES = ("train", "validation", "test")  # the three files load_splits reads, by role
@@ -222,8 +222,7 @@ def first_line(mask) -> int:
 def read_split(path: Path) -> pd.DataFrame:
     """One split CSV with numeric user, item and rating columns, or an InputError naming the file
     (and the line); ratings must lie in RATING_RANGE."""
-    path = regular_file(path, f"missing {path}", "put the split file there, or give the folder that holds it "
-                                                 "with --data_dir")
+    path = regular_file(path, f"missing {path}", SPLIT_IN_THE_WAY)
     try:
         frame = pd.read_csv(path)
     except pd.errors.EmptyDataError:
