@@ -89,12 +89,17 @@ class LightGCN(torch_geometric.nn.LightGCN):
         return (out[edge_label_index[0]] * out[edge_label_index[1]]).sum(dim=-1)
 
 
+def compacted(values: torch.Tensor, keep: torch.Tensor, size: int) -> torch.Tensor:
+    """(size,): values[keep] in their order, then zeros, with no read from the device (size >= the kept
+    count): each kept value is scattered to its rank among the kept ones, the rest to one spare slot."""
+    slot = torch.where(keep, keep.cumsum(0) - 1, size)
+    return values.new_zeros(size + 1).scatter_(0, slot, values)[:size]
+
+
 def true_indices(mask: torch.Tensor, count: int) -> torch.Tensor:
     """torch.nonzero(mask).squeeze(1) of a 1-D mask whose number of True entries, `count`, is known on
     the host: ascending indices, without the read-back from the GPU that nonzero makes to size its output."""
-    slot = torch.where(mask, mask.cumsum(0) - 1, count)  # the False entries all go to one spare slot
-    found = torch.empty(count + 1, dtype=torch.long, device=mask.device)
-    return found.scatter_(0, slot, torch.arange(mask.numel(), device=mask.device))[:count]
+    return compacted(torch.arange(mask.numel(), device=mask.device), mask, count)
 
 
 def padded_distinct_rows(weight: torch.Tensor, node_id: torch.Tensor) -> torch.Tensor:
@@ -108,8 +113,7 @@ def padded_distinct_rows(weight: torch.Tensor, node_id: torch.Tensor) -> torch.T
     ids = node_id.reshape(-1).sort().values
     first = torch.ones_like(ids, dtype=torch.bool)
     first[1:] = ids[1:] != ids[:-1]
-    slot = torch.where(first, first.cumsum(0) - 1, ids.numel())  # the repeats all go to one spare slot
-    compact = torch.zeros(ids.numel() + 1, dtype=ids.dtype, device=ids.device).scatter_(0, slot, ids)[:-1]
+    compact = compacted(ids, first, ids.numel())  # the distinct ids, then zeros
     keep = torch.arange(ids.numel(), device=ids.device) < first.sum()
     return weight[compact] * keep.unsqueeze(1)
 
