@@ -286,7 +286,7 @@ def table_rows(summary):
     ({baseline: rows})."""
     k = summary["k"]
     metric_rows = []
-    test_rows = {baseline: [] for baseline in summary.get("baselines", [summary["baseline"]])}
+    test_rows = {baseline: [] for baseline in summary["baselines"]}
     damaged = {}
     for run in summary.get("left_out", []):
         damaged[run["config"]] = damaged.get(run["config"], 0) + 1
@@ -308,7 +308,7 @@ def table_rows(summary):
                 m = versus["by_metric"][metric]
                 few = FEW if m["p_seed_ttest"] is not None and versus["paired_seeds"] < MIN_SEEDS else ""
                 row += [_pct(m["rel_diff"]), _p(m["p_seed_ttest"]) + few, _p(m["p_user_wilcoxon"])]
-            test_rows[versus.get("baseline", summary["baseline"])].append(row)
+            test_rows[versus["baseline"]].append(row)
     metric_head = ["config", "seeds", f"Precision@{k}", f"Recall@{k} [95% CI]", f"NDCG@{k} [95% CI]",
                    "best epoch", "train s"]
     test_head = ["config", f"ΔRecall@{k}", "p (t, seeds)", "p (Wilcoxon, users)",
