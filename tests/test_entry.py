@@ -9,67 +9,54 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# A script whose work is stopped by its own SIGTERM, and which gets a second SIGTERM while it saves its
-# state and a third from an exit handler: what a sweep's run sees when its driver dies with threads.
-SCRIPT = textwrap.dedent("""
-    import atexit, os, signal, sys, time
-    sys.path.insert(0, {root!r})
-    import entry
 
-    def body():
-        try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)
-            print("not stopped")
-        finally:
-            os.kill(os.getpid(), signal.SIGTERM)  # the second stop, while the state is saved
-            time.sleep(0.2)
-            print("state saved")
-
-    atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(0.2), print("exit handler done")))
-    entry.install_stop_handlers()
-    sys.exit(entry.run_script(body, entry.Stop("rerun to resume", "during the work")))
-""")
+def script_command(tmp_path, source, then, where=""):
+    """The command that runs `source` (which defines body()) as a script of this project ends:
+    entry's stop handlers, then sys.exit(entry.run_script(body, entry.Stop(then, where)))."""
+    path = tmp_path / "script.py"
+    path.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport entry\n" + textwrap.dedent(source)
+                    + f"\nentry.install_stop_handlers()\nsys.exit(entry.run_script(body, entry.Stop({then!r}, {where!r})))\n")
+    return [sys.executable, str(path)]
 
 
 def test_only_the_first_stop_interrupts(tmp_path):
-    script = tmp_path / "stopped.py"
-    script.write_text(SCRIPT.format(root=str(ROOT)))
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    """Stopped by its own SIGTERM, the script gets a second SIGTERM while it saves its state and a third
+    from an exit handler: what a sweep's run can see when its driver is killed."""
+    command = script_command(tmp_path, """
+        import atexit, os, signal, time
+
+        def body():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+                print("not stopped")
+            finally:
+                os.kill(os.getpid(), signal.SIGTERM)  # the second stop, while the state is saved
+                time.sleep(0.2)
+                print("state saved")
+
+        atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(0.2), print("exit handler done")))
+    """, "rerun to resume", "during the work")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr == "error: interrupted during the work; rerun to resume\n"
     assert done.stdout == "state saved\nexit handler done\n"
 
 
 def test_without_a_stop_the_scripts_exit_code_stands(tmp_path):
-    script = tmp_path / "plain.py"
-    script.write_text(textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(ROOT)!r})
-        import entry
-        entry.install_stop_handlers()
-        sys.exit(entry.run_script(lambda: 3, entry.Stop("nothing to resume")))
-    """))
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(script_command(tmp_path, "body = lambda: 3", "nothing to resume"),
+                          capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stderr) == (3, "")
 
 
 def test_a_closed_output_pipe_is_one_line(tmp_path):
     """`python main.py ... | head`: the reader goes away while the script still writes."""
-    script = tmp_path / "chatty.py"
-    script.write_text(textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(ROOT)!r})
-        import entry
-
+    command = script_command(tmp_path, """
         def body():
             for line in range(10 ** 6):
-                print(f"line {{line}}")
-
-        entry.install_stop_handlers()
-        sys.exit(entry.run_script(body, entry.Stop("rerun the command")))
-    """))
-    chatty = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                print(f"line {line}")
+    """, "rerun the command")
+    chatty = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert chatty.stdout.read(8) == b"line 0\nl"
     chatty.stdout.close()  # as head does once it has its lines
     err = chatty.stderr.read().decode()
