@@ -353,7 +353,53 @@ def build_parser():
     parser.add_argument("--markdown", action="store_true", help="print a markdown table instead of aligned text")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="write validation Recall@k, NDCG@k and loss per epoch to this PNG (default: no plot)")
+    parser.add_argument("--runs", metavar="DIR",
+                        help="a config folder of an experiments.py sweep (OUT/<config>, finished seeds): also print "
+                             "its 95%% prediction interval of one run and where each log's final test falls in it "
+                             "(default: none)")
     return parser
+
+
+def seed_values(folder, k):
+    """{metric: [value per finished seed]} at k from the run.test.json files of a sweep's config folder."""
+    import json
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"--runs {folder}: not a folder; give a config folder of a sweep (OUT/<config>)")
+    values = {name: [] for name in METRIC_NAMES}
+    for path in sorted(folder.glob("seed*/run.test.json")):
+        try:
+            at_k = json.loads(path.read_text())["test"][str(k)]
+            row = [float(at_k[name.lower()]) for name in METRIC_NAMES]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{path}: cannot read test metrics at k = {k} ({exc}); rerun or delete that run") from None
+        for name, value in zip(METRIC_NAMES, row):
+            values[name].append(value)
+    if len(values["Recall"]) < 2:
+        raise InputError(f"--runs {folder}: {len(values['Recall'])} finished seed(s) (seed*/run.test.json); a "
+                         f"prediction interval needs at least 2")
+    return values
+
+
+def prediction_lines(runs, labels, folder, k):
+    """One line per metric and log: the log's final test value and where it falls in the 95% prediction
+    interval of one run of the sweep config in `folder`."""
+    from significance import prediction_interval
+
+    values = seed_values(folder, k)
+    lines = []
+    for index, name in enumerate(METRIC_NAMES):
+        low, high = prediction_interval(values[name])
+        lines.append(f"{name}@{k}: 95% prediction interval of one run of {folder} ({len(values[name])} seeds): "
+                     f"[{low:.4f}, {high:.4f}]")
+        for run, label in zip(runs, labels):
+            if run.final_test is None:
+                continue
+            value = run.final_test[k][index]
+            where = "inside" if low <= value <= high else "below" if value < low else "above"
+            lines.append(f"  {label}: {value:.4f}, {where}")
+    return lines
 
 
 def default_labels(paths):
@@ -386,7 +432,10 @@ def run_compare(args) -> int:
         check_output_path(args.plot, "--plot")
     runs = [parse_log(resolve_log(path)) for path in args.logs]
     check_k(runs, labels, args.k)
+    predictions = prediction_lines(runs, labels, args.runs, args.k) if args.runs else []
     print(format_table(compare_rows(runs, labels, args.k), args.k, markdown=args.markdown))
+    if predictions:
+        print("\n" + "\n".join(predictions))
     for run, label in zip(runs, labels):
         if run.final_test is None:
             print(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import entry
 import report
+import significance
 import sweep
 from llm.relabel_rules import NON_LLM_RULES, RELABEL_DIR
 from sweep import MANIFEST, OWN_FLAGS
@@ -57,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="python experiments.py",
         description="Run several configs x seeds of main.py in parallel and report mean +- std, "
-                    "95% confidence intervals and paired significance tests.",
+                    "95% intervals, and each config against a baseline: the difference with its interval, "
+                    "Welch's test over seeds (Holm-corrected), an equivalence test and one verdict word.",
         formatter_class=HelpFormatter,
         usage="%(prog)s [options] [-- MAIN.PY FLAGS FOR EVERY RUN]",
         epilog="examples:\n"
@@ -109,7 +111,40 @@ def build_parser() -> argparse.ArgumentParser:
                              "(e.g. --baseline lightgcn-llm refine-llm), each config is tested against the one "
                              "trained with its own --model")
     parser.add_argument("--k", type=int, default=20, help="cut-off of the reported metrics")
+    parser.add_argument("--margin", type=margin, default=significance.DEFAULT_MARGIN, metavar="M",
+                        help="equivalence margin, relative to the baseline's mean: 1%% or 0.01 (default: 1%%); a "
+                             "difference inside +-M by an equivalence test is reported as equivalent")
+    parser.add_argument("--paired", metavar="REASON", default=None,
+                        help="test runs paired by seed (paired t-test) instead of Welch's unpaired test; give the "
+                             "reason, which the report prints: pairing is right only when two configs' runs share "
+                             "their random stream (default: unpaired)")
+    parser.add_argument("--published", nargs="+", default=[], metavar="CONFIG=LOG",
+                        help="place a published single run in CONFIG's 95%% prediction interval of one run; LOG "
+                             "is a log file or published:NAME / published-plus:NAME (as compare.py reads them), "
+                             "e.g. refine=published:ML-100K")
     return parser
+
+
+def margin(text: str) -> float:
+    """--margin: '1%' or '0.01', a fraction strictly between 0 and 1."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a percentage (1% or 0.01)") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: give a margin above 0 and below 100% (e.g. 1%)")
+    return value
+
+
+def published_pairs(values) -> list:
+    """--published CONFIG=LOG ... -> [(config, LOG)]."""
+    pairs = []
+    for value in values:
+        config, sep, log = value.partition("=")
+        if not sep or not config or not log:
+            raise InputError(f"--published {value}: write CONFIG=LOG, e.g. refine=published:ML-100K")
+        pairs.append((config, log))
+    return pairs
 
 
 @dataclass
@@ -136,6 +171,8 @@ def parse_args(argv) -> Options:
             # After --, it would win over each config's own folder: every config would train on one set.
             parser.error("--data_dir after -- with --preset relabel: each config has its own data folder; set "
                          "REFINE_DATA_DIR for the LLM's and the original ratings instead")
+    if args.paired is not None and not args.paired.strip():
+        parser.error("--paired needs its reason (why the runs of two configs share their random stream)")
     if args.jobs < 1 or args.cpus_per_run < 1 or args.threads < 1:
         parser.error("--jobs, --threads and --cpus_per_run must be at least 1")
     if args.gpus_per_run is not None and not (math.isfinite(args.gpus_per_run) and args.gpus_per_run >= 0):
@@ -218,13 +255,14 @@ def check_relabelled_sets(dataset, configs) -> None:
 def run(options: Options) -> int:
     """The command: a report only, or a sweep and then its report; 1 if a run failed."""
     args = options.args
+    statistics = dict(margin=args.margin, paired=args.paired, published=published_pairs(args.published))
     if args.report:
-        report.report(Path(args.report), args.baseline, args.k)
+        report.report(Path(args.report), args.baseline, args.k, **statistics)
         return 0
     configs = resolve_configs(args)
     check_relabelled_sets(args.dataset, configs)
     failed = sweep.sweep(args, configs, resolve_seeds(args.seeds), options.extra_flags)
-    report.report(Path(args.out), args.baseline, args.k)
+    report.report(Path(args.out), args.baseline, args.k, **statistics)
     if failed:
         print(f"{len(failed)} run(s) failed: " + "; ".join(f"{run.label}: {sweep.last_line(run)}" for run in failed),
               file=sys.stderr)

@@ -1,15 +1,16 @@
-"""The report of an experiments.py sweep: statistics over seeds and significance tests, as markdown,
-LaTeX, JSON and two plots.
+"""The report of an experiments.py sweep: statistics over seeds and tests of configs against a
+baseline, as markdown, LaTeX, JSON and two plots.
 
     python experiments.py --report results/ML-100K          # the command; this module is its library
 
 From each finished run in OUT (see sweep.py for the folder layout) it reads run.test.json,
-run.test_users.csv and the log run.out, once each. Per config, at k = 20: mean +- sample std and
-the 95% t interval of the test metrics over seeds; against a baseline config, the relative
-difference of the means, a paired t-test over seeds and a Wilcoxon signed-rank test over users
-(scipy.stats). With several baselines (one per model, e.g. LightGCN and ReFINe on the LLM's
-labels), each config is tested against the one trained with its own --model. Written to OUT as
-summary.md, summary.tex, summary.json, curves.png and bars.png.
+run.test_users.csv and the log run.out, once each. Per config, at k = 20: mean +- sample std, the
+95% t interval of the mean and the 95% prediction interval of one more run. Against a baseline
+config, per metric (significance.py): the difference of the means with Welch's 95% interval and a
+hierarchical bootstrap interval (seeds, then users), Welch's p, Holm-adjusted over the report, an
+equivalence test within +-margin, the smallest detectable difference and one verdict word. With
+several baselines (one per model), each config is tested against the one trained with its own
+--model. Written to OUT as summary.md, summary.tex, summary.json, curves.png and bars.png.
 """
 import argparse
 import csv
@@ -17,15 +18,18 @@ import json
 import math
 import re
 import sys
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import compare
+import significance
 from sweep import MANIFEST, METRICS, read_manifest, run_status
 from utils import InputError, atomic_write
 
-MIN_SEEDS = 5  # fewer seeds than this: the tables mark the count and the t-test over seeds with FEW
+MIN_SEEDS = 5  # fewer seeds than this: the tables mark the count and the test over seeds with FEW
 FEW = "†"
+COMPARED = ("recall", "ndcg")  # the metrics tested against a baseline (one Holm family over all of them)
 
 
 @dataclass
@@ -35,8 +39,13 @@ class RunResult:
     best_epoch: int
     train_seconds: float | None
     test: dict                       # metric -> value at k
-    per_user: dict                   # metric -> {user id: value at max(top_k)}
+    per_user: dict                   # metric -> {user id: value at k}; {} if the file is absent or at another k
     curve: list = field(default_factory=list)  # [(epoch, validation recall@k)]
+
+    @property
+    def valid_at_best(self) -> float | None:
+        """Validation Recall@k at the best epoch: what a choice of hyperparameters may look at."""
+        return dict(self.curve).get(self.best_epoch)
 
 
 class DamagedRun(Exception):
@@ -76,8 +85,9 @@ def read_test(path: Path, k: int) -> dict:
     return test
 
 
-def read_per_user(path: Path) -> dict:
-    """run.test_users.csv (csv module: ids may hold commas) -> {metric: {user id: value}}; {} tables if absent."""
+def read_per_user(path: Path, k: int | None = None) -> dict:
+    """run.test_users.csv (csv module: ids may hold commas) -> {metric: {user id: value}}; {} tables if
+    absent, or if `k` is given and the file holds another cut-off (it holds the run's largest k)."""
     per_user = {metric: {} for metric in METRICS}
     if not path.exists():
         return per_user  # runs made before main.py wrote it: no tests over users
@@ -88,6 +98,8 @@ def read_per_user(path: Path) -> dict:
         raise DamagedRun(path, f"cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
     if not rows or len(rows[0]) != 1 + len(METRICS) or rows[0][0] != "user_id":
         raise DamagedRun(path, "no header user_id,precision@K,recall@K,ndcg@K")
+    if k is not None and rows[0][1:] != [f"{metric}@{k}" for metric in METRICS]:
+        return per_user  # values at another k: no interval over users at this one
     for line, row in enumerate(rows[1:], start=2):
         try:
             if len(row) != 1 + len(METRICS):
@@ -111,7 +123,7 @@ def read_run(out: Path, config: str, folder: Path, k: int) -> RunResult:
     except InputError as exc:
         raise DamagedRun(folder / "run.out", str(exc).partition(": ")[2] or str(exc)) from None
     train_seconds = test.get("train_seconds", log.training_seconds)
-    per_user = read_per_user(folder / "run.test_users.csv")
+    per_user = read_per_user(folder / "run.test_users.csv", k)
     curve = [(record.epoch, record.metrics[k][1]) for record in log.epochs if k in record.metrics]
     return RunResult(seed=int(folder.name[len("seed"):]), log=str((folder / "run.out").relative_to(out)),
                      best_epoch=test["best_epoch"], train_seconds=train_seconds,
@@ -164,31 +176,35 @@ def describe(values) -> dict:
     return {"n": n, "mean": mean, "std": std, "ci95": ci}
 
 
-def paired_tests(runs, baseline_runs, metric):
-    """(p of a paired t-test over the common seeds, p of a Wilcoxon signed-rank test over users).
-
-    Users' values are averaged over the common seeds; only users present in all those runs count.
-    None where a test is undefined (fewer than 2 seeds, no users, all differences zero).
-    """
+def per_user_arrays(runs, baseline_runs, metric):
+    """(runs x users, baseline runs x users) of per-user values on the users every run scored, for
+    the hierarchical interval; (None, None) when a run has no per-user file at the report's k."""
     import numpy as np
-    from scipy import stats
 
-    mine, theirs = {run.seed: run for run in runs}, {run.seed: run for run in baseline_runs}
-    seeds = sorted(set(mine) & set(theirs))
-    p_seed = p_user = None
-    x = [mine[seed].test[metric] for seed in seeds]
-    y = [theirs[seed].test[metric] for seed in seeds]
-    if len(seeds) >= 2 and any(a != b for a, b in zip(x, y)):
-        p_seed = float(stats.ttest_rel(x, y).pvalue)
-    if seeds:
-        tables = [mine[seed].per_user[metric] for seed in seeds] + [theirs[seed].per_user[metric] for seed in seeds]
-        users = sorted(set.intersection(*(set(table) for table in tables)))
-        if users:
-            ux = np.mean([[mine[seed].per_user[metric][user] for user in users] for seed in seeds], axis=0)
-            uy = np.mean([[theirs[seed].per_user[metric][user] for user in users] for seed in seeds], axis=0)
-            if np.any(ux != uy):
-                p_user = float(stats.wilcoxon(ux, uy).pvalue)
-    return p_seed, p_user
+    tables = [run.per_user[metric] for run in list(runs) + list(baseline_runs)]
+    if not tables or not all(tables):
+        return None, None
+    users = sorted(set.intersection(*(set(table) for table in tables)))
+    if not users:
+        return None, None
+    rows = [[table[user] for user in users] for table in tables]
+    return np.array(rows[:len(runs)]), np.array(rows[len(runs):])
+
+
+def compare_runs(runs, baseline_runs, metric, margin, paired):
+    """significance.compare of two configs' runs on one metric; paired: only the seeds both finished,
+    matched by seed."""
+    if paired:
+        seeds = sorted({run.seed for run in runs} & {run.seed for run in baseline_runs})
+        runs = [run for run in runs if run.seed in seeds]
+        baseline_runs = sorted((run for run in baseline_runs if run.seed in seeds), key=lambda run: run.seed)
+        runs = sorted(runs, key=lambda run: run.seed)
+    x = [run.test[metric] for run in runs]
+    y = [run.test[metric] for run in baseline_runs]
+    if not x or not y:
+        return None
+    users, users_baseline = per_user_arrays(runs, baseline_runs, metric)
+    return significance.compare(x, y, users, users_baseline, margin=margin, paired=paired)
 
 
 def model_of(flags) -> str:
@@ -220,10 +236,13 @@ def baseline_of_each(out: Path, configs, baselines) -> dict:
     return {name: None if name in baselines else by_model.get(models[name]) for name in names}
 
 
-def summarize(out: Path, baseline=None, k=20, collected=None) -> dict:
+def summarize(out: Path, baseline=None, k=20, collected=None, margin=significance.DEFAULT_MARGIN,
+              paired=None) -> dict:
     """The summary.json dictionary of the finished runs in OUT (`collected`: collect()'s result, if read).
 
-    `baseline`: a config name, a list of them (one per model), or None for the first config."""
+    `baseline`: a config name, a list of them (one per model), or None for the first config.
+    `margin`: the equivalence margin, relative to the baseline's mean. `paired`: None (Welch's
+    unpaired test, the default), or the user's reason for testing runs paired by seed."""
     collected = collected or collect(out, k)
     dataset, configs = collected.dataset, collected.configs
     names = [name for name, _, _ in configs]
@@ -232,34 +251,35 @@ def summarize(out: Path, baseline=None, k=20, collected=None) -> dict:
         raise InputError(f"{out}: no configs in its {MANIFEST}")
     tested_against = baseline_of_each(out, configs, baselines)
     runs_of = {name: runs for name, _, runs in configs}
-    summary = {"dataset": dataset, "k": k, "baseline": baselines[0], "baselines": baselines, "configs": [],
-               "left_out": collected.left_out}
+    summary = {"dataset": dataset, "k": k, "baseline": baselines[0], "baselines": baselines,
+               "test": significance.TESTS[paired is not None], "paired_because": paired, "margin": margin,
+               "configs": [], "left_out": collected.left_out}
+    family = []  # every comparison of the report: one Holm correction over all of them
     for name, flags, runs in configs:
         baseline, base_runs = tested_against[name], runs_of.get(tested_against[name])
         stats = {metric: describe([run.test[metric] for run in runs]) for metric in METRICS}
-        for key in ("best_epoch", "train_seconds"):
+        for key in ("best_epoch", "train_seconds", "valid_at_best"):
             stats[key] = describe([getattr(run, key) for run in runs])
         entry = {"name": name, "flags": flags, "seeds": len(runs),
                  "runs": [{"seed": run.seed, "log": run.log, "best_epoch": run.best_epoch,
-                           "train_seconds": run.train_seconds, "test": run.test} for run in runs],
+                           "train_seconds": run.train_seconds, "valid_at_best": run.valid_at_best,
+                           "test": run.test} for run in runs],
                  "mean": {key: value["mean"] for key, value in stats.items()},
                  "std": {key: value["std"] for key, value in stats.items()},
                  "ci95": {metric: stats[metric]["ci95"] for metric in METRICS},
+                 "pi95": {metric: significance.prediction_interval([run.test[metric] for run in runs])
+                          for metric in METRICS},
                  "vs_baseline": None}
         if baseline is not None and runs and base_runs:
-            comparison = {}
-            for metric in METRICS:
-                base_mean = stats_mean(base_runs, metric)
-                p_seed, p_user = paired_tests(runs, base_runs, metric)
-                rel_diff = (entry["mean"][metric] - base_mean) / base_mean if base_mean else None
-                comparison[metric] = {"rel_diff": rel_diff, "p_seed_ttest": p_seed, "p_user_wilcoxon": p_user}
-            entry["vs_baseline"] = {"baseline": baseline,
-                                    "paired_seeds": len({run.seed for run in runs} & {run.seed for run in base_runs}),
-                                    "recall_rel_diff": comparison["recall"]["rel_diff"],
-                                    "p_seed_ttest": comparison["recall"]["p_seed_ttest"],
-                                    "p_user_wilcoxon": comparison["recall"]["p_user_wilcoxon"],
-                                    "by_metric": comparison}
+            comparison = {metric: compare_runs(runs, base_runs, metric, margin, paired is not None)
+                          for metric in COMPARED}
+            family += [(entry, metric, result) for metric, result in comparison.items() if result]
+            entry["vs_baseline"] = {"baseline": baseline, "seeds": len(runs), "baseline_seeds": len(base_runs),
+                                    "recall_rel_diff": comparison["recall"].rel_diff, "by_metric": {}}
         summary["configs"].append(entry)
+    significance.adjust([result for _, _, result in family], margin)
+    for entry, metric, result in family:
+        entry["vs_baseline"]["by_metric"][metric] = {"test": summary["test"], **dataclasses.asdict(result)}
     return summary
 
 
@@ -281,10 +301,24 @@ def _pct(value) -> str:
     return "–" if value is None else f"{100 * value:+.2f}%"
 
 
+def _interval(values, pct=True) -> str:
+    if values is None:
+        return "–"
+    low, high = values
+    return f"[{100 * low:+.2f}%, {100 * high:+.2f}%]" if pct else f"[{low:.4f}, {high:.4f}]"
+
+
+def verdict_text(verdict, margin) -> str:
+    return f"equivalent (±{100 * margin:g}%)" if verdict == "equivalent" else verdict
+
+
+METRIC_LABEL = {"precision": "Precision", "recall": "Recall", "ndcg": "NDCG"}
+
+
 def table_rows(summary):
-    """Rows of the report tables: metrics over seeds, and for each baseline the configs tested against it
-    ({baseline: rows})."""
-    k = summary["k"]
+    """Rows of the report tables: metrics over seeds, and for each baseline the comparisons against it
+    ({baseline: rows}, one row per config and compared metric)."""
+    k, margin = summary["k"], summary["margin"]
     metric_rows = []
     test_rows = {baseline: [] for baseline in summary["baselines"]}
     damaged = {}
@@ -297,23 +331,41 @@ def table_rows(summary):
             mean, std, ci = entry["mean"][metric], entry["std"][metric], entry["ci95"][metric]
             cell = _num(mean) + ("" if std is None else f" ± {std:.4f}")
             if metric != "precision":
-                cell += "" if ci is None else f" [{ci[0]:.4f}, {ci[1]:.4f}]"
+                cell += "" if ci is None else f" {_interval(ci, pct=False)}"
             cells.append(cell)
-        cells += [_num(entry["mean"]["best_epoch"], 0), _num(entry["mean"]["train_seconds"], 0)]
+        cells += [_num(entry["mean"].get("valid_at_best")), _num(entry["mean"]["best_epoch"], 0),
+                  _num(entry["mean"]["train_seconds"], 0)]
         metric_rows.append(cells)
         versus = entry["vs_baseline"]
-        if versus is not None:
-            row = [entry["name"]]
-            for metric in ("recall", "ndcg"):
-                m = versus["by_metric"][metric]
-                few = FEW if m["p_seed_ttest"] is not None and versus["paired_seeds"] < MIN_SEEDS else ""
-                row += [_pct(m["rel_diff"]), _p(m["p_seed_ttest"]) + few, _p(m["p_user_wilcoxon"])]
-            test_rows[versus["baseline"]].append(row)
+        if versus is None:
+            continue
+        few = FEW if min(versus["seeds"], versus["baseline_seeds"]) < MIN_SEEDS else ""
+        for metric, m in versus["by_metric"].items():
+            test_rows[versus["baseline"]].append([
+                entry["name"], f"{METRIC_LABEL[metric]}@{k}", _pct(m["rel_diff"]), _interval(m["ci95_rel_diff"]),
+                _interval(m["ci95_rel_diff_hier"]), _p(m["p"]) + (few if m["p"] is not None else ""),
+                _p(m["p_holm"]), verdict_text(m["verdict"], margin),
+                "–" if m["mde_rel"] is None else f"{100 * m['mde_rel']:.2f}%",
+                "–" if m["seeds_for_margin"] is None else str(m["seeds_for_margin"])])
     metric_head = ["config", "seeds", f"Precision@{k}", f"Recall@{k} [95% CI]", f"NDCG@{k} [95% CI]",
-                   "best epoch", "train s"]
-    test_head = ["config", f"ΔRecall@{k}", "p (t, seeds)", "p (Wilcoxon, users)",
-                 f"ΔNDCG@{k}", "p (t, seeds)", "p (Wilcoxon, users)"]
+                   f"valid Recall@{k} at best epoch", "best epoch", "train s"]
+    test_head = ["config", "metric", "Δ", "95% CI (seeds)", "95% CI (seeds, users)", "p", "p (Holm)", "verdict",
+                 "detectable Δ", f"seeds for ±{100 * margin:g}%"]
     return (metric_head, metric_rows), (test_head, test_rows)
+
+
+def published_rows(summary):
+    """Rows of the published-runs table: each published single run against our prediction interval."""
+    k = summary["k"]
+    rows = []
+    for item in summary.get("published", []):
+        for metric in COMPARED:
+            interval, value = item["pi95"][metric], item["test"][metric]
+            where = "–" if interval is None else ("inside" if interval[0] <= value <= interval[1] else
+                                                 "below" if value < interval[0] else "above")
+            rows.append([item["config"], item["log"], f"{METRIC_LABEL[metric]}@{k}", _num(value),
+                         _interval(interval, pct=False), where])
+    return ["config", "published run", "metric", "value", "95% prediction interval of one run", "where"], rows
 
 
 def notes(summary, rows, reasons=True) -> list:
@@ -329,6 +381,22 @@ def notes(summary, rows, reasons=True) -> list:
     return lines
 
 
+def test_caption(summary) -> str:
+    margin = f"±{100 * summary['margin']:g}%"
+    if summary["test"] == "paired-t":
+        test = (f"paired t-test over the seeds both configs finished (asked for: {summary['paired_because']}); "
+                f"its 95% interval")
+    else:
+        test = "Welch's unpaired t-test over seeds; its 95% interval"
+    return (f"Δ: difference of the means relative to the baseline's mean; p: {test}, relative, as '95% CI "
+            f"(seeds)'; '95% CI (seeds, users)': hierarchical bootstrap, seeds then test users; p (Holm): "
+            f"Holm-adjusted over every comparison of this report. Verdict: better / worse when p (Holm) < 0.05 "
+            f"and both intervals exclude 0; equivalent ({margin}) when the Holm-adjusted equivalence test (TOST) "
+            f"< 0.05 and both intervals lie inside {margin}; otherwise inconclusive. Detectable Δ: the smallest "
+            f"difference detectable at 80% power with these seeds; seeds for {margin}: seeds per config to "
+            f"detect a difference of {margin} at 80% power.")
+
+
 def markdown(summary) -> str:
     (mh, mr), (th, tr) = table_rows(summary)
     table = compare.markdown_table
@@ -338,15 +406,33 @@ def markdown(summary) -> str:
         return [table(head, rows)] + ([""] + found if found else [])
 
     text = [f"## {summary['dataset']}: test metrics at k = {summary['k']} over seeds", "",
-            "mean ± sample std over seeds; [95% confidence interval of the mean, t distribution]; "
-            "best epoch and training seconds are means.", "", *with_notes(mr, mh), ""]
+            "mean ± sample std over seeds; [95% confidence interval of the mean, t distribution]; the "
+            "validation Recall at each run's best epoch (the only metric a choice of hyperparameters may "
+            "read), best epoch and training seconds are means.", "", *with_notes(mr, mh), ""]
+    best = best_on_validation(summary)
+    if best:
+        text += [f"Highest mean validation Recall@{summary['k']} at the best epoch: {best}.", ""]
     for baseline, rows in tr.items():
-        text += [f"## Against {baseline}", "",
-                 "Δ: relative difference of the means; p (t, seeds): paired t-test over the seeds both configs "
-                 "finished; p (Wilcoxon, users): Wilcoxon signed-rank test over test users, each user's metric "
-                 "averaged over those seeds." + (f" The configs trained with {baseline}'s --model."
-                                                 if len(tr) > 1 else ""), "", *with_notes(rows, th), ""]
+        text += [f"## Against {baseline}", "", test_caption(summary) + (
+                     f" The configs trained with {baseline}'s --model." if len(tr) > 1 else ""), "",
+                 *with_notes(rows, th), ""]
+    if summary.get("published"):
+        head, rows = published_rows(summary)
+        text += ["## Published single runs", "", "Where a published run falls in the 95% prediction interval of "
+                 "one run of ours (mean ± t · sd · sqrt(1 + 1/n) over our seeds).", "", table(head, rows), ""]
     return "\n".join(text)
+
+
+def best_on_validation(summary) -> str | None:
+    """The config with the highest mean validation Recall@k at the best epoch (ties: the first), with
+    its value; None if no config has one."""
+    scored = [(entry["mean"].get("valid_at_best"), entry["name"]) for entry in summary["configs"]
+              if entry["mean"].get("valid_at_best") is not None]
+    if not scored:
+        return None
+    value = max(value for value, _ in scored)
+    name = next(name for v, name in scored if v == value)
+    return f"{name} ({value:.4f})"
 
 
 def latex(summary) -> str:
@@ -365,13 +451,15 @@ def latex(summary) -> str:
         body += [r"\par\footnotesize " + esc(line) for line in notes(summary, rows, reasons=False)]
         return "\n".join(body + [r"\end{table}"])
 
-    return "\n\n".join([
-        "% needs \\usepackage{booktabs}",
-        table(mh, mr, f"{summary['dataset']}: test metrics at k = {summary['k']}, mean ± std over seeds "
-                      f"[95% CI]")]
-        + [table(th, rows, f"{summary['dataset']}: against {baseline} (relative difference of the means; paired "
-                           f"t-test over seeds; Wilcoxon signed-rank test over users)")
-           for baseline, rows in tr.items()]) + "\n"
+    tables = [table(mh, mr, f"{summary['dataset']}: test metrics at k = {summary['k']}, mean ± std over seeds "
+                            f"[95% CI]")]
+    tables += [table(th, rows, f"{summary['dataset']}: against {baseline}. {test_caption(summary)}")
+               for baseline, rows in tr.items()]
+    if summary.get("published"):
+        head, rows = published_rows(summary)
+        tables.append(table(head, rows, f"{summary['dataset']}: published single runs against the 95% "
+                                        f"prediction interval of one run of ours"))
+    return "\n\n".join(["% needs \\usepackage{booktabs}"] + tables) + "\n"
 
 
 def plot(out: Path, summary, configs, k) -> None:
@@ -422,10 +510,33 @@ def plot(out: Path, summary, configs, k) -> None:
     plt.close(figure)
 
 
-def report(out: Path, baseline=None, k=20) -> dict:
-    """Write summary.md/.tex/.json, curves.png and bars.png into OUT; print the markdown."""
+def published_runs(summary, published) -> list:
+    """[{config, log, test, pi95}]: each (config, LOG) pair's final test metrics at k, LOG a log file
+    or published:NAME (compare.resolve_log), with the config's prediction interval of one run."""
+    entries = {entry["name"]: entry for entry in summary["configs"]}
+    found = []
+    for config, argument in published:
+        if config not in entries:
+            raise InputError(f"--published {config}={argument}: {config} is not a config of this sweep "
+                             f"(configs: {', '.join(entries)})")
+        log = compare.parse_log(compare.resolve_log(argument))
+        if log.final_test is None or summary["k"] not in log.final_test:
+            raise InputError(f"--published {config}={argument}: the log has no final test metrics at "
+                             f"k = {summary['k']}")
+        values = dict(zip(METRICS, log.final_test[summary["k"]]))
+        found.append({"config": config, "log": str(argument), "test": values, "pi95": entries[config]["pi95"]})
+    return found
+
+
+def report(out: Path, baseline=None, k=20, margin=significance.DEFAULT_MARGIN, paired=None,
+           published=()) -> dict:
+    """Write summary.md/.tex/.json, curves.png and bars.png into OUT; print the markdown.
+
+    `published`: [(config, LOG)] single published runs to place in the config's prediction interval."""
     collected = collect(out, k)  # every run's files read once, for the tables and the plots
-    summary = summarize(out, baseline, k, collected)
+    summary = summarize(out, baseline, k, collected, margin, paired)
+    if published:
+        summary["published"] = published_runs(summary, published)
     if not any(entry["seeds"] for entry in summary["configs"]):
         print(f"no finished runs in {out} yet: nothing to report", file=sys.stderr)
         return summary

@@ -1,5 +1,4 @@
 """experiments.py, sweep.py, report.py: the aggregation against independent computations, and real sweeps on synthetic data."""
-import itertools
 import json
 import math
 import os
@@ -10,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from scipy import stats
 
 import compare
 import experiments
@@ -37,15 +37,6 @@ def write_fake_run(out, config, seed, test, per_user, curve=((1, 0.1), (2, 0.2))
     (folder / "run.out").write_text("".join(
         f"\nEpoch: {epoch:03d}, Loss: 0.5000\nPrecision@20: 0.0000, Recall@20: {recall:.4f}, NDCG@20: 0.0000\nSave: x\n"
         for epoch, recall in curve))
-
-
-def exact_wilcoxon_p(differences):
-    """Two-sided exact p of the signed-rank test: all 2^n sign patterns of the ranks of |d|."""
-    ranks = np.argsort(np.argsort(np.abs(differences))) + 1  # no ties in the data used here
-    r_plus = ranks[differences > 0].sum()
-    observed = min(r_plus, ranks.sum() - r_plus)
-    sums = [sum(r for r, sign in zip(ranks, signs) if sign) for signs in itertools.product([0, 1], repeat=len(ranks))]
-    return min(1.0, 2 * np.mean([value <= observed for value in sums]))
 
 
 @pytest.fixture
@@ -88,16 +79,25 @@ def test_aggregation_against_independent_computation(fake_sweep):
     assert base["vs_baseline"] is None
     recall_new = np.array([values["new", seed][0][1] for seed in seeds])
     recall_base = np.array([values["base", seed][0][1] for seed in seeds])
-    assert new["vs_baseline"]["recall_rel_diff"] == pytest.approx(recall_new.mean() / recall_base.mean() - 1)
-    # Paired t-test, df = 2: t = mean(d) / (sd(d) / sqrt(3)); two-sided p = 1 - |t| / sqrt(2 + t^2).
-    d = recall_new - recall_base
-    t = d.mean() / (d.std(ddof=1) / math.sqrt(3))
-    assert new["vs_baseline"]["p_seed_ttest"] == pytest.approx(1 - abs(t) / math.sqrt(2 + t * t), rel=1e-9)
-    # Wilcoxon over the 8 users, each user's recall averaged over the 3 seeds.
-    users = range(101, 109)
-    mean_new = np.array([np.mean([values["new", s][1][u][1] for s in seeds]) for u in users])
-    mean_base = np.array([np.mean([values["base", s][1][u][1] for s in seeds]) for u in users])
-    assert new["vs_baseline"]["p_user_wilcoxon"] == pytest.approx(exact_wilcoxon_p(mean_new - mean_base), rel=1e-9)
+    versus = new["vs_baseline"]
+    assert versus["recall_rel_diff"] == pytest.approx(recall_new.mean() / recall_base.mean() - 1)
+    assert versus["seeds"] == versus["baseline_seeds"] == 3 and set(versus["by_metric"]) == {"recall", "ndcg"}
+    recall = versus["by_metric"]["recall"]
+    # Welch's t-test, by hand: se^2 = s1^2/3 + s2^2/3, Welch-Satterthwaite degrees of freedom.
+    v1, v2 = recall_new.var(ddof=1) / 3, recall_base.var(ddof=1) / 3
+    diff, se, df = recall_new.mean() - recall_base.mean(), math.sqrt(v1 + v2), (v1 + v2) ** 2 / (v1 ** 2 / 2 + v2 ** 2 / 2)
+    assert recall["test"] == "welch" and recall["diff"] == pytest.approx(diff, rel=1e-12)
+    assert recall["p"] == pytest.approx(2 * stats.t.sf(abs(diff) / se, df), rel=1e-9)
+    half = stats.t.ppf(0.975, df) * se
+    assert recall["ci95_rel_diff"] == pytest.approx([(diff - half) / recall_base.mean(),
+                                                    (diff + half) / recall_base.mean()], rel=1e-9)
+    # Holm over the report's two comparisons (recall and NDCG of "new"): the smaller p doubled.
+    p_values = sorted(m["p"] for m in versus["by_metric"].values())
+    assert min(m["p_holm"] for m in versus["by_metric"].values()) == pytest.approx(min(1, 2 * p_values[0]))
+    assert recall["verdict"] in ("better", "worse", "equivalent", "inconclusive")
+    # The users' interval: over the 8 users of each run; it holds the point estimate.
+    low, high = recall["ci95_rel_diff_hier"]
+    assert low < recall["rel_diff"] < high
 
 
 COMMITTED_SWEEPS = sorted(path.parent for path in (ROOT / "results4comparison").glob("*/summary.json"))
@@ -108,7 +108,12 @@ def test_committed_sweeps_summaries_equal_what_their_runs_say(folder):
     """The committed summary.json is what the report makes of the committed runs, and each run's test
     metrics are those its log printed."""
     committed = json.loads((folder / "summary.json").read_text())
-    assert report.summarize(folder, committed["baselines"], committed["k"]) == committed
+    published = committed.pop("published", [])  # the published logs are fetched, not committed
+    assert report.summarize(folder, committed["baselines"], committed["k"], margin=committed["margin"],
+                            paired=committed["paired_because"]) == committed
+    for item in published:  # each published run's prediction interval is its config's
+        entry = next(entry for entry in committed["configs"] if entry["name"] == item["config"])
+        assert item["pi95"] == entry["pi95"]
     for entry in committed["configs"]:
         for run in entry["runs"]:
             printed = compare.parse_log(folder / run["log"]).final_test[committed["k"]]
@@ -156,8 +161,15 @@ def test_one_baseline_per_model(fake_sweep, capsys):
     assert entries["new"]["vs_baseline"] is None
     for name, baseline in (("base-copy", "base"), ("new-copy", "new")):
         alone = next(entry for entry in against[baseline]["configs"] if entry["name"] == name)
-        assert entries[name]["vs_baseline"] == alone["vs_baseline"]
+        holm_free = [{metric: {key: value for key, value in m.items() if key not in ("p_holm", "p_tost_holm", "verdict")}
+                      for metric, m in versus["vs_baseline"]["by_metric"].items()} for versus in (entries[name], alone)]
+        assert holm_free[0] == holm_free[1]  # Holm's family is each report's own: those may differ
         assert entries[name]["vs_baseline"]["baseline"] == baseline
+    # One Holm family over the whole two-baseline report: 2 configs x 2 metrics.
+    p_values = [m["p"] for entry in both["configs"] if entry["vs_baseline"] for m in entry["vs_baseline"]["by_metric"].values()]
+    adjusted = [m["p_holm"] for entry in both["configs"] if entry["vs_baseline"]
+                for m in entry["vs_baseline"]["by_metric"].values()]
+    assert len(p_values) == 4 and min(adjusted) == pytest.approx(min(1, 4 * min(p_values)))
     assert experiments.main(["--report", str(out), "--baseline", "base", "new"]) == 0
     text = (out / "summary.md").read_text()
     against_base, against_new = text.split("## Against base")[1].split("## Against new")
@@ -631,10 +643,10 @@ def test_a_damaged_run_through_the_command(fake_sweep):
 def test_few_seeds_are_marked_in_both_tables(fake_sweep):
     out, _ = fake_sweep
     summary = report.summarize(out)
-    assert summary["configs"][1]["vs_baseline"]["paired_seeds"] == 3
+    assert summary["configs"][1]["vs_baseline"]["seeds"] == 3
     text = report.markdown(summary)
     assert "| base | 3† |" in text and "| new | 3† |" in text
-    p = summary["configs"][1]["vs_baseline"]["p_seed_ttest"]
+    p = summary["configs"][1]["vs_baseline"]["by_metric"]["recall"]["p"]
     assert f"| {report._p(p)}† |" in text
     assert text.count("† fewer than 5 seeds") == 2
     assert r"$^\dagger$" in report.latex(summary)
@@ -679,3 +691,70 @@ def test_per_user_ids_round_trip_through_main_py(tmp_path):
     per_user = report.read_per_user(path)
     assert per_user == {metric: {ids[user]: values[i, j].item() for j, user in enumerate(users.tolist())}
                         for i, metric in enumerate(sweep.METRICS)}
+
+
+# ----------------------------------------------------------------------------------------------
+# The report's statistics flags: --margin, --paired, --published, and compare.py --runs
+
+
+def write_published_log(path, recall, ndcg):
+    """A log in the published format with one epoch and its final test block at k = 20."""
+    rule = "#" * 77
+    path.write_text(f"{rule}\ndataset: TOY\n{rule}\n\nEpoch: 001, Loss: 0.5000\n"
+                    f"Precision@20: 0.1000, Recall@20: 0.2000, NDCG@20: 0.3000\n{rule}\nFinal Test Results\n"
+                    f"Precision@20: 0.1500, Recall@20: {recall:.4f}, NDCG@20: {ndcg:.4f}\n{rule}\n")
+
+
+def test_published_run_against_the_prediction_interval(fake_sweep, tmp_path):
+    out, values = fake_sweep
+    log = tmp_path / "published.out"
+    write_published_log(log, recall=0.4, ndcg=0.9)
+    assert experiments.main(["--report", str(out), "--published", f"new={log}"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    recall = np.array([values["new", seed][0][1] for seed in (2024, 2025, 2026)])
+    half = 4.302652729911275 * recall.std(ddof=1) * math.sqrt(1 + 1 / 3)  # t(0.975, 2)
+    (item,) = summary["published"]
+    assert item["config"] == "new" and item["test"]["recall"] == 0.4 and item["test"]["ndcg"] == 0.9
+    assert item["pi95"]["recall"] == pytest.approx([recall.mean() - half, recall.mean() + half], rel=1e-9)
+    where = "inside" if item["pi95"]["recall"][0] <= 0.4 <= item["pi95"]["recall"][1] else "below"
+    markdown = (out / "summary.md").read_text()
+    assert f"| new | {log} | Recall@20 | 0.4000 |" in markdown and f"| {where} |" in markdown
+    assert "| NDCG@20 | 0.9000 |" in markdown and "| above |" in markdown
+    # compare.py gives the same interval from the config folder's seeds.
+    result = subprocess.run([sys.executable, str(ROOT / "compare.py"), str(log), "--runs", str(out / "new")],
+                            capture_output=True, text=True, timeout=300)
+    low, high = item["pi95"]["recall"]
+    assert result.returncode == 0, result.stderr
+    assert f"Recall@20: 95% prediction interval of one run of {out / 'new'} (3 seeds): [{low:.4f}, {high:.4f}]" \
+        in result.stdout
+    assert "NDCG@20" in result.stdout and "  published: 0.9000, above" in result.stdout
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--published", "nope=x.out"], "error: --published nope=x.out: nope is not a config"),
+    (["--published", "new"], "error: --published new: write CONFIG=LOG"),
+    (["--margin", "0"], "--margin: 0: give a margin above 0 and below 100%"),
+    (["--margin", "abc"], "--margin: 'abc' is not a number or a percentage"),
+])
+def test_statistics_flags_refuse_bad_values(fake_sweep, capsys, flags, message):
+    out, _ = fake_sweep
+    try:
+        code = experiments.main(["--report", str(out), *flags])
+    except SystemExit as stop:  # argparse's refusal of a flag value
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_margin_and_paired(fake_sweep, capsys):
+    out, values = fake_sweep
+    assert experiments.main(["--report", str(out), "--margin", "5%", "--paired", "one shared random stream"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["margin"] == 0.05 and summary["test"] == "paired-t"
+    assert summary["paired_because"] == "one shared random stream"
+    recall = summary["configs"][1]["vs_baseline"]["by_metric"]["recall"]
+    d = np.array([values["new", s][0][1] - values["base", s][0][1] for s in (2024, 2025, 2026)])
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(3))
+    assert recall["test"] == "paired-t" and recall["p"] == pytest.approx(1 - abs(t) / math.sqrt(2 + t * t), rel=1e-9)
+    assert "(asked for: one shared random stream)" in (out / "summary.md").read_text()
+    assert "seeds for ±5%" in capsys.readouterr().out
