@@ -79,6 +79,62 @@ def test_each_rule_by_hand(tmp_path, rule, user1, user2, flags):
     assert rows_of(ratings, 3) == UNTOUCHED_3
 
 
+# User 3 (not answered) has item 2 at 3 stars and item 4 at 2: at scope all they are candidates too.
+@pytest.mark.parametrize("rule, flags, user1, user2, user3", [
+    # 3 -> 4.5, 2 -> 0.5: user 1 has 3 2 3 on items 2 3 4, user 2 has 2 3 on items 2 3
+    ("star-threshold", [], {2: 4.5, 3: 0.5, 4: 4.5}, {2: 0.5, 3: 4.5}, UNTOUCHED_3),
+    ("star-threshold", ["--scope", "answered"], {2: 4.5, 3: 0.5, 4: 4.5}, {2: 0.5, 3: 4.5}, UNTOUCHED_3),
+    ("star-threshold", ["--scope", "all"], {2: 4.5, 3: 0.5, 4: 4.5}, {2: 0.5, 3: 4.5}, {2: 4.5, 4: 0.5, 5: 5.0}),
+    ("all-positive", ["--scope", "all"], {2: 4.5, 3: 4.5, 4: 4.5}, {2: 4.5, 3: 4.5}, {2: 4.5, 4: 4.5, 5: 5.0}),
+    ("all-negative", ["--scope", "all"], {2: 0.5, 3: 0.5, 4: 0.5}, {2: 0.5, 3: 0.5}, {2: 0.5, 4: 0.5, 5: 5.0}),
+    # the LLM's on users 1 and 2 (item 2 each), star-threshold on user 3; scope all is its default
+    ("llm+star-threshold", [], {2: 4.5, 3: 0.5, 4: 0.5}, {2: 4.5, 3: 0.5}, {2: 4.5, 4: 0.5, 5: 5.0}),
+    ("llm+star-threshold", ["--scope", "all"], {2: 4.5, 3: 0.5, 4: 0.5}, {2: 4.5, 3: 0.5}, {2: 4.5, 4: 0.5, 5: 5.0}),
+])
+def test_star_threshold_scope_all_and_combined_by_hand(tmp_path, rule, flags, user1, user2, user3):
+    write_hand_dataset(tmp_path / "data")
+    ratings = relabelled(tmp_path / "data", tmp_path / "out", rule, *flags)
+    assert rows_of(ratings, 1) == {1: 5.0, 5: 4.0, **user1}
+    assert rows_of(ratings, 2) == {1: 4.0, 6: 1.0, **user2}
+    assert rows_of(ratings, 3) == user3
+    assert rows_of(ratings, 4) == {2: 5.0, 3: 4.0, 4: 5.0, 6: 4.0}
+
+
+def test_report_at_scope_all_counts_the_llm_only_where_it_labelled_by_hand(tmp_path, capsys):
+    write_hand_dataset(tmp_path / "data")
+    relabelled(tmp_path / "data", tmp_path / "out", "star-threshold", "--scope", "all")
+    folder = tmp_path / "out" / "ML-100K"
+    # user 1: 3 candidates, LLM 4.5 on item 2, rule on items 2 and 4 -> same on items 2 and 3;
+    # user 2: LLM item 2, rule item 3 -> none alike; user 3: no LLM label, rule item 2 -> 4.5, item 4 -> 0.5.
+    assert (folder / "relabel_users.csv").read_text() == (
+        "user_id,candidates,llm_4.5,rule_4.5,rule_0.5,same_as_llm\n1,3,1,2,1,2\n2,2,1,1,1,0\n3,2,,1,1,\n")
+    report = json.loads((folder / "relabel_report.json").read_text())
+    assert report["scope"] == "all" and report["rule"] == "star-threshold"
+    assert (report["users_relabelled"], report["candidates"], report["llm_users"], report["llm_candidates"]) == (3, 7, 2, 5)
+    assert (report["rows_4.5"], report["rows_0.5"], report["llm_rows_4.5"], report["llm_rows_0.5"]) == (4, 3, 2, 3)
+    # agreement over the 5 rows the LLM labelled; user 3's 2 rows have no LLM label to agree with
+    assert (report["same_label_as_llm"], report["rule_4.5_llm_0.5"], report["rule_0.5_llm_4.5"]) == (2, 2, 1)
+    assert report["relabelled_without_llm_label"] == 2
+    out = capsys.readouterr().out
+    assert "rows relabelled in both: 5, same label 2 (40.0%)" in out and "rows relabelled in A only: 2, in B only: 0" in out
+    relabelled(tmp_path / "data", tmp_path / "answered", "star-threshold")
+    assert json.loads((tmp_path / "answered" / "ML-100K" / "relabel_report.json").read_text())["scope"] == "answered"
+
+
+def test_combined_rule_is_the_llm_on_its_users_and_star_threshold_elsewhere(tmp_path):
+    _, train, llm = fake_llm_dataset(tmp_path / "data")
+    outputs = {}
+    for rule, flags in (("llm", []), ("star-threshold", ["--scope", "all"]), ("llm+star-threshold", [])):
+        relabelled(tmp_path / "data", tmp_path / rule, rule, *flags)
+        outputs[rule] = pd.read_csv(tmp_path / rule / "ML-100K" / "ML-100K_train_augment.csv")[RATING_COL]
+    answered = (train[USER_COL] <= 5).to_numpy()
+    assert train.loc[~answered, RATING_COL].isin([2, 3]).any()  # user 6 has candidates of its own
+    combined = outputs["llm+star-threshold"].to_numpy()
+    assert (combined[answered] == outputs["llm"].to_numpy()[answered]).all()
+    assert (combined[~answered] == outputs["star-threshold"].to_numpy()[~answered]).all()
+    assert not np.isin(combined, [2, 3]).any()
+
+
 def test_collaborative_takes_the_llm_count_of_highest_scores_by_hand(tmp_path, monkeypatch):
     # Rows 1-3 are user 1's candidates (items 2 3 4), rows 6-7 user 2's (items 2 3); one positive each.
     # User 1: items 3 and 4 tie at 0.9 -> the earlier row, item 3. User 2: item 3 (2.0 > -1.0).
@@ -218,6 +274,15 @@ def exit_code(argv):
     (["--out_dir", "{tmp}/file/below"], "is a file, not a folder"),
     (["--rule", "collaborative", "--device", "cuda:99"], "error: --device cuda:99: "),
     (["--rule", "collaborative", "--device", "tpu"], "--device tpu: unknown device"),
+    (["--rule", "random-matched", "--scope", "all"], "error: --rule random-matched --scope all: it takes the "
+                                                     "LLM's count of positives per user, which only answered "
+                                                     "users have; use --scope answered"),
+    (["--rule", "collaborative", "--scope", "all"], "error: --rule collaborative --scope all: it takes the LLM's"),
+    (["--rule", "llm", "--scope", "all"], "error: --rule llm --scope all: the LLM labelled only the users it "
+                                          "answered; use --scope answered"),
+    (["--rule", "llm+star-threshold", "--scope", "answered"], "error: --rule llm+star-threshold --scope answered: "
+                                                              "it labels the users the LLM did not answer"),
+    (["--scope", "some"], "argument --scope: invalid choice: 'some'"),
 ])
 def test_bad_input_is_one_line_before_any_work(tmp_path, capsys, flags, message):
     write_hand_dataset(tmp_path / "data")
@@ -317,9 +382,11 @@ def test_ctrl_c_says_what_was_written(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == "error: interrupted; nothing was written; rerun the same command\n"
     assert not (tmp_path / "out").exists()
     monkeypatch.undo()
-    monkeypatch.setattr(R, "write_augment", interrupted)  # after the copies, before the train file
+    monkeypatch.setattr(R, "write_augment", interrupted)  # the train file, written last
     assert R.main(argv) == 2
     assert capsys.readouterr().err == (f"error: interrupted; each file in {tmp_path / 'out' / 'ML-100K'} is whole or "
                                        f"absent (written atomically); rerun the same command\n")
+    # no train file: the set reads as missing, and experiments.py makes it again
     assert sorted(p.name for p in (tmp_path / "out" / "ML-100K").iterdir()) == [
-        "ML-100K_test.csv", "ML-100K_train_original.csv", "ML-100K_validation.csv"]
+        "ML-100K_test.csv", "ML-100K_train_original.csv", "ML-100K_validation.csv", "relabel_report.json",
+        "relabel_users.csv"]
