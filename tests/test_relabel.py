@@ -404,6 +404,34 @@ def test_a_set_the_sweep_cannot_make_stops_it_before_anything_is_written(tmp_pat
     assert planned == [] and not (tmp_path / "sweep").exists() and not (tmp_path / "dataset-relabel").exists()
 
 
+def test_a_stop_while_a_set_is_made_leaves_no_train_file_and_the_rerun_makes_it(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    write_hand_dataset(data)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REFINE_DATA_DIR", str(data))
+    planned = no_runs(monkeypatch)
+    argv = ["--dataset", "ML-100K", "--preset", "llm-need", "--configs", "refine-star-threshold", "--seeds", "1",
+            "--devices", "cpu", "--out", str(tmp_path / "sweep")]
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(R, "write_augment", interrupted)  # the set's last file
+    assert experiments.main(argv) == 2
+    assert capsys.readouterr().err.endswith("\nerror: interrupted; nothing was lost: rerun the same command\n")
+    folder = tmp_path / "dataset-relabel" / "star-threshold" / "ML-100K"
+    assert not (folder / "ML-100K_train_augment.csv").exists() and not (tmp_path / "sweep").exists()
+    assert planned == []
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REFINE_DATA_DIR", str(data))
+    planned = no_runs(monkeypatch)
+    assert experiments.main(argv) == 0
+    ratings = pd.read_csv(folder / "ML-100K_train_augment.csv")
+    assert ratings[RATING_COL].tolist()[:5] == [5.0, 4.5, 0.5, 4.5, 4.0]  # user 1: 5 3 2 3 4
+    assert [run.config for run in planned] == ["refine-star-threshold"]
+
+
 def test_fresh_draws_are_made_per_run_with_the_runs_seed(tmp_path, monkeypatch, capsys):
     data = tmp_path / "data"
     fake_llm_dataset(data)
@@ -461,6 +489,8 @@ def test_a_real_sweep_trains_each_seed_on_its_own_fresh_draw(tmp_path):
         assert (run / "run.test.json").is_file() and f"data_dir: {folder}\n" in (run / "run.out").read_text()
     manifest = json.loads((out / sweep.MANIFEST).read_text())
     assert "dataset-relabel/random-matched-fresh/seed{seed}" in manifest["configs"][0]["flags"]
+    summary = json.loads((out / "summary.json").read_text())  # the report reads the templated manifest
+    assert [run["seed"] for run in summary["configs"][0]["runs"]] == [2024, 2025]
 
 
 def test_llm_need_preset_arms_per_dataset():
@@ -489,6 +519,29 @@ def test_llm_need_preset_arms_per_dataset():
     for flags in ml.values():
         if "--data_dir" in flags:
             assert relabel_rules.relabel_set(flags[-1].replace("{seed}", "2024")) is not None
+
+
+def test_llm_need_plans_every_run_and_makes_its_sets_first(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    write_hand_dataset(data)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REFINE_DATA_DIR", str(data))
+    planned = no_runs(monkeypatch)
+    assert experiments.main(["--dataset", "ML-100K", "--preset", "llm-need", "--seeds", "2024", "2025", "--jobs", "2",
+                             "--devices", "cpu", "--out", str(tmp_path / "x"), "--", "--sampler", "sparse"]) == 0
+    err = capsys.readouterr().err
+    made = ["all-positive", "all-positive-all", "star-threshold", "star-threshold-all", "llm+star-threshold",
+            "random-matched-fresh/seed2024", "random-matched-fresh/seed2025"]
+    for number, folder in enumerate(made, 1):
+        assert f"relabelled set {number}/7: python refine_llm.py relabel ML-100K --data_dir {data} " in err
+        assert f"--out_dir dataset-relabel/{folder}" in err.splitlines()[number - 1]
+        assert (tmp_path / "dataset-relabel" / folder / "ML-100K" / "ML-100K_train_augment.csv").is_file()
+    assert "32 runs (16 configs x 2 seeds): 0 finished, 0 to resume, 32 to start" in err
+    configs = dict(experiments.resolve_configs(experiments.parse_args(
+        ["--dataset", "ML-100K", "--preset", "llm-need", "--out", "o"]).args))
+    assert sorted((run.config, run.seed, tuple(run.flags)) for run in planned) == sorted(
+        (name, seed, tuple(["--dataset", "ML-100K", "--r", "100"] + sweep.with_seed(flags, seed) + ["--sampler", "sparse"]))
+        for name, flags in configs.items() for seed in (2024, 2025))
 
 
 def test_llm_need_adds_to_the_committed_relabel_sweep(tmp_path):
