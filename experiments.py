@@ -2,12 +2,16 @@
 
     python experiments.py --dataset ML-100K --preset paper --seeds 5 --jobs 2 --out results/ML-100K
     python experiments.py --report results/ML-100K          # report only, from finished runs
+    python experiments.py --dataset ML-100K --preset llm-need --seeds 10 --jobs 2 \
+        --out results4comparison/ML-100K-relabel -- --sampler sparse
 
 A config is a named set of main.py flags; `--preset paper` holds the five of the paper's ML-100K
-comparison. Every (config, seed) is one run of main.py itself, in OUT/<config>/seed<S>/ (sweep.py
-runs them and owns that layout); rerunning the same command after a crash or Ctrl-C loses no
-finished epoch. The report (report.py) is printed and written to OUT as summary.md, summary.tex,
-summary.json, curves.png and bars.png. This module is the command line.
+comparison. A flag may hold `{seed}`, which each run replaces by its seed. Every (config, seed) is
+one run of main.py itself, in OUT/<config>/seed<S>/ (sweep.py runs them and owns that layout);
+rerunning the same command after a crash or Ctrl-C loses no finished epoch. A run whose --data_dir
+is a relabelled set (dataset-relabel/<set>, docs/relabel.md) finds it made before the runs start.
+The report (report.py) is printed and written to OUT as summary.md, summary.tex, summary.json,
+curves.png and bars.png. This module is the command line.
 """
 import argparse
 import importlib.util
@@ -22,8 +26,8 @@ import entry
 import report
 import significance
 import sweep
-from llm.relabel_rules import NON_LLM_RULES, RELABEL_DIR
-from sweep import MANIFEST, OWN_FLAGS
+from llm.relabel_rules import FRESH_SETS, NON_LLM_RULES, RELABEL_DIR, RELABEL_SETS, relabel_set
+from sweep import MANIFEST, OWN_FLAGS, SEED_PLACEHOLDER
 from utils import ArgumentParser, HelpFormatter, InputError
 
 FIRST_SEED = 2024  # seed 2024 first: it is the published run's seed
@@ -53,6 +57,37 @@ PRESETS = {
     },
 }
 
+# Does the gain need an LLM, decided (docs/relabel.md, the decisive study): each arm's data flags.
+# llm, original and all-positive are the relabel preset's, so that its finished runs count here.
+LLM_NEED_ARMS = {
+    "llm": [],
+    "original": ["--dataset_augment", "0"],
+    **{arm: ["--data_dir", f"{RELABEL_DIR}/{arm}"]
+       for arm in ("all-positive", "all-positive-all", "star-threshold", "star-threshold-all", "llm+star-threshold")},
+    # drawn anew for each training seed, with that seed
+    "random-matched-fresh": ["--data_dir", f"{RELABEL_DIR}/random-matched-fresh/seed{SEED_PLACEHOLDER}"],
+}
+# Datasets whose study has fewer arms (the pre-registered plan); every other dataset gets all of them.
+LLM_NEED_DATASET_ARMS = {
+    "Amazon_Digital_Music": ("llm", "original", "all-positive-all", "star-threshold-all", "random-matched-fresh"),
+}
+
+
+def llm_need_configs(dataset) -> dict:
+    """--preset llm-need for `dataset`: {model}-{arm} for LightGCN (--model lightgcn) and ReFINe (the default)."""
+    arms = LLM_NEED_DATASET_ARMS.get(dataset, tuple(LLM_NEED_ARMS))
+    return {f"{model}-{arm}": (["--model", "lightgcn"] if model == "lightgcn" else []) + LLM_NEED_ARMS[arm]
+            for arm in LLM_NEED_ARMS if arm in arms for model in ("lightgcn", "refine")}
+
+
+PRESETS["llm-need"] = llm_need_configs("ML-100K")
+# Presets whose configs each name their own --data_dir: one after -- would override them all.
+OWN_DATA_PRESETS = ("relabel", "llm-need")
+
+
+def preset_configs(preset, dataset) -> dict:
+    return llm_need_configs(dataset) if preset == "llm-need" else dict(PRESETS[preset])
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
@@ -71,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                "--out results/ML-1M\n"
                "  python experiments.py --dataset ML-100K --configs refine --seeds 2024, --out results/one  "
                "# the published seed alone\n"
+               "  python experiments.py --dataset ML-100K --preset llm-need --seeds 10 --jobs 2 "
+               "--out results4comparison/ML-100K-relabel -- --sampler sparse\n"
+               "  python experiments.py --dataset ML-100K --config fresh=\"--data_dir "
+               "dataset-relabel/random-matched-fresh/seed{seed}\" --seeds 3 --out results/fresh\n"
                "  python experiments.py --report results/ML-100K\n"
                "outputs: OUT/<config>/seed<S>/run.* per run; OUT/summary.{md,tex,json}, OUT/curves.png, "
                "OUT/bars.png")
@@ -81,11 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="paper",
                         help="named set of configs: paper = " + ", ".join(PRESETS["paper"]) + "; relabel = "
                              "LightGCN and ReFINe on the LLM's labels, the original ratings and each of "
-                             f"{RELABEL_DIR}/<rule>/ (docs/relabel.md)")
+                             f"{RELABEL_DIR}/<rule>/; llm-need = the decisive study's arms for --dataset "
+                             "(ML-100K: " + ", ".join(LLM_NEED_ARMS) + "; Amazon_Digital_Music: "
+                             + ", ".join(LLM_NEED_DATASET_ARMS["Amazon_Digital_Music"]) + "); missing relabelled "
+                             "sets are made before the runs (docs/relabel.md)")
     parser.add_argument("--configs", nargs="+", metavar="NAME",
                         help="run only these configs (of the preset or of --config; default: all of them)")
     parser.add_argument("--config", action="append", default=[], metavar='NAME="--flag value ..."',
-                        help="add a config of main.py flags; repeatable (default: none)")
+                        help="add a config of main.py flags; repeatable; {seed} in a flag is each run's seed "
+                             "(default: none)")
     parser.add_argument("--seeds", nargs="+", default=["5"], metavar="N | S1 S2 | S,",
                         help=f"one number N (at most {MAX_SEED_COUNT}): the seeds 2024 .. 2024+N-1; several "
                              "numbers, or numbers with commas: those seeds (--seeds 2024, is seed 2024 alone) "
@@ -167,10 +210,10 @@ def parse_args(argv) -> Options:
     for flag in extra:
         if flag.split("=")[0] in OWN_FLAGS:
             parser.error(f"{flag} after --: experiments.py sets it for every run (use --seeds / --devices)")
-        if flag.split("=")[0] == "--data_dir" and args.preset == "relabel":
+        if flag.split("=")[0] == "--data_dir" and args.preset in OWN_DATA_PRESETS:
             # After --, it would win over each config's own folder: every config would train on one set.
-            parser.error("--data_dir after -- with --preset relabel: each config has its own data folder; set "
-                         "REFINE_DATA_DIR for the LLM's and the original ratings instead")
+            parser.error(f"--data_dir after -- with --preset {args.preset}: each config has its own data folder; "
+                         f"set REFINE_DATA_DIR for the LLM's and the original ratings instead")
     if args.paired is not None and not args.paired.strip():
         parser.error("--paired needs its reason (why the runs of two configs share their random stream)")
     if args.jobs < 1 or args.cpus_per_run < 1 or args.threads < 1:
@@ -209,7 +252,7 @@ def resolve_seeds(values) -> list:
 
 def resolve_configs(args) -> list:
     """[(name, main.py flags)] in order: the preset's configs, then --config ones, filtered by --configs."""
-    configs = dict(PRESETS[args.preset])
+    configs = preset_configs(args.preset, args.dataset)
     added = set()
     for spec in args.config:
         name, sep, flags = spec.partition("=")
@@ -238,18 +281,62 @@ def resolve_configs(args) -> list:
     return list(configs.items())
 
 
-def check_relabelled_sets(dataset, configs) -> None:
-    """InputError for the first config of a relabelled set (RELABEL_DIR/<rule>) whose train file is
-    missing, with the command that makes it (the sweep's own check would suggest a download)."""
-    from catalog import split_path
+class RelabelledSets:
+    """The relabelled sets a sweep makes itself (sweep.sweep's `maker`): a run whose --data_dir is
+    RELABEL_DIR/<set> (llm.relabel_rules.relabel_set) and whose train file is missing gets it from
+    `refine_llm.py relabel` on the default data folder (./dataset or $REFINE_DATA_DIR, where main.py
+    reads the LLM's and the original ratings) before any run starts. The train file is written
+    last, so a set stopped half-way is made again by the rerun."""
 
-    for name, flags in configs:
-        for rule in NON_LLM_RULES:
-            folder = f"{RELABEL_DIR}/{rule}"
-            if folder in flags and not split_path(folder, dataset, "train_augment").is_file():
-                raise InputError(f"config {name}: {split_path(folder, dataset, 'train_augment')} not found; make it "
-                                 f"with `python refine_llm.py relabel {shlex.quote(dataset)} --rule {rule} "
-                                 f"--out_dir {folder}` (docs/relabel.md)")
+    def pending(self, flags):
+        """(folder, dataset) of a run's relabelled set still to make, else None."""
+        import cli
+        from catalog import split_path
+
+        try:
+            main_args = cli.parse_main_flags(flags)
+        except argparse.ArgumentError:  # main.py's own message, in the run
+            return None
+        folder = Path(main_args.data_dir)
+        if folder.parts[:1] != (RELABEL_DIR,) or split_path(folder, main_args.dataset, "train_augment").is_file():
+            return None
+        return folder, main_args.dataset
+
+    def command(self, folder, dataset) -> list:
+        """refine_llm.py's arguments that make `folder`."""
+        from catalog import default_data_dir
+
+        rule, scope, seed = relabel_set(folder)
+        return (["relabel", dataset, "--data_dir", default_data_dir(), "--rule", rule, "--scope", scope,
+                 "--out_dir", str(folder)] + ([] if seed is None else ["--seed", str(seed)]))
+
+    def check(self, needs) -> None:
+        """InputError for a set that is not one of ours, or whose source files are missing."""
+        from catalog import SPLITS, default_data_dir, missing_split_message, split_path
+
+        for (folder, dataset), run in needs.items():
+            if relabel_set(folder) is None:
+                raise InputError(f"config {run.config}: {split_path(folder, dataset, 'train_augment')} not found, and "
+                                 f"{folder} is not a set experiments.py makes ({RELABEL_DIR}/<set> with <set> one of "
+                                 f"{', '.join(RELABEL_SETS)}, or {RELABEL_DIR}/<fresh>/seed<S> with <fresh> one of "
+                                 f"{', '.join(FRESH_SETS)}); make it with `python refine_llm.py relabel` "
+                                 f"(docs/relabel.md)")
+            source = default_data_dir()
+            message = missing_split_message(source, dataset, SPLITS)
+            llm = split_path(source, dataset, "train_augment")
+            if message is None and not llm.is_file():
+                message = f"{llm} not found: the LLM's labels that {folder} is made from"
+            if message:
+                raise InputError(f"config {run.config}: to make {folder}: {message}")
+
+    def make(self, needs, say) -> None:
+        import refine_llm
+
+        for number, (folder, dataset) in enumerate(needs, 1):
+            argv = self.command(folder, dataset)
+            say(f"relabelled set {number}/{len(needs)}: python refine_llm.py {shlex.join(argv)}")
+            # A stop here ends with experiments.py's own line: the set's files are whole or absent.
+            refine_llm.stage_relabel(refine_llm.build_parser().parse_args(argv), entry.Stop(""), show=False)
 
 
 def run(options: Options) -> int:
@@ -260,8 +347,7 @@ def run(options: Options) -> int:
         report.report(Path(args.report), args.baseline, args.k, **statistics)
         return 0
     configs = resolve_configs(args)
-    check_relabelled_sets(args.dataset, configs)
-    failed = sweep.sweep(args, configs, resolve_seeds(args.seeds), options.extra_flags)
+    failed = sweep.sweep(args, configs, resolve_seeds(args.seeds), options.extra_flags, RelabelledSets())
     report.report(Path(args.out), args.baseline, args.k, **statistics)
     if failed:
         print(f"{len(failed)} run(s) failed: " + "; ".join(f"{run.label}: {sweep.last_line(run)}" for run in failed),
@@ -272,6 +358,8 @@ def run(options: Options) -> int:
 
 def main(argv=None) -> int:
     options = parse_args(argv)
+    # Nothing is lost: finished runs and epochs are kept, and a relabelled set without its train
+    # file (written last) is made again.
     return entry.run_script(lambda: run(options), entry.Stop("nothing was lost: rerun the same command"))
 
 

@@ -14,7 +14,7 @@ Stages: `prompts` builds the published prompts, `generate` asks a backend (Huggi
 transformers, any OpenAI-compatible server through the official `openai` client, completions or
 chat, or a replay of saved answers) and appends every answer to a JSONL cache as it arrives (a
 rerun resumes), `apply` parses the answers and relabels. `run` does all three; `diff` compares two
-augment files; `relabel` chooses among the LLM's candidates by a rule without an LLM (docs/relabel.md).
+augment files; `relabel` relabels the 2/3-star rows by a rule without an LLM (docs/relabel.md).
 The work is done by the llm/ package; this file is its command line. The reference is docs/llm.md.
 """
 import argparse
@@ -35,8 +35,8 @@ from llm.data import (ITEM_COL, RATING_COL, USER_COL, get_preset, load_train, na
 from llm.generate import generate_answers
 from llm.openai_backend import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, OpenAIBackend
 from llm.prompts import build_prompts, prompt_hash
-from llm.relabel_rules import (RULES, SEEDED, RuleOptions, labels_from_answers, labels_from_augment,
-                               per_user_counts)
+from llm.relabel_rules import (RULES, SCOPES, SEEDED, RuleOptions, at_scope, check_scope, default_scope,
+                               labels_from_answers, labels_from_augment, per_user_counts)
 from utils import ArgumentParser, HelpFormatter, InputError, atomic_write, regular_file
 
 # numpy, pandas, asyncio, openai and transformers are imported inside the functions that need them
@@ -89,6 +89,8 @@ EXAMPLES = {
              "      dataset/ML-100K/ML-100K_train_augment.csv"),
     "relabel": ("  python refine_llm.py relabel ML-100K --rule random-matched \\\n"
                 "      --out_dir dataset-relabel/random-matched\n"
+                "  python refine_llm.py relabel ML-100K --rule star-threshold --scope all "
+                "--out_dir dataset-relabel/star-threshold-all\n"
                 "  python refine_llm.py relabel ML-100K --rule collaborative --out_dir dataset-relabel/collaborative "
                 "--llm dataset/ML-100K/llm/answers_cache.jsonl\n"
                 "  python main.py --dataset ML-100K --data_dir dataset-relabel/random-matched --model lightgcn"),
@@ -96,8 +98,9 @@ EXAMPLES = {
 RELABEL_OUTPUTS = ("outputs: OUT_DIR/NAME/ holds NAME_train_augment.csv (the relabelled train file), copies of\n"
                    "NAME_train_original.csv, NAME_validation.csv and NAME_test.csv (so main.py --data_dir OUT_DIR\n"
                    "trains on it), relabel_report.json (totals, agreement with the LLM) and relabel_users.csv\n"
-                   "(per answered user: candidates, the LLM's 4.5 count, the rule's 4.5 and 0.5 counts, rows\n"
-                   "labelled as the LLM labelled them). Each file is written whole or not at all.\n"
+                   "(per user with candidates: candidates, the LLM's 4.5 count, the rule's 4.5 and 0.5 counts,\n"
+                   "rows labelled as the LLM labelled them; the LLM's columns empty for users it did not answer).\n"
+                   "Each file is written whole or not at all; the train file last, so its presence marks a whole set.\n"
                    "Reference: docs/relabel.md.")
 
 
@@ -193,7 +196,7 @@ def build_parser():
               "outputs: a table on stdout; nothing is written.")
     p.add_argument("first", metavar="A.csv", help="an augment file")
     p.add_argument("second", metavar="B.csv", help="another augment file of the same train_original")
-    p = stage("relabel", "relabel the LLM's candidates by a rule without an LLM, into a data folder of its own",
+    p = stage("relabel", "relabel the 2/3-star train rows by a rule without an LLM, into a data folder of its own",
               RELABEL_OUTPUTS)
     p.add_argument("name", help="dataset, as in DATA_DIR/NAME/")
     p.add_argument("--data_dir", default=default_data_dir(),
@@ -202,7 +205,12 @@ def build_parser():
     p.add_argument("--rule", required=True, choices=list(RULES),
                    help="random-matched: the LLM's count per user, drawn at random; user-mean: rating >= the "
                         "user's mean; collaborative: the LLM's count per user, LightGCN's top; all-positive, "
-                        "all-negative: the bounds; llm: the LLM's own labels")
+                        "all-negative: the bounds; star-threshold: 3 -> 4.5, 2 -> 0.5; llm: the LLM's own "
+                        "labels; llm+star-threshold: the LLM's labels on its users, star-threshold on the others")
+    p.add_argument("--scope", choices=SCOPES, default=None,
+                   help="whose 2/3 rows are candidates: answered (the users the LLM answered) or all (every "
+                        "user; not with random-matched, collaborative or llm, which need the LLM's answer) "
+                        "(default: answered; all for llm+star-threshold, which refuses answered)")
     p.add_argument("--out_dir", required=True,
                    help="data folder to write NAME/ into; train on it with main.py --data_dir OUT_DIR")
     p.add_argument("--llm", default=None, metavar="FILE",
@@ -402,8 +410,9 @@ def stage_diff(args):
     print_comparison(names, compare_augments(frames, names))
 
 
-def relabel_input(args):
-    """The LLM's labels (llm.relabel_rules.RelabelInput) from --llm, after the checks of the inputs."""
+def relabel_input(args, scope):
+    """The LLM's labels (llm.relabel_rules.RelabelInput) from --llm with the candidates of `scope`,
+    after the checks of the inputs."""
     source = Path(args.data_dir) / args.name
     message = missing_split_message(args.data_dir, args.name, SPLITS)
     if message:  # the validation and test files are copied beside the relabelled train file
@@ -417,15 +426,20 @@ def relabel_input(args):
         data = labels_from_augment(train, llm_path)
     else:
         data = labels_from_answers(args.data_dir, args.name, llm_path)
+    data = at_scope(data, scope)
     if not data.candidates.any():
-        raise InputError(f"{llm_path}: no answered user has a 2 or 3 star row in {source}: nothing to relabel")
+        whose = "no answered user has" if scope == "answered" else "no user has"
+        raise InputError(f"{llm_path}: {whose} a 2 or 3 star row in {source}: nothing to relabel")
     return data, llm_path
 
 
-def stage_relabel(args, stop):
-    """A rule's choice among the LLM's candidates -> OUT_DIR/NAME/, a data folder main.py trains on."""
+def stage_relabel(args, stop, show=True):
+    """A rule's choice among the candidates of --scope -> OUT_DIR/NAME/, a data folder main.py trains
+    on; its report as a dict. `show`: print the summary and the table against the LLM's labels."""
     import shutil
 
+    scope = args.scope or default_scope(args.rule)
+    check_scope(args.rule, scope)
     target = Path(args.out_dir) / args.name
     output_folder(target, "--out_dir")
     if target.resolve() == (Path(args.data_dir) / args.name).resolve():
@@ -435,13 +449,14 @@ def stage_relabel(args, stop):
         import devices  # torch: only for the rule that trains
 
         devices.resolve_device(args.device)  # an unusable --device now, not after loading
-    data, llm_path = relabel_input(args)
+    data, llm_path = relabel_input(args, scope)
     options = RuleOptions(seed=args.seed, epochs=args.epochs, threads=args.threads, device=args.device,
                           data_dir=Path(args.data_dir), name=args.name)
     picked = RULES[args.rule](data, options)
     ours = apply_labels(data.train, data.candidates, picked)
-    llm = apply_labels(data.train, data.candidates, data.llm_picked)
-    names = (f"{args.rule} ({target / (args.name + '_train_augment.csv')})", f"the LLM's labels ({llm_path})")
+    llm = apply_labels(data.train, data.llm_candidates, data.llm_picked)
+    names = (f"{args.rule}, scope {scope} ({target / (args.name + '_train_augment.csv')})",
+             f"the LLM's labels ({llm_path})")
     agreement = compare_augments([ours, llm], names)
 
     stop.set(f"each file in {target} is whole or absent (written atomically); rerun the same command")
@@ -450,17 +465,19 @@ def stage_relabel(args, stop):
         with naming(path), atomic_write(path, "wb") as handle, \
                 open(split_path(args.data_dir, args.name, split), "rb") as original:
             shutil.copyfileobj(original, handle)
-    write_augment(split_path(args.out_dir, args.name, "train_augment"), ours)
     users = per_user_counts(data, picked)
     with naming(target / "relabel_users.csv"), \
             atomic_write(target / "relabel_users.csv", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["user_id", "candidates", "llm_4.5", "rule_4.5", "rule_0.5", "same_as_llm"])
         writer.writerows(users)
-    report = {"rule": args.rule, "dataset": args.name, "llm_labels": str(llm_path),
+    report = {"rule": args.rule, "scope": scope, "dataset": args.name, "llm_labels": str(llm_path),
               "seed": args.seed if args.rule in SEEDED else None,
               "epochs": args.epochs if args.rule == "collaborative" else None,
               "users_relabelled": len(users), "candidates": int(data.candidates.sum()),
+              "llm_users": sum(row[2] != "" for row in users), "llm_candidates": int(data.llm_candidates.sum()),
+              # agreement is counted on the rows both labelled; these the LLM left as 2/3
+              "relabelled_without_llm_label": agreement["relabelled in A only"],
               "rows_4.5": agreement["rows -> 4.5"][0], "rows_0.5": agreement["rows -> 0.5"][0],
               "llm_rows_4.5": agreement["rows -> 4.5"][1], "llm_rows_0.5": agreement["rows -> 0.5"][1],
               "same_label_as_llm": agreement["same label"],
@@ -469,10 +486,14 @@ def stage_relabel(args, stop):
             atomic_write(target / "relabel_report.json", encoding="utf-8") as handle:
         json.dump(report, handle, indent=2)
         handle.write("\n")
-    print(f"{args.rule}: {plural(len(users), 'user')} relabelled; {report['rows_4.5']} rows -> 4.5, "
-          f"{report['rows_0.5']} rows -> 0.5 -> {split_path(args.out_dir, args.name, 'train_augment')}")
-    print_comparison(names, agreement)
-    print(f"train on it: python main.py --dataset {args.name} --data_dir {args.out_dir}")
+    # Last: the train file's presence marks a whole set (experiments.py makes a set when it is missing).
+    write_augment(split_path(args.out_dir, args.name, "train_augment"), ours)
+    if show:
+        print(f"{args.rule} (scope {scope}): {plural(len(users), 'user')} relabelled; {report['rows_4.5']} rows "
+              f"-> 4.5, {report['rows_0.5']} rows -> 0.5 -> {split_path(args.out_dir, args.name, 'train_augment')}")
+        print_comparison(names, agreement)
+        print(f"train on it: python main.py --dataset {args.name} --data_dir {args.out_dir}")
+    return report
 
 
 def run_stage(args, stop):

@@ -3,10 +3,11 @@ run by a local pool or by Ray, resumed after a stop, each failure reported.
 
     python experiments.py --dataset ML-100K --seeds 5 --jobs 2 --out results/ML-100K   # the command
 
-Layout of OUT: experiments.json (the manifest: the dataset and each config's full main.py flags),
-and per run OUT/<config>/seed<S>/: run.out (the log), run.test.json (its presence marks a finished
-run), run.test_users.csv (per-user test metrics), run.pt and run.last.pt (checkpoints), run.err
-(stderr) and run.json (how it was started). A run with only run.last.pt continues with `--resume`.
+Layout of OUT: experiments.json (the manifest: the dataset and each config's full main.py flags,
+`{seed}` placeholders as given), and per run OUT/<config>/seed<S>/: run.out (the log),
+run.test.json (its presence marks a finished run), run.test_users.csv (per-user test metrics),
+run.pt and run.last.pt (checkpoints), run.err (stderr) and run.json (how it was started, `{seed}`
+filled in). A run with only run.last.pt continues with `--resume`.
 """
 import argparse
 import json
@@ -32,7 +33,14 @@ MANIFEST = "experiments.json"
 
 # main.py flags that the sweep sets itself for every run.
 OWN_FLAGS = ("--random_seed", "--path_name", "--result_dir", "--device", "--resume")
+# In a config's flags, replaced by each run's seed (a data folder drawn anew per seed); the manifest keeps it.
+SEED_PLACEHOLDER = "{seed}"
 METRICS = ("precision", "recall", "ndcg")
+
+
+def with_seed(flags, seed) -> list:
+    """A config's flags as one run gives them to main.py: SEED_PLACEHOLDER replaced by its seed."""
+    return [flag.replace(SEED_PLACEHOLDER, str(seed)) for flag in flags]
 
 
 @dataclass
@@ -40,7 +48,7 @@ class Run:
     config: str
     seed: int
     folder: Path
-    flags: list                      # main.py flags of the config (dataset, r, config, extras)
+    flags: list                      # main.py flags of the run (dataset, r, config, extras; {seed} filled in)
     status: str = "new"              # new | partial | done
     failure: str | None = None       # why it could not start (its folder or run.json not writable)
 
@@ -108,10 +116,12 @@ def valid_manifest(manifest) -> bool:
                and all(isinstance(flag, str) for flag in entry["flags"]) for entry in manifest["configs"])
 
 
-def plan_runs(out: Path, dataset: str, configs, seeds, extra_flags):
+def plan_runs(out: Path, dataset: str, configs, seeds, extra_flags, made_later=None):
     """(every (config, seed) run with the full main.py flags of its config, the manifest to write).
 
-    Checks first, writes nothing: a config's flags changed since OUT ran it, split files missing."""
+    The manifest holds the flags as given, each run its own with `{seed}` filled in. Checks first,
+    writes nothing: a config's flags changed since OUT ran it, split files missing (except for the
+    runs whose data `made_later(flags)` says the sweep makes before they start)."""
     base = ["--dataset", dataset]
     if dataset in PUBLISHED_R:
         base += ["--r", str(PUBLISHED_R[dataset])]
@@ -121,9 +131,10 @@ def plan_runs(out: Path, dataset: str, configs, seeds, extra_flags):
     for name, flags in configs:
         for seed in seeds:
             folder = out / name / f"seed{seed}"  # as given: the log's "Save:" lines stay short
-            runs.append(Run(name, seed, folder, flags, run_status(folder)))
-    check_split_files([(name, flags) for name, flags in configs
-                       if any(run.config == name and run.status != "done" for run in runs)])
+            runs.append(Run(name, seed, folder, with_seed(flags, seed), run_status(folder)))
+    todo = {(run.config, tuple(run.flags)): None for run in runs
+            if run.status != "done" and not (made_later and made_later(run.flags))}
+    check_split_files([(name, list(flags)) for name, flags in todo])
     return runs, manifest
 
 
@@ -465,23 +476,38 @@ def _ray_run(main_path, argv, cwd, threads, folder) -> int:
         return child.wait()
 
 
-def sweep(args, configs, seeds, extra_flags) -> list:
+def sweep(args, configs, seeds, extra_flags, maker=None) -> list:
     """Run every unfinished (config, seed) of `configs` x `seeds` in OUT (args.out); the failed runs.
 
-    A stop (Ctrl-C, SIGTERM) is passed on to the runs and ends as an InputError that says how many
-    runs finished.
+    `maker` (optional) makes data folders that the runs read before any run starts: its
+    `pending(flags)` names what a run with these flags still needs made (None: nothing),
+    `check(needs)` raises InputError for what cannot be made (before anything is written), and
+    `make(needs, say)` makes them, a line each through `say`. A stop (Ctrl-C, SIGTERM) is passed on
+    to the runs and ends as an InputError that says how many runs finished.
     """
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: is a file; give a folder")
-    runs, manifest = plan_runs(out, args.dataset, configs, seeds, extra_flags)
+    pending = maker.pending if maker else (lambda flags: None)
+    runs, manifest = plan_runs(out, args.dataset, configs, seeds, extra_flags,
+                               made_later=lambda flags: pending(flags) is not None)
     if args.baseline:  # checked now (a name of this sweep, one per model), not after hours of training
         import report
 
         report.baseline_of_each(out, [(entry["name"], entry["flags"], []) for entry in manifest["configs"]],
                                 args.baseline)
     todo = [run for run in runs if run.status != "done"]
+    needs = {}  # what to make -> the first run that needs it (its config names it in messages)
+    for run in todo:
+        need = pending(run.flags)
+        if need is not None:
+            needs.setdefault(need, run)
+    if needs:
+        maker.check(needs)
     places = placements(args.devices or default_devices()) if todo and args.executor == "local" else None
+    if needs:
+        maker.make(needs, lambda line: print(line, file=sys.stderr, flush=True))
+        check_split_files([(run.config, run.flags) for run in needs.values()])  # made as main.py reads them
     write_manifest(out, manifest)
     print(f"{len(runs)} runs ({len(configs)} configs x {len(seeds)} seeds): {len(runs) - len(todo)} finished, "
           f"{sum(run.status == 'partial' for run in todo)} to resume, "

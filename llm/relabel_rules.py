@@ -3,9 +3,10 @@
     python refine_llm.py relabel ML-100K --rule random-matched --out_dir dataset-relabel/random-matched
 
 Does ReFINe's gain need an LLM, or would any rule that turns some 2/3-star ratings into positives
-and the rest into confirmed negatives do? Every rule here sees the same candidates as the LLM (each
-answered user's 2 and 3 star rows; users without an answer keep theirs) and ends in the same apply
-rule (llm.answers.apply_labels: 4.5 chosen, 0.5 the rest); only the choice differs. A rule is a
+and the rest into confirmed negatives do? At scope `answered` every rule sees the same candidates as
+the LLM (each answered user's 2 and 3 star rows; users without an answer keep theirs); at scope
+`all` every user's 2 and 3 star rows are candidates. Every rule ends in the same apply rule
+(llm.answers.apply_labels: 4.5 chosen, 0.5 the rest); only the choice differs. A rule is a
 function (RelabelInput, options) -> a boolean mask over the train rows, read on the candidate rows
 only; docs/relabel.md says what each one does and how to add one.
 """
@@ -21,13 +22,20 @@ from utils import InputError
 class RelabelInput:
     """train_original and the LLM's labels on it.
 
-    candidates: the rows a relabel rewrites; llm_picked: the rows the LLM chose (4.5), read on the
-    candidates only; users: each row's user id as the LLM stage compares them (llm.data.user_id).
+    candidates: the rows a relabel rewrites (llm_candidates at scope answered, every 2/3 row at
+    scope all); llm_candidates: the rows the LLM labelled (its answered users' 2/3 rows);
+    llm_picked: the rows the LLM chose (4.5), read on llm_candidates only; users: each row's user
+    id as the LLM stage compares them (llm.data.user_id).
     """
     train: object          # pandas DataFrame, train_original as read
     candidates: object     # numpy bool (rows,)
     llm_picked: object     # numpy bool (rows,)
     users: list
+    llm_candidates: object = None  # numpy bool (rows,); None: the candidates (scope answered)
+
+    def __post_init__(self):
+        if self.llm_candidates is None:
+            self.llm_candidates = self.candidates
 
 
 @dataclass
@@ -136,6 +144,18 @@ def rule_user_mean(data, options):
     return (ratings >= means).to_numpy()
 
 
+def rule_star_threshold(data, options):
+    """A 3 is a like, a 2 a dislike: the stars alone decide."""
+    return (data.train[RATING_COL].astype(float) == 3).to_numpy()
+
+
+def rule_llm_star_threshold(data, options):
+    """The LLM's labels on the rows it labelled, star-threshold on every other candidate."""
+    import numpy as np
+
+    return np.where(data.llm_candidates, data.llm_picked, rule_star_threshold(data, options))
+
+
 def rule_all_positive(data, options):
     import numpy as np
 
@@ -205,24 +225,91 @@ RULES = {
     "collaborative": rule_collaborative,
     "all-positive": rule_all_positive,
     "all-negative": rule_all_negative,
+    "star-threshold": rule_star_threshold,
+    "llm+star-threshold": rule_llm_star_threshold,
 }
 # Rules that draw random numbers: their output depends on --seed.
 SEEDED = ("random-matched", "collaborative")
 # The rules experiments.py's --preset relabel trains on, each from dataset-relabel/<rule>/ (RELABEL_DIR).
+# Fixed: the committed results of that preset depend on its configs (star-threshold is not one).
 NON_LLM_RULES = ("random-matched", "user-mean", "collaborative", "all-positive", "all-negative")
 RELABEL_DIR = "dataset-relabel"
 
+# --scope: whose 2/3 rows are candidates. Rules that cannot act beyond the LLM's users, and why.
+SCOPES = ("answered", "all")
+ANSWERED_ONLY = {
+    "random-matched": "it takes the LLM's count of positives per user, which only answered users have",
+    "collaborative": "it takes the LLM's count of positives per user, which only answered users have",
+    "llm": "the LLM labelled only the users it answered",
+}
+# Rules whose candidates are every user's: the LLM's answered users and the others.
+ALL_ONLY = {"llm+star-threshold": "it labels the users the LLM did not answer with star-threshold, so its "
+                                  "candidates are every user's 2/3 rows"}
+
+
+def default_scope(rule):
+    return "all" if rule in ALL_ONLY else "answered"
+
+
+def check_scope(rule, scope):
+    """InputError for a rule that cannot run at `scope`."""
+    if scope == "all" and rule in ANSWERED_ONLY:
+        raise InputError(f"--rule {rule} --scope all: {ANSWERED_ONLY[rule]}; use --scope answered")
+    if scope == "answered" and rule in ALL_ONLY:
+        raise InputError(f"--rule {rule} --scope answered: {ALL_ONLY[rule]}; leave out --scope (or give "
+                         f"--scope all)")
+
+
+def at_scope(data, scope):
+    """`data` with the candidates of `scope`: at all, every user's 2/3 rows; the LLM's labels as they are."""
+    from dataclasses import replace
+
+    if scope == "answered":
+        return data
+    return replace(data, candidates=data.train[RATING_COL].isin([2, 3]).to_numpy())
+
+
+# The sets experiments.py makes itself in RELABEL_DIR/<set>/ (a config's --data_dir), as
+# name -> (rule, scope): <rule> at scope answered, <rule>-all at scope all.
+RELABEL_SETS = {
+    **{rule: (rule, "answered") for rule in (*NON_LLM_RULES, "star-threshold")},
+    **{f"{rule}-all": (rule, "all") for rule in ("user-mean", "all-positive", "all-negative", "star-threshold")},
+    "llm+star-threshold": ("llm+star-threshold", "all"),
+}
+# Sets drawn anew per training seed, in RELABEL_DIR/<set>/seed<S>/: the rule with --seed S.
+FRESH_SETS = {"random-matched-fresh": ("random-matched", "answered")}
+
+
+def relabel_set(data_dir):
+    """(rule, scope, seed) of a --data_dir that names a set of RELABEL_SETS or FRESH_SETS (seed None:
+    the relabel command's default), else None. Fresh sets are RELABEL_DIR/<set>/seed<S>."""
+    import re
+
+    parts = Path(data_dir).parts
+    if len(parts) == 2 and parts[0] == RELABEL_DIR and parts[1] in RELABEL_SETS:
+        return (*RELABEL_SETS[parts[1]], None)
+    if len(parts) == 3 and parts[0] == RELABEL_DIR and parts[1] in FRESH_SETS:
+        match = re.fullmatch(r"seed(\d+)", parts[2])
+        if match and int(match.group(1)) < 2 ** 32:
+            return (*FRESH_SETS[parts[1]], int(match.group(1)))
+    return None
+
 
 def per_user_counts(data, picked):
-    """[(user, candidates, LLM 4.5, rule 4.5, rule 0.5, same label as the LLM)] of the answered users,
-    in order of first appearance in train_original."""
-    counts = {}
-    for user, candidate, mine, llm in zip(data.users, data.candidates, picked, data.llm_picked):
+    """[(user, candidates, LLM 4.5, rule 4.5, rule 0.5, same label as the LLM)] of the users with
+    candidates, in order of first appearance in train_original. For a user the LLM did not answer
+    the two LLM columns are "" (it has no label to count or agree with)."""
+    counts, answered = {}, set()
+    for user, candidate, labelled, mine, llm in zip(data.users, data.candidates, data.llm_candidates, picked,
+                                                     data.llm_picked):
         if candidate:
             row = counts.setdefault(user, [0, 0, 0, 0, 0])
             row[0] += 1
-            row[1] += int(llm)
+            row[1] += int(labelled and llm)
             row[2] += int(mine)
             row[3] += int(not mine)
-            row[4] += int(mine == llm)
-    return [(user, *row) for user, row in counts.items()]
+            row[4] += int(labelled and mine == llm)
+            if labelled:
+                answered.add(user)
+    return [(user, n, llm if user in answered else "", mine, rest, same if user in answered else "")
+            for user, (n, llm, mine, rest, same) in counts.items()]

@@ -541,6 +541,27 @@ def test_missing_split_files_stop_the_sweep_before_any_run(toy_data, tmp_path):
     assert result.stderr.count("\n") == 1 and not out.exists()
 
 
+def test_seed_placeholder_is_each_runs_seed_and_the_manifest_keeps_it(toy_data, tmp_path):
+    import shutil
+
+    for seed in (1, 2):
+        shutil.copytree(toy_data / "TOY", tmp_path / f"d{seed}" / "TOY")
+    out, template = tmp_path / "out", str(tmp_path / "d{seed}")
+    runs, manifest = sweep.plan_runs(out, "TOY", [("c", ["--data_dir", template])], [1, 2], ["--epochs", "1"])
+    assert [run.flags for run in runs] == [["--dataset", "TOY", "--data_dir", str(tmp_path / f"d{seed}"), "--epochs", "1"]
+                                           for seed in (1, 2)]
+    assert runs[1].main_argv("cpu")[:4] == ["--dataset", "TOY", "--data_dir", str(tmp_path / "d2")]
+    assert manifest == {"dataset": "TOY", "configs": [{"name": "c", "flags": ["--dataset", "TOY", "--data_dir", template,
+                                                                              "--epochs", "1"]}]}
+    sweep.write_manifest(out, manifest)
+    # a later seed is the same config; its folder is checked as its run will read it
+    with pytest.raises(experiments.InputError) as error:
+        sweep.plan_runs(out, "TOY", [("c", ["--data_dir", template])], [3], ["--epochs", "1"])
+    assert str(error.value).startswith(f"config c: missing {tmp_path / 'd3' / 'TOY' / 'TOY_train_augment.csv'}")
+    with pytest.raises(experiments.InputError, match="config c ran with flags"):
+        sweep.plan_runs(out, "TOY", [("c", ["--data_dir", str(tmp_path / "d1")])], [1], ["--epochs", "1"])
+
+
 def test_baselines_are_checked_before_any_run(toy_data, tmp_path, monkeypatch, capsys):
     started = []
     monkeypatch.setattr(sweep, "execute_local", lambda runs, *rest: started.extend(runs))

@@ -6,7 +6,10 @@ The hand dataset: users 1 and 2 answered by the LLM, user 3 not (skipped), user 
 Candidates are the 2/3 rows of users 1 and 2; the LLM chose one of each user's: user 1 item 2, user 2 item 2.
 """
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,9 @@ import refine_llm as R
 import sweep
 from llm import relabel_rules
 from llm.data import ITEM_COL, RATING_COL, USER_COL
+from conftest import ROOT
 from refine_fixtures import make_dataset
+from test_experiments import TINY
 from test_refine_apply import write_published_answers
 
 COLUMNS = [USER_COL, ITEM_COL, RATING_COL]
@@ -77,6 +82,62 @@ def test_each_rule_by_hand(tmp_path, rule, user1, user2, flags):
     assert rows_of(ratings, 1) == {1: 5.0, 5: 4.0, **user1}
     assert rows_of(ratings, 2) == {1: 4.0, 6: 1.0, **user2}
     assert rows_of(ratings, 3) == UNTOUCHED_3
+
+
+# User 3 (not answered) has item 2 at 3 stars and item 4 at 2: at scope all they are candidates too.
+@pytest.mark.parametrize("rule, flags, user1, user2, user3", [
+    # 3 -> 4.5, 2 -> 0.5: user 1 has 3 2 3 on items 2 3 4, user 2 has 2 3 on items 2 3
+    ("star-threshold", [], {2: 4.5, 3: 0.5, 4: 4.5}, {2: 0.5, 3: 4.5}, UNTOUCHED_3),
+    ("star-threshold", ["--scope", "answered"], {2: 4.5, 3: 0.5, 4: 4.5}, {2: 0.5, 3: 4.5}, UNTOUCHED_3),
+    ("star-threshold", ["--scope", "all"], {2: 4.5, 3: 0.5, 4: 4.5}, {2: 0.5, 3: 4.5}, {2: 4.5, 4: 0.5, 5: 5.0}),
+    ("all-positive", ["--scope", "all"], {2: 4.5, 3: 4.5, 4: 4.5}, {2: 4.5, 3: 4.5}, {2: 4.5, 4: 4.5, 5: 5.0}),
+    ("all-negative", ["--scope", "all"], {2: 0.5, 3: 0.5, 4: 0.5}, {2: 0.5, 3: 0.5}, {2: 0.5, 4: 0.5, 5: 5.0}),
+    # the LLM's on users 1 and 2 (item 2 each), star-threshold on user 3; scope all is its default
+    ("llm+star-threshold", [], {2: 4.5, 3: 0.5, 4: 0.5}, {2: 4.5, 3: 0.5}, {2: 4.5, 4: 0.5, 5: 5.0}),
+    ("llm+star-threshold", ["--scope", "all"], {2: 4.5, 3: 0.5, 4: 0.5}, {2: 4.5, 3: 0.5}, {2: 4.5, 4: 0.5, 5: 5.0}),
+])
+def test_star_threshold_scope_all_and_combined_by_hand(tmp_path, rule, flags, user1, user2, user3):
+    write_hand_dataset(tmp_path / "data")
+    ratings = relabelled(tmp_path / "data", tmp_path / "out", rule, *flags)
+    assert rows_of(ratings, 1) == {1: 5.0, 5: 4.0, **user1}
+    assert rows_of(ratings, 2) == {1: 4.0, 6: 1.0, **user2}
+    assert rows_of(ratings, 3) == user3
+    assert rows_of(ratings, 4) == {2: 5.0, 3: 4.0, 4: 5.0, 6: 4.0}
+
+
+def test_report_at_scope_all_counts_the_llm_only_where_it_labelled_by_hand(tmp_path, capsys):
+    write_hand_dataset(tmp_path / "data")
+    relabelled(tmp_path / "data", tmp_path / "out", "star-threshold", "--scope", "all")
+    folder = tmp_path / "out" / "ML-100K"
+    # user 1: 3 candidates, LLM 4.5 on item 2, rule on items 2 and 4 -> same on items 2 and 3;
+    # user 2: LLM item 2, rule item 3 -> none alike; user 3: no LLM label, rule item 2 -> 4.5, item 4 -> 0.5.
+    assert (folder / "relabel_users.csv").read_text() == (
+        "user_id,candidates,llm_4.5,rule_4.5,rule_0.5,same_as_llm\n1,3,1,2,1,2\n2,2,1,1,1,0\n3,2,,1,1,\n")
+    report = json.loads((folder / "relabel_report.json").read_text())
+    assert report["scope"] == "all" and report["rule"] == "star-threshold"
+    assert (report["users_relabelled"], report["candidates"], report["llm_users"], report["llm_candidates"]) == (3, 7, 2, 5)
+    assert (report["rows_4.5"], report["rows_0.5"], report["llm_rows_4.5"], report["llm_rows_0.5"]) == (4, 3, 2, 3)
+    # agreement over the 5 rows the LLM labelled; user 3's 2 rows have no LLM label to agree with
+    assert (report["same_label_as_llm"], report["rule_4.5_llm_0.5"], report["rule_0.5_llm_4.5"]) == (2, 2, 1)
+    assert report["relabelled_without_llm_label"] == 2
+    out = capsys.readouterr().out
+    assert "rows relabelled in both: 5, same label 2 (40.0%)" in out and "rows relabelled in A only: 2, in B only: 0" in out
+    relabelled(tmp_path / "data", tmp_path / "answered", "star-threshold")
+    assert json.loads((tmp_path / "answered" / "ML-100K" / "relabel_report.json").read_text())["scope"] == "answered"
+
+
+def test_combined_rule_is_the_llm_on_its_users_and_star_threshold_elsewhere(tmp_path):
+    _, train, llm = fake_llm_dataset(tmp_path / "data")
+    outputs = {}
+    for rule, flags in (("llm", []), ("star-threshold", ["--scope", "all"]), ("llm+star-threshold", [])):
+        relabelled(tmp_path / "data", tmp_path / rule, rule, *flags)
+        outputs[rule] = pd.read_csv(tmp_path / rule / "ML-100K" / "ML-100K_train_augment.csv")[RATING_COL]
+    answered = (train[USER_COL] <= 5).to_numpy()
+    assert train.loc[~answered, RATING_COL].isin([2, 3]).any()  # user 6 has candidates of its own
+    combined = outputs["llm+star-threshold"].to_numpy()
+    assert (combined[answered] == outputs["llm"].to_numpy()[answered]).all()
+    assert (combined[~answered] == outputs["star-threshold"].to_numpy()[~answered]).all()
+    assert not np.isin(combined, [2, 3]).any()
 
 
 def test_collaborative_takes_the_llm_count_of_highest_scores_by_hand(tmp_path, monkeypatch):
@@ -218,6 +279,15 @@ def exit_code(argv):
     (["--out_dir", "{tmp}/file/below"], "is a file, not a folder"),
     (["--rule", "collaborative", "--device", "cuda:99"], "error: --device cuda:99: "),
     (["--rule", "collaborative", "--device", "tpu"], "--device tpu: unknown device"),
+    (["--rule", "random-matched", "--scope", "all"], "error: --rule random-matched --scope all: it takes the "
+                                                     "LLM's count of positives per user, which only answered "
+                                                     "users have; use --scope answered"),
+    (["--rule", "collaborative", "--scope", "all"], "error: --rule collaborative --scope all: it takes the LLM's"),
+    (["--rule", "llm", "--scope", "all"], "error: --rule llm --scope all: the LLM labelled only the users it "
+                                          "answered; use --scope answered"),
+    (["--rule", "llm+star-threshold", "--scope", "answered"], "error: --rule llm+star-threshold --scope answered: "
+                                                              "it labels the users the LLM did not answer"),
+    (["--scope", "some"], "argument --scope: invalid choice: 'some'"),
 ])
 def test_bad_input_is_one_line_before_any_work(tmp_path, capsys, flags, message):
     write_hand_dataset(tmp_path / "data")
@@ -275,33 +345,226 @@ def test_the_committed_relabel_sweep_is_the_whole_preset_with_5_seeds_each():
             assert entry["vs_baseline"]["baseline"] == entry["name"].split("-")[0] + "-llm"
 
 
-def test_relabel_preset_names_the_command_for_a_missing_set(tmp_path, monkeypatch, capsys):
+def no_runs(monkeypatch):
+    """experiments.main up to the runs: the runs planned are kept, none is started, no report."""
+    planned = []
+    monkeypatch.setattr(sweep, "execute_local", lambda runs, *rest: planned.extend(runs))
+    monkeypatch.setattr(experiments.report, "report", lambda *args: None)
+    return planned
+
+
+def test_relabel_preset_makes_a_missing_set_with_the_relabel_command(tmp_path, monkeypatch, capsys):
     data = tmp_path / "data"
     write_hand_dataset(data)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("REFINE_DATA_DIR", str(data))
     for rule in ("random-matched", "user-mean", "all-positive", "all-negative"):
         relabelled(data, tmp_path / "dataset-relabel" / rule, rule)
+    made = {rule: (tmp_path / "dataset-relabel" / rule / "ML-100K" / "ML-100K_train_augment.csv").read_bytes()
+            for rule in ("random-matched", "user-mean", "all-positive", "all-negative")}
+    # LightGCN's scores, as in the hand test above: the collaborative set without 350 epochs
+    scores = np.array([0, 0.1, 0.9, 0.9, 0, 0, -1.0, 2.0] + [0] * 8)
+    monkeypatch.setattr(relabel_rules, "collaborative_scores", lambda data, options: scores)
+    planned = no_runs(monkeypatch)
     capsys.readouterr()
-    argv = ["--dataset", "ML-100K", "--preset", "relabel", "--out", str(tmp_path / "sweep")]
+    argv = ["--dataset", "ML-100K", "--preset", "relabel", "--seeds", "1", "--devices", "cpu",
+            "--out", str(tmp_path / "sweep")]
+    assert experiments.main(argv) == 0
+    err = capsys.readouterr().err
+    # only the missing set is made, with the command it names
+    assert f"relabelled set 1/1: python refine_llm.py relabel ML-100K --data_dir {data} --rule collaborative " \
+           f"--scope answered --out_dir dataset-relabel/collaborative\n" in err and "2/" not in err
+    assert len(planned) == 14
+    collaborative = pd.read_csv(tmp_path / "dataset-relabel/collaborative/ML-100K/ML-100K_train_augment.csv")
+    ratings = {(u, i): r for u, i, r in collaborative[COLUMNS].itertuples(index=False)}
+    assert rows_of(ratings, 1) == {1: 5.0, 5: 4.0, 2: 0.5, 3: 4.5, 4: 0.5}
+    for rule, before in made.items():  # the sets present are left as they are
+        assert (tmp_path / "dataset-relabel" / rule / "ML-100K" / "ML-100K_train_augment.csv").read_bytes() == before
+    assert experiments.main(argv) == 0  # every set present: nothing is made
+    assert "relabelled set" not in capsys.readouterr().err
+
+
+def test_a_set_the_sweep_cannot_make_stops_it_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    write_hand_dataset(data)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REFINE_DATA_DIR", str(data))
+    planned = no_runs(monkeypatch)
+    argv = ["--dataset", "ML-100K", "--configs", "own", "--seeds", "1", "--devices", "cpu", "--out",
+            str(tmp_path / "sweep"), "--config"]
+    assert experiments.main(argv + ["own=--data_dir dataset-relabel/coin"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: config own: dataset-relabel/coin/ML-100K/ML-100K_train_augment.csv not found, and "
+                          "dataset-relabel/coin is not a set experiments.py makes") and err.count("\n") == 1
+    (data / "ML-100K" / "ML-100K_train_augment.csv").unlink()  # no LLM labels to make the set from
+    assert experiments.main(argv + ["own=--data_dir dataset-relabel/star-threshold"]) == 2
+    assert capsys.readouterr().err == (f"error: config own: to make dataset-relabel/star-threshold: "
+                                       f"{data / 'ML-100K' / 'ML-100K_train_augment.csv'} not found: the LLM's "
+                                       f"labels that dataset-relabel/star-threshold is made from\n")
+    assert planned == [] and not (tmp_path / "sweep").exists() and not (tmp_path / "dataset-relabel").exists()
+
+
+def test_a_stop_while_a_set_is_made_leaves_no_train_file_and_the_rerun_makes_it(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    write_hand_dataset(data)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REFINE_DATA_DIR", str(data))
+    planned = no_runs(monkeypatch)
+    argv = ["--dataset", "ML-100K", "--preset", "llm-need", "--configs", "refine-star-threshold", "--seeds", "1",
+            "--devices", "cpu", "--out", str(tmp_path / "sweep")]
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(R, "write_augment", interrupted)  # the set's last file
     assert experiments.main(argv) == 2
-    assert capsys.readouterr().err == (
-        "error: config lightgcn-collaborative: dataset-relabel/collaborative/ML-100K/ML-100K_train_augment.csv "
-        "not found; make it with `python refine_llm.py relabel ML-100K --rule collaborative --out_dir "
-        "dataset-relabel/collaborative` (docs/relabel.md)\n")
-    assert not (tmp_path / "sweep").exists()
-    # every set present: the sweep's own check of each config's split files passes
-    shutil.copytree(tmp_path / "dataset-relabel" / "random-matched", tmp_path / "dataset-relabel" / "collaborative")
-    configs = experiments.resolve_configs(experiments.parse_args(argv).args)
-    experiments.check_relabelled_sets("ML-100K", configs)
-    sweep.check_split_files([(name, ["--dataset", "ML-100K"] + flags) for name, flags in configs])
+    assert capsys.readouterr().err.endswith("\nerror: interrupted; nothing was lost: rerun the same command\n")
+    folder = tmp_path / "dataset-relabel" / "star-threshold" / "ML-100K"
+    assert not (folder / "ML-100K_train_augment.csv").exists() and not (tmp_path / "sweep").exists()
+    assert planned == []
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REFINE_DATA_DIR", str(data))
+    planned = no_runs(monkeypatch)
+    assert experiments.main(argv) == 0
+    ratings = pd.read_csv(folder / "ML-100K_train_augment.csv")
+    assert ratings[RATING_COL].tolist()[:5] == [5.0, 4.5, 0.5, 4.5, 4.0]  # user 1: 5 3 2 3 4
+    assert [run.config for run in planned] == ["refine-star-threshold"]
 
 
-def test_relabel_preset_refuses_one_data_dir_for_all(capsys):
+def test_fresh_draws_are_made_per_run_with_the_runs_seed(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    fake_llm_dataset(data)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REFINE_DATA_DIR", str(data))
+    planned = no_runs(monkeypatch)
+    out = tmp_path / "sweep"
+    argv = ["--dataset", "ML-100K", "--preset", "llm-need", "--configs", "lightgcn-random-matched-fresh",
+            "refine-random-matched-fresh", "--seeds", "7", "8", "--devices", "cpu", "--out", str(out)]
+    assert experiments.main(argv) == 0
+    assert capsys.readouterr().err.count("relabelled set ") == 2  # one per seed, shared by both models
+    fresh = tmp_path / "dataset-relabel" / "random-matched-fresh"
+    files = {seed: (fresh / f"seed{seed}" / "ML-100K" / "ML-100K_train_augment.csv").read_bytes() for seed in (7, 8)}
+    assert files[7] != files[8]  # different seeds, different draws
+    for seed in (7, 8):  # each the relabel command's random-matched with the run's seed, byte for byte
+        relabelled(data, tmp_path / f"by-hand{seed}", "random-matched", "--seed", str(seed))
+        assert (tmp_path / f"by-hand{seed}" / "ML-100K" / "ML-100K_train_augment.csv").read_bytes() == files[seed]
+        report = json.loads((fresh / f"seed{seed}" / "ML-100K" / "relabel_report.json").read_text())
+        assert (report["rule"], report["scope"], report["seed"]) == ("random-matched", "answered", seed)
+    assert sorted((run.config, run.seed, run.flags[run.flags.index("--data_dir") + 1]) for run in planned) == [
+        (f"{model}-random-matched-fresh", seed, f"dataset-relabel/random-matched-fresh/seed{seed}")
+        for model in ("lightgcn", "refine") for seed in (7, 8)]
+    # the manifest keeps the placeholder, so another seed later is the same config
+    manifest = json.loads((out / sweep.MANIFEST).read_text())
+    assert [entry["flags"][-2:] for entry in manifest["configs"]] == [
+        ["--data_dir", "dataset-relabel/random-matched-fresh/seed{seed}"]] * 2
+    shutil.rmtree(fresh / "seed7")  # the same seed again: the same file
+    assert experiments.main(argv[:-7] + ["--seeds", "7", "9"] + argv[-4:]) == 0
+    assert (fresh / "seed7" / "ML-100K" / "ML-100K_train_augment.csv").read_bytes() == files[7]
+    assert (fresh / "seed9" / "ML-100K" / "ML-100K_train_augment.csv").read_bytes() not in files.values()
+
+
+@pytest.mark.slow
+def test_a_real_sweep_trains_each_seed_on_its_own_fresh_draw(tmp_path):
+    """experiments.py itself, main.py's runs included (one epoch on a tiny set): each run's set is made
+    with its seed before it starts, and the run reads that set."""
+    data = tmp_path / "data"
+    fake_llm_dataset(data)
+    out = tmp_path / "sweep"
+    command = [sys.executable, str(ROOT / "experiments.py"), "--dataset", "ML-100K", "--preset", "llm-need",
+               "--configs", "lightgcn-random-matched-fresh", "--seeds", "2", "--jobs", "2", "--devices", "cpu",
+               "--out", str(out), "--", "--epochs", "1", *TINY]
+    result = subprocess.run(command, cwd=tmp_path, env=dict(os.environ, REFINE_DATA_DIR=str(data)),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "2 runs (1 configs x 2 seeds): 0 finished, 0 to resume, 2 to start" in result.stderr
+    for seed in (2024, 2025):
+        folder = f"dataset-relabel/random-matched-fresh/seed{seed}"
+        assert f"relabel ML-100K --data_dir {data} --rule random-matched --scope answered --out_dir {folder} " \
+               f"--seed {seed}\n" in result.stderr
+        assert json.loads((tmp_path / folder / "ML-100K" / "relabel_report.json").read_text())["seed"] == seed
+        run = out / "lightgcn-random-matched-fresh" / f"seed{seed}"
+        command_run = json.loads((run / "run.json").read_text())["command"]
+        assert command_run[command_run.index("--data_dir") + 1] == folder
+        assert (run / "run.test.json").is_file() and f"data_dir: {folder}\n" in (run / "run.out").read_text()
+    manifest = json.loads((out / sweep.MANIFEST).read_text())
+    assert "dataset-relabel/random-matched-fresh/seed{seed}" in manifest["configs"][0]["flags"]
+    summary = json.loads((out / "summary.json").read_text())  # the report reads the templated manifest
+    assert [run["seed"] for run in summary["configs"][0]["runs"]] == [2024, 2025]
+
+
+def test_llm_need_preset_arms_per_dataset():
+    relabel = experiments.PRESETS["relabel"]
+    ml = experiments.resolve_configs(experiments.parse_args(
+        ["--dataset", "ML-100K", "--preset", "llm-need", "--out", "o"]).args)
+    arms = ["llm", "original", "all-positive", "all-positive-all", "star-threshold", "star-threshold-all",
+            "llm+star-threshold", "random-matched-fresh"]
+    assert [name for name, _ in ml] == [f"{model}-{arm}" for arm in arms for model in ("lightgcn", "refine")]
+    ml = dict(ml)
+    for name in ("lightgcn-llm", "refine-llm", "lightgcn-original", "refine-original", "lightgcn-all-positive",
+                 "refine-all-positive"):  # the committed relabel sweep's configs: their runs count here
+        assert ml[name] == relabel[name]
+    assert ml["lightgcn-original"] == ["--model", "lightgcn", "--dataset_augment", "0"]
+    assert ml["refine-all-positive"] == ["--data_dir", "dataset-relabel/all-positive"]
+    for arm in ("all-positive-all", "star-threshold", "star-threshold-all", "llm+star-threshold"):
+        assert ml[f"lightgcn-{arm}"] == ["--model", "lightgcn", "--data_dir", f"dataset-relabel/{arm}"]
+        assert ml[f"refine-{arm}"] == ["--data_dir", f"dataset-relabel/{arm}"]
+    assert ml["refine-random-matched-fresh"] == ["--data_dir", "dataset-relabel/random-matched-fresh/seed{seed}"]
+    amazon = dict(experiments.resolve_configs(experiments.parse_args(
+        ["--dataset", "Amazon_Digital_Music", "--preset", "llm-need", "--out", "o"]).args))
+    assert list(amazon) == [f"{model}-{arm}" for arm in ("llm", "original", "all-positive-all", "star-threshold-all",
+                                                         "random-matched-fresh") for model in ("lightgcn", "refine")]
+    assert all(amazon[name] == ml[name] for name in amazon)
+    # every set of the preset is one the sweep makes
+    for flags in ml.values():
+        if "--data_dir" in flags:
+            assert relabel_rules.relabel_set(flags[-1].replace("{seed}", "2024")) is not None
+
+
+def test_llm_need_plans_every_run_and_makes_its_sets_first(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    write_hand_dataset(data)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REFINE_DATA_DIR", str(data))
+    planned = no_runs(monkeypatch)
+    assert experiments.main(["--dataset", "ML-100K", "--preset", "llm-need", "--seeds", "2024", "2025", "--jobs", "2",
+                             "--devices", "cpu", "--out", str(tmp_path / "x"), "--", "--sampler", "sparse"]) == 0
+    err = capsys.readouterr().err
+    made = ["all-positive", "all-positive-all", "star-threshold", "star-threshold-all", "llm+star-threshold",
+            "random-matched-fresh/seed2024", "random-matched-fresh/seed2025"]
+    for number, folder in enumerate(made, 1):
+        assert f"relabelled set {number}/7: python refine_llm.py relabel ML-100K --data_dir {data} " in err
+        assert f"--out_dir dataset-relabel/{folder}" in err.splitlines()[number - 1]
+        assert (tmp_path / "dataset-relabel" / folder / "ML-100K" / "ML-100K_train_augment.csv").is_file()
+    assert "32 runs (16 configs x 2 seeds): 0 finished, 0 to resume, 32 to start" in err
+    configs = dict(experiments.resolve_configs(experiments.parse_args(
+        ["--dataset", "ML-100K", "--preset", "llm-need", "--out", "o"]).args))
+    assert sorted((run.config, run.seed, tuple(run.flags)) for run in planned) == sorted(
+        (name, seed, tuple(["--dataset", "ML-100K", "--r", "100"] + sweep.with_seed(flags, seed) + ["--sampler", "sparse"]))
+        for name, flags in configs.items() for seed in (2024, 2025))
+
+
+def test_llm_need_adds_to_the_committed_relabel_sweep(tmp_path):
+    """Its ML-100K configs merge into results4comparison/ML-100K-relabel's manifest (same flags for the
+    six it shares), so that the sweep adds seeds there; checked on a copy of the manifest."""
+    committed = Path(__file__).resolve().parent.parent / "results4comparison" / "ML-100K-relabel"
+    (tmp_path / "out").mkdir()
+    shutil.copy(committed / sweep.MANIFEST, tmp_path / "out" / sweep.MANIFEST)
+    configs = experiments.resolve_configs(experiments.parse_args(
+        ["--dataset", "ML-100K", "--preset", "llm-need", "--out", "o"]).args)
+    runs, manifest = sweep.plan_runs(tmp_path / "out", "ML-100K", configs, [2029], ["--sampler", "sparse"],
+                                     made_later=lambda flags: True)
+    names = [entry["name"] for entry in manifest["configs"]]
+    assert len(names) == 14 + 10 and set(names) >= set(dict(configs))
+    assert len(runs) == 16
+
+
+@pytest.mark.parametrize("preset", ["relabel", "llm-need"])
+def test_relabel_presets_refuse_one_data_dir_for_all(capsys, preset):
     with pytest.raises(SystemExit) as exc:
-        experiments.parse_args(["--dataset", "ML-100K", "--preset", "relabel", "--out", "x", "--", "--data_dir", "d"])
+        experiments.parse_args(["--dataset", "ML-100K", "--preset", preset, "--out", "x", "--", "--data_dir", "d"])
     assert exc.value.code == 2
-    assert capsys.readouterr().err.startswith("error: --data_dir after -- with --preset relabel: each config has")
+    assert capsys.readouterr().err.startswith(f"error: --data_dir after -- with --preset {preset}: each config has")
 
 
 def test_ctrl_c_says_what_was_written(tmp_path, monkeypatch, capsys):
@@ -317,9 +580,11 @@ def test_ctrl_c_says_what_was_written(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == "error: interrupted; nothing was written; rerun the same command\n"
     assert not (tmp_path / "out").exists()
     monkeypatch.undo()
-    monkeypatch.setattr(R, "write_augment", interrupted)  # after the copies, before the train file
+    monkeypatch.setattr(R, "write_augment", interrupted)  # the train file, written last
     assert R.main(argv) == 2
     assert capsys.readouterr().err == (f"error: interrupted; each file in {tmp_path / 'out' / 'ML-100K'} is whole or "
                                        f"absent (written atomically); rerun the same command\n")
+    # no train file: the set reads as missing, and experiments.py makes it again
     assert sorted(p.name for p in (tmp_path / "out" / "ML-100K").iterdir()) == [
-        "ML-100K_test.csv", "ML-100K_train_original.csv", "ML-100K_validation.csv"]
+        "ML-100K_test.csv", "ML-100K_train_original.csv", "ML-100K_validation.csv", "relabel_report.json",
+        "relabel_users.csv"]
