@@ -4,8 +4,9 @@ data fingerprint included), the checks a resumed run must pass, and the lock tha
     python -c "import checkpoint"   # used by main.py; see docs/training.md, 'Resuming'
 
 Everything is saved with CPU tensors, so a run trained on a GPU can be tested or resumed on a
-machine without one; files are read with `torch.load(weights_only=True)`, so a file from
-elsewhere cannot run code. A damaged file is an InputError (one line naming the file and what to do).
+machine without one; files are read onto the CPU with `torch.load(weights_only=True)`, so a file from
+elsewhere cannot run code, and each piece is then moved as it needs (restore).
+A damaged file is an InputError (one line naming the file and what to do).
 """
 import contextlib
 import errno
@@ -166,22 +167,23 @@ def _start_over(path: Path) -> str:
     return f"rerun without --resume to start over (or delete {path})"
 
 
-def _read(path: Path, device: torch.device, what: str, then: str, prefix: str = ""):
+def _read(path: Path, what: str, then: str, prefix: str = ""):
+    """The file's objects, every tensor on the CPU (restore moves each piece where it belongs)."""
     with open(path, "rb") as handle:  # the OS's own errors (permission, ...) are reported as such
         try:
-            return torch.load(handle, weights_only=True, map_location=device)
+            return torch.load(handle, weights_only=True, map_location="cpu")
         except Exception:  # torch.load reports damaged files by many exception types, OSError included
             raise InputError(f"{prefix}{path} cannot be read as {what} (damaged, truncated, or not written by "
                              f"main.py): {then}") from None
 
 
-def load_resume_state(path: Path, args, device: torch.device, best_path: Path) -> dict:
+def load_resume_state(path: Path, args, best_path: Path) -> dict:
     """The training state saved at `path`, checked to be whole, of this command and of this data, with
-    a readable best checkpoint at `best_path` once it names a best epoch; or an InputError. Tensors
-    are mapped onto `device` (a state saved on a GPU resumes on a CPU, and back)."""
+    a readable best checkpoint at `best_path` once it names a best epoch; or an InputError. Its tensors
+    are on the CPU: restore() moves them (a state saved on a GPU resumes on a CPU, and back)."""
     if not path.is_file():
         raise InputError(f"--resume: no saved training state at {path}: rerun without --resume")
-    state = _read(path, device, "a training state", _start_over(path), "--resume: ")
+    state = _read(path, "a training state", _start_over(path), "--resume: ")
     if not isinstance(state, dict) or state.get("kind") != STATE_KIND or not all(key in state for key in STATE_SCHEMA):
         found = ("a model checkpoint (a bare state_dict), not a training state" if _tensor_dict(state) and state
                  else "not a training state of this version of main.py")
@@ -202,12 +204,23 @@ def load_resume_state(path: Path, args, device: torch.device, best_path: Path) -
         raise InputError(f"--resume: {', '.join(changed)} changed since {path} was saved: restore the data to "
                          f"resume, or {_start_over(path)}")
     if state["early_stopping"]["best_epoch"] is not None:  # a damaged one found now, not after training
-        read_best(best_path, None, device)
+        read_best(best_path, None)
     return state
 
 
 def restore(state: dict, model, optimizer, early_stopping, path: Path, device: torch.device) -> None:
     """Put a checked state into the run's model, optimizer, early stopping and generators."""
+    restore_model_and_optimizer(state, model, optimizer, path)
+    early_stopping.load_state_dict(state["early_stopping"])
+    set_rng_state(state["rng"], device, path)
+
+
+def restore_model_and_optimizer(state: dict, model, optimizer, path: Path) -> None:
+    """The CPU tensors of a state, each moved where the run keeps it: the model's weights are copied into
+    its parameters (on the run's device); the optimizer's state goes to its parameter's device, except
+    Adam's `step` counters, which stay on the CPU as torch keeps them (Optimizer.load_state_dict's
+    policy, unless `capturable` or `fused`). A counter mapped onto a GPU would make every optimizer step
+    read it back from the device, a host sync per batch (bench/host_syncs.py --resumed counts them)."""
     check_fits(model, state["model"], path, _start_over(path), "--resume: ")
     model.load_state_dict(state["model"])
     try:
@@ -215,8 +228,6 @@ def restore(state: dict, model, optimizer, early_stopping, path: Path, device: t
     except (ValueError, KeyError, RuntimeError):
         raise InputError(f"--resume: {path} holds an optimizer state of other parameters: "
                          f"{_start_over(path)}") from None
-    early_stopping.load_state_dict(state["early_stopping"])
-    set_rng_state(state["rng"], device, path)
 
 
 def check_fits(model, weights: dict, path: Path, then: str, prefix: str = "") -> None:
@@ -226,13 +237,13 @@ def check_fits(model, weights: dict, path: Path, then: str, prefix: str = "") ->
         raise InputError(f"{prefix}{path} holds a model of other parameters or shapes: {then}")
 
 
-def read_best(path: Path, model, device: torch.device) -> dict:
-    """The weights of the best checkpoint `<path_name>.pt`, on `device`, checked to fit `model` (unless
-    None); a missing or damaged file is an InputError."""
+def read_best(path: Path, model) -> dict:
+    """The weights of the best checkpoint `<path_name>.pt`, on the CPU (load_state_dict copies them to
+    the model's device), checked to fit `model` (unless None); a missing or damaged file is an InputError."""
     then = "rerun without --resume to train the run again"
     if not path.is_file():
         raise InputError(f"the best checkpoint {path} is missing: {then}")
-    weights = _read(path, device, "a model checkpoint", then)
+    weights = _read(path, "a model checkpoint", then)
     if not _tensor_dict(weights):
         raise InputError(f"{path} is not a model checkpoint (a dict of tensors): {then}")
     if model is not None:

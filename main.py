@@ -235,7 +235,7 @@ def run_locked(args, paths: RunPaths, stop: entry.Stop) -> int:
 def run(args, paths: RunPaths, log: RunLog, stop: entry.Stop) -> int:
     """Load (the resume state, the data, the model), train epoch by epoch, then test the best checkpoint."""
     device = set_up(args)
-    state = checkpoint.load_resume_state(paths.state, args, device, paths.checkpoint) if args.resume else None
+    state = checkpoint.load_resume_state(paths.state, args, paths.checkpoint) if args.resume else None
     stop.set(*resume_advice(paths, "loading", resuming=args.resume))
     print_config(args, device)
     data, data_sha256 = load_data(args, device)
@@ -273,7 +273,7 @@ def run(args, paths: RunPaths, log: RunLog, stop: entry.Stop) -> int:
         return 0
     stop.set(*resume_advice(paths, "test", early_stopping.best_epoch))
     entry.raise_if_stopped()
-    final_test(model, data, train_interactions, early_stopping.best_epoch, train_seconds, args, paths, device)
+    final_test(model, data, train_interactions, early_stopping.best_epoch, train_seconds, args, paths)
     return 0
 
 
@@ -352,9 +352,9 @@ def report_training(model, early_stopping, train_seconds, args, paths: RunPaths)
     return True
 
 
-def final_test(model, data, train_interactions, best_epoch, train_seconds, args, paths: RunPaths, device) -> None:
+def final_test(model, data, train_interactions, best_epoch, train_seconds, args, paths: RunPaths) -> None:
     """The best checkpoint on the test split: the published lines, the per-user CSV, then test.json."""
-    model.load_state_dict(checkpoint.read_best(paths.checkpoint, model, device))
+    model.load_state_dict(checkpoint.read_best(paths.checkpoint, model))
     model.eval()
     exclude = train_interactions
     if args.eval_protocol == "strict":
