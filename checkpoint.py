@@ -29,12 +29,13 @@ STATE_KIND = "main.py training state v2"  # v1 (no kind, numpy arrays inside) pr
 # The flags that MAY differ on --resume; every other flag must match (so a new flag is checked by
 # default). None of these changes what an epoch computes:
 # - epochs: how far to train; device, gpu_id, threads: where (same distribution; digits may differ
-#   in the last places, docs/training.md); data_dir: the data fingerprint checks the bytes instead;
+#   in the last places, docs/training.md); deterministic: which GPU kernels (the same distribution;
+#   nothing changes on a CPU); data_dir: the data fingerprint checks the bytes instead;
 # - result_dir, path_name: where the files are; test_batch_size: how many users are scored at
 #   once (ranking is per user); resume: the flag itself;
 # - eval_protocol: it changes only the final test's masking, which a finished run may redo.
-MAY_CHANGE = frozenset({"epochs", "device", "gpu_id", "threads", "data_dir", "result_dir", "path_name",
-                        "test_batch_size", "resume", "eval_protocol"})
+MAY_CHANGE = frozenset({"epochs", "device", "gpu_id", "threads", "deterministic", "data_dir", "result_dir",
+                        "path_name", "test_batch_size", "resume", "eval_protocol"})
 
 
 # --- saving -------------------------------------------------------------------------------------------

@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="split rows that repeat a (user, item) pair (e.g. a positive and a confirmed "
                              "negative): error refuses them with their line numbers; first / last keeps the "
                              "pair's first / last row (docs/bad-input.md)")
+    extras.add_argument("--deterministic", action="store_true",
+                        help="torch.use_deterministic_algorithms(True) and CUBLAS_WORKSPACE_CONFIG=:4096:8: on a "
+                             "GPU the same command gives the same numbers every time, at some cost in speed "
+                             "(docs/training.md); on a CPU it changes nothing")
     extras.add_argument("--threads", type=int, default=None,
                         help="CPU threads of torch (default: torch's own choice, usually the core count); "
                              "1 is faster on small graphs such as ML-100K")

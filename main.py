@@ -20,6 +20,7 @@ import contextlib
 import csv
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -66,6 +67,8 @@ def print_config(args, device: torch.device) -> None:
         extras.append(("result_dir", args.result_dir))
     if args.flush_denormal:
         extras.append(("flush_denormal", True))
+    if args.deterministic:
+        extras.append(("deterministic", True))
     if args.threads is not None:
         extras.append(("threads", args.threads))
     if args.duplicate_pairs != "error":
@@ -226,10 +229,36 @@ def run_locked(args, paths: RunPaths, stop: entry.Stop) -> int:
     check_splits(args)
     check_output_paths(paths.outputs())
     log = RunLog(sys.stdout, paths.log)  # stdout and its file
-    with checkpoint.run_lock(paths.lock), contextlib.redirect_stdout(log):
+    with checkpoint.run_lock(paths.lock), contextlib.redirect_stdout(log), deterministic(args.deterministic):
         code = run(args, paths, log, stop)
         log.save()  # the final test included
     return code
+
+
+# cuBLAS's deterministic workspace settings (torch.use_deterministic_algorithms refuses cuBLAS otherwise).
+DETERMINISTIC_CUBLAS = (":4096:8", ":16:8")
+
+
+@contextlib.contextmanager
+def deterministic(on: bool):
+    """--deterministic: torch's deterministic algorithms, and cuBLAS's deterministic workspace
+    (CUBLAS_WORKSPACE_CONFIG=:4096:8 unless already one of DETERMINISTIC_CUBLAS), set before the run
+    touches CUDA; both restored afterwards (main() may run again in the same process)."""
+    if not on:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if before[1] not in DETERMINISTIC_CUBLAS:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = DETERMINISTIC_CUBLAS[0]
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        if before[1] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = before[1]
 
 
 def run(args, paths: RunPaths, log: RunLog, stop: entry.Stop) -> int:

@@ -33,7 +33,8 @@ def toy(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", list(MODELS))
 def test_trains_resumes_and_the_checkpoint_loads_on_the_cpu(name, toy, tmp_path, capsys):
     extra = (["--model", "lightgcn"] if name == "lightgcn" else []) + MODELS[name]
-    argv = toy + extra + ["--device", "cuda:0", "--early_stopping_step", "100"]
+    # --deterministic: the resumed run must equal the uninterrupted one on the GPU too.
+    argv = toy + extra + ["--device", "cuda:0", "--early_stopping_step", "100", "--deterministic"]
     code, whole, _ = run_main(argv + ["--epochs", "4"], capsys)
     assert code == 0 and whole.count("\nEpoch: ") == 4
     # Stopped after 2 epochs and resumed: the same run, on the GPU as on a CPU.
