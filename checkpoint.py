@@ -15,6 +15,7 @@ import io
 import math
 import os
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,9 @@ STATE_KIND = "main.py training state v2"  # v1 (no kind, numpy arrays inside) pr
 # - result_dir, path_name: where the files are; test_batch_size: how many users are scored at
 #   once (ranking is per user); resume: the flag itself;
 # - eval_protocol: it changes only the final test's masking, which a finished run may redo.
+# - save_every_s: how often the state is written, not what it holds.
 MAY_CHANGE = frozenset({"epochs", "device", "gpu_id", "threads", "deterministic", "data_dir", "result_dir",
-                        "path_name", "test_batch_size", "resume", "eval_protocol"})
+                        "path_name", "test_batch_size", "resume", "eval_protocol", "save_every_s"})
 
 
 # --- saving -------------------------------------------------------------------------------------------
@@ -49,6 +51,44 @@ def to_cpu(obj):
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_cpu(value) for value in obj)
     return obj
+
+
+def snapshot(obj):
+    """A copy of `obj` that later training cannot change: every tensor copied to the CPU, every dict,
+    list and tuple new (the state of a finished epoch, kept until it is written)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {key: snapshot(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(value) for value in obj)
+    return obj
+
+
+class StateWriter:
+    """main.py's training state on disk, written at most every `every` seconds: `keep()` takes the state
+    of each finished epoch (a snapshot) and writes it when `now` (a new best checkpoint, the last epoch)
+    or when `every` seconds have passed since the last write; otherwise it is held until the next one,
+    or `write_held()` (a stop or an error) writes it. `saved_epoch` is the epoch of the state on disk (0:
+    none). A write that fails is not tried again: the previous state stays whole on disk."""
+
+    def __init__(self, path: Path, every: float, saved_epoch: int):
+        self.path, self.every, self.saved_epoch = path, every, saved_epoch
+        self.held, self.last_write = None, time.monotonic()
+
+    def keep(self, epoch: int, state: dict, now: bool) -> None:
+        self.held = (epoch, state)
+        if now or time.monotonic() - self.last_write >= self.every:
+            self.write_held()
+
+    def write_held(self) -> bool:
+        """Write the held state, if any; whether one was written."""
+        if self.held is None:
+            return False
+        (epoch, state), self.held = self.held, None
+        save(state, self.path)
+        self.saved_epoch, self.last_write = epoch, time.monotonic()
+        return True
 
 
 def save(obj, path: Path) -> None:

@@ -71,6 +71,8 @@ def print_config(args, device: torch.device) -> None:
         extras.append(("deterministic", True))
     if args.threads is not None:
         extras.append(("threads", args.threads))
+    if args.save_every_s is not None:
+        extras.append(("save_every_s", args.save_every_s))
     if args.duplicate_pairs != "error":
         extras.append(("duplicate_pairs", args.duplicate_pairs))
     if refine_plus:
@@ -189,9 +191,12 @@ class RunPaths:
         return [self.checkpoint, self.state, self.test, self.test_users, self.log, self.lock, self.not_early_stop]
 
 
-def resume_advice(paths: RunPaths, phase: str, epoch: int = 0, resuming: bool = False) -> tuple[str, str]:
+def resume_advice(paths: RunPaths, phase: str, epoch: int = 0, resuming: bool = False,
+                  saved: int | None = None) -> tuple[str, str]:
     """(then, where) of the line a stop prints at each phase of a run (entry.Stop): the one place that
-    says what is left to resume and the command that does it. An OS error's line ends with `then` too."""
+    says what is left to resume and the command that does it. An OS error's line ends with `then` too.
+    `saved`: the epoch of the training state on disk (default: the last finished one, epoch - 1 during
+    an epoch, epoch after it); a stop first writes the state it holds and then says so (run())."""
     nothing = "nothing can be resumed: rerun the command"
     test_it = "rerun the same command with --resume to test it without training"
 
@@ -204,11 +209,15 @@ def resume_advice(paths: RunPaths, phase: str, epoch: int = 0, resuming: bool = 
         return f"nothing was written, so {nothing}", "while starting"
     if phase == "loading":
         return f"nothing was trained, so {nothing}", "while loading the data"
-    if phase == "epoch":  # each finished epoch leaves its state; before the first one there is none
-        return (continue_after(epoch - 1) if epoch > 1 else f"before any epoch finished, so {nothing}",
-                f"during epoch {epoch}")
+    if phase == "epoch":  # before the first epoch finished there is no state
+        saved = epoch - 1 if saved is None else saved
+        return (continue_after(saved) if saved >= 1 else
+                f"before any epoch finished, so {nothing}" if epoch == 1 else
+                f"no training state was saved, so {nothing}", f"during epoch {epoch}")
     if phase == "saved":
-        return continue_after(epoch), f"after epoch {epoch}"
+        saved = epoch if saved is None else saved
+        return (continue_after(saved) if saved >= 1 else f"no training state was saved, so {nothing}",
+                f"after epoch {epoch}")
     if phase == "trained":
         return f"the best checkpoint {paths.checkpoint} is saved: {test_it}", "after training"
     assert phase == "test", phase
@@ -228,8 +237,10 @@ def run_locked(args, paths: RunPaths, stop: entry.Stop) -> int:
     check_flags(args)
     check_splits(args)
     check_output_paths(paths.outputs())
-    log = RunLog(sys.stdout, paths.log)  # stdout and its file
-    with checkpoint.run_lock(paths.lock), contextlib.redirect_stdout(log), deterministic(args.deterministic):
+    # stdout and its file; a closed stdout (`>&-`, sys.stdout is None): the file alone.
+    log = RunLog(sys.stdout, paths.log)
+    with checkpoint.run_lock(paths.lock), contextlib.closing(log), contextlib.redirect_stdout(log), \
+            deterministic(args.deterministic):
         code = run(args, paths, log, stop)
         log.save()  # the final test included
     return code
@@ -278,23 +289,39 @@ def run(args, paths: RunPaths, log: RunLog, stop: entry.Stop) -> int:
     train_interactions = data.train_interactions()
 
     start_time = time.time() - elapsed
-    for epoch in tqdm(range(first_epoch, args.epochs + 1), initial=first_epoch - 1, total=args.epochs,
-                      desc="epochs", unit="epoch", file=sys.stderr, disable=None):
-        if early_stopping.early_stop:
-            break
-        entry.raise_if_stopped()
-        stop.set(*resume_advice(paths, "epoch", epoch))
-        model.train()
-        loss = train_one_epoch(model, optimizer, data, negatives, epoch, args)
-        if not math.isfinite(loss):
-            raise InputError(f"epoch {epoch}: the training loss is {loss} (training diverged): "
-                             f"try a smaller --learning_rate")
-        if epoch % args.evaluation_step == 0:
-            history.append(validate(model, data, train_interactions, early_stopping, epoch, loss, args, paths))
-        checkpoint.save(checkpoint.training_state(model, optimizer, epoch, early_stopping, history,
-                                                  time.time() - start_time, args, data_sha256, device), paths.state)
-        stop.set(*resume_advice(paths, "saved", epoch))
-        log.save()
+    # The state of each finished epoch, written at most every --save_every_s seconds, and always at a new
+    # best checkpoint, after the last epoch, and at a stop or an error (docs/training.md, Resuming).
+    states = checkpoint.StateWriter(paths.state, save_every_seconds(args), first_epoch - 1)
+    phase = ("epoch", first_epoch)
+    try:
+        for epoch in tqdm(range(first_epoch, args.epochs + 1), initial=first_epoch - 1, total=args.epochs,
+                          desc="epochs", unit="epoch", file=sys.stderr, disable=None):
+            if early_stopping.early_stop:
+                break
+            entry.raise_if_stopped()
+            phase = ("epoch", epoch)
+            stop.set(*resume_advice(paths, *phase, saved=states.saved_epoch))
+            model.train()
+            loss = train_one_epoch(model, optimizer, data, negatives, epoch, args)
+            if not math.isfinite(loss):
+                raise InputError(f"epoch {epoch}: the training loss is {loss} (training diverged): "
+                                 f"try a smaller --learning_rate")
+            if epoch % args.evaluation_step == 0:
+                history.append(validate(model, data, train_interactions, early_stopping, epoch, loss, args, paths))
+            state = checkpoint.training_state(model, optimizer, epoch, early_stopping, history,
+                                              time.time() - start_time, args, data_sha256, device)
+            states.keep(epoch, checkpoint.snapshot(state), now=early_stopping.best_epoch == epoch
+                        or early_stopping.early_stop or epoch == args.epochs)
+            phase = ("saved", epoch)
+            stop.set(*resume_advice(paths, *phase, saved=states.saved_epoch))
+            log.save()
+    except BaseException:
+        # The last finished epoch's state, if held: a stop (or an error) resumes from it. A write that
+        # fails here leaves the state on disk as it was, and the line says so.
+        with contextlib.suppress(OSError):
+            if states.write_held():
+                stop.set(*resume_advice(paths, *phase, saved=states.saved_epoch))
+        raise
 
     stop.set(*resume_advice(paths, "trained"))
     train_seconds = time.time() - start_time
@@ -304,6 +331,13 @@ def run(args, paths: RunPaths, log: RunLog, stop: entry.Stop) -> int:
     entry.raise_if_stopped()
     final_test(model, data, train_interactions, early_stopping.best_epoch, train_seconds, args, paths)
     return 0
+
+
+DEFAULT_SAVE_EVERY_S = 30.0
+
+
+def save_every_seconds(args) -> float:
+    return DEFAULT_SAVE_EVERY_S if args.save_every_s is None else args.save_every_s
 
 
 def set_up(args) -> torch.device:
