@@ -131,9 +131,9 @@ class CudaSyncCounter:
 
 
 def toy_data(device, num_users=40, num_items=60):
-    """A small synthetic split (tests/conftest.py's generator), loaded as main.py loads it."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import write_synthetic_dataset
+    """A small synthetic split (bench/toy.py, the tests' generator), loaded as main.py loads it."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from toy import write_synthetic_dataset
     with tempfile.TemporaryDirectory() as folder:
         write_synthetic_dataset(Path(folder), "TOY", num_users=num_users, num_items=num_items)
         return dataloader.load_splits(folder, "TOY", True, encode_negatives=True).to(device)
