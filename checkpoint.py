@@ -70,7 +70,8 @@ class StateWriter:
     of each finished epoch (a snapshot) and writes it when `now` (a new best checkpoint, the last epoch)
     or when `every` seconds have passed since the last write; otherwise it is held until the next one,
     or `write_held()` (a stop or an error) writes it. `saved_epoch` is the epoch of the state on disk (0:
-    none). A write that fails is not tried again: the previous state stays whole on disk."""
+    none). A write that fails with an OS error (a full disk) is not tried again: the previous state stays
+    whole on disk. A write cut by a stop keeps the state held, so the stop's own write_held() writes it."""
 
     def __init__(self, path: Path, every: float, saved_epoch: int):
         self.path, self.every, self.saved_epoch = path, every, saved_epoch
@@ -85,9 +86,13 @@ class StateWriter:
         """Write the held state, if any; whether one was written."""
         if self.held is None:
             return False
-        (epoch, state), self.held = self.held, None
-        save(state, self.path)
-        self.saved_epoch, self.last_write = epoch, time.monotonic()
+        epoch, state = self.held
+        try:
+            save(state, self.path)
+        except OSError:
+            self.held = None
+            raise
+        self.held, self.saved_epoch, self.last_write = None, epoch, time.monotonic()
         return True
 
 
