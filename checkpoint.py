@@ -4,8 +4,9 @@ data fingerprint included), the checks a resumed run must pass, and the lock tha
     python -c "import checkpoint"   # used by main.py; see docs/training.md, 'Resuming'
 
 Everything is saved with CPU tensors, so a run trained on a GPU can be tested or resumed on a
-machine without one; files are read with `torch.load(weights_only=True)`, so a file from
-elsewhere cannot run code. A damaged file is an InputError (one line naming the file and what to do).
+machine without one; files are read onto the CPU with `torch.load(weights_only=True)`, so a file from
+elsewhere cannot run code, and each piece is then moved as it needs (restore).
+A damaged file is an InputError (one line naming the file and what to do).
 """
 import contextlib
 import errno
@@ -14,6 +15,7 @@ import io
 import math
 import os
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +30,14 @@ STATE_KIND = "main.py training state v2"  # v1 (no kind, numpy arrays inside) pr
 # The flags that MAY differ on --resume; every other flag must match (so a new flag is checked by
 # default). None of these changes what an epoch computes:
 # - epochs: how far to train; device, gpu_id, threads: where (same distribution; digits may differ
-#   in the last places, docs/training.md); data_dir: the data fingerprint checks the bytes instead;
+#   in the last places, docs/training.md); deterministic: which GPU kernels (the same distribution;
+#   nothing changes on a CPU); data_dir: the data fingerprint checks the bytes instead;
 # - result_dir, path_name: where the files are; test_batch_size: how many users are scored at
 #   once (ranking is per user); resume: the flag itself;
 # - eval_protocol: it changes only the final test's masking, which a finished run may redo.
-MAY_CHANGE = frozenset({"epochs", "device", "gpu_id", "threads", "data_dir", "result_dir", "path_name",
-                        "test_batch_size", "resume", "eval_protocol"})
+# - save_every_s: how often the state is written, not what it holds.
+MAY_CHANGE = frozenset({"epochs", "device", "gpu_id", "threads", "deterministic", "data_dir", "result_dir",
+                        "path_name", "test_batch_size", "resume", "eval_protocol", "save_every_s"})
 
 
 # --- saving -------------------------------------------------------------------------------------------
@@ -47,6 +51,49 @@ def to_cpu(obj):
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_cpu(value) for value in obj)
     return obj
+
+
+def snapshot(obj):
+    """A copy of `obj` that later training cannot change: every tensor copied to the CPU, every dict,
+    list and tuple new (the state of a finished epoch, kept until it is written)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {key: snapshot(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(value) for value in obj)
+    return obj
+
+
+class StateWriter:
+    """main.py's training state on disk, written at most every `every` seconds: `keep()` takes the state
+    of each finished epoch (a snapshot) and writes it when `now` (a new best checkpoint, the last epoch)
+    or when `every` seconds have passed since the last write; otherwise it is held until the next one,
+    or `write_held()` (a stop or an error) writes it. `saved_epoch` is the epoch of the state on disk (0:
+    none). A write that fails with an OS error (a full disk) is not tried again: the previous state stays
+    whole on disk. A write cut by a stop keeps the state held, so the stop's own write_held() writes it."""
+
+    def __init__(self, path: Path, every: float, saved_epoch: int):
+        self.path, self.every, self.saved_epoch = path, every, saved_epoch
+        self.held, self.last_write = None, time.monotonic()
+
+    def keep(self, epoch: int, state: dict, now: bool) -> None:
+        self.held = (epoch, state)
+        if now or time.monotonic() - self.last_write >= self.every:
+            self.write_held()
+
+    def write_held(self) -> bool:
+        """Write the held state, if any; whether one was written."""
+        if self.held is None:
+            return False
+        epoch, state = self.held
+        try:
+            save(state, self.path)
+        except OSError:
+            self.held = None
+            raise
+        self.held, self.saved_epoch, self.last_write = None, epoch, time.monotonic()
+        return True
 
 
 def save(obj, path: Path) -> None:
@@ -166,22 +213,23 @@ def _start_over(path: Path) -> str:
     return f"rerun without --resume to start over (or delete {path})"
 
 
-def _read(path: Path, device: torch.device, what: str, then: str, prefix: str = ""):
+def _read(path: Path, what: str, then: str, prefix: str = ""):
+    """The file's objects, every tensor on the CPU (restore moves each piece where it belongs)."""
     with open(path, "rb") as handle:  # the OS's own errors (permission, ...) are reported as such
         try:
-            return torch.load(handle, weights_only=True, map_location=device)
+            return torch.load(handle, weights_only=True, map_location="cpu")
         except Exception:  # torch.load reports damaged files by many exception types, OSError included
             raise InputError(f"{prefix}{path} cannot be read as {what} (damaged, truncated, or not written by "
                              f"main.py): {then}") from None
 
 
-def load_resume_state(path: Path, args, device: torch.device, best_path: Path) -> dict:
+def load_resume_state(path: Path, args, best_path: Path) -> dict:
     """The training state saved at `path`, checked to be whole, of this command and of this data, with
-    a readable best checkpoint at `best_path` once it names a best epoch; or an InputError. Tensors
-    are mapped onto `device` (a state saved on a GPU resumes on a CPU, and back)."""
+    a readable best checkpoint at `best_path` once it names a best epoch; or an InputError. Its tensors
+    are on the CPU: restore() moves them (a state saved on a GPU resumes on a CPU, and back)."""
     if not path.is_file():
         raise InputError(f"--resume: no saved training state at {path}: rerun without --resume")
-    state = _read(path, device, "a training state", _start_over(path), "--resume: ")
+    state = _read(path, "a training state", _start_over(path), "--resume: ")
     if not isinstance(state, dict) or state.get("kind") != STATE_KIND or not all(key in state for key in STATE_SCHEMA):
         found = ("a model checkpoint (a bare state_dict), not a training state" if _tensor_dict(state) and state
                  else "not a training state of this version of main.py")
@@ -202,12 +250,23 @@ def load_resume_state(path: Path, args, device: torch.device, best_path: Path) -
         raise InputError(f"--resume: {', '.join(changed)} changed since {path} was saved: restore the data to "
                          f"resume, or {_start_over(path)}")
     if state["early_stopping"]["best_epoch"] is not None:  # a damaged one found now, not after training
-        read_best(best_path, None, device)
+        read_best(best_path, None)
     return state
 
 
 def restore(state: dict, model, optimizer, early_stopping, path: Path, device: torch.device) -> None:
     """Put a checked state into the run's model, optimizer, early stopping and generators."""
+    restore_model_and_optimizer(state, model, optimizer, path)
+    early_stopping.load_state_dict(state["early_stopping"])
+    set_rng_state(state["rng"], device, path)
+
+
+def restore_model_and_optimizer(state: dict, model, optimizer, path: Path) -> None:
+    """The CPU tensors of a state, each moved where the run keeps it: the model's weights are copied into
+    its parameters (on the run's device); the optimizer's state goes to its parameter's device, except
+    Adam's `step` counters, which stay on the CPU as torch keeps them (Optimizer.load_state_dict's
+    policy, unless `capturable` or `fused`). A counter mapped onto a GPU would make every optimizer step
+    read it back from the device, a host sync per batch (bench/host_syncs.py --resumed counts them)."""
     check_fits(model, state["model"], path, _start_over(path), "--resume: ")
     model.load_state_dict(state["model"])
     try:
@@ -215,8 +274,6 @@ def restore(state: dict, model, optimizer, early_stopping, path: Path, device: t
     except (ValueError, KeyError, RuntimeError):
         raise InputError(f"--resume: {path} holds an optimizer state of other parameters: "
                          f"{_start_over(path)}") from None
-    early_stopping.load_state_dict(state["early_stopping"])
-    set_rng_state(state["rng"], device, path)
 
 
 def check_fits(model, weights: dict, path: Path, then: str, prefix: str = "") -> None:
@@ -226,13 +283,13 @@ def check_fits(model, weights: dict, path: Path, then: str, prefix: str = "") ->
         raise InputError(f"{prefix}{path} holds a model of other parameters or shapes: {then}")
 
 
-def read_best(path: Path, model, device: torch.device) -> dict:
-    """The weights of the best checkpoint `<path_name>.pt`, on `device`, checked to fit `model` (unless
-    None); a missing or damaged file is an InputError."""
+def read_best(path: Path, model) -> dict:
+    """The weights of the best checkpoint `<path_name>.pt`, on the CPU (load_state_dict copies them to
+    the model's device), checked to fit `model` (unless None); a missing or damaged file is an InputError."""
     then = "rerun without --resume to train the run again"
     if not path.is_file():
         raise InputError(f"the best checkpoint {path} is missing: {then}")
-    weights = _read(path, device, "a model checkpoint", then)
+    weights = _read(path, "a model checkpoint", then)
     if not _tensor_dict(weights):
         raise InputError(f"{path} is not a model checkpoint (a dict of tensors): {then}")
     if model is not None:

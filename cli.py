@@ -118,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="split rows that repeat a (user, item) pair (e.g. a positive and a confirmed "
                              "negative): error refuses them with their line numbers; first / last keeps the "
                              "pair's first / last row (docs/bad-input.md)")
+    extras.add_argument("--deterministic", action="store_true",
+                        help="torch.use_deterministic_algorithms(True) and CUBLAS_WORKSPACE_CONFIG=:4096:8: on a "
+                             "GPU the same command gives the same numbers every time, at some cost in speed "
+                             "(docs/training.md); on a CPU it changes nothing")
+    extras.add_argument("--save_every_s", type=float, default=None,
+                        help="write the training state for --resume at most every this many seconds (default: "
+                             "30; 0: after every epoch); always at a new best checkpoint, after the last epoch and "
+                             "at a stop (docs/training.md, Resuming)")
     extras.add_argument("--threads", type=int, default=None,
                         help="CPU threads of torch (default: torch's own choice, usually the core count); "
                              "1 is faster on small graphs such as ML-100K")
@@ -152,6 +160,7 @@ BOUNDS = {
     "s": (1, 2 ** 31 - 1),
     "t": (1, 10 ** 9),
     "threads": (1, 1024),
+    "save_every_s": (0.0, 1e9),
 }
 # Flags that name things (a folder and file prefix, the run's file names): never a path.
 NAMES = ("dataset", "path_name")

@@ -20,6 +20,7 @@ import contextlib
 import csv
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -66,8 +67,12 @@ def print_config(args, device: torch.device) -> None:
         extras.append(("result_dir", args.result_dir))
     if args.flush_denormal:
         extras.append(("flush_denormal", True))
+    if args.deterministic:
+        extras.append(("deterministic", True))
     if args.threads is not None:
         extras.append(("threads", args.threads))
+    if args.save_every_s is not None:
+        extras.append(("save_every_s", args.save_every_s))
     if args.duplicate_pairs != "error":
         extras.append(("duplicate_pairs", args.duplicate_pairs))
     if refine_plus:
@@ -186,9 +191,12 @@ class RunPaths:
         return [self.checkpoint, self.state, self.test, self.test_users, self.log, self.lock, self.not_early_stop]
 
 
-def resume_advice(paths: RunPaths, phase: str, epoch: int = 0, resuming: bool = False) -> tuple[str, str]:
+def resume_advice(paths: RunPaths, phase: str, epoch: int = 0, resuming: bool = False,
+                  saved: int | None = None) -> tuple[str, str]:
     """(then, where) of the line a stop prints at each phase of a run (entry.Stop): the one place that
-    says what is left to resume and the command that does it. An OS error's line ends with `then` too."""
+    says what is left to resume and the command that does it. An OS error's line ends with `then` too.
+    `saved`: the epoch of the training state on disk (default: the last finished one, epoch - 1 during
+    an epoch, epoch after it); a stop first writes the state it holds and then says so (run())."""
     nothing = "nothing can be resumed: rerun the command"
     test_it = "rerun the same command with --resume to test it without training"
 
@@ -201,11 +209,15 @@ def resume_advice(paths: RunPaths, phase: str, epoch: int = 0, resuming: bool = 
         return f"nothing was written, so {nothing}", "while starting"
     if phase == "loading":
         return f"nothing was trained, so {nothing}", "while loading the data"
-    if phase == "epoch":  # each finished epoch leaves its state; before the first one there is none
-        return (continue_after(epoch - 1) if epoch > 1 else f"before any epoch finished, so {nothing}",
-                f"during epoch {epoch}")
+    if phase == "epoch":  # before the first epoch finished there is no state
+        saved = epoch - 1 if saved is None else saved
+        return (continue_after(saved) if saved >= 1 else
+                f"before any epoch finished, so {nothing}" if epoch == 1 else
+                f"no training state was saved, so {nothing}", f"during epoch {epoch}")
     if phase == "saved":
-        return continue_after(epoch), f"after epoch {epoch}"
+        saved = epoch if saved is None else saved
+        return (continue_after(saved) if saved >= 1 else f"no training state was saved, so {nothing}",
+                f"after epoch {epoch}")
     if phase == "trained":
         return f"the best checkpoint {paths.checkpoint} is saved: {test_it}", "after training"
     assert phase == "test", phase
@@ -225,17 +237,45 @@ def run_locked(args, paths: RunPaths, stop: entry.Stop) -> int:
     check_flags(args)
     check_splits(args)
     check_output_paths(paths.outputs())
-    log = RunLog(sys.stdout, paths.log)  # stdout and its file
-    with checkpoint.run_lock(paths.lock), contextlib.redirect_stdout(log):
+    # stdout and its file; a closed stdout (`>&-`, sys.stdout is None): the file alone.
+    log = RunLog(sys.stdout, paths.log)
+    with checkpoint.run_lock(paths.lock), contextlib.closing(log), contextlib.redirect_stdout(log), \
+            deterministic(args.deterministic):
         code = run(args, paths, log, stop)
         log.save()  # the final test included
     return code
 
 
+# cuBLAS's deterministic workspace settings (torch.use_deterministic_algorithms refuses cuBLAS otherwise).
+DETERMINISTIC_CUBLAS = (":4096:8", ":16:8")
+
+
+@contextlib.contextmanager
+def deterministic(on: bool):
+    """--deterministic: torch's deterministic algorithms, and cuBLAS's deterministic workspace
+    (CUBLAS_WORKSPACE_CONFIG=:4096:8 unless already one of DETERMINISTIC_CUBLAS), set before the run
+    touches CUDA; both restored afterwards (main() may run again in the same process)."""
+    if not on:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if before[1] not in DETERMINISTIC_CUBLAS:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = DETERMINISTIC_CUBLAS[0]
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        if before[1] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = before[1]
+
+
 def run(args, paths: RunPaths, log: RunLog, stop: entry.Stop) -> int:
     """Load (the resume state, the data, the model), train epoch by epoch, then test the best checkpoint."""
     device = set_up(args)
-    state = checkpoint.load_resume_state(paths.state, args, device, paths.checkpoint) if args.resume else None
+    state = checkpoint.load_resume_state(paths.state, args, paths.checkpoint) if args.resume else None
     stop.set(*resume_advice(paths, "loading", resuming=args.resume))
     print_config(args, device)
     data, data_sha256 = load_data(args, device)
@@ -249,23 +289,39 @@ def run(args, paths: RunPaths, log: RunLog, stop: entry.Stop) -> int:
     train_interactions = data.train_interactions()
 
     start_time = time.time() - elapsed
-    for epoch in tqdm(range(first_epoch, args.epochs + 1), initial=first_epoch - 1, total=args.epochs,
-                      desc="epochs", unit="epoch", file=sys.stderr, disable=None):
-        if early_stopping.early_stop:
-            break
-        entry.raise_if_stopped()
-        stop.set(*resume_advice(paths, "epoch", epoch))
-        model.train()
-        loss = train_one_epoch(model, optimizer, data, negatives, epoch, args)
-        if not math.isfinite(loss):
-            raise InputError(f"epoch {epoch}: the training loss is {loss} (training diverged): "
-                             f"try a smaller --learning_rate")
-        if epoch % args.evaluation_step == 0:
-            history.append(validate(model, data, train_interactions, early_stopping, epoch, loss, args, paths))
-        checkpoint.save(checkpoint.training_state(model, optimizer, epoch, early_stopping, history,
-                                                  time.time() - start_time, args, data_sha256, device), paths.state)
-        stop.set(*resume_advice(paths, "saved", epoch))
-        log.save()
+    # The state of each finished epoch, written at most every --save_every_s seconds, and always at a new
+    # best checkpoint, after the last epoch, and at a stop or an error (docs/training.md, Resuming).
+    states = checkpoint.StateWriter(paths.state, save_every_seconds(args), first_epoch - 1)
+    phase = ("epoch", first_epoch)
+    try:
+        for epoch in tqdm(range(first_epoch, args.epochs + 1), initial=first_epoch - 1, total=args.epochs,
+                          desc="epochs", unit="epoch", file=sys.stderr, disable=None):
+            if early_stopping.early_stop:
+                break
+            entry.raise_if_stopped()
+            phase = ("epoch", epoch)
+            stop.set(*resume_advice(paths, *phase, saved=states.saved_epoch))
+            model.train()
+            loss = train_one_epoch(model, optimizer, data, negatives, epoch, args)
+            if not math.isfinite(loss):
+                raise InputError(f"epoch {epoch}: the training loss is {loss} (training diverged): "
+                                 f"try a smaller --learning_rate")
+            if epoch % args.evaluation_step == 0:
+                history.append(validate(model, data, train_interactions, early_stopping, epoch, loss, args, paths))
+            state = checkpoint.training_state(model, optimizer, epoch, early_stopping, history,
+                                              time.time() - start_time, args, data_sha256, device)
+            states.keep(epoch, checkpoint.snapshot(state), now=early_stopping.best_epoch == epoch
+                        or early_stopping.early_stop or epoch == args.epochs)
+            phase = ("saved", epoch)
+            stop.set(*resume_advice(paths, *phase, saved=states.saved_epoch))
+            log.save()
+    except BaseException:
+        # The last finished epoch's state, if held: a stop (or an error) resumes from it. A write that
+        # fails here leaves the state on disk as it was, and the line says so.
+        with contextlib.suppress(OSError):
+            if states.write_held():
+                stop.set(*resume_advice(paths, *phase, saved=states.saved_epoch))
+        raise
 
     stop.set(*resume_advice(paths, "trained"))
     train_seconds = time.time() - start_time
@@ -273,8 +329,15 @@ def run(args, paths: RunPaths, log: RunLog, stop: entry.Stop) -> int:
         return 0
     stop.set(*resume_advice(paths, "test", early_stopping.best_epoch))
     entry.raise_if_stopped()
-    final_test(model, data, train_interactions, early_stopping.best_epoch, train_seconds, args, paths, device)
+    final_test(model, data, train_interactions, early_stopping.best_epoch, train_seconds, args, paths)
     return 0
+
+
+DEFAULT_SAVE_EVERY_S = 30.0
+
+
+def save_every_seconds(args) -> float:
+    return DEFAULT_SAVE_EVERY_S if args.save_every_s is None else args.save_every_s
 
 
 def set_up(args) -> torch.device:
@@ -352,9 +415,9 @@ def report_training(model, early_stopping, train_seconds, args, paths: RunPaths)
     return True
 
 
-def final_test(model, data, train_interactions, best_epoch, train_seconds, args, paths: RunPaths, device) -> None:
+def final_test(model, data, train_interactions, best_epoch, train_seconds, args, paths: RunPaths) -> None:
     """The best checkpoint on the test split: the published lines, the per-user CSV, then test.json."""
-    model.load_state_dict(checkpoint.read_best(paths.checkpoint, model, device))
+    model.load_state_dict(checkpoint.read_best(paths.checkpoint, model))
     model.eval()
     exclude = train_interactions
     if args.eval_protocol == "strict":

@@ -71,29 +71,63 @@ def atomic_write(path, mode="w", **open_kwargs):
 
 
 class RunLog(io.TextIOBase):
-    """A text stream that writes through to `stream` (stdout) and keeps all of it for `path`.
+    """A text stream that writes through to `stream` (stdout) and keeps its file `path` up to date.
 
     main.py prints through it (contextlib.redirect_stdout), so the log file holds exactly what
-    stdout showed; `save()` rewrites the file with everything so far, atomically.
+    stdout showed. `save()` writes what is new since the last save: the first one writes everything
+    so far to a temporary file renamed over `path` (a previous log there stays whole until then) and
+    keeps the file open; each later one appends the new text and flushes it, so an epoch's save costs
+    its own lines, not the whole log. `close()` closes the file.
+
+    `stream` is None when stdout is closed (`python main.py ... >&-`): the log file alone is written.
+    The file is UTF-8 with `surrogateescape`: text that came from bytes that are not UTF-8 (a path
+    with byte 0xff, which Python decodes to a surrogate) is written as those bytes. A stdout whose
+    encoding cannot hold such text gets it backslash-escaped instead of failing.
     """
 
+    ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
+
     def __init__(self, stream, path):
-        self.stream, self.path, self.parts = stream, Path(path), []
+        self.stream, self.path, self.parts, self.saved, self.handle = stream, Path(path), [], 0, None
 
     def write(self, text: str) -> int:
-        self.stream.write(text)
+        if self.stream is not None:
+            try:
+                self.stream.write(text)
+            except UnicodeEncodeError:
+                encoding = getattr(self.stream, "encoding", None) or "utf-8"
+                self.stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
         self.parts.append(text)
         return len(text)
 
     def flush(self) -> None:
-        self.stream.flush()
+        if self.stream is not None:
+            self.stream.flush()
 
     def getvalue(self) -> str:
         return "".join(self.parts)
 
     def save(self) -> None:
-        with atomic_write(self.path) as handle:
-            handle.write(self.getvalue())
+        new, count = "".join(self.parts[self.saved:]), len(self.parts)
+        if self.handle is None:
+            with atomic_write(self.path, **self.ENCODING) as handle:
+                handle.write(new)
+            self.handle = open(self.path, "a", **self.ENCODING)
+        else:
+            try:
+                self.handle.write(new)
+                self.handle.flush()
+            except OSError as exc:  # name the file, as atomic_write does
+                if exc.filename is None:
+                    exc.filename = str(self.path)
+                raise
+        self.saved = count
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+        super().close()
 
 
 def regular_file(path, missing: str, fix: str = "give the file itself") -> Path:

@@ -1,6 +1,7 @@
 """The measuring steps of bench/gpu_check.sh, one subcommand each; every step prints one JSON object.
 
     python bench/gpu_check.py versions
+    python bench/gpu_check.py equivalence --device cuda     # a short CPU-against-GPU run
     python bench/gpu_check.py product --device cuda
     python bench/gpu_check.py epochs --model refine_plus --data_dir bench/data --dataset ML-100K --device cuda
     python bench/gpu_check.py summary STEP_DIR OUT/summary.json     # gathers the steps' JSON
@@ -54,6 +55,51 @@ def versions(opts) -> int:
     except (OSError, subprocess.SubprocessError):
         result["driver"] = None
     return emit(result)
+
+
+def equivalence(opts) -> int:
+    """A short CPU-against-device run on whatever torch is installed: the toy data's ReFINe model built
+    from one seed on both, three Adam steps on one fixed batch (fixed negatives: CUDA draws other random
+    numbers), then the validation metrics; losses and weights to 1e-5, metrics to 1e-3 (near-ties may
+    swap ranks)."""
+    import torch
+
+    import host_syncs
+    import main
+    import training
+    from model import bpr_loss
+    device = torch.device(opts.device)
+    runs = {}
+    for on in (torch.device("cpu"), device):
+        data = host_syncs.toy_data(on)
+        args = main.build_parser().parse_args(["--r", "5", "--s", "2", "--t", "1", "--top_k", "5", "10",
+                                               "--embedding_dim", "16", "--layers", "2"])
+        torch.manual_seed(0)
+        model = training.build_model(args, data)[0].to(on)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+        generator = torch.Generator().manual_seed(1)
+        users, items = data.train_pos[:, :256]
+        negatives = torch.randint(0, data.num_items, (users.numel(),), generator=generator).to(on)
+        pairs = torch.stack([torch.cat([users, users]), torch.cat([items, negatives]) + data.num_users])
+        losses = []
+        for _ in range(3):
+            optimizer.zero_grad()
+            positive, negative = model.score_pairs(pairs).chunk(2)
+            loss = bpr_loss(positive, negative, model.embedding.weight, pairs)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        metrics = main.evaluate(model, data, data.valid, data.train_interactions(), args)
+        runs[on] = (torch.tensor(losses), model.embedding.weight.detach().cpu(), torch.tensor(metrics))
+    (cpu_loss, cpu_weight, cpu_metrics), (loss, weight, metrics) = runs[torch.device("cpu")], runs[device]
+    result = {"device": str(device), "torch": torch.__version__,
+              "max_abs_diff_loss": float((loss - cpu_loss).abs().max()),
+              "max_abs_diff_weights": float((weight - cpu_weight).abs().max()),
+              "max_abs_diff_metrics": float((metrics - cpu_metrics).abs().max())}
+    result["equal"] = (result["max_abs_diff_loss"] <= 1e-5 and result["max_abs_diff_weights"] <= 1e-5
+                       and result["max_abs_diff_metrics"] <= 1e-3)
+    emit(result)
+    return 0 if result["equal"] else 1
 
 
 def product(opts) -> int:
@@ -231,6 +277,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("versions")
+    commands.add_parser("equivalence").add_argument("--device", default="cuda")
     command = commands.add_parser("product")
     command.add_argument("--device", default="cuda")
     command.add_argument("--users", type=int, default=6040)
@@ -266,8 +313,9 @@ def main(argv=None) -> int:
     command.add_argument("--budget", type=int, default=0)
     command.add_argument("--print", action="store_true")
     opts = parser.parse_args(argv)
-    return {"versions": versions, "product": product, "syncs": syncs, "run-summary": run_summary, "epochs": epochs,
-            "throughput": throughput, "summary": summary}[opts.command](opts)
+    return {"versions": versions, "equivalence": equivalence, "product": product, "syncs": syncs,
+            "run-summary": run_summary, "epochs": epochs, "throughput": throughput,
+            "summary": summary}[opts.command](opts)
 
 
 if __name__ == "__main__":

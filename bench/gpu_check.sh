@@ -4,28 +4,43 @@
 #     OUT=<folder> bash bench/gpu_check.sh            # at most 480 s by its own clock
 #     DRY_RUN=1 OUT=$(mktemp -d) bash bench/gpu_check.sh   # every step on the CPU at tiny sizes
 #
-# Steps, each capped with `timeout` and skipped when the remaining budget is too short:
-# versions and GPU name; the sparse product against the CPU (to 1e-5; two GPU runs bit-identical?);
+# First line on stdout: python, torch (and its CUDA build), the driver, the GPU and torch_geometric.
+# Steps, each capped with `timeout` and skipped when the remaining budget is too short; the caps and
+# the 10 s kept for the last summary add up to the 480 s budget (30 s of it for importing torch first):
+# a short CPU-against-GPU equivalence run on this machine's torch; versions and GPU name; the sparse
+# product against the CPU (to 1e-5; two GPU runs bit-identical?);
 # host syncs per batch; the full ML-100K ReFINe run (time, test Recall@20 / NDCG@20, against the
 # published A6000's 184 s); ReFINe++ ML-100K seconds per epoch; ML-1M-size seconds per epoch
 # (synthetic); throughput of 1, 4 and 8 runs at once on the GPU.
-# Needs python3 with torch and torch_geometric, and the ML-100K split CSVs in bench/data/ML-100K/
-# (git-ignored; bench/README.md says how to put them there). Writes at most 4 files directly in
+# Needs a python with torch and torch_geometric ($PYTHON; default: the repository's .venv/bin/python if
+# it exists, else python3; no step needs pytest), and for the ML-100K steps the four ML-100K split CSVs
+# in the first of $DATA_DIR, bench/data, dataset that holds them (<folder>/ML-100K/ML-100K_*.csv).
+# bench/data/ and dataset/ are git-ignored: a copy of the repository made with git lacks them, so carry
+# the one folder bench/data/ along explicitly (bench/README.md). Writes at most 4 files directly in
 # $OUT: summary.json (rewritten after every step), check.log (every step's messages), ML-100K.out
 # (the full run's log) and ML-100K.test.json. Prints the summary last.
-# Exit: 0 when every step ran, 1 when one failed or was skipped, 3 without a usable CUDA GPU.
+# Exit: 0 when every step ran, 1 when one failed or was skipped, 2 when it cannot start (no OUT, no
+# temporary folder), 3 without a usable CUDA GPU (torch.cuda.is_available() is false), 4 when torch
+# cannot be imported, or its import takes longer than IMPORT_LIMIT (30 s): slow, not known to lack a GPU.
 set -uo pipefail
-PYTHON=${PYTHON:-python3}
+START=$(date +%s)
+cd "$(dirname "$0")/.." || exit 2
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x .venv/bin/python ]; then PYTHON=$PWD/.venv/bin/python; else PYTHON=python3; fi
+fi
 OUT=${OUT:?set OUT to the folder for the results, e.g. OUT=\$(mktemp -d) bash bench/gpu_check.sh}
 DRY_RUN=${DRY_RUN:-0}
 BUDGET=${BUDGET:-480}
 [ "$DRY_RUN" = 1 ] && BUDGET=${DRY_RUN_BUDGET:-240}  # a dry run on a busy 2-core CPU: under 300 s in all
-START=$(date +%s)
-cd "$(dirname "$0")/.." || exit 2
+IMPORT_LIMIT=${IMPORT_LIMIT:-30}
 export PYTHONUNBUFFERED=1 DRY_RUN
-mkdir -p "$OUT" || exit 2
-STEPS=$(mktemp -d)  # the steps' own JSON and status, gathered into $OUT/summary.json
-RUN_DIR=$(mktemp -d)
+mkdir -p "$OUT" 2>/dev/null || { echo "gpu_check: cannot create OUT=$OUT (a file in the way, or no permission)"; exit 2; }
+# The steps' own JSON and status (gathered into $OUT/summary.json), and the full run's folder.
+STEPS=$(mktemp -d 2>/dev/null) && RUN_DIR=$(mktemp -d 2>/dev/null) || {
+    echo "gpu_check: cannot create a temporary folder (mktemp -d failed; TMPDIR=${TMPDIR:-/tmp}): set TMPDIR to a writable folder"
+    [ -n "${STEPS:-}" ] && rm -rf "$STEPS"
+    exit 2
+}
 trap 'rm -rf "$STEPS" "$RUN_DIR"' EXIT
 LOG="$OUT/check.log"
 : > "$LOG"
@@ -67,6 +82,37 @@ step() {
     [ "$result" = ok ]
 }
 
+# The first line: what this machine has. Importing torch is the slow part: past IMPORT_LIMIT it is
+# reported as slow (exit 4), and only torch.cuda.is_available() being false as no GPU (exit 3).
+PROBE='import sys, subprocess, platform, torch
+try:
+    import torch_geometric; pyg = torch_geometric.__version__
+except Exception as exc:
+    pyg = f"not importable ({type(exc).__name__})"
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+try:
+    driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                            text=True, timeout=10).stdout.split("\n")[0].strip() or "none"
+except (OSError, subprocess.SubprocessError):
+    driver = "none (no nvidia-smi)"
+print(f"gpu_check: python {platform.python_version()}, torch {torch.__version__} (CUDA build {torch.version.cuda}), "
+      f"driver {driver}, GPU {gpu}, torch_geometric {pyg}")
+sys.exit(0 if torch.cuda.is_available() or sys.argv[1] == "1" else 3)'
+machine=$(timeout --kill-after=5 "$IMPORT_LIMIT" "$PYTHON" -c "$PROBE" "$DRY_RUN" 2>> "$LOG")
+probe=$?
+case $probe in
+    0) echo "$machine" ;;
+    3) echo "gpu_check: no CUDA GPU usable by $PYTHON's torch here (torch.cuda.is_available() is false;" \
+            "${machine#gpu_check: }); nothing measured"
+       exit 3 ;;
+    124|137) echo "gpu_check: $PYTHON took more than $IMPORT_LIMIT s to import torch: slow (a cold or busy disk?), not" \
+                  "known to lack a GPU; rerun it, or raise IMPORT_LIMIT; nothing measured"
+       exit 4 ;;
+    *) echo "gpu_check: $PYTHON cannot import torch (exit code $probe; see $LOG); set PYTHON to a python with torch;" \
+            "nothing measured"
+       exit 4 ;;
+esac
+
 if [ "$DRY_RUN" = 1 ]; then
     DEVICE=cpu
     # Tiny synthetic splits stand in for ML-100K: the dry run needs no data.
@@ -78,33 +124,34 @@ if [ "$DRY_RUN" = 1 ]; then
     PRODUCT_SIZE="--users 300 --items 200 --edges 5000"; RUNS="1 2"
 else
     DEVICE=cuda
-    DATA=bench/data
     DATASET=ML-100K
-    # No GPU: one line, exit 3, well within 30 s (importing torch is the slow part).
-    if ! timeout 25 "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)" 2>> "$LOG"; then
-        echo "gpu_check: no CUDA GPU usable by $PYTHON's torch here (see $LOG); nothing measured"
-        exit 3
-    fi
+    DATA=bench/data
+    for folder in ${DATA_DIR:-} bench/data dataset; do
+        if [ -f "$folder/$DATASET/${DATASET}_train_augment.csv" ]; then DATA=$folder; break; fi
+    done
     SCALE=1; EPOCHS=3; RUN_EPOCHS=""; SYNC_CASES=""
     PRODUCT_SIZE=""; RUNS="1 4 8"
 fi
 HAVE_DATA=0
 [ -f "$DATA/$DATASET/${DATASET}_train_augment.csv" ] && HAVE_DATA=1
 
-step versions 30 5 "$PYTHON" bench/gpu_check.py versions
-step product 40 10 "$PYTHON" bench/gpu_check.py product --device "$DEVICE" $PRODUCT_SIZE
-step syncs 60 20 "$PYTHON" bench/gpu_check.py syncs --device "$DEVICE" $SYNC_CASES
+# Caps (s): import 30 + equivalence 30 + versions 15 + product 30 + syncs 45 + ml100k_run 140 + ml100k_result 5
+# + refine_plus_epoch 40 + ml1m_size_epoch 45 + throughput 3 x 30 + the last summary 10 = 480.
+step equivalence 30 10 "$PYTHON" bench/gpu_check.py equivalence --device "$DEVICE"
+step versions 15 5 "$PYTHON" bench/gpu_check.py versions
+step product 30 10 "$PYTHON" bench/gpu_check.py product --device "$DEVICE" $PRODUCT_SIZE
+step syncs 45 20 "$PYTHON" bench/gpu_check.py syncs --device "$DEVICE" $SYNC_CASES
 
 if [ "$HAVE_DATA" = 1 ]; then
     # The full default run; stopped by its limit it still leaves its log (and the epochs it ran).
     run_begin=$(date +%s)
-    step ml100k_run 180 60 "$PYTHON" main.py --data_dir "$DATA" --dataset "$DATASET" --device "$DEVICE" \
+    step ml100k_run 140 60 "$PYTHON" main.py --data_dir "$DATA" --dataset "$DATASET" --device "$DEVICE" \
         --result_dir "$RUN_DIR/result" --path_name refine $RUN_EPOCHS
     cp "$RUN_DIR/result/refine.out" "$OUT/ML-100K.out" 2>/dev/null
     cp "$RUN_DIR/result/refine.test.json" "$OUT/ML-100K.test.json" 2>/dev/null
-    step ml100k_result 10 2 "$PYTHON" bench/gpu_check.py run-summary "$RUN_DIR/result/refine.out" \
+    step ml100k_result 5 2 "$PYTHON" bench/gpu_check.py run-summary "$RUN_DIR/result/refine.out" \
         "$RUN_DIR/result/refine.test.json" --wall $(($(date +%s) - run_begin))
-    step refine_plus_epoch 45 20 "$PYTHON" bench/gpu_check.py epochs --model refine_plus --device "$DEVICE" \
+    step refine_plus_epoch 40 20 "$PYTHON" bench/gpu_check.py epochs --model refine_plus --device "$DEVICE" \
         --data_dir "$DATA" --dataset "$DATASET" --epochs "$EPOCHS"
 else
     echo "== no $DATA/$DATASET/${DATASET}_*.csv: the ML-100K steps are skipped (bench/README.md)" >> "$LOG"
@@ -116,14 +163,14 @@ else
     summarize
 fi
 
-step ml1m_size_epoch 60 20 "$PYTHON" bench/gpu_check.py epochs --model refine --device "$DEVICE" \
+step ml1m_size_epoch 45 20 "$PYTHON" bench/gpu_check.py epochs --model refine --device "$DEVICE" \
     --synthetic ml-1m --scale "$SCALE" --r 250 --epochs "$EPOCHS"
 
 # Throughput on ML-100K-size data (synthetic when the CSVs are absent).
 if [ "$HAVE_DATA" = 1 ]; then THROUGHPUT_DATA=(--data_dir "$DATA" --dataset "$DATASET"); else
     THROUGHPUT_DATA=(--synthetic ml-100k --scale "$SCALE"); fi
 for runs in $RUNS; do
-    step "throughput_$runs" 40 20 "$PYTHON" bench/gpu_check.py throughput --runs "$runs" --device "$DEVICE" \
+    step "throughput_$runs" 30 20 "$PYTHON" bench/gpu_check.py throughput --runs "$runs" --device "$DEVICE" \
         --epochs "$EPOCHS" "${THROUGHPUT_DATA[@]}"
 done
 

@@ -2,6 +2,7 @@
 
     python bench/host_syncs.py                 # on the CPU: calls that would wait for a GPU, counted
     python bench/host_syncs.py --device cuda   # on a GPU: the synchronisations CUDA itself reports
+    python bench/host_syncs.py --resumed       # the same, in an epoch after a save and resume (checkpoint.py)
 
 A read from the GPU (`.item()`, `.tolist()`, a boolean mask, `nonzero`, `unique`, torch.multinomial's
 validity check, ...) makes the host wait until the GPU has finished all queued work; in a batch loop
@@ -13,6 +14,11 @@ batches(large)).
 On a CPU nothing waits, so `HostReadCounter` counts the Python-level calls that would wait on a GPU;
 on CUDA `torch.cuda.set_sync_debug_mode("warn")` warns at every synchronisation, and the warnings
 are counted.
+
+`--resumed` counts the epoch after the model and optimizer were saved and read back as main.py's
+--resume does (checkpoint.save, then checkpoint._read and checkpoint.restore_model_and_optimizer into a
+new model and optimizer): a resumed run must wait no more per batch than a fresh one (an Adam `step`
+counter put on the GPU by the resume would add a read per batch).
 """
 import argparse
 import contextlib
@@ -27,6 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import checkpoint  # noqa: E402
 import dataloader  # noqa: E402
 import model as model_module  # noqa: E402
 import training  # noqa: E402
@@ -124,16 +131,29 @@ class CudaSyncCounter:
 
 
 def toy_data(device, num_users=40, num_items=60):
-    """A small synthetic split (tests/conftest.py's generator), loaded as main.py loads it."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import write_synthetic_dataset
+    """A small synthetic split (bench/toy.py, the tests' generator), loaded as main.py loads it."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from toy import write_synthetic_dataset
     with tempfile.TemporaryDirectory() as folder:
         write_synthetic_dataset(Path(folder), "TOY", num_users=num_users, num_items=num_items)
         return dataloader.load_splits(folder, "TOY", True, encode_negatives=True).to(device)
 
 
-def reads_in_epoch(model_name, mode, data, batch_size, counter_type, epoch=3):
-    """Host reads counted during one training epoch (epoch >= t, so ReFINe refines), and its batch count."""
+def resumed(model, optimizer, build):
+    """(model, optimizer) as a resumed run has them: saved as main.py saves its state, read back onto the
+    CPU and restored into a new model and optimizer by checkpoint.py's own functions."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "state.pt"
+        checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, path)
+        state = checkpoint._read(path, "a training state", "")
+    model, optimizer = build()
+    checkpoint.restore_model_and_optimizer(state, model, optimizer, path)
+    return model, optimizer
+
+
+def reads_in_epoch(model_name, mode, data, batch_size, counter_type, epoch=3, resume=False):
+    """Host reads counted during one training epoch (epoch >= t, so ReFINe refines), and its batch count;
+    with `resume`, the model and optimizer are saved and restored (as by --resume) before that epoch."""
     sampler_flag = mode if model_name != "refine_plus" else "dense"
     negatives_flag = mode if model_name == "refine_plus" else "shared"
     args = build_parser().parse_args(["--model", model_name, "--sampler", sampler_flag, "--refine_plus_negatives",
@@ -141,9 +161,16 @@ def reads_in_epoch(model_name, mode, data, batch_size, counter_type, epoch=3):
                                       "--s", "2", "--embedding_dim", "16", "--layers", "2"])
     torch.manual_seed(0)
     model, negatives, train_epoch = training.build_model(args, data)
+
+    def build():
+        built = training.build_model(args, data)[0].to(data.train_pos.device)
+        return built, torch.optim.Adam(built.parameters(), lr=0.01)
     model = model.to(data.train_pos.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     train_epoch(model, optimizer, data, negatives, epoch, args)  # warm-up: lazy initialisations read once
+    if resume:
+        model, optimizer = resumed(model, optimizer, build)
+        train_epoch(model, optimizer, data, negatives, epoch, args)  # and the restored model's own
     counter = counter_type()
     if data.train_pos.device.type == "cpu":  # CPU tensors stand in for GPU ones: take the GPU's code path
         model_module.distinct_rows = model_module.padded_distinct_rows
@@ -163,9 +190,9 @@ def _paused_call(counter, function, *args, **kwargs):
         return function(*args, **kwargs)
 
 
-def reads_per_batch(model_name, mode, data, counter_type, batch_sizes=(64, 16)):
+def reads_per_batch(model_name, mode, data, counter_type, batch_sizes=(64, 16), resume=False):
     """(reads per batch, reads per epoch besides): from epochs of two batch sizes."""
-    (reads_few, few), (reads_many, many) = (reads_in_epoch(model_name, mode, data, size, counter_type)
+    (reads_few, few), (reads_many, many) = (reads_in_epoch(model_name, mode, data, size, counter_type, resume=resume)
                                             for size in batch_sizes)
     per_batch = (reads_many - reads_few) / (many - few)
     return per_batch, reads_few - per_batch * few
@@ -175,18 +202,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu (count calls) or cuda (CUDA's own report)")
     parser.add_argument("--out", default=None, help="JSON file of the counts")
+    parser.add_argument("--resumed", action="store_true", help="count the epoch after a save and resume")
     opts = parser.parse_args(argv)
     device = torch.device(opts.device)
     counter_type = CudaSyncCounter if device.type == "cuda" else HostReadCounter
     data = toy_data(device)
     results = {}
     for model_name, mode in CASES:
-        per_batch, per_epoch = reads_per_batch(model_name, mode, data, counter_type)
+        per_batch, per_epoch = reads_per_batch(model_name, mode, data, counter_type, resume=opts.resumed)
         results[f"{model_name}/{mode}"] = {"per_batch": per_batch, "per_epoch": per_epoch}
         print(f"{model_name:12s} {mode:13s} {per_batch:5.2f} per batch, {per_epoch:5.1f} per epoch besides")
     if opts.out:
         Path(opts.out).write_text(json.dumps({"device": str(device), "counted": counter_type.__name__,
-                                              "cases": results}, indent=1))
+                                              "resumed": opts.resumed, "cases": results}, indent=1))
     return 0
 
 

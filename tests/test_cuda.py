@@ -33,7 +33,8 @@ def toy(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", list(MODELS))
 def test_trains_resumes_and_the_checkpoint_loads_on_the_cpu(name, toy, tmp_path, capsys):
     extra = (["--model", "lightgcn"] if name == "lightgcn" else []) + MODELS[name]
-    argv = toy + extra + ["--device", "cuda:0", "--early_stopping_step", "100"]
+    # --deterministic: the resumed run must equal the uninterrupted one on the GPU too.
+    argv = toy + extra + ["--device", "cuda:0", "--early_stopping_step", "100", "--deterministic"]
     code, whole, _ = run_main(argv + ["--epochs", "4"], capsys)
     assert code == 0 and whole.count("\nEpoch: ") == 4
     # Stopped after 2 epochs and resumed: the same run, on the GPU as on a CPU.
@@ -65,3 +66,23 @@ def test_no_synchronisation_per_batch(model_name, mode):
     data = host_syncs.toy_data("cuda:0")
     per_batch, _ = host_syncs.reads_per_batch(model_name, mode, data, host_syncs.CudaSyncCounter)
     assert per_batch <= (1 if model_name == "refine_plus" else 0)
+
+
+@pytest.mark.parametrize("model_name,mode", [("refine", "dense"), ("refine_plus", "shared")])
+def test_no_more_synchronisations_per_batch_after_a_resume(model_name, mode):
+    """The epoch after a save and resume (checkpoint.py's functions, as --resume runs them): CUDA's own
+    count per batch is the fresh run's bound, and Adam's step counters came back on the CPU."""
+    data = host_syncs.toy_data("cuda:0")
+    per_batch, _ = host_syncs.reads_per_batch(model_name, mode, data, host_syncs.CudaSyncCounter, resume=True)
+    assert per_batch <= (1 if model_name == "refine_plus" else 0)
+    model = torch.nn.Linear(3, 4, bias=False, device="cuda:0")
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    model(torch.ones(2, 3, device="cuda:0")).sum().backward()
+    optimizer.step()
+
+    def build():
+        fresh = torch.nn.Linear(3, 4, bias=False, device="cuda:0")
+        return fresh, torch.optim.Adam(fresh.parameters(), lr=0.01)
+    model, optimizer = host_syncs.resumed(model, optimizer, build)
+    devices = {key: value.device.type for key, value in optimizer.state[model.weight].items()}
+    assert devices == {"step": "cpu", "exp_avg": "cuda", "exp_avg_sq": "cuda"}

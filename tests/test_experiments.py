@@ -605,7 +605,9 @@ def test_ray_executor_gives_the_local_results(toy_data, tmp_path):
     pytest.importorskip("ray")
     local, remote = tmp_path / "local", tmp_path / "ray"
     assert run_sweep(sweep_command(toy_data, local), tmp_path).returncode == 0
-    result = run_sweep(sweep_command(toy_data, remote, executor="ray"), tmp_path)
+    # Pinned to the CPU like the local side (which has --devices cpu): on a machine with a GPU, Ray would
+    # otherwise give each run one, and a GPU run is another draw of the same distribution, not the same numbers.
+    result = run_sweep(sweep_command(toy_data, remote, "--gpus_per_run", "0", executor="ray"), tmp_path)
     assert result.returncode == 0, result.stderr
     mine, theirs = (json.loads((folder / "summary.json").read_text()) for folder in (local, remote))
     for a, b in zip(mine["configs"], theirs["configs"]):

@@ -96,6 +96,29 @@ def test_two_runs_with_one_seed_are_identical(toy, capsys):
     assert first != run_main(toy + ["--epochs", "6", "--random_seed", "1"], capsys)[1]
 
 
+def test_deterministic_changes_nothing_on_the_cpu(toy, capsys, monkeypatch):
+    """--deterministic: the same log on a CPU but its own header line; torch's setting and the cuBLAS
+    variable are on during the run and restored after it."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    plain = run_main(toy + ["--epochs", "3", "--model", "refine_plus"], capsys)[1]
+    seen = []
+    validate = main.validate
+
+    def recording(*args, **kwargs):
+        seen.append((main.torch.are_deterministic_algorithms_enabled(), main.os.environ.get("CUBLAS_WORKSPACE_CONFIG")))
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(main, "validate", recording)
+    deterministic = run_main(toy + ["--epochs", "3", "--model", "refine_plus", "--deterministic"], capsys)[1]
+    assert seen == [(True, ":4096:8")] * 3
+    assert not main.torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in main.os.environ
+    assert "\ndeterministic: True\n" in deterministic
+    assert without_timing(deterministic.replace("deterministic: True\n", "")) == without_timing(plain)
+    plain = run_main(toy + ["--epochs", "3", "--t", "2"], capsys)[1]  # ReFINe, its similarity step included
+    deterministic = run_main(toy + ["--epochs", "3", "--t", "2", "--deterministic"], capsys)[1]
+    assert without_timing(deterministic.replace("deterministic: True\n", "")) == without_timing(plain)
+
+
 def test_interrupted_run_resumes_to_the_same_log(toy, tmp_path, capsys, monkeypatch):
     """Ctrl-C in epoch 5, then --resume: stdout and the log file equal an uninterrupted run's."""
     uninterrupted = run_main(toy + ["--epochs", "7"], capsys)[1]

@@ -288,3 +288,43 @@ def test_auto_falling_back_to_the_cpu_beside_an_unusable_gpu_warns_once(toy, cap
     assert code == 0 and "\ndevice: cpu\n" in out
     warnings = [line for line in err.splitlines() if line.startswith("warning: an NVIDIA GPU is present")]
     assert len(warnings) == (1 if device_flag == "auto" else 0)
+
+
+# --- How often the state is written (checkpoint.StateWriter) --------------------------------------------------
+
+def test_the_state_writer_holds_states_until_their_time_and_writes_the_held_one_at_a_stop(tmp_path, monkeypatch):
+    clock, written = [0.0], []
+    monkeypatch.setattr(checkpoint.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(checkpoint, "save", lambda state, path: written.append(state["epoch"]))
+    writer = checkpoint.StateWriter(tmp_path / "run.last.pt", 30.0, 0)
+    for epoch, seconds in ((1, 10), (2, 20), (3, 31), (4, 40)):
+        clock[0] = seconds
+        writer.keep(epoch, {"epoch": epoch}, now=False)
+    assert written == [3] and writer.saved_epoch == 3  # 30 s after the start; epoch 4 is held
+    writer.keep(5, {"epoch": 5}, now=True)  # a new best or the last epoch
+    assert written == [3, 5] and not writer.write_held()
+    writer.keep(6, {"epoch": 6}, now=False)
+    assert writer.write_held() and written == [3, 5, 6] and writer.saved_epoch == 6  # a stop's write
+
+
+def test_a_state_write_cut_by_a_stop_is_written_again_but_a_failed_one_is_not(tmp_path, monkeypatch):
+    calls = []
+
+    def cut_once(state, path):
+        calls.append(state["epoch"])
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save", cut_once)
+    writer = checkpoint.StateWriter(tmp_path / "run.last.pt", 0.0, 0)
+    with pytest.raises(KeyboardInterrupt):
+        writer.keep(1, {"epoch": 1}, now=True)
+    assert writer.write_held() and writer.saved_epoch == 1 and calls == [1, 1]
+
+    def full_disk(state, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save", full_disk)
+    with pytest.raises(OSError):
+        writer.keep(2, {"epoch": 2}, now=True)
+    assert not writer.write_held() and writer.saved_epoch == 1

@@ -8,6 +8,8 @@ One test per cause of issue 10 that concerns main.py, each on the real entry poi
 import contextlib
 import io
 import json
+import os
+import re
 import shutil
 import signal
 import subprocess
@@ -342,3 +344,95 @@ def test_a_diverged_loss_is_an_error_not_nan_in_json(toy, tmp_path, capsys, monk
 def test_to_json_refuses_nan():
     with pytest.raises(main.InputError, match="the test metrics: a value is NaN"):
         main.to_json({"recall": float("nan")}, "the test metrics")
+
+
+# --- How often the state is written (--save_every_s); the log file appended ---------------------------------
+
+def count_state_writes(monkeypatch):
+    import checkpoint
+    original, epochs = checkpoint.save, []
+
+    def counted(obj, path):
+        if str(path).endswith(".last.pt"):
+            epochs.append(obj["epoch"])
+        return original(obj, path)
+
+    monkeypatch.setattr(checkpoint, "save", counted)
+    return epochs
+
+
+def test_the_state_is_written_at_new_bests_and_the_end_and_a_stop_resumes_from_the_last_epoch(
+        toy, tmp_path, capsys, monkeypatch):
+    """--save_every_s far above the run: the state is written at each new best and after the last epoch
+    only; a stop in epoch 6 writes the held state of epoch 5 first, and --resume gives the same log."""
+    argv = toy + ["--epochs", "7", "--save_every_s", "1e9", "--learning_rate", "0.05"]
+    written = count_state_writes(monkeypatch)
+    code, whole, _ = run_main(argv, capsys)
+    assert code == 0
+    bests = [int(epoch) for epoch in re.findall(r"Epoch: (\d+), Loss: .*\n(?:.+\n){3}Save:", whole)]
+    assert written == sorted(set(bests) | {7}) and len(written) < 7  # some epochs were held, not written
+    written.clear()
+    evaluate = interrupt_on_call(monkeypatch, main, "evaluate", 6)
+    code, _, err = run_main(argv + ["--path_name", "cut"], capsys)
+    assert code == 2 and written[-1] == 5
+    assert_one_error_line(err, "interrupted during epoch 6", "--resume to continue after epoch 5")
+    assert torch.load(tmp_path / "result/TOY/cut.last.pt", weights_only=True)["epoch"] == 5
+    monkeypatch.setattr(main, "evaluate", evaluate)
+    code, resumed, err = run_main(argv + ["--path_name", "cut", "--resume"], capsys)
+    assert code == 0 and "resumed after epoch 5" in err
+    expected = without_timing(whole.replace("nothing", "cut"))
+    assert without_timing(resumed) == expected
+    assert without_timing((tmp_path / "result/TOY/cut.out").read_text()) == expected
+
+
+
+def test_a_state_write_that_fails_is_not_retried_and_the_line_names_the_state_on_disk(toy, tmp_path, capsys,
+                                                                                     monkeypatch):
+    import checkpoint
+    original, calls = checkpoint.save, []
+
+    def failing_after_the_first(obj, path):
+        if str(path).endswith(".last.pt"):
+            calls.append(obj["epoch"])
+            if len(calls) > 1:
+                raise OSError(28, "No space left on device", str(path))
+        return original(obj, path)
+
+    monkeypatch.setattr(checkpoint, "save", failing_after_the_first)
+    code, _, err = run_main(toy + ["--epochs", "3", "--save_every_s", "0"], capsys)
+    assert code == 2 and calls == [1, 2]  # epoch 2's write failed, and was not tried again
+    assert_one_error_line(err, "No space left on device", "--resume to continue after epoch 1")
+
+
+def test_a_closed_stdout_runs_and_writes_the_log_file(tmp_path):
+    """`python main.py ... >&-`: Python has no sys.stdout; the run writes its log file alone, the same
+    log as stdout shows when it is open."""
+    write_synthetic_dataset(tmp_path / "data", "TOY")
+    command = [sys.executable, str(ROOT / "main.py"), "--data_dir", str(tmp_path / "data"), "--device", "cpu",
+               "--epochs", "2", "--threads", "1"] + SMALL
+    opened = subprocess.run(command + ["--path_name", "open"], capture_output=True, text=True, cwd=tmp_path)
+    closed = subprocess.run(["bash", "-c", 'exec "$@" >&-', "bash"] + command + ["--path_name", "closed"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert opened.returncode == 0 and closed.returncode == 0, closed.stderr
+    assert "Traceback" not in closed.stderr
+    log = (tmp_path / "result/TOY/closed.out").read_text()
+    assert "Final Test Results" in log
+    assert without_timing(log) == without_timing(opened.stdout.replace("path_name: open", "path_name: closed")
+                                                 .replace("result/TOY/open.pt", "result/TOY/closed.pt"))
+
+
+def test_a_path_with_a_byte_that_is_not_utf8_is_written_to_the_log_as_that_byte(tmp_path):
+    """--data_dir and --result_dir with byte 0xff (Python decodes it to a surrogate): the run finishes,
+    its log file holds the path's own bytes; a strict UTF-8 stdout shows them backslash-escaped."""
+    data = tmp_path / os.fsdecode(b"data\xff")
+    result = tmp_path / os.fsdecode(b"result\xff")
+    write_synthetic_dataset(data, "TOY")
+    command = [sys.executable, str(ROOT / "main.py"), "--data_dir", os.fsencode(data), "--result_dir",
+               os.fsencode(result), "--device", "cpu", "--epochs", "2", "--threads", "1"] + SMALL
+    process = subprocess.run(command, capture_output=True, cwd=tmp_path,
+                             env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
+    assert process.returncode == 0, process.stderr.decode(errors="replace")
+    log = (result / "nothing.out").read_bytes()
+    assert b"data_dir: " + os.fsencode(data) + b"\n" in log and b"Final Test Results" in log
+    assert b"data_dir: " + str(data).encode("utf-8", "backslashreplace") + b"\n" in process.stdout
+    assert (result / "nothing.test.json").is_file()

@@ -11,6 +11,7 @@
 """
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
+import checkpoint  # noqa: E402
 import host_syncs  # noqa: E402
 import main  # noqa: E402
 import metrics  # noqa: E402
@@ -198,6 +200,36 @@ def test_epoch_reads_nothing_per_batch_but_refine_plus_sizes(model_name, mode, t
     per_batch, per_epoch = host_syncs.reads_per_batch(model_name, mode, toy_data, host_syncs.HostReadCounter)
     assert per_batch == (1 if model_name == "refine_plus" else 0)
     assert 0 < per_epoch <= 20  # the shuffle seed, the loss, W's check and refinement: once an epoch
+
+
+@pytest.mark.parametrize("model_name,mode", [("refine", "dense"), ("refine_plus", "shared")])
+def test_a_resumed_epoch_reads_no_more_per_batch_than_a_fresh_one(model_name, mode, toy_data):
+    """The epoch after a save and resume (checkpoint.py's own functions, as --resume runs them)."""
+    fresh = host_syncs.reads_per_batch(model_name, mode, toy_data, host_syncs.HostReadCounter)
+    resumed = host_syncs.reads_per_batch(model_name, mode, toy_data, host_syncs.HostReadCounter, resume=True)
+    assert resumed == fresh
+
+
+def test_a_restored_adam_keeps_its_step_counters_on_the_cpu_and_moves_its_moments(tmp_path):
+    """checkpoint.restore_model_and_optimizer on parameters of another device ("meta" stands in for a GPU
+    here): the moments follow the parameters, Adam's step counters stay on the CPU, as torch keeps them
+    (read from a GPU they would make each optimizer step wait: a host sync per batch)."""
+    source = torch.nn.Linear(3, 4, bias=False)
+    optimizer = torch.optim.Adam(source.parameters(), lr=0.01)
+    source(torch.ones(2, 3)).sum().backward()
+    optimizer.step()
+    assert optimizer.state[source.weight]["step"].device.type == "cpu"  # torch's own choice, fresh
+    path = tmp_path / "state.pt"
+    checkpoint.save({"model": source.state_dict(), "optimizer": optimizer.state_dict()}, path)
+    state = checkpoint._read(path, "a training state", "")
+    assert all(tensor.device.type == "cpu" for tensor in state["optimizer"]["state"][0].values())
+    target = torch.nn.Linear(3, 4, bias=False, device="meta")
+    restored = torch.optim.Adam(target.parameters(), lr=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # copying weights into meta parameters is a no-op, and says so
+        checkpoint.restore_model_and_optimizer(state, target, restored, path)
+    assert {key: value.device.type for key, value in restored.state[target.weight].items()} == \
+        {"step": "cpu", "exp_avg": "meta", "exp_avg_sq": "meta"}
 
 
 @pytest.mark.parametrize("seed", range(6))
