@@ -781,3 +781,30 @@ def test_margin_and_paired(fake_sweep, capsys):
     assert recall["test"] == "paired-t" and recall["p"] == pytest.approx(1 - abs(t) / math.sqrt(2 + t * t), rel=1e-9)
     assert "(asked for: one shared random stream)" in (out / "summary.md").read_text()
     assert "seeds for ±5%" in capsys.readouterr().out
+
+
+def test_amazon_r_is_the_validation_choice_of_the_committed_grid():
+    """The study's --r for Amazon Digital Music is the grid's highest mean validation Recall@20 at each
+    run's best epoch (ties: the smaller --r), read from the logs alone, never a test metric."""
+    import re
+
+    grid = ROOT / "results4comparison" / "Amazon_Digital_Music-r-grid"
+    means = {}
+    for folder in sorted(grid.glob("refine-r*"), key=lambda path: int(path.name.split("-r")[1])):
+        values = []
+        for run in sorted(folder.glob("seed*")):
+            best = json.loads((run / "run.test.json").read_text())["best_epoch"]
+            values.append(compare.parse_log(run / "run.out").epoch(best).metrics[20][1])
+        assert len(values) == 3, folder
+        means[int(folder.name.split("-r")[1])] = sum(values) / 3
+    assert sorted(means) == [50, 100, 200, 300]
+    chosen = max(means, key=lambda r: (means[r], -r))
+    assert report.best_on_validation(report.summarize(grid)).startswith(f"refine-r{chosen} ")
+    stated = re.search(r"chosen on the grid: `--r (\d+)`", (ROOT / "docs" / "relabel.md").read_text(), re.IGNORECASE)
+    assert stated and int(stated.group(1)) == chosen
+    study = ROOT / "results4comparison" / "Amazon_Digital_Music-relabel" / "experiments.json"
+    if study.is_file():  # the study's ReFINe configs ran with it
+        for entry in json.loads(study.read_text())["configs"]:
+            if entry["name"].startswith("refine-"):
+                flags = entry["flags"]
+                assert flags[len(flags) - 1 - flags[::-1].index("--r") + 1] == str(chosen), entry["name"]
