@@ -129,6 +129,7 @@ def parse_args(argv) -> Options:
     args = parser.parse_args(argv)
     if args.report is None and (args.dataset is None or args.out is None):
         parser.error("--dataset and --out are required (or --report OUT for a report only)")
+    check_main_flags(parser, extra)
     for flag in extra:
         if flag.split("=")[0] in OWN_FLAGS:
             parser.error(f"{flag} after --: experiments.py sets it for every run (use --seeds / --devices)")
@@ -143,6 +144,24 @@ def parse_args(argv) -> Options:
     if args.executor == "ray" and args.report is None and importlib.util.find_spec("ray") is None:
         parser.error("--executor ray needs Ray: pip install -r requirements-ray.txt")  # before any run starts
     return Options(args, extra)
+
+
+def check_main_flags(parser, extra) -> None:
+    """The flags after `--` must be main.py's, written out in full: the guards below look for flags by
+    their full names, and main.py (like every script here) takes no abbreviation; refused now, not in
+    every run."""
+    import cli
+
+    main_parser = cli.build_parser()
+    main_parser.exit_on_error = False
+    try:
+        unknown = main_parser.parse_known_args(extra)[1]
+    except argparse.ArgumentError as exc:
+        parser.error(f"after --: main.py refuses {exc}")
+    flags = [flag for flag in unknown if flag.startswith("-")] or unknown
+    if flags:
+        parser.error(f"{' '.join(flags)} after --: not a main.py flag (flags are written in full; see "
+                     f"python main.py --help)")
 
 
 def resolve_seeds(values) -> list:

@@ -228,23 +228,23 @@ def summary(opts) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("versions")
-    command = commands.add_parser("product")
+    commands.add_parser("versions", allow_abbrev=False)
+    command = commands.add_parser("product", allow_abbrev=False)
     command.add_argument("--device", default="cuda")
     command.add_argument("--users", type=int, default=6040)
     command.add_argument("--items", type=int, default=3706)
     command.add_argument("--edges", type=int, default=500_000)
-    command = commands.add_parser("syncs")
+    command = commands.add_parser("syncs", allow_abbrev=False)
     command.add_argument("--device", default="cuda")
     command.add_argument("--cases", default=None, help="model/mode,... (default: every case)")
-    command = commands.add_parser("run-summary")
+    command = commands.add_parser("run-summary", allow_abbrev=False)
     command.add_argument("log")
     command.add_argument("test_json")
     command.add_argument("--wall", type=int, required=True)
     for name in ("epochs", "throughput"):
-        command = commands.add_parser(name)
+        command = commands.add_parser(name, allow_abbrev=False)
         command.add_argument("--device", default="cuda")
         command.add_argument("--data_dir", default=str(ROOT / "bench/data"))
         command.add_argument("--dataset", default="ML-100K")
@@ -259,7 +259,7 @@ def main(argv=None) -> int:
             command.add_argument("--start", default=None, help=argparse.SUPPRESS)
         else:
             command.add_argument("--runs", type=int, required=True)
-    command = commands.add_parser("summary")
+    command = commands.add_parser("summary", allow_abbrev=False)
     command.add_argument("step_dir")
     command.add_argument("out")
     command.add_argument("--elapsed", type=int, default=0)
