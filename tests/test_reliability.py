@@ -1,0 +1,82 @@
+"""Security, silent wrong results and wording: each cause on the real scripts (a subprocess of each).
+
+    python -m pytest -q tests/test_reliability.py
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, write_synthetic_dataset
+from test_main import SMALL
+
+PY = sys.executable
+
+
+def script(*argv, cwd=None, env=None, stdout=subprocess.PIPE, timeout=300):
+    return subprocess.run([PY, *map(str, argv)], cwd=cwd, env={**os.environ, **(env or {})}, stdout=stdout,
+                          stderr=subprocess.PIPE, text=True, timeout=timeout)
+
+
+def one_error_line(done, *words):
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
+    assert "Traceback" not in done.stderr
+    for word in words:
+        assert word in done.stderr, done.stderr
+
+
+# --- no script takes an abbreviated long flag -----------------------------------------------------------
+
+@pytest.mark.parametrize("argv,flag", [
+    (["main.py", "--epoch", "1"], "--epoch"),
+    (["experiments.py", "--datas", "ML-100K", "--out", "o"], "--datas"),
+    (["compare.py", "a.out", "b.out", "--mark"], "--mark"),
+    (["dataloader.py", "download", "ML-100K", "--refin"], "--refin"),
+    (["refine_llm.py", "prompts", "ML-100K", "--max_prompt", "3"], "--max_prompt"),
+    (["bench/synthetic.py", "ml-100k", "--sca", "0.1", "--out", "o"], "--sca"),
+])
+def test_an_abbreviated_flag_is_refused_by_each_script(tmp_path, argv, flag):
+    done = script(ROOT / argv[0], *argv[1:], cwd=tmp_path)
+    assert done.returncode == 2 and flag in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_abbreviated_data_dir_after_the_dashes_is_refused(tmp_path):
+    """`-- --data_d X` with --preset relabel: it would have put every config on one data folder."""
+    done = script(ROOT / "experiments.py", "--dataset", "ML-100K", "--preset", "relabel", "--out", "o", "--",
+                  "--data_d", "X", cwd=tmp_path)
+    one_error_line(done, "--data_d after --: not a main.py flag")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- a failed write to standard output is named -------------------------------------------------------
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a device that is always full")
+@pytest.mark.parametrize("argv", [
+    ["compare.py", "results4comparison/ReFINe_ML-100K.out", "results4comparison/LightGCN_ML-100K.out"],
+    ["main.py", "--data_dir", "{data}", "--device", "cpu", "--epochs", "1",
+     "--result_dir", "{tmp}/result", *SMALL],
+])
+def test_standard_output_on_a_full_device_is_named(tmp_path, argv):
+    write_synthetic_dataset(tmp_path / "data", "TOY")
+    argv = [arg.format(data=tmp_path / "data", tmp=tmp_path) for arg in argv]
+    with open("/dev/full", "w") as full:
+        done = script(ROOT / argv[0], *argv[1:], cwd=ROOT, stdout=full)
+    one_error_line(done, "error: standard output: No space left on device")
+
+
+# --- the run's lock file does not follow a link -------------------------------------------------------
+
+def test_a_link_planted_at_the_lock_is_refused_and_its_target_untouched(tmp_path):
+    write_synthetic_dataset(tmp_path / "data", "TOY")
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me\n")
+    (tmp_path / "result").mkdir()
+    (tmp_path / "result" / "run.lock").symlink_to(victim)
+    done = script(ROOT / "main.py", "--data_dir", tmp_path / "data", "--device", "cpu",
+                  "--epochs", "1", "--result_dir", tmp_path / "result", "--path_name", "run", *SMALL)
+    one_error_line(done, "run.lock (the run's lock file) is a link or not a regular file")
+    assert victim.read_text() == "keep me\n"
+    assert sorted(path.name for path in (tmp_path / "result").iterdir()) == ["run.lock"]
