@@ -23,10 +23,15 @@ BUDGET=${BUDGET:-480}
 START=$(date +%s)
 cd "$(dirname "$0")/.." || exit 2
 export PYTHONUNBUFFERED=1 DRY_RUN
+STEPS='' RUN_DIR=''
+trap 'rm -rf ${STEPS:+"$STEPS"} ${RUN_DIR:+"$RUN_DIR"}' EXIT
+# Checked: with an unusable TMPDIR both would be empty and the steps would write under /.
+STEPS=$(mktemp -d 2>/dev/null) && RUN_DIR=$(mktemp -d 2>/dev/null) || {
+    echo "error: gpu_check: cannot make a temporary folder in ${TMPDIR:-/tmp} (mktemp -d failed); set TMPDIR to a writable folder; nothing measured" >&2
+    exit 2
+}
+# STEPS: the steps' own JSON and status, gathered into $OUT/summary.json; RUN_DIR: the run's data and result
 mkdir -p "$OUT" || exit 2
-STEPS=$(mktemp -d)  # the steps' own JSON and status, gathered into $OUT/summary.json
-RUN_DIR=$(mktemp -d)
-trap 'rm -rf "$STEPS" "$RUN_DIR"' EXIT
 LOG="$OUT/check.log"
 : > "$LOG"
 status=0

@@ -32,6 +32,15 @@ def test_without_cuda_one_line_and_exit_3(tmp_path):
     assert process.stderr == ""
 
 
+def test_an_unusable_tmpdir_is_one_line_and_nothing_is_written(tmp_path):
+    """mktemp -d failing must not leave the temporary folders empty: the steps would write under /."""
+    process = gpu_check(tmp_path / "out", DRY_RUN="1", TMPDIR=str(tmp_path / "nonexistent"))
+    assert process.returncode == 2
+    assert process.stderr.count("\n") == 1 and process.stderr.startswith("error: gpu_check: cannot make a temporary")
+    assert process.stdout == "" and list(tmp_path.iterdir()) == []
+    assert not os.path.exists("/order")
+
+
 @pytest.mark.slow
 def test_dry_run_writes_few_flat_files_and_prints_the_summary_last(tmp_path):
     out = tmp_path / "out"
