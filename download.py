@@ -52,6 +52,26 @@ class DownloadInterrupted(DownloadError):
     """A transfer that broke off midway; its .part file is kept and the same command resumes it."""
 
 
+def redacted(url: str) -> str:
+    """`url` with the password of a `user:password@` masked, as every message shows a URL."""
+    scheme, sep, rest = str(url).partition("://")
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, host = netloc.rpartition("@")
+    if not sep or not at:
+        return str(url)
+    user = userinfo.partition(":")[0]
+    return f"{scheme}://{user}:***@{host}{slash}{path}"
+
+
+def refuse_credentials(url, what="URL") -> None:
+    """InputError for a URL that carries a user name or password: fetch never sends them (a server
+    that needs them would only answer 401), and the URL is shown in messages; named with the
+    password masked."""
+    if url and redacted(url) != str(url):
+        raise InputError(f"{what} {redacted(url)}: a user name or password in a URL is not used; give the URL "
+                         f"without it (a server that allows anonymous reads), or fetch the file by hand")
+
+
 def fetch(url, dest, expected_sha256=None, progress=True, timeout=60):
     """Download `url` to `dest` via `dest.part`; resume a previous .part with an HTTP Range request.
 
@@ -66,6 +86,7 @@ def fetch(url, dest, expected_sha256=None, progress=True, timeout=60):
 
     from tqdm import tqdm
 
+    refuse_credentials(url)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")

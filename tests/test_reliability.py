@@ -80,3 +80,31 @@ def test_a_link_planted_at_the_lock_is_refused_and_its_target_untouched(tmp_path
     one_error_line(done, "run.lock (the run's lock file) is a link or not a regular file")
     assert victim.read_text() == "keep me\n"
     assert sorted(path.name for path in (tmp_path / "result").iterdir()) == ["run.lock"]
+
+
+# --- a password in a URL is never printed, nor sent ---------------------------------------------------
+
+SECRET = "s3cretPW"
+
+
+@pytest.mark.parametrize("how", ["env", "flag"])
+def test_a_password_in_the_published_url_is_refused_unprinted(tmp_path, how):
+    url = f"http://bob:{SECRET}@127.0.0.1:9/logs"
+    flags, env = (["--published_url", url], {}) if how == "flag" else ([], {"REFINE_PUBLISHED_URL": url})
+    done = script(ROOT / "dataloader.py", "download", "ML-1M", "--data_dir", tmp_path / "data", "--no_progress",
+                  *flags, cwd=tmp_path, env=env)
+    one_error_line(done, "http://bob:***@127.0.0.1:9/logs", "a user name or password in a URL is not used")
+    assert SECRET not in done.stdout + done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compare_never_prints_the_password_of_the_published_url(tmp_path):
+    import download
+
+    if (download.PUBLISHED_DIR / "ReFINe_Netflix-1M.out").exists():
+        pytest.skip("the published Netflix-1M log is cached: compare.py would fetch nothing")
+    done = script(ROOT / "compare.py", "published:Netflix-1M", "x.out", cwd=tmp_path,
+                  env={"REFINE_PUBLISHED_URL": f"http://bob:{SECRET}@127.0.0.1:9"})
+    one_error_line(done, "http://bob:***@127.0.0.1:9/")
+    assert SECRET not in done.stdout + done.stderr
+    assert not any(SECRET in path.read_text(errors="replace") for path in tmp_path.rglob("*") if path.is_file())
