@@ -31,7 +31,7 @@ from catalog import SPLITS, default_data_dir, missing_split_message, split_path
 from llm.answers import AnswerCache, apply_labels, parse_answers, relabel
 from llm.backends import DEFAULT_MODEL, ReplayBackend, TransformersBackend
 from llm.data import (ITEM_COL, RATING_COL, USER_COL, get_preset, load_train, naming, output_folder, read_csv_checked,
-                      default_skip_users, read_skip_users)
+                      default_skip_users, read_skip_users, user_id)
 from llm.generate import generate_answers
 from llm.openai_backend import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, OpenAIBackend
 from llm.prompts import build_prompts, prompt_hash
@@ -338,6 +338,8 @@ def stage_apply(args, train, joined, answers_path):
     if not liked:
         raise InputError(f"{answers_path} holds no parsable answer (no answer line starting with '['); "
                          f"{output} was left unchanged")
+    liked = answered_train_users(liked, train, answers_path, split_path(args.data_dir, args.name, "train_original"),
+                                 output)
     augmented = relabel(train, joined["title"].to_numpy(), liked)
     write_augment(output, augmented)
     counts = augmented[RATING_COL].value_counts()
@@ -345,6 +347,28 @@ def stage_apply(args, train, joined, answers_path):
           f"{int(counts.get(0.5, 0))} rows -> 0.5, {int(augmented[RATING_COL].isin([2, 3]).sum())} left 2/3 "
           f"-> {output}")
     return output
+
+
+def answered_train_users(liked, train, answers_path, train_path, output):
+    """The answers of users the train file has: none of them there is an InputError (answers of another
+    dataset or split, which would relabel nothing), some missing a note naming them; the count printed
+    is then the users whose rows were relabelled."""
+    users = {user_id(user) for user in train[USER_COL].to_numpy()}
+    absent = [user for user in liked if user not in users]
+    if len(absent) == len(liked):
+        raise InputError(f"{answers_path}: none of its {plural(len(liked), 'answered user')} ({few(absent)}) is in "
+                         f"{train_path}; give the answers made from this dataset's train file; {output} was "
+                         f"left unchanged")
+    if absent:
+        print(f"note: {plural(len(absent), 'answered user')} of {answers_path} not in {train_path}, their answers "
+              f"unused: {few(absent)}", file=sys.stderr)
+    return {user: titles for user, titles in liked.items() if user in users}
+
+
+def few(users, shown=10) -> str:
+    """'7, 8, 9' or '7, 8, ... (12 in all)': users named in a message without flooding it."""
+    names = ", ".join(str(user) for user in list(users)[:shown])
+    return names if len(users) <= shown else f"{names}, ... ({len(users)} in all)"
 
 
 def compare_augments(frames, names):
