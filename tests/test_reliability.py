@@ -5,6 +5,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -108,3 +109,116 @@ def test_compare_never_prints_the_password_of_the_published_url(tmp_path):
     one_error_line(done, "http://bob:***@127.0.0.1:9/")
     assert SECRET not in done.stdout + done.stderr
     assert not any(SECRET in path.read_text(errors="replace") for path in tmp_path.rglob("*") if path.is_file())
+
+
+# --- downloads: write errors, redirect loops, endless answers, two fetches of one file -----------------
+
+class Server:
+    """A threading HTTP server on 127.0.0.1: `routes` {path: (kind, bytes)}; kinds: file (sent in
+    slow chunks when `slow`), loop (a redirect to itself), endless (bytes without end, no length)."""
+
+    def __init__(self, routes, slow=0.0):
+        import http.server
+        import threading
+
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                kind, body = server.routes.get(self.path, ("missing", b""))
+                if kind == "loop":
+                    self.send_response(302)
+                    self.send_header("Location", self.path)
+                    self.end_headers()
+                elif kind == "endless":
+                    self.send_response(200)
+                    self.end_headers()
+                    try:
+                        while True:
+                            self.wfile.write(b"1,2,3\n" * 10000)
+                    except OSError:
+                        pass
+                elif kind == "file":
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    for start in range(0, len(body), 1 << 16):
+                        self.wfile.write(body[start:start + (1 << 16)])
+                        time.sleep(server.slow)
+                else:
+                    self.send_error(404)
+
+        self.routes, self.slow = routes, slow
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def download_refined(data, server, *flags):
+    return ["dataloader.py", "download", "ML-100K", "--refined", "--data_dir", data, "--no_progress",
+            "--refined_url", server.url, "--published_url", server.url, *flags]
+
+
+def test_a_write_error_of_the_part_file_is_the_write_error(tmp_path):
+    folder = tmp_path / "data" / "ML-100K"
+    folder.mkdir(parents=True)
+    part = folder / "ML-100K_train_original.csv.part"
+    part.symlink_to("/dev/full")  # every write: no space left on device
+    with Server({"/ML-100K/ML-100K_train_original.csv": ("file", b"u,i,r\n" * 1000)}) as server:
+        done = script(ROOT / "dataloader.py", *download_refined(tmp_path / "data", server)[1:], cwd=tmp_path)
+    one_error_line(done, f"error: {part}: No space left on device while writing the download of "
+                         f"{server.url}/ML-100K/ML-100K_train_original.csv; free space and rerun")
+    assert "interrupted" not in done.stderr and "resume" not in done.stderr
+    assert list(folder.iterdir()) == []
+
+
+def test_a_redirect_loop_is_one_line(tmp_path):
+    import download
+
+    if (download.PUBLISHED_DIR / "ReFINe_Netflix-1M.out").exists():
+        pytest.skip("the published Netflix-1M log is cached: compare.py would fetch nothing")
+    with Server({"/ReFINe/main/results4comparison/ReFINe_Netflix-1M.out": ("loop", b"")}) as server:
+        done = script(ROOT / "compare.py", "published:Netflix-1M", "x.out", cwd=tmp_path,
+                      env={"REFINE_PUBLISHED_URL": server.url})
+    one_error_line(done, "the server redirects in a loop (HTTP 302, too many redirects)")
+
+
+def test_an_endless_answer_stops_at_the_files_known_size(tmp_path):
+    with Server({"/ML-100K/ML-100K_train_original.csv": ("endless", b"")}) as server:
+        done = script(ROOT / "dataloader.py", *download_refined(tmp_path / "data", server)[1:], cwd=tmp_path)
+    one_error_line(done, "the server sends more than the 778150 bytes ML-100K_train_original.csv can have")
+    assert list((tmp_path / "data" / "ML-100K").iterdir()) == []
+
+
+def test_two_fetches_of_one_file_at_once_both_succeed(tmp_path, ml100k_with_raw):
+    """Two downloads into one folder take turns; the second finds the files the first fetched."""
+    import shutil
+
+    source = ml100k_with_raw / "ML-100K"
+    folder = tmp_path / "data" / "ML-100K"
+    folder.mkdir(parents=True)
+    for raw in ("ml-100k.inter", "ml-100k.item"):  # present and verified: only the splits are fetched
+        shutil.copy(source / raw, folder / raw)
+    splits = [f"ML-100K_{split}.csv" for split in ("train_original", "train_augment", "validation", "test")]
+    routes = {f"/ML-100K/{name}": ("file", (source / name).read_bytes()) for name in splits}
+    with Server(routes, slow=0.05) as server:
+        command = [PY, str(ROOT / "dataloader.py"), *map(str, download_refined(tmp_path / "data", server)[1:])]
+        both = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(2)]
+        results = [(process.communicate(timeout=300)[1], process.returncode) for process in both]
+    for err, code in results:
+        assert code == 0, err
+    for name in splits:
+        assert (folder / name).read_bytes() == (source / name).read_bytes()
+    assert not list(folder.glob("*.part"))
