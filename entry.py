@@ -17,7 +17,8 @@ where SIGINT is ignored. After a stop, any error a library raises while it unwin
 the stop (`stop_requested`). Only the first stop raises: the script is already ending, and a second
 one (a repeated Ctrl-C, or a further SIGTERM: Linux sends a sweep's run its parent-death signal again
 each time the dying driver's threads pass the run on) would only cut short the saving of the state or
-print a traceback from an exit handler.
+print a traceback from an exit handler. Once stopping, SIGTERM is ignored outright, so that one
+arriving while the interpreter shuts down (its handlers gone) does not kill the process either.
 """
 import errno
 import os
@@ -56,6 +57,10 @@ def _stop_like_ctrl_c(signum, frame):
     if stop_requested:  # already stopping: let the first stop finish what it is doing
         return
     stop_requested = True
+    # Ignored from now on at the OS level: Python puts back the default action (death by the signal)
+    # while the interpreter shuts down, and a further SIGTERM then would end the process by signal 15,
+    # not with exit code 2. main.py sets its own handler again, so no run of a sweep inherits this.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
