@@ -329,12 +329,20 @@ def notes(summary, rows, reasons=True) -> list:
     return lines
 
 
+def unfinished_baseline_note(summary, baseline) -> list:
+    """The line under a test table whose baseline has no finished run: else the empty table says nothing."""
+    if any(entry["name"] == baseline and entry["seeds"] for entry in summary["configs"]):
+        return []
+    return [f"No finished run of {baseline}: nothing is tested against it (its runs failed or have not run; "
+            f"rerun the sweep to finish them, or give another --baseline)."]
+
+
 def markdown(summary) -> str:
     (mh, mr), (th, tr) = table_rows(summary)
     table = compare.markdown_table
 
-    def with_notes(rows, head):
-        found = notes(summary, rows)
+    def with_notes(rows, head, baseline=None):
+        found = notes(summary, rows) + (unfinished_baseline_note(summary, baseline) if baseline else [])
         return [table(head, rows)] + ([""] + found if found else [])
 
     text = [f"## {summary['dataset']}: test metrics at k = {summary['k']} over seeds", "",
@@ -345,7 +353,7 @@ def markdown(summary) -> str:
                  "Δ: relative difference of the means; p (t, seeds): paired t-test over the seeds both configs "
                  "finished; p (Wilcoxon, users): Wilcoxon signed-rank test over test users, each user's metric "
                  "averaged over those seeds." + (f" The configs trained with {baseline}'s --model."
-                                                 if len(tr) > 1 else ""), "", *with_notes(rows, th), ""]
+                                                 if len(tr) > 1 else ""), "", *with_notes(rows, th, baseline), ""]
     return "\n".join(text)
 
 
@@ -356,13 +364,14 @@ def latex(summary) -> str:
         return (text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%")
                 .replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("–", "--").replace(FEW, r"$^\dagger$"))
 
-    def table(head, rows, caption):
+    def table(head, rows, caption, baseline=None):
         spec = "l" + "r" * (len(head) - 1)
         body = [r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(caption)}}}", rf"\begin{{tabular}}{{{spec}}}",
                 r"\toprule", " & ".join(esc(cell) for cell in head) + r" \\", r"\midrule"]
         body += [" & ".join(esc(cell) for cell in row) + r" \\" for row in rows]
         body += [r"\bottomrule", r"\end{tabular}"]
-        body += [r"\par\footnotesize " + esc(line) for line in notes(summary, rows, reasons=False)]
+        body += [r"\par\footnotesize " + esc(line) for line in notes(summary, rows, reasons=False)
+                 + (unfinished_baseline_note(summary, baseline) if baseline else [])]
         return "\n".join(body + [r"\end{table}"])
 
     return "\n\n".join([
@@ -370,7 +379,7 @@ def latex(summary) -> str:
         table(mh, mr, f"{summary['dataset']}: test metrics at k = {summary['k']}, mean ± std over seeds "
                       f"[95% CI]")]
         + [table(th, rows, f"{summary['dataset']}: against {baseline} (relative difference of the means; paired "
-                           f"t-test over seeds; Wilcoxon signed-rank test over users)")
+                           f"t-test over seeds; Wilcoxon signed-rank test over users)", baseline)
            for baseline, rows in tr.items()]) + "\n"
 
 

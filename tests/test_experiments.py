@@ -137,6 +137,20 @@ def test_report_files_and_baseline_choice(fake_sweep, capsys):
     assert capsys.readouterr().err.startswith("error: --baseline nope")
 
 
+def test_a_baseline_without_finished_runs_says_so_under_its_table(fake_sweep):
+    """Its runs all failed: the test table is empty, and the note under it says why."""
+    out, _ = fake_sweep
+    import shutil
+
+    shutil.rmtree(out / "base")
+    done = subprocess.run([sys.executable, str(ROOT / "experiments.py"), "--report", str(out), "--baseline", "base"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    note = "No finished run of base: nothing is tested against it"
+    assert note in done.stdout.split("## Against base")[1]
+    assert note in (out / "summary.md").read_text() and note in (out / "summary.tex").read_text()
+
+
 def test_one_baseline_per_model(fake_sweep, capsys):
     """Each config is tested against the baseline trained with its own --model: the same numbers as a
     report against that baseline alone."""
