@@ -228,10 +228,12 @@ def check_relabelled_sets(dataset, configs) -> None:
     for name, flags in configs:
         for rule in NON_LLM_RULES:
             folder = f"{RELABEL_DIR}/{rule}"
-            if folder in flags and not split_path(folder, dataset, "train_augment").is_file():
-                raise InputError(f"config {name}: {split_path(folder, dataset, 'train_augment')} not found; make it "
-                                 f"with `python refine_llm.py relabel {shlex.quote(dataset)} --rule {rule} "
-                                 f"--out_dir {folder}` (docs/relabel.md)")
+            # Every file a run reads: a set missing its validation file is made again, not downloaded.
+            missing = [split_path(folder, dataset, split) for split in ("train_augment", "validation", "test")
+                       if folder in flags and not split_path(folder, dataset, split).is_file()]
+            if missing:
+                raise InputError(f"config {name}: {missing[0]} not found; make it with `python refine_llm.py "
+                                 f"relabel {shlex.quote(dataset)} --rule {rule} --out_dir {folder}` (docs/relabel.md)")
 
 
 def run(options: Options) -> int:

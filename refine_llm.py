@@ -30,8 +30,8 @@ import entry
 from catalog import SPLITS, default_data_dir, missing_split_message, split_path
 from llm.answers import AnswerCache, apply_labels, parse_answers, relabel
 from llm.backends import DEFAULT_MODEL, ReplayBackend, TransformersBackend
-from llm.data import (ITEM_COL, RATING_COL, USER_COL, get_preset, load_train, naming, output_folder, read_csv_checked,
-                      default_skip_users, read_skip_users, user_id)
+from llm.data import (ITEM_COL, PRESETS, RATING_COL, USER_COL, get_preset, load_train, naming, output_folder,
+                      read_csv_checked, default_skip_users, read_skip_users, user_id)
 from llm.generate import generate_answers
 from llm.openai_backend import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, OpenAIBackend
 from llm.prompts import build_prompts, prompt_hash
@@ -436,9 +436,16 @@ def relabel_input(args):
     regular_file(llm_path, f"the LLM's labels not found: {llm_path}: give --llm, an augment file made by the "
                            f"apply stage (or the published one), an answers file or a JSONL cache")
     if llm_path.suffix.lower() == ".csv":
-        train = read_csv_checked(split_path(args.data_dir, args.name, "train_original"),
-                                 [USER_COL, ITEM_COL, RATING_COL])
+        train_path = split_path(args.data_dir, args.name, "train_original")
+        train = read_csv_checked(train_path, [USER_COL, ITEM_COL, RATING_COL])
+        if train.empty:  # else blamed on the augment file, whose rows it then lacks
+            raise InputError(f"{train_path} has a header and no rows: give the dataset's train_original split "
+                             f"(python dataloader.py download {args.name} --refined)")
         data = labels_from_augment(train, llm_path)
+    elif args.name not in PRESETS:  # apply's titles: only the datasets with an item file have them
+        raise InputError(f"--llm {llm_path}: an answers file (or cache) is read against item titles, which this "
+                         f"project has for {', '.join(PRESETS)} only, not {args.name}; give --llm the augment file "
+                         f"made from the answers instead ({split_path(args.data_dir, args.name, 'train_augment')})")
     else:
         data = labels_from_answers(args.data_dir, args.name, llm_path)
     if not data.candidates.any():

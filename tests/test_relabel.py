@@ -6,6 +6,9 @@ The hand dataset: users 1 and 2 answered by the LLM, user 3 not (skipped), user 
 Candidates are the 2/3 rows of users 1 and 2; the LLM chose one of each user's: user 1 item 2, user 2 item 2.
 """
 import json
+import os
+import subprocess
+import sys
 import shutil
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import experiments
 import refine_llm as R
 import sweep
 from llm import relabel_rules
+from conftest import ROOT
 from llm.data import ITEM_COL, RATING_COL, USER_COL
 from refine_fixtures import make_dataset
 from test_refine_apply import write_published_answers
@@ -323,3 +327,47 @@ def test_ctrl_c_says_what_was_written(tmp_path, monkeypatch, capsys):
                                        f"absent (written atomically); rerun the same command\n")
     assert sorted(p.name for p in (tmp_path / "out" / "ML-100K").iterdir()) == [
         "ML-100K_test.csv", "ML-100K_train_original.csv", "ML-100K_validation.csv"]
+
+
+# --- remedies that name the right file and command --------------------------------------------------
+
+def test_answers_for_a_dataset_without_titles_say_to_give_the_augment_file(tmp_path, capsys):
+    folder = write_hand_dataset(tmp_path / "data")
+    amazon = folder.parent / "Amazon_Digital_Music"
+    amazon.mkdir()
+    for path in folder.glob("ML-100K_*.csv"):
+        shutil.copy(path, amazon / path.name.replace("ML-100K", "Amazon_Digital_Music"))
+    (tmp_path / "answers.txt").write_text("user 1\n['<Heat>']\n")
+    assert exit_code(["relabel", "Amazon_Digital_Music", "--data_dir", str(tmp_path / "data"), "--rule",
+                      "all-positive", "--llm", str(tmp_path / "answers.txt"), "--out_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown dataset" not in err
+    assert "is read against item titles" in err and "give --llm the augment file" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_header_only_train_original_is_named_not_the_augment_file(tmp_path, capsys):
+    folder = write_hand_dataset(tmp_path / "data")
+    (folder / "ML-100K_train_original.csv").write_text(",".join(COLUMNS) + "\n")
+    assert exit_code(["relabel", "ML-100K", "--data_dir", str(tmp_path / "data"), "--rule", "all-positive",
+                      "--out_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {folder / 'ML-100K_train_original.csv'} has a header and no rows: give the dataset's " \
+                  f"train_original split (python dataloader.py download ML-100K --refined)\n"
+
+
+def test_a_relabel_set_missing_its_validation_file_is_made_again_not_downloaded(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    write_hand_dataset(data)
+    monkeypatch.chdir(tmp_path)
+    for rule in ("random-matched", "user-mean", "all-positive", "all-negative", "collaborative"):
+        relabelled(data, tmp_path / "dataset-relabel" / rule, "all-positive")
+    (tmp_path / "dataset-relabel" / "user-mean" / "ML-100K" / "ML-100K_validation.csv").unlink()
+    done = subprocess.run([sys.executable, str(ROOT / "experiments.py"), "--dataset", "ML-100K", "--preset",
+                           "relabel", "--out", "sweep"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "REFINE_DATA_DIR": str(data)})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: config lightgcn-user-mean: dataset-relabel/user-mean/ML-100K/"
+                                  "ML-100K_validation.csv not found; make it with `python refine_llm.py relabel "
+                                  "ML-100K --rule user-mean --out_dir dataset-relabel/user-mean`")
+    assert "download" not in done.stderr and not (tmp_path / "sweep").exists()
