@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="local: a pool of --jobs processes here; ray: one Ray task per run")
     parser.add_argument("--ray_address", default=None,
                         help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray instance)")
+    parser.add_argument("--ray_timeout", type=float, default=60.0,
+                        help="ray: seconds to wait for the Ray cluster to answer before giving up with one line")
     parser.add_argument("--gpus_per_run", type=float, default=None,
                         help="ray: GPUs per run, fractions share a GPU (default: 1 if the cluster has "
                              "GPUs, else 0)")
@@ -139,6 +141,8 @@ def parse_args(argv) -> Options:
                          "REFINE_DATA_DIR for the LLM's and the original ratings instead")
     if args.jobs < 1 or args.cpus_per_run < 1 or args.threads < 1:
         parser.error("--jobs, --threads and --cpus_per_run must be at least 1")
+    if not (math.isfinite(args.ray_timeout) and args.ray_timeout > 0):
+        parser.error(f"--ray_timeout {args.ray_timeout}: must be a number of seconds > 0")
     if args.gpus_per_run is not None and not (math.isfinite(args.gpus_per_run) and args.gpus_per_run >= 0):
         parser.error(f"--gpus_per_run {args.gpus_per_run}: must be a number >= 0 (0.5 puts two runs on a GPU)")
     if args.executor == "ray" and args.report is None and importlib.util.find_spec("ray") is None:
@@ -244,7 +248,14 @@ def run(options: Options) -> int:
         return 0
     configs = resolve_configs(args)
     check_relabelled_sets(args.dataset, configs)
-    failed = sweep.sweep(args, configs, resolve_seeds(args.seeds), options.extra_flags)
+    try:
+        failed = sweep.sweep(args, configs, resolve_seeds(args.seeds), options.extra_flags)
+    except sweep.Stopped as stopped:
+        # What finished before the stop is reported, as after a sweep that ran to its end.
+        if stopped.finished:
+            report.report(Path(args.out), args.baseline, args.k)
+        raise InputError(stopped.line(f" (the report of those is in {args.out})" if stopped.finished else "")) \
+            from None
     report.report(Path(args.out), args.baseline, args.k)
     if failed:
         print(f"{len(failed)} run(s) failed: " + "; ".join(f"{run.label}: {sweep.last_line(run)}" for run in failed),
