@@ -52,6 +52,17 @@ EXPECTED_SHA256 = {
     "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
 }
 
+# Sizes in bytes of the files above whose published bytes we hold: a download of one stops as soon
+# as it is longer (a server sending without end). Every other file with a known sha256 stops at
+# MAX_CHECKED_BYTES, far above any of them (docs/data.md).
+EXPECTED_SIZE = {
+    "ML-100K_train_original.csv": 778150, "ML-100K_train_augment.csv": 937516, "ML-100K_validation.csv": 48833,
+    "ML-100K_test.csv": 102327, "ml-100k.inter": 1979230, "ml-100k.item": 66632,
+    "Amazon_Digital_Music_train_original.csv": 1004410, "Amazon_Digital_Music_train_augment.csv": 1004410,
+    "Amazon_Digital_Music_validation.csv": 58717, "Amazon_Digital_Music_test.csv": 188095,
+}
+MAX_CHECKED_BYTES = 512 * 2 ** 20
+
 # The authors' logs, by file name (docs/compare.md).
 PUBLISHED_LOG_SHA256 = {
     "ReFINe_ML-100K.out": "9a8699e1e918ae278f99946288871dccf9acc2351140b333eee8e2f05e8178e5",

@@ -15,6 +15,7 @@ import io
 import math
 import os
 import random
+import stat
 import time
 from pathlib import Path
 
@@ -299,6 +300,24 @@ def read_best(path: Path, model) -> dict:
 
 # --- one writer per run --------------------------------------------------------------------------------
 
+def _open_lock_file(path: Path) -> int:
+    """The lock file, opened or made without following a link: a link planted there would make the run
+    truncate and overwrite the file it points to. Anything but a regular file is refused, untouched
+    (O_NONBLOCK: a pipe there must not hang the open)."""
+    refused = (f"{path} (the run's lock file) is a link or not a regular file; refused to write through it: "
+               f"remove it and rerun, or give this run another --path_name")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise InputError(refused) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InputError(refused)
+    return fd
+
+
 @contextlib.contextmanager
 def run_lock(path: Path):
     """Hold an OS lock on `path` (with our pid inside) for the block, or an InputError naming the holder.
@@ -308,7 +327,7 @@ def run_lock(path: Path):
     that the name still leads to its file, and locks anew if not.
     """
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = _open_lock_file(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -133,6 +133,9 @@ def download_command(args):
     def warn(message):
         print(message, file=sys.stderr)
 
+    for flag in ("recbole_url", "grouplens_url", "refined_url", "genres_url", "movie_titles_url", "published_url"):
+        # before any work; the variable is named too, the value may come from there
+        download.refuse_credentials(getattr(args, flag), f"--{flag} (or ${('REFINE_' + flag).upper()})")
     download.download(args, print, warn)
     download.download_published_logs(args.name, args.published_url, print, warn)
 

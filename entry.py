@@ -17,7 +17,8 @@ where SIGINT is ignored. After a stop, any error a library raises while it unwin
 the stop (`stop_requested`). Only the first stop raises: the script is already ending, and a second
 one (a repeated Ctrl-C, or a further SIGTERM: Linux sends a sweep's run its parent-death signal again
 each time the dying driver's threads pass the run on) would only cut short the saving of the state or
-print a traceback from an exit handler.
+print a traceback from an exit handler. Once stopping, SIGTERM is ignored outright, so that one
+arriving while the interpreter shuts down (its handlers gone) does not kill the process either.
 """
 import errno
 import os
@@ -56,6 +57,10 @@ def _stop_like_ctrl_c(signum, frame):
     if stop_requested:  # already stopping: let the first stop finish what it is doing
         return
     stop_requested = True
+    # Ignored from now on at the OS level: Python puts back the default action (death by the signal)
+    # while the interpreter shuts down, and a further SIGTERM then would end the process by signal 15,
+    # not with exit code 2. main.py sets its own handler again, so no run of a sweep inherits this.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -75,7 +80,7 @@ def raise_if_stopped() -> None:
 
 def os_error_line(exc: OSError, then: str) -> str:
     """`error: <path>: <reason>; <then>`, with the fix for the common causes."""
-    where = exc.filename if exc.filename is not None else "a file"
+    where = exc.filename if exc.filename is not None else "a file being written"
     reason = exc.strerror or str(exc)
     hint = {errno.ENOSPC: "free space", errno.EDQUOT: "free space",
             errno.EACCES: "check its permissions", errno.EPERM: "check its permissions",
@@ -97,11 +102,49 @@ def _end_with_closed_output(stop: Stop) -> None:
         pass
 
 
+STDOUT = "standard output"
+
+
+class _NamedStdout:
+    """sys.stdout while a script runs: its write errors name it (`> /dev/full`: no space left), where an
+    OSError of a plain write names no file at all."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _named(self, call, *args):
+        try:
+            return call(*args)
+        except OSError as exc:
+            if exc.filename is None:
+                exc.filename = STDOUT
+            raise
+
+    def write(self, text):
+        return self._named(self._stream.write, text)
+
+    def flush(self):
+        return self._named(self._stream.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _silence_stdout() -> None:
+    """Send what is still buffered for a failed stdout to /dev/null: flushed at exit into the failed
+    file, it would print a traceback after the error line."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def run_script(body, stop: Stop) -> int:
     """Run `body()` and turn how it ends into an exit code: its return value (None is 0), or 2 with
     one line on stderr for bad input, a stop, or an OS error the user's environment caused."""
+    stdout, sys.stdout = sys.stdout, _NamedStdout(sys.stdout)
     try:
         code = body() or 0
+        sys.stdout.flush()  # here, where a failed write is one line, not in Python's flush at exit
         if not stop_requested:
             return code
         print(stop.line(), file=sys.stderr)  # a stop swallowed after the last check is a stop all the same
@@ -113,6 +156,8 @@ def run_script(body, stop: Stop) -> int:
         elif exc.errno == errno.EPIPE:
             _end_with_closed_output(stop)
         elif exc.errno in USER_OS_ERRORS:
+            if exc.filename == STDOUT:
+                _silence_stdout()
             print(os_error_line(exc, stop.then), file=sys.stderr)
         else:
             raise
@@ -121,4 +166,6 @@ def run_script(body, stop: Stop) -> int:
         if not isinstance(exc, KeyboardInterrupt) and not stop_requested:
             raise
         print(stop.line(), file=sys.stderr)
+    finally:
+        sys.stdout = stdout
     return 2

@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="local: a pool of --jobs processes here; ray: one Ray task per run")
     parser.add_argument("--ray_address", default=None,
                         help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray instance)")
+    parser.add_argument("--ray_timeout", type=float, default=60.0,
+                        help="ray: seconds to wait for the Ray cluster to answer before giving up with one line")
     parser.add_argument("--gpus_per_run", type=float, default=None,
                         help="ray: GPUs per run, fractions share a GPU (default: 1 if the cluster has "
                              "GPUs, else 0)")
@@ -207,6 +209,7 @@ def parse_args(argv) -> Options:
     args = parser.parse_args(argv)
     if args.report is None and (args.dataset is None or args.out is None):
         parser.error("--dataset and --out are required (or --report OUT for a report only)")
+    check_main_flags(parser, extra)
     for flag in extra:
         if flag.split("=")[0] in OWN_FLAGS:
             parser.error(f"{flag} after --: experiments.py sets it for every run (use --seeds / --devices)")
@@ -218,11 +221,31 @@ def parse_args(argv) -> Options:
         parser.error("--paired needs its reason (why the runs of two configs share their random stream)")
     if args.jobs < 1 or args.cpus_per_run < 1 or args.threads < 1:
         parser.error("--jobs, --threads and --cpus_per_run must be at least 1")
+    if not (math.isfinite(args.ray_timeout) and args.ray_timeout > 0):
+        parser.error(f"--ray_timeout {args.ray_timeout}: must be a number of seconds > 0")
     if args.gpus_per_run is not None and not (math.isfinite(args.gpus_per_run) and args.gpus_per_run >= 0):
         parser.error(f"--gpus_per_run {args.gpus_per_run}: must be a number >= 0 (0.5 puts two runs on a GPU)")
     if args.executor == "ray" and args.report is None and importlib.util.find_spec("ray") is None:
         parser.error("--executor ray needs Ray: pip install -r requirements-ray.txt")  # before any run starts
     return Options(args, extra)
+
+
+def check_main_flags(parser, extra) -> None:
+    """The flags after `--` must be main.py's, written out in full: the guards below look for flags by
+    their full names, and main.py (like every script here) takes no abbreviation; refused now, not in
+    every run."""
+    import cli
+
+    main_parser = cli.build_parser()
+    main_parser.exit_on_error = False
+    try:
+        unknown = main_parser.parse_known_args(extra)[1]
+    except argparse.ArgumentError as exc:
+        parser.error(f"after --: main.py refuses {exc}")
+    flags = [flag for flag in unknown if flag.startswith("-")] or unknown
+    if flags:
+        parser.error(f"{' '.join(flags)} after --: not a main.py flag (flags are written in full; see "
+                     f"python main.py --help)")
 
 
 def resolve_seeds(values) -> list:
@@ -298,7 +321,9 @@ class RelabelledSets:
         except argparse.ArgumentError:  # main.py's own message, in the run
             return None
         folder = Path(main_args.data_dir)
-        if folder.parts[:1] != (RELABEL_DIR,) or split_path(folder, main_args.dataset, "train_augment").is_file():
+        # Every file a run reads: a set missing its validation file is made again, not downloaded.
+        if folder.parts[:1] != (RELABEL_DIR,) or all(split_path(folder, main_args.dataset, split).is_file()
+                                                    for split in ("train_augment", "validation", "test")):
             return None
         return folder, main_args.dataset
 
@@ -347,7 +372,14 @@ def run(options: Options) -> int:
         report.report(Path(args.report), args.baseline, args.k, **statistics)
         return 0
     configs = resolve_configs(args)
-    failed = sweep.sweep(args, configs, resolve_seeds(args.seeds), options.extra_flags, RelabelledSets())
+    try:
+        failed = sweep.sweep(args, configs, resolve_seeds(args.seeds), options.extra_flags, RelabelledSets())
+    except sweep.Stopped as stopped:
+        # What finished before the stop is reported, as after a sweep that ran to its end.
+        if stopped.finished:
+            report.report(Path(args.out), args.baseline, args.k, **statistics)
+        raise InputError(stopped.line(f" (the report of those is in {args.out})" if stopped.finished else "")) \
+            from None
     report.report(Path(args.out), args.baseline, args.k, **statistics)
     if failed:
         print(f"{len(failed)} run(s) failed: " + "; ".join(f"{run.label}: {sweep.last_line(run)}" for run in failed),

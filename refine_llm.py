@@ -30,8 +30,8 @@ import entry
 from catalog import SPLITS, default_data_dir, missing_split_message, split_path
 from llm.answers import AnswerCache, apply_labels, parse_answers, relabel
 from llm.backends import DEFAULT_MODEL, ReplayBackend, TransformersBackend
-from llm.data import (ITEM_COL, RATING_COL, USER_COL, get_preset, load_train, naming, output_folder, read_csv_checked,
-                      default_skip_users, read_skip_users)
+from llm.data import (ITEM_COL, PRESETS, RATING_COL, USER_COL, get_preset, load_train, naming, output_folder,
+                      read_csv_checked, default_skip_users, read_skip_users, user_id)
 from llm.generate import generate_answers
 from llm.openai_backend import DEFAULT_BASE_URL, DEFAULT_KEY_ENV, OpenAIBackend
 from llm.prompts import build_prompts, prompt_hash
@@ -346,6 +346,8 @@ def stage_apply(args, train, joined, answers_path):
     if not liked:
         raise InputError(f"{answers_path} holds no parsable answer (no answer line starting with '['); "
                          f"{output} was left unchanged")
+    liked = answered_train_users(liked, train, answers_path, split_path(args.data_dir, args.name, "train_original"),
+                                 output)
     augmented = relabel(train, joined["title"].to_numpy(), liked)
     write_augment(output, augmented)
     counts = augmented[RATING_COL].value_counts()
@@ -353,6 +355,28 @@ def stage_apply(args, train, joined, answers_path):
           f"{int(counts.get(0.5, 0))} rows -> 0.5, {int(augmented[RATING_COL].isin([2, 3]).sum())} left 2/3 "
           f"-> {output}")
     return output
+
+
+def answered_train_users(liked, train, answers_path, train_path, output):
+    """The answers of users the train file has: none of them there is an InputError (answers of another
+    dataset or split, which would relabel nothing), some missing a note naming them; the count printed
+    is then the users whose rows were relabelled."""
+    users = {user_id(user) for user in train[USER_COL].to_numpy()}
+    absent = [user for user in liked if user not in users]
+    if len(absent) == len(liked):
+        raise InputError(f"{answers_path}: none of its {plural(len(liked), 'answered user')} ({few(absent)}) is in "
+                         f"{train_path}; give the answers made from this dataset's train file; {output} was "
+                         f"left unchanged")
+    if absent:
+        print(f"note: {plural(len(absent), 'answered user')} of {answers_path} not in {train_path}, their answers "
+              f"unused: {few(absent)}", file=sys.stderr)
+    return {user: titles for user, titles in liked.items() if user in users}
+
+
+def few(users, shown=10) -> str:
+    """'7, 8, 9' or '7, 8, ... (12 in all)': users named in a message without flooding it."""
+    names = ", ".join(str(user) for user in list(users)[:shown])
+    return names if len(users) <= shown else f"{names}, ... ({len(users)} in all)"
 
 
 def compare_augments(frames, names):
@@ -421,9 +445,16 @@ def relabel_input(args, scope):
     regular_file(llm_path, f"the LLM's labels not found: {llm_path}: give --llm, an augment file made by the "
                            f"apply stage (or the published one), an answers file or a JSONL cache")
     if llm_path.suffix.lower() == ".csv":
-        train = read_csv_checked(split_path(args.data_dir, args.name, "train_original"),
-                                 [USER_COL, ITEM_COL, RATING_COL])
+        train_path = split_path(args.data_dir, args.name, "train_original")
+        train = read_csv_checked(train_path, [USER_COL, ITEM_COL, RATING_COL])
+        if train.empty:  # else blamed on the augment file, whose rows it then lacks
+            raise InputError(f"{train_path} has a header and no rows: give the dataset's train_original split "
+                             f"(python dataloader.py download {args.name} --refined)")
         data = labels_from_augment(train, llm_path)
+    elif args.name not in PRESETS:  # apply's titles: only the datasets with an item file have them
+        raise InputError(f"--llm {llm_path}: an answers file (or cache) is read against item titles, which this "
+                         f"project has for {', '.join(PRESETS)} only, not {args.name}; give --llm the augment file "
+                         f"made from the answers instead ({split_path(args.data_dir, args.name, 'train_augment')})")
     else:
         data = labels_from_answers(args.data_dir, args.name, llm_path)
     data = at_scope(data, scope)

@@ -397,12 +397,20 @@ def test_caption(summary) -> str:
             f"detect a difference of {margin} at 80% power.")
 
 
+def unfinished_baseline_note(summary, baseline) -> list:
+    """The line under a test table whose baseline has no finished run: else the empty table says nothing."""
+    if any(entry["name"] == baseline and entry["seeds"] for entry in summary["configs"]):
+        return []
+    return [f"No finished run of {baseline}: nothing is tested against it (its runs failed or have not run; "
+            f"rerun the sweep to finish them, or give another --baseline)."]
+
+
 def markdown(summary) -> str:
     (mh, mr), (th, tr) = table_rows(summary)
     table = compare.markdown_table
 
-    def with_notes(rows, head):
-        found = notes(summary, rows)
+    def with_notes(rows, head, baseline=None):
+        found = notes(summary, rows) + (unfinished_baseline_note(summary, baseline) if baseline else [])
         return [table(head, rows)] + ([""] + found if found else [])
 
     text = [f"## {summary['dataset']}: test metrics at k = {summary['k']} over seeds", "",
@@ -415,7 +423,7 @@ def markdown(summary) -> str:
     for baseline, rows in tr.items():
         text += [f"## Against {baseline}", "", test_caption(summary) + (
                      f" The configs trained with {baseline}'s --model." if len(tr) > 1 else ""), "",
-                 *with_notes(rows, th), ""]
+                 *with_notes(rows, th, baseline), ""]
     if summary.get("published"):
         head, rows = published_rows(summary)
         text += ["## Published single runs", "", "Where a published run falls in the 95% prediction interval of "
@@ -442,18 +450,19 @@ def latex(summary) -> str:
         return (text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%")
                 .replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("–", "--").replace(FEW, r"$^\dagger$"))
 
-    def table(head, rows, caption):
+    def table(head, rows, caption, baseline=None):
         spec = "l" + "r" * (len(head) - 1)
         body = [r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(caption)}}}", rf"\begin{{tabular}}{{{spec}}}",
                 r"\toprule", " & ".join(esc(cell) for cell in head) + r" \\", r"\midrule"]
         body += [" & ".join(esc(cell) for cell in row) + r" \\" for row in rows]
         body += [r"\bottomrule", r"\end{tabular}"]
-        body += [r"\par\footnotesize " + esc(line) for line in notes(summary, rows, reasons=False)]
+        body += [r"\par\footnotesize " + esc(line) for line in notes(summary, rows, reasons=False)
+                 + (unfinished_baseline_note(summary, baseline) if baseline else [])]
         return "\n".join(body + [r"\end{table}"])
 
     tables = [table(mh, mr, f"{summary['dataset']}: test metrics at k = {summary['k']}, mean ± std over seeds "
                             f"[95% CI]")]
-    tables += [table(th, rows, f"{summary['dataset']}: against {baseline}. {test_caption(summary)}")
+    tables += [table(th, rows, f"{summary['dataset']}: against {baseline}. {test_caption(summary)}", baseline)
                for baseline, rows in tr.items()]
     if summary.get("published"):
         head, rows = published_rows(summary)

@@ -10,6 +10,7 @@ run.pt and run.last.pt (checkpoints), run.err (stderr) and run.json (how it was 
 filled in). A run with only run.last.pt continues with `--resume`.
 """
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -198,7 +199,7 @@ def _end_with_driver(driver_pid: int):
     return set_death_signal
 
 
-def start_run(command, env, folder, cwd=None) -> subprocess.Popen:
+def start_run(command, env, folder, cwd=None, note="") -> subprocess.Popen:
     """Start one main.py command; it writes its own log (run.out), its stderr goes to run.err.
 
     The child runs in its own session so that a terminal's Ctrl-C reaches it only through the
@@ -209,7 +210,13 @@ def start_run(command, env, folder, cwd=None) -> subprocess.Popen:
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "run.err", "a") as err:
+    # Written anew by each attempt: an earlier attempt's stop line is not this one's last word. Unlinked
+    # first: a run of a lost worker that still writes its stop line writes it into the old file.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(folder / "run.err")
+    with open(folder / "run.err", "w") as err:
+        err.write(note)
+        err.flush()
         return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err,
                                 start_new_session=True, preexec_fn=_end_with_driver(os.getpid()))
 
@@ -317,6 +324,7 @@ class SweepProgressBar:
         self.k = str(k)
         self.done = sum(run.status == "done" for run in runs)
         self.failed, self.running = [], 0
+        self.started_labels = set()  # the runs counted as running (a Ray run only once its task started it)
         self.stopping = False  # set once the sweep passes a Ctrl-C on: runs ending then were stopped, not failed
         self.lock = threading.Lock()
         self.bar = tqdm(total=len(runs), initial=self.done, desc="runs", unit="run", file=sys.stderr,
@@ -328,21 +336,26 @@ class SweepProgressBar:
 
     def started(self, run):
         with self.lock:
+            self.started_labels.add(run.label)
             self.running += 1
             self._postfix()
 
-    def finished(self, run, returncode):
-        """Count a run that ended: done, stopped (during a stop), else failed (returncode None: never started)."""
+    def finished(self, run, returncode, why=None):
+        """Count a run that ended: done, stopped (during a stop), else failed (returncode None: never
+        started, unless `why` says what else became of it)."""
         with self.lock:
-            self.running -= 1
-            if returncode == 0 and run_status(run.folder) == "done":
+            if run.label in self.started_labels:
+                self.started_labels.discard(run.label)
+                self.running -= 1
+            # A run cancelled in a stop may have finished all the same: its folder tells.
+            if run_status(run.folder) == "done" and (returncode == 0 or self.stopping):
                 self.bar.write(f"done: {run.label}{self._result(run)}", file=sys.stderr)
                 self.bar.update(1)
             elif self.stopping and returncode is not None:
                 self.bar.write(f"stopped: {run.label}: {last_line(run)}", file=sys.stderr)
             else:
                 self.failed.append(run)
-                why = "could not start" if returncode is None else f"exit code {returncode}"
+                why = why or ("could not start" if returncode is None else f"exit code {returncode}")
                 self.bar.write(f"failed: {run.label} ({why}): {last_line(run)}", file=sys.stderr)
             self._postfix()
 
@@ -422,58 +435,200 @@ def execute_local(runs, places, jobs, progress, threads=1) -> None:
         future.result()  # a worker's own error (not a run's) is raised, not lost
 
 
-def execute_ray(runs, args, progress) -> None:
-    """One Ray task per run. OUT, --data_dir and this repository must be at the same paths on every node."""
-    import ray  # experiments.py checked that it is installed
+# A Ray run lost with its worker or node is started again this many times (it resumes from its state).
+RAY_RETRIES = 2
 
-    # Workers import this module by name: the repository goes on their path.
-    ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}})
+
+def ray_address_reachable(address, timeout) -> None:
+    """InputError at once where nothing listens at a HOST:PORT --ray_address (ray.init would wait forever)."""
+    import socket
+
+    host, sep, port = (address or "").rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # auto, a ray:// client address: ray.init's own business, under the watchdog
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise InputError(f"--ray_address {address}: no Ray cluster answers there ({exc.strerror or exc}); "
+                         f"start one (ray start --head) or give its address") from None
+
+
+def init_ray(ray, args) -> None:
+    """ray.init within --ray_timeout seconds, else one line and exit 2: Ray itself retries forever.
+
+    ray.init sets its own SIGTERM handler (exit with a stack dump, the runs killed): the stop handlers
+    are put back, so SIGTERM stops a Ray sweep as Ctrl-C does, through each run's own stop path."""
+    import entry
+
+    address = args.ray_address or os.environ.get("RAY_ADDRESS")
+    ray_address_reachable(address, args.ray_timeout)
+    done = threading.Event()
+
+    def watchdog():
+        if not done.wait(args.ray_timeout):
+            print(f"error: --ray_address {address or '(a local Ray instance)'}: Ray did not connect within "
+                  f"{args.ray_timeout:g} s (--ray_timeout); check the address and that the cluster is up; "
+                  f"no run was started", file=sys.stderr, flush=True)
+            os._exit(2)  # ray.init cannot be interrupted; nothing of the sweep's runs exists yet
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    try:
+        # Workers import this module by name: the repository goes on their path.
+        ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(ROOT),
+                                                                         os.environ.get("PYTHONPATH", "")])}})
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"--ray_address {address or '(a local Ray instance)'}: Ray could not start or connect "
+                         f"({first}); no run was started") from None
+    finally:
+        done.set()
+        entry.install_stop_handlers()
+
+
+def execute_ray(runs, args, progress) -> None:
+    """One Ray task per run, doing what the local pool does: each run's record written where it starts
+    (its host, pid, start time), a stop passed to every run through its own stop path (SIGTERM, main.py
+    saves its state), a run lost with its worker or node started again (RAY_RETRIES times; it resumes).
+
+    OUT, --data_dir and this repository must be at the same paths on every node; every path the workers
+    get is absolute, resolved here (a worker's own working directory is not the driver's)."""
+    import ray  # experiments.py checked that it is installed; sweep() connected (init_ray)
+
+    futures = {}
     try:
         gpus = args.gpus_per_run
         if gpus is None:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-        task = ray.remote(num_cpus=args.cpus_per_run, num_gpus=gpus, max_retries=0)(_ray_run)
-        futures = {}
+        # max_retries: Ray starts a task again only when its worker or node died, not for an error of ours.
+        task = ray.remote(num_cpus=args.cpus_per_run, num_gpus=gpus, max_retries=RAY_RETRIES,
+                          retry_exceptions=False)(_ray_run)
+        token = f"{os.getpid()}-{time.time():.6f}"  # tells this sweep's attempts from earlier ones in run.json
         for run in runs:
+            run.folder = Path(os.path.abspath(run.folder))
             # Ray sets CUDA_VISIBLE_DEVICES to the task's GPU: it is cuda:0 there.
             device = "cuda:0" if gpus > 0 else "cpu"
-            threads = run_threads(run, args.cpus_per_run)
-            progress.started(run)
-            try:
-                write_run_record(run, ["<ray worker python>", str(MAIN)] + run.main_argv(device), device, threads)
-            except OSError as exc:
-                run.failure = start_failure(exc)
-                progress.finished(run, None)
-                continue
-            futures[task.remote(str(MAIN), run.main_argv(device), os.getcwd(), threads, str(run.folder))] = run
-        try:
-            while futures:
-                ready, _ = ray.wait(list(futures), num_returns=1)
-                run = futures.pop(ready[0])
-                try:
-                    returncode = ray.get(ready[0])
-                except ray.exceptions.RayError as exc:  # the task itself failed: the run could not start
-                    run.failure, returncode = f"Ray task failed: {str(exc).strip().splitlines()[-1]}", None
-                progress.finished(run, returncode)
-        except KeyboardInterrupt:
-            progress.stopping = True
-            for future in futures:
-                ray.cancel(future)  # KeyboardInterrupt in the task: it passes SIGTERM on to main.py
-            ray.wait(list(futures), num_returns=len(futures), timeout=60)
-            raise
+            argv = [flag for flag in run.main_argv(device) if flag != "--resume"]  # the task decides, per attempt
+            record = {"config": run.config, "seed": run.seed, "device": device,
+                      "threads": run_threads(run, args.cpus_per_run), "sweep": token}
+            futures[task.remote(str(MAIN), argv, os.getcwd(), str(run.folder), record)] = run
+        _wait_for_ray_runs(ray, futures, progress, token)
+    except KeyboardInterrupt:
+        progress.stopping = True
+        for future in futures:
+            ray.cancel(future)  # queued: never starts; running: KeyboardInterrupt in the task, SIGTERM to main.py
+        _wait_for_ray_runs(ray, futures, progress, token, stopping=True)
+        raise
     finally:
         ray.shutdown()
 
 
-def _ray_run(main_path, argv, cwd, threads, folder) -> int:
-    """Body of a Ray task: main.py under the worker's own Python; Ray's cancel is passed on as SIGTERM."""
-    child = start_run([sys.executable, main_path] + argv, run_environment(threads), folder, cwd=cwd)
+def _wait_for_ray_runs(ray, futures, progress, token, stopping=False) -> None:
+    """Count each run as running once its task has started it (its run.json says so), and as ended with
+    what became of it; `stopping`: after the cancel, for as long as the runs take to save their state."""
+    deadline = time.monotonic() + 120
+    while futures and (not stopping or time.monotonic() < deadline):
+        ready, _ = ray.wait(list(futures), num_returns=1, timeout=0.5)
+        for run in futures.values():
+            if run.label not in progress.started_labels and _started_by(run, token):
+                progress.started(run)
+        if not ready:
+            continue
+        run = futures.pop(ready[0])
+        returncode, why = None, None
+        try:
+            returncode = ray.get(ready[0])
+        except ray.exceptions.TaskCancelledError:
+            returncode = -signal.SIGTERM  # stopped: its folder says how far it got
+        except ray.exceptions.RayTaskError as exc:  # our code in the task failed: the run could not start
+            run.failure = f"Ray task failed: {str(exc).strip().splitlines()[-1]}"
+        except ray.exceptions.RayError as exc:  # the worker or node died under it, every retry too
+            why = f"lost with its worker or node, {RAY_RETRIES + 1} attempts"
+            run.failure = (f"{type(exc).__name__}: its state is kept, rerun the same command to resume it; "
+                           f"its last line: {last_line(run)}")
+        progress.finished(run, returncode, why)
+
+
+def _started_by(run: Run, token: str) -> bool:
     try:
-        return child.wait()
-    except KeyboardInterrupt:
-        child.send_signal(signal.SIGTERM)
-        return child.wait()
+        return json.loads((run.folder / "run.json").read_text()).get("sweep") == token
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _lock_free(folder: Path, timeout=120) -> None:
+    """Wait until no main.py holds the run's lock: after a lost worker, the run it left may still be
+    saving its state (it got SIGTERM), and the next attempt would be refused as a second writer."""
+    import fcntl
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            fd = os.open(folder / "run.lock", os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return  # no lock file: nobody writes
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return
+        except OSError:
+            time.sleep(0.5)
+        finally:
+            os.close(fd)
+
+
+def _ray_run(main_path, argv, cwd, folder, record) -> int:
+    """Body of a Ray task: main.py under the worker's own Python, resumed when a state is there (an
+    attempt after a lost worker), its record (host, pid, start) in run.json, Ray's cancel passed on as
+    SIGTERM. It waits for the child in short steps: a cancel's KeyboardInterrupt only arrives between
+    Python steps, never inside a blocking wait."""
+    import socket
+
+    folder = Path(folder)
+    if (folder / "run.test.json").is_file():
+        return 0  # finished by an attempt whose worker was lost just after
+    try:
+        previous = json.loads((folder / "run.json").read_text())
+    except (OSError, ValueError):
+        previous = {}
+    attempt = previous.get("attempt", 0) + 1 if previous.get("sweep") == record["sweep"] else 1
+    _lock_free(folder)
+    resume = (folder / "run.last.pt").is_file()
+    command = [sys.executable, main_path] + argv + (["--resume"] if resume else [])
+    note = f"attempt {attempt}: the one before was lost with its worker or node\n" if attempt > 1 else ""
+    child = start_run(command, run_environment(record["threads"]), folder, cwd=cwd, note=note)
+    try:
+        record = dict(record, command=command, cwd=cwd, started=time.strftime("%Y-%m-%d %H:%M:%S"),
+                      resumed=resume, host=socket.gethostname(), pid=child.pid, worker_pid=os.getpid(),
+                      attempt=attempt)
+        with contextlib.suppress(Exception):
+            import ray
+
+            record["node"] = ray.get_runtime_context().get_node_id()
+        with atomic_write(folder / "run.json") as handle:
+            json.dump(record, handle, indent=1)
+        while True:
+            try:
+                return child.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                continue
+    except BaseException:
+        child.send_signal(signal.SIGTERM)  # main.py saves its finished epochs and writes its stop line
+        child.wait()
+        raise
+
+
+class Stopped(InputError):
+    """A sweep stopped by Ctrl-C or SIGTERM once its runs have stopped: how many of them had finished."""
+
+    def __init__(self, finished: int, total: int):
+        self.finished, self.total = finished, total
+        super().__init__(self.line())
+
+    def line(self, reported: str = "") -> str:
+        if self.finished == self.total:
+            return f"interrupted after all {self.total} runs had finished{reported}; nothing is left to run"
+        return (f"interrupted: {self.finished} of {self.total} runs finished{reported}; rerun the same command to "
+                f"continue the others from their last finished epoch")
 
 
 def sweep(args, configs, seeds, extra_flags, maker=None) -> list:
@@ -505,6 +660,10 @@ def sweep(args, configs, seeds, extra_flags, maker=None) -> list:
     if needs:
         maker.check(needs)
     places = placements(args.devices or default_devices()) if todo and args.executor == "local" else None
+    if todo and args.executor == "ray":  # an unreachable cluster is said before anything is written
+        import ray
+
+        init_ray(ray, args)
     if needs:
         maker.make(needs, lambda line: print(line, file=sys.stderr, flush=True))
         check_split_files([(run.config, run.flags) for run in needs.values()])  # made as main.py reads them
@@ -520,9 +679,7 @@ def sweep(args, configs, seeds, extra_flags, maker=None) -> list:
             execute_local(todo, places, args.jobs, progress, args.threads)
     except KeyboardInterrupt:
         progress.close()
-        finished = sum(run_status(run.folder) == "done" for run in runs)
-        raise InputError(f"interrupted: {finished} of {len(runs)} runs finished; rerun the same command to "
-                         f"continue the others from their last finished epoch") from None
+        raise Stopped(sum(run_status(run.folder) == "done" for run in runs), len(runs)) from None
     finally:
         progress.close()  # before any error line: it then starts on a line of its own
     return progress.failed

@@ -25,7 +25,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one `error:` line (the house rule for bad input), exit code 2."""
+    """argparse, but a bad flag is one `error:` line (the house rule for bad input), exit code 2, and
+    no abbreviated long flags: `--data_d` taken for `--data_dir` would slip past every check that
+    looks for a flag by its name (experiments.py's guards on the flags after `--`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")

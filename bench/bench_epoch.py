@@ -159,7 +159,7 @@ def summarize(records, impls, t):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--synthetic", choices=sorted(synthetic.PRESETS), help="a generated graph of this size")
     parser.add_argument("--data_dir", default=default_data_dir())

@@ -34,7 +34,7 @@ MODES = ("shared", "shared_fast")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--data_dir", default=default_data_dir())
     parser.add_argument("--dataset", default="ML-100K")
     parser.add_argument("--epochs", type=int, default=4, help="timed epochs per mode")

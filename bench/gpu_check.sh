@@ -34,14 +34,15 @@ BUDGET=${BUDGET:-480}
 [ "$DRY_RUN" = 1 ] && BUDGET=${DRY_RUN_BUDGET:-240}  # a dry run on a busy 2-core CPU: under 300 s in all
 IMPORT_LIMIT=${IMPORT_LIMIT:-30}
 export PYTHONUNBUFFERED=1 DRY_RUN
-mkdir -p "$OUT" 2>/dev/null || { echo "gpu_check: cannot create OUT=$OUT (a file in the way, or no permission)"; exit 2; }
-# The steps' own JSON and status (gathered into $OUT/summary.json), and the full run's folder.
+STEPS='' RUN_DIR=''
+trap 'rm -rf ${STEPS:+"$STEPS"} ${RUN_DIR:+"$RUN_DIR"}' EXIT
+# Checked: with an unusable TMPDIR both would be empty and the steps would write under /.
 STEPS=$(mktemp -d 2>/dev/null) && RUN_DIR=$(mktemp -d 2>/dev/null) || {
-    echo "gpu_check: cannot create a temporary folder (mktemp -d failed; TMPDIR=${TMPDIR:-/tmp}): set TMPDIR to a writable folder"
-    [ -n "${STEPS:-}" ] && rm -rf "$STEPS"
+    echo "error: gpu_check: cannot make a temporary folder in ${TMPDIR:-/tmp} (mktemp -d failed); set TMPDIR to a writable folder; nothing measured" >&2
     exit 2
 }
-trap 'rm -rf "$STEPS" "$RUN_DIR"' EXIT
+# STEPS: the steps' own JSON and status, gathered into $OUT/summary.json; RUN_DIR: the run's data and result
+mkdir -p "$OUT" 2>/dev/null || { echo "gpu_check: cannot create OUT=$OUT (a file in the way, or no permission)"; exit 2; }
 LOG="$OUT/check.log"
 : > "$LOG"
 status=0

@@ -199,7 +199,7 @@ def reads_per_batch(model_name, mode, data, counter_type, batch_sizes=(64, 16), 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu (count calls) or cuda (CUDA's own report)")
     parser.add_argument("--out", default=None, help="JSON file of the counts")
     parser.add_argument("--resumed", action="store_true", help="count the epoch after a save and resume")

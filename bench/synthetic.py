@@ -120,7 +120,7 @@ def write_splits(data: RecData, out_dir, name: str) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("preset", choices=sorted(PRESETS))
     parser.add_argument("--out", required=True, help="writes OUT/<preset>/<preset>_*.csv")
     parser.add_argument("--scale", type=float, default=1.0, help="shrink factor for users, items and edges")

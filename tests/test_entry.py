@@ -62,3 +62,24 @@ def test_a_closed_output_pipe_is_one_line(tmp_path):
     err = chatty.stderr.read().decode()
     assert chatty.wait(timeout=60) == 2
     assert err == "error: standard output was closed before the end (a broken pipe, e.g. `| head`); rerun the command\n"
+
+
+def test_a_further_sigterm_while_the_interpreter_shuts_down_keeps_exit_code_2(tmp_path):
+    """Python puts back the default action of SIGTERM as it shuts down: a second stop arriving then
+    (from an object finalized last) would kill the process by signal 15."""
+    command = script_command(tmp_path, """
+        import os, signal, time
+
+        class SignalsWhenFinalized:
+            def __del__(self):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.2)
+
+        sys.modules["finalized_last"] = SignalsWhenFinalized()
+
+        def body():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    """, "rerun to resume")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (2, "error: interrupted; rerun to resume\n")

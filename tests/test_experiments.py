@@ -142,6 +142,39 @@ def test_report_files_and_baseline_choice(fake_sweep, capsys):
     assert capsys.readouterr().err.startswith("error: --baseline nope")
 
 
+def test_a_baseline_without_finished_runs_says_so_under_its_table(fake_sweep):
+    """Its runs all failed: the test table is empty, and the note under it says why."""
+    out, _ = fake_sweep
+    import shutil
+
+    shutil.rmtree(out / "base")
+    done = subprocess.run([sys.executable, str(ROOT / "experiments.py"), "--report", str(out), "--baseline", "base"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    note = "No finished run of base: nothing is tested against it"
+    assert note in done.stdout.split("## Against base")[1]
+    assert note in (out / "summary.md").read_text() and note in (out / "summary.tex").read_text()
+
+
+@pytest.mark.parametrize("finished,line", [
+    (6, "error: interrupted after all 6 runs had finished (the report of those is in {out}); nothing is left to run"),
+    (2, "error: interrupted: 2 of 6 runs finished (the report of those is in {out}); rerun the same command to "
+        "continue the others from their last finished epoch"),
+])
+def test_a_stop_says_truly_what_finished_and_reports_it(fake_sweep, monkeypatch, capsys, finished, line):
+    """Runs that finished while the stop went round are counted as finished, and reported."""
+    out, _ = fake_sweep
+
+    def stopped(*args):
+        raise sweep.Stopped(finished, 6)
+
+    monkeypatch.setattr(sweep, "sweep", stopped)
+    assert experiments.main(["--dataset", "TOY", "--out", str(out), "--configs", "refine"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[-1] == line.format(out=out)
+    assert (out / "summary.md").read_text() in captured.out + "\n"
+
+
 def test_one_baseline_per_model(fake_sweep, capsys):
     """Each config is tested against the baseline trained with its own --model: the same numbers as a
     report against that baseline alone."""

@@ -47,13 +47,6 @@ def test_a_slow_torch_import_is_reported_as_slow_not_as_no_gpu(tmp_path):
     assert "no CUDA GPU" not in process.stdout
 
 
-def test_no_temporary_folder_is_one_line_and_exit_2(tmp_path):
-    process = gpu_check(tmp_path / "out", TMPDIR=str(tmp_path / "nonexistent"))
-    assert process.returncode == 2 and process.stderr == ""
-    assert process.stdout.count("\n") == 1 and process.stdout.startswith("gpu_check: cannot create a temporary folder")
-    assert list((tmp_path / "out").iterdir()) == []
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present: the check would run")
 def test_without_python_set_it_takes_the_repository_venv_else_python3(tmp_path):
     env = {key: value for key, value in os.environ.items() if key != "PYTHON"}
@@ -73,6 +66,15 @@ def test_the_step_caps_add_up_to_the_budget():
     runs = re.search(r'RUNS="([\d ]+)"\nfi', script).group(1).split()
     assert sum(caps.values()) + caps["throughput"] * (len(runs) - 1) + import_limit + 10 == 480
     assert re.search(r"^BUDGET=\$\{BUDGET:-480\}", script, re.M)
+
+
+def test_an_unusable_tmpdir_is_one_line_and_nothing_is_written(tmp_path):
+    """mktemp -d failing must not leave the temporary folders empty: the steps would write under /."""
+    process = gpu_check(tmp_path / "out", DRY_RUN="1", TMPDIR=str(tmp_path / "nonexistent"))
+    assert process.returncode == 2
+    assert process.stderr.count("\n") == 1 and process.stderr.startswith("error: gpu_check: cannot make a temporary")
+    assert process.stdout == "" and list(tmp_path.iterdir()) == []
+    assert not os.path.exists("/order")
 
 
 @pytest.mark.slow

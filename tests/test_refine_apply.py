@@ -196,3 +196,28 @@ def test_torn_last_cache_line_is_still_skipped_by_apply(tmp_path):
     answers.write_text(json.dumps(GOOD_RECORD) + "\n" + json.dumps(GOOD_RECORD)[:40])  # killed mid-write
     assert R.main(["apply", "ML-100K", "--data_dir", str(tmp_path), "--answers", str(answers)]) == 0
     assert pd.read_csv(folder / "ML-100K_train_augment.csv")[RATING_COL].tolist() == [4.5, 0.5, 5.0, 2.0]
+
+
+def test_answers_only_for_users_absent_from_train_are_refused(tmp_path):
+    """The users counted are those of the train file: answers of another dataset relabel nothing."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    folder, augment = small_answered_dataset(tmp_path)
+    answers = tmp_path / "answers.txt"
+    answers.write_text(format_answer_block(701, "['<Heat>']") + format_answer_block(702, "[]"))
+    command = [sys.executable, str(ROOT / "refine_llm.py"), "apply", "ML-100K", "--data_dir", str(tmp_path),
+               "--answers", str(answers)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: {answers}: none of its 2 answered users (701, 702) is in "
+                                  f"{folder / 'ML-100K_train_original.csv'}")
+    assert augment.read_text() == "an earlier augment file\n"
+    # Some users there: the others are named, and only those found are counted.
+    answers.write_text(format_answer_block(1, "['<Heat>']") + format_answer_block(702, "[]"))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "note: 1 answered user of" in done.stderr and done.stderr.rstrip().endswith("unused: 702")
+    assert done.stdout.startswith("1 user answered;")

@@ -7,9 +7,9 @@ Candidates are the 2/3 rows of users 1 and 2; the LLM chose one of each user's: 
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +21,8 @@ import experiments
 import refine_llm as R
 import sweep
 from llm import relabel_rules
-from llm.data import ITEM_COL, RATING_COL, USER_COL
 from conftest import ROOT
+from llm.data import ITEM_COL, RATING_COL, USER_COL
 from refine_fixtures import make_dataset
 from test_experiments import TINY
 from test_refine_apply import write_published_answers
@@ -349,7 +349,7 @@ def no_runs(monkeypatch):
     """experiments.main up to the runs: the runs planned are kept, none is started, no report."""
     planned = []
     monkeypatch.setattr(sweep, "execute_local", lambda runs, *rest: planned.extend(runs))
-    monkeypatch.setattr(experiments.report, "report", lambda *args: None)
+    monkeypatch.setattr(experiments.report, "report", lambda *args, **kwargs: None)
     return planned
 
 
@@ -588,3 +588,51 @@ def test_ctrl_c_says_what_was_written(tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in (tmp_path / "out" / "ML-100K").iterdir()) == [
         "ML-100K_test.csv", "ML-100K_train_original.csv", "ML-100K_validation.csv", "relabel_report.json",
         "relabel_users.csv"]
+
+
+
+# --- remedies that name the right file and command --------------------------------------------------
+
+def test_answers_for_a_dataset_without_titles_say_to_give_the_augment_file(tmp_path, capsys):
+    folder = write_hand_dataset(tmp_path / "data")
+    amazon = folder.parent / "Amazon_Digital_Music"
+    amazon.mkdir()
+    for path in folder.glob("ML-100K_*.csv"):
+        shutil.copy(path, amazon / path.name.replace("ML-100K", "Amazon_Digital_Music"))
+    (tmp_path / "answers.txt").write_text("user 1\n['<Heat>']\n")
+    assert exit_code(["relabel", "Amazon_Digital_Music", "--data_dir", str(tmp_path / "data"), "--rule",
+                      "all-positive", "--llm", str(tmp_path / "answers.txt"), "--out_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown dataset" not in err
+    assert "is read against item titles" in err and "give --llm the augment file" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_header_only_train_original_is_named_not_the_augment_file(tmp_path, capsys):
+    folder = write_hand_dataset(tmp_path / "data")
+    (folder / "ML-100K_train_original.csv").write_text(",".join(COLUMNS) + "\n")
+    assert exit_code(["relabel", "ML-100K", "--data_dir", str(tmp_path / "data"), "--rule", "all-positive",
+                      "--out_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {folder / 'ML-100K_train_original.csv'} has a header and no rows: give the dataset's " \
+                  f"train_original split (python dataloader.py download ML-100K --refined)\n"
+
+
+def test_a_relabel_set_missing_its_validation_file_is_made_again_not_downloaded(tmp_path, monkeypatch):
+    """The sweep treats a set without one of the files a run reads as missing, and makes it again."""
+    import experiments
+
+    data = tmp_path / "data"
+    write_hand_dataset(data)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REFINE_DATA_DIR", str(data))
+    relabelled(data, tmp_path / "dataset-relabel" / "user-mean", "user-mean")
+    validation = tmp_path / "dataset-relabel" / "user-mean" / "ML-100K" / "ML-100K_validation.csv"
+    validation.unlink()
+    sets = experiments.RelabelledSets()
+    flags = ["--dataset", "ML-100K", "--data_dir", "dataset-relabel/user-mean"]
+    need = sets.pending(flags)
+    assert need == (Path("dataset-relabel/user-mean"), "ML-100K")
+    sets.make({need: None}, lambda line: None)
+    assert validation.read_bytes() == (data / "ML-100K" / "ML-100K_validation.csv").read_bytes()
+    assert sets.pending(flags) is None
