@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -539,6 +540,51 @@ def test_missing_split_files_stop_the_sweep_before_any_run(toy_data, tmp_path):
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith(f"error: config lightgcn-original: missing {toy_data / 'TOY/TOY_train_original.csv'}: ")
     assert result.stderr.count("\n") == 1 and not out.exists()
+
+
+def original_ratings_only(data_dir):
+    """The toy data as `download --refined` leaves it offline: the original train split, no augment file."""
+    (data_dir / "TOY/TOY_train_augment.csv").rename(data_dir / "TOY/TOY_train_original.csv")
+    return data_dir
+
+
+def offline_hint(stderr):
+    """The sweep command that the missing-augment-file error suggests (between backquotes)."""
+    assert "or sweep the configs that need no LLM-refined file now: `" in stderr, stderr
+    return stderr.rpartition("now: `")[2].rpartition("`")[0]
+
+
+def test_missing_augment_file_suggests_the_sweep_on_the_original_ratings(toy_data, tmp_path, capsys):
+    """The default sweep without the LLM-refined file names it and the sweep that needs no such file."""
+    data_dir, out = original_ratings_only(toy_data), tmp_path / "out"
+    assert experiments.main(["--dataset", "TOY", "--out", str(out), "--seeds", "1", "--", "--data_dir",
+                             str(data_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: config lightgcn-augment: missing {data_dir / 'TOY/TOY_train_augment.csv'}: ")
+    assert "python main.py --dataset TOY" in err and not out.exists()
+    hint = offline_hint(err)
+    assert hint == (f"python experiments.py --dataset TOY --out {out} --seeds 1 --configs lightgcn-original "
+                    f'--config refine-original="--dataset_augment 0" -- --data_dir {data_dir}')
+    options = experiments.parse_args(shlex.split(hint)[2:])
+    assert options.extra_flags == ["--data_dir", str(data_dir)]
+    # without the original split either, no such sweep is offered
+    (data_dir / "TOY/TOY_train_original.csv").unlink()
+    assert experiments.main(["--dataset", "TOY", "--out", str(out), "--seeds", "1", "--", "--data_dir",
+                             str(data_dir)]) == 2
+    assert "need no LLM-refined file" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_suggested_offline_sweep_runs_as_printed(toy_data, tmp_path):
+    data_dir, out = original_ratings_only(toy_data), tmp_path / "out"
+    refused = run_sweep([sys.executable, str(ROOT / "experiments.py"), "--dataset", "TOY", "--out", str(out),
+                         "--seeds", "1", "--", "--data_dir", str(data_dir)], tmp_path)
+    assert refused.returncode == 2
+    script, *argv = shlex.split(offline_hint(refused.stderr))[1:]
+    result = run_sweep([sys.executable, str(ROOT / script), *argv, "--epochs", "1", *TINY], tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert [entry["name"] for entry in summary["configs"]] == ["lightgcn-original", "refine-original"]
 
 
 def test_seed_placeholder_is_each_runs_seed_and_the_manifest_keeps_it(toy_data, tmp_path):
