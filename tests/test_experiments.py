@@ -740,15 +740,12 @@ def test_per_user_ids_with_commas_read_back_equal(tmp_path):
 
 def test_per_user_ids_round_trip_through_main_py(tmp_path):
     """main.write_per_user_metrics writes, report.read_per_user reads: equal, ids with commas included."""
-    import inspect
     from types import SimpleNamespace
 
     import torch
 
     import main
 
-    if "csv" not in inspect.getsource(main.write_per_user_metrics):
-        pytest.skip("main.py writes per-user ids without the csv module (fixed on the core branch)")
     ids = np.array(["u,1", 'u"2', "u3", "plain"], dtype=object)
     users = torch.tensor([2, 0, 1])
     values = torch.tensor([[0.1, 0.2, 0.3], [0.25, 0.5, 0.75], [1 / 3, 2 / 3, 1.0]])  # metric x user
