@@ -581,7 +581,9 @@ def test_the_suggested_offline_sweep_runs_as_printed(toy_data, tmp_path):
                          "--seeds", "1", "--", "--data_dir", str(data_dir)], tmp_path)
     assert refused.returncode == 2
     script, *argv = shlex.split(offline_hint(refused.stderr))[1:]
-    result = run_sweep([sys.executable, str(ROOT / script), *argv, "--epochs", "1", *TINY], tmp_path)
+    split = argv.index("--")  # runs on the CPU (experiments.py's own flag), one epoch each (to every run)
+    argv = argv[:split] + ["--devices", "cpu"] + argv[split:] + ["--epochs", "1", *TINY]
+    result = run_sweep([sys.executable, str(ROOT / script), *argv], tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert [entry["name"] for entry in summary["configs"]] == ["lightgcn-original", "refine-original"]
