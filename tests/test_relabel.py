@@ -349,7 +349,7 @@ def no_runs(monkeypatch):
     """experiments.main up to the runs: the runs planned are kept, none is started, no report."""
     planned = []
     monkeypatch.setattr(sweep, "execute_local", lambda runs, *rest: planned.extend(runs))
-    monkeypatch.setattr(experiments.report, "report", lambda *args: None)
+    monkeypatch.setattr(experiments.report, "report", lambda *args, **kwargs: None)
     return planned
 
 
