@@ -26,7 +26,6 @@ GENRES_URL = ("https://raw.githubusercontent.com/tommasocarraro/netflix-prize-wi
               "netflix_genres.csv")
 GENRES_PAGE = "https://github.com/tommasocarraro/netflix-prize-with-genres"
 REFINED_PAGE = "https://github.com/Chanwoo-Jeong-2000/ReFINe_plus/tree/main/dataset/"
-REFINED_FILE_PAGE = "https://github.com/Chanwoo-Jeong-2000/ReFINe_plus/blob/main/dataset/"
 MOVIE_TITLES_PAGE = "https://www.kaggle.com/datasets/netflix-inc/netflix-prize-data"
 # The authors' training logs: <base>/ReFINe/main/results4comparison/ReFINe_<NAME>.out (ReFINe) and
 # <base>/ReFINe_plus/main/results4comparison/<NAME>.log (ReFINe++).
@@ -177,6 +176,14 @@ def split_path(data_dir, name, split):
 SPLIT_IN_THE_WAY = "put the split file there, or give the folder that holds it with --data_dir"
 
 
+def original_ratings_command(name, dir_flag=""):
+    """The main.py command that trains ReFINe on the original ratings (no LLM-refined train file), as
+    the README's reference run of it: `--r` as published, one thread, the shipped log's --path_name."""
+    r = f" --r {PUBLISHED_R[name]}" if name in PUBLISHED_R else ""
+    return (f"python main.py --dataset {shlex.quote(name)}{' ' + dir_flag if dir_flag else ''}{r} "
+            f"--dataset_augment 0 --threads 1 --path_name refine_original")
+
+
 def missing_split_message(data_dir, name, splits=REFINED_SPLITS):
     """One-line message naming missing split files and the commands that create them, each with
     the user's --data_dir; None if all of `splits` exist. load_splits raises it for main.py."""
@@ -187,8 +194,8 @@ def missing_split_message(data_dir, name, splits=REFINED_SPLITS):
     refined = f"`python dataloader.py download {quoted} --refined {dir_flag}`"
     augment_only = [p.name for p in missing] == [f"{name}_train_augment.csv"]
     if augment_only and split_path(data_dir, name, "train_original").exists():
-        how = (f"train on the original split now with `python main.py --dataset {quoted} {dir_flag} "
-               f"--dataset_augment 0`, or make it with the LLM step `python refine_llm.py run {quoted} {dir_flag}`, "
+        how = (f"train on the original split now with `{original_ratings_command(name, dir_flag)}`, "
+               f"or make it with the LLM step `python refine_llm.py run {quoted} {dir_flag}`, "
                f"or fetch the authors' file with {refined}")
     else:
         how = (f"get the published splits with {refined}, or build them from raw RecBole files with "

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cli import split_files
+from cli import lock_held_message, split_files
 from download import sha256_of
 from utils import InputError, atomic_write
 
@@ -318,6 +318,9 @@ def _open_lock_file(path: Path) -> int:
     return fd
 
 
+LOCK_ATTEMPTS = 10  # 0.45 s in all before a held lock is refused
+
+
 @contextlib.contextmanager
 def run_lock(path: Path):
     """Hold an OS lock on `path` (with our pid inside) for the block, or an InputError naming the holder.
@@ -328,16 +331,19 @@ def run_lock(path: Path):
     """
     while True:
         fd = _open_lock_file(path)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.read(fd, 32).decode(errors="replace").strip()
-            os.close(fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-                raise
-            raise InputError(f"another main.py (pid {holder or 'unknown'}) is writing this run ({path} is "
-                             f"locked): wait for it to finish or stop it, or give this run another "
-                             f"--path_name") from None
+        for attempt in range(LOCK_ATTEMPTS):  # a moment's retry: another main.py's probe (cli.check_run_lock)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                    os.close(fd)
+                    raise
+                if attempt == LOCK_ATTEMPTS - 1:
+                    holder = os.read(fd, 32).decode(errors="replace").strip()
+                    os.close(fd)
+                    raise InputError(lock_held_message(path, holder)) from None
+                time.sleep(0.05)
         try:
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
                 break

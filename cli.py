@@ -9,6 +9,7 @@ item count, ...) stay in main.py.
 import argparse
 import signal
 import sys
+from pathlib import Path
 
 from catalog import SPLIT_IN_THE_WAY, default_data_dir
 from utils import ArgumentParser, HelpFormatter, InputError, regular_file
@@ -218,6 +219,40 @@ def check_splits(args) -> None:
         regular_file(path, f"missing {path}", SPLIT_IN_THE_WAY)
 
 
+def lock_path(args) -> Path:
+    """The run's lock file (main.RunPaths.lock): result/<dataset>/<path_name>.lock, or in --result_dir."""
+    folder = Path(args.result_dir) if args.result_dir else Path("result") / args.dataset
+    return folder / f"{args.path_name}.lock"
+
+
+def lock_held_message(path, holder) -> str:
+    """What a second main.py of the same run says (checkpoint.run_lock, and the check before the imports)."""
+    return (f"another main.py (pid {holder or 'unknown'}) is writing this run ({path} is locked): wait for it "
+            f"to finish or stop it, or give this run another --path_name")
+
+
+def check_run_lock(path: Path) -> None:
+    """InputError when another process holds the run's lock: checked with the flags, so that a second run
+    of the same --path_name is refused before the slow imports. Only a probe: the run takes the lock
+    itself later (checkpoint.run_lock, which retries for a moment so that this probe never refuses it)."""
+    import errno
+    import fcntl
+    import os
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a link or a pipe: the run refuses it
+    except OSError:  # no lock file (no run), or a path the run's own checks will name
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            raise InputError(lock_held_message(path, holder)) from None
+    finally:
+        os.close(fd)  # releases the probe's shared lock, if it got one
+
+
 def _interrupted_while_starting(signum, frame):
     sys.stderr.write("error: interrupted while starting; nothing was written, so nothing can be resumed: "
                      "rerun the command\n")
@@ -233,6 +268,7 @@ def parse_before_imports() -> None:
         args = parser.parse_args()
         check_flags(args)
         check_splits(args)
+        check_run_lock(lock_path(args))
     except InputError as exc:
         parser.exit(2, f"error: {exc}\n")
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored (nohup)

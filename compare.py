@@ -450,5 +450,6 @@ def run_compare(args) -> int:
 
 
 if __name__ == "__main__":
+    entry.check_packages()
     entry.install_stop_handlers()
     sys.exit(main())

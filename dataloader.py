@@ -17,6 +17,7 @@ if __name__ == "__main__":
     import entry
 
     entry.install_stop_handlers()
+    entry.check_packages()
 
 import argparse  # noqa: E402
 import os  # noqa: E402

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from catalog import (DATASETS, EXPECTED_SHA256, EXPECTED_SIZE, GENRES_PAGE, GROUPLENS_URL, ITEM, MAX_CHECKED_BYTES,
                      MOVIE_TITLES_PAGE, NETFLIX_GENRES, NETFLIX_TITLES, PUBLISHED_LOG_SHA256, PUBLISHED_URL, RATING,
-                     RAW_SOURCES, RECBOLE_WHEEL, REFINED_FILE_PAGE, REFINED_PAGE, REFINED_SPLITS, SPLITS, USER,
-                     published_log_url, published_logs, split_path)
+                     RAW_SOURCES, RECBOLE_WHEEL, REFINED_PAGE, REFINED_SPLITS, REFINED_URL, SPLITS, USER,
+                     original_ratings_command, published_log_url, published_logs, split_path)
 from utils import InputError, atomic_write, check_output_path, regular_file
 
 # GroupLens u.genre, in flag order (u.item carries 19 0/1 genre flags).
@@ -552,12 +552,12 @@ def download(args, log, warn):
         quoted, dir_flag = shlex.quote(name), f"--data_dir {shlex.quote(str(args.data_dir))}"
         warn(f"note: {augment} is still missing: the authors' LLM-refined train split could not be fetched "
              f"({unusable}); the original splits are there. Either\n"
-             f"  save {REFINED_FILE_PAGE}{name}/{augment.name} into {folder}/ and check it with\n"
+             f"  save {REFINED_URL}{name}/{augment.name} into {folder}/ and check it with\n"
              f"    python dataloader.py download {quoted} --refined {dir_flag}\n"
              f"  or make it with the LLM step (docs/method.md §2, needs an LLM backend):\n"
              f"    python refine_llm.py run {quoted} {dir_flag}\n"
              f"  To train on the original split now:\n"
-             f"    python main.py --dataset {quoted} {dir_flag} --dataset_augment 0")
+             f"    {original_ratings_command(name, dir_flag)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -587,7 +587,8 @@ def published_log(file_name, base_url=None, progress=False):
     except DownloadError as error:
         with contextlib.suppress(OSError):
             PUBLISHED_DIR.rmdir()  # leave no empty folder behind (only removed if empty)
-        raise DownloadError(f"{error}; fetch {url} by hand and save it as {dest}") from None
+        raise DownloadError(f"{error}; fetch {url} by hand and save it as {dest} "
+                            f"(create its folder first: mkdir -p {shlex.quote(str(PUBLISHED_DIR))})") from None
     return dest
 
 
@@ -614,5 +615,5 @@ def download_published_logs(name, base_url, log, warn):
         else:
             log(f"  {path}  sha256 verified (published log; `python compare.py {kind}:{name} LOG`)")
     if failed:
-        warn(f"note: the published logs {', '.join(label for label, _ in failed)} are not there: {failed[0][1]}"
-             f"{' (and the same for the other)' if len(failed) > 1 else ''}")
+        warn(f"note: the published logs {', '.join(label for label, _ in failed)} are not there: "
+             + "; ".join(str(error) for _, error in failed))

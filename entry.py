@@ -27,6 +27,25 @@ import sys
 
 from utils import InputError
 
+# What every script needs from requirements.txt (checked, not imported, by check_packages).
+REQUIRED_PACKAGES = ("torch", "numpy", "pandas")
+
+
+def check_packages(names=REQUIRED_PACKAGES) -> None:
+    """Exit with code 2 and one line when a required package is not installed for this Python: the
+    usual cause is a script run with the system's python instead of the virtual environment's."""
+    import importlib.util
+
+    if {"-h", "--help"} & set(sys.argv[1:]):  # the help needs none of them
+        return
+    missing = [name for name in names if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"error: {', '.join(missing)} not installed for {sys.executable}: activate the virtual environment: "
+              f"source .venv/bin/activate (made by `python3 -m venv .venv && .venv/bin/pip install -r "
+              f"requirements.txt`), or run .venv/bin/python", file=sys.stderr)
+        sys.exit(2)
+
+
 # Set by the stop handler: run_script() then reports any error that follows as the interrupt.
 stop_requested = False
 

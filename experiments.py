@@ -396,5 +396,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    entry.check_packages()
     entry.install_stop_handlers()
     sys.exit(main())

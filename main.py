@@ -15,6 +15,8 @@ if __name__ == "__main__":
     # torch_geometric, pandas): --help, a bad flag value or a missing file then answer in a fraction of a second.
     import cli
     cli.parse_before_imports()
+    import entry
+    entry.check_packages()
 
 import contextlib
 import csv

@@ -568,5 +568,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    entry.check_packages()
     entry.install_stop_handlers()
     sys.exit(main())

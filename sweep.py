@@ -631,6 +631,24 @@ class Stopped(InputError):
                 f"continue the others from their last finished epoch")
 
 
+def original_ratings_sweep(args, extra_flags):
+    """The experiments.py command of this sweep restricted to the configs on the original ratings
+    (LightGCN and ReFINe), or None where the original train split is missing too."""
+    import cli
+    from catalog import split_path
+
+    try:
+        data_dir = cli.parse_main_flags(["--dataset", args.dataset] + list(extra_flags)).data_dir
+    except argparse.ArgumentError:
+        return None
+    if not split_path(data_dir, args.dataset, "train_original").is_file():
+        return None
+    command = ["python", "experiments.py", "--dataset", args.dataset, "--out", str(args.out),
+               "--seeds", *[str(seed) for seed in getattr(args, "seeds", ["5"])]]
+    command = shlex.join(command) + ' --configs lightgcn-original --config refine-original="--dataset_augment 0"'
+    return command + (" -- " + shlex.join(extra_flags) if extra_flags else "")
+
+
 def sweep(args, configs, seeds, extra_flags, maker=None) -> list:
     """Run every unfinished (config, seed) of `configs` x `seeds` in OUT (args.out); the failed runs.
 
@@ -644,8 +662,14 @@ def sweep(args, configs, seeds, extra_flags, maker=None) -> list:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: is a file; give a folder")
     pending = maker.pending if maker else (lambda flags: None)
-    runs, manifest = plan_runs(out, args.dataset, configs, seeds, extra_flags,
-                               made_later=lambda flags: pending(flags) is not None)
+    try:
+        runs, manifest = plan_runs(out, args.dataset, configs, seeds, extra_flags,
+                                   made_later=lambda flags: pending(flags) is not None)
+    except InputError as error:
+        hint = original_ratings_sweep(args, extra_flags)
+        if hint and f"{args.dataset}_train_augment.csv" in str(error):
+            raise InputError(f"{error}; or sweep the configs that need no LLM-refined file now: `{hint}`") from None
+        raise
     if args.baseline:  # checked now (a name of this sweep, one per model), not after hours of training
         import report
 

@@ -2,18 +2,19 @@
 
     python -m pytest -q
 
-Tests that need the published ML-100K splits find them in the first of ../shared/datasets (or
-$REFINE_SHARED_DIR/datasets), $REFINE_DATA_DIR and the repository's dataset/ (what
-`python dataloader.py download ML-100K --refined` makes) that holds them, and skip otherwise; the
-authors' logs (ReFINe_<NAME>.out) are looked for in ../shared/reference-logs and in
-results4comparison/published/ (where `compare.py published:NAME` keeps them). The run's summary
-says in one line how many tests skipped for want of them and which command makes them run. The
-published code's own CPU logs, the oracle of the digit-for-digit tests, are part of the repository.
-All other tests build their own small synthetic data.
+Tests that need the published ML-100K splits find them in $REFINE_DATA_DIR or in the repository's
+dataset/ (what `python dataloader.py download ML-100K --refined` makes), the first that holds
+them, and skip otherwise; the authors' logs (ReFINe_<NAME>.out) are looked for in $REFINE_LOG_DIR
+and in results4comparison/published/ (where `compare.py published:NAME` keeps them). No test
+looks anywhere else. The run's closing summary lists every skip reason with its count and what
+would make those tests run. The published code's own CPU logs, the oracle of the digit-for-digit
+tests, are part of the repository. All other tests build their own small synthetic data.
 """
 import os
+import re
 import signal
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -23,11 +24,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from toy import write_synthetic_dataset  # noqa: E402,F401  (the tests import it from here)
 
-SHARED_DIR = Path(os.environ.get("REFINE_SHARED_DIR", ROOT.parent / "shared"))
 ORACLE_DIR = ROOT / "results4comparison" / "published-code-on-cpu"
+PUBLISHED_DIR = ROOT / "results4comparison" / "published"
 ML100K_SPLITS = tuple(f"ML-100K_{split}.csv" for split in ("train_augment", "train_original", "validation", "test"))
 ML100K_RAW = ("ml-100k.inter", "ml-100k.item")
-# Every skip for missing published data carries this text, so that the summary can count them.
+# Every skip for missing published data carries this text, so that the summary can group them.
 MISSING_DATA = "published data not found"
 GET_DATA = "python dataloader.py download ML-100K --refined"
 
@@ -40,19 +41,24 @@ def ctrl_c_enabled():
 
 def data_dirs():
     """Candidate data folders (each holds <NAME>/ subfolders), in the order they are searched."""
-    dirs = [SHARED_DIR / "datasets"]
-    if os.environ.get("REFINE_DATA_DIR"):
-        dirs.append(Path(os.environ["REFINE_DATA_DIR"]))
+    dirs = [Path(os.environ["REFINE_DATA_DIR"])] if os.environ.get("REFINE_DATA_DIR") else []
     return dirs + [ROOT / "dataset"]
 
 
-def find_data_dir(name, files):
-    """The first candidate data folder whose <name>/ holds every file named; skips the test if none does."""
+def log_dirs():
+    """Candidate folders of the authors' logs, in the order they are searched."""
+    dirs = [Path(os.environ["REFINE_LOG_DIR"])] if os.environ.get("REFINE_LOG_DIR") else []
+    return dirs + [PUBLISHED_DIR]
+
+
+def find_data_dir(name, files, how=GET_DATA):
+    """The first candidate data folder whose <name>/ holds every file named; skips the test if none does
+    (`how`: the command that provides the files)."""
     for folder in data_dirs():
         if all((folder / name / file).is_file() for file in files):
             return folder
     pytest.skip(f"{MISSING_DATA}: {name}/ with {', '.join(files)} in none of "
-                f"{', '.join(str(d) for d in data_dirs())}")
+                f"{', '.join(str(d) for d in data_dirs())}; run: {how}")
 
 
 @pytest.fixture
@@ -70,10 +76,16 @@ def ml100k_with_raw():
 
 def find_published_log(name):
     """Path of the authors' log `name` (e.g. ReFINe_ML-100K.out), or None."""
-    for path in (SHARED_DIR / "reference-logs" / name, ROOT / "results4comparison" / "published" / name):
-        if path.is_file():
-            return path
+    for folder in log_dirs():
+        if (folder / name).is_file():
+            return folder / name
     return None
+
+
+def fetch_log_command(name):
+    """The command that puts the authors' log `name` into results4comparison/published/."""
+    match = re.fullmatch(r"ReFINe_(.+)\.out", name)
+    return f"python compare.py published:{match.group(1)}" if match else f"python compare.py published-plus:{name[:-4]}"
 
 
 @pytest.fixture
@@ -82,29 +94,55 @@ def published_log():
     def find(name):
         path = find_published_log(name)
         if path is None:
-            pytest.skip(f"{MISSING_DATA}: {name} in neither {SHARED_DIR / 'reference-logs'} nor "
-                        f"{ROOT / 'results4comparison' / 'published'}")
+            pytest.skip(f"{MISSING_DATA}: {name} in none of {', '.join(str(d) for d in log_dirs())}; "
+                        f"run: {fetch_log_command(name)}")
         return path
     return find
 
 
-@pytest.fixture
-def shared_dir():
-    """Path of ../shared, for the few tests that need files only it holds (the GroupLens originals);
-    skips the test when it is not there."""
-    if not (SHARED_DIR / "datasets").is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DIR}")
-    return SHARED_DIR
+# What makes a skipped test run, by a phrase of its skip reason (the first that matches wins).
+SKIP_ADVICE = (
+    ("CUDA GPU is present", "runs where no CUDA GPU is visible"),
+    ("CUDA", "needs a CUDA GPU"),
+    ("root", "running as root: file permissions cannot be tested; run the tests as another user"),
+    ("/dev/full", "needs /dev/full (Linux)"),
+    ("/proc", "needs /proc (Linux)"),
+    ("could not import 'ray'", "pip install -r requirements-ray.txt"),
+)
+
+
+def skip_reason(report):
+    """The reason text of a skipped test's report."""
+    if isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2]).removeprefix("Skipped: ")
+    return str(report.longrepr)
+
+
+def skip_summary(reasons):
+    """Lines grouping skip reasons (count, reason, what would make them run), most frequent first."""
+    groups = Counter()
+    for reason in reasons:
+        if MISSING_DATA in reason and "; run: " in reason:
+            # Missing-data reasons differ in the files named: grouped by the command that provides them.
+            command = reason.rpartition("; run: ")[2]
+            where = "$REFINE_LOG_DIR" if "compare.py" in command else "$REFINE_DATA_DIR"
+            key = (MISSING_DATA, f"{command} (or set {where})")
+        else:
+            key = (reason, next((text for phrase, text in SKIP_ADVICE if phrase in reason), None))
+        groups[key] += 1
+    lines = []
+    for (reason, advice), count in groups.most_common():
+        lines.append(f"{count} skipped: {reason}" + (f" -> {advice}" if advice else ""))
+    return lines
 
 
 def pytest_terminal_summary(terminalreporter):
-    """One line on the tests that skipped for want of published data, and the command that fixes it."""
-    missing = [report for report in terminalreporter.stats.get("skipped", [])
-               if MISSING_DATA in str(report.longrepr)]
-    if missing:
-        terminalreporter.write_line(
-            f"{len(missing)} tests skipped: the published ML-100K splits or logs were not found; "
-            f"`{GET_DATA}` (into dataset/, or $REFINE_DATA_DIR) makes them run")
+    """Every skip reason with its count and what would make those tests run."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if skipped:
+        terminalreporter.write_sep("-", f"{len(skipped)} skipped tests, by reason")
+        for line in skip_summary(skip_reason(report) for report in skipped):
+            terminalreporter.write_line(line)
 
 
 class LocalHTTPServer:

@@ -9,6 +9,7 @@ import http.server
 import io
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -25,7 +26,7 @@ import catalog
 import dataloader
 import download
 import preprocess
-from conftest import LocalHTTPServer
+from conftest import ML100K_RAW, LocalHTTPServer, find_data_dir
 from catalog import ITEM, RATING, USER
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -301,8 +302,11 @@ def month_numbers(text):
     return text
 
 
-def test_grouplens_conversion_matches_recbole_files(shared_dir, tmp_path, capsys):
-    source = shared_dir / "datasets" / "ML-100K"
+def test_grouplens_conversion_matches_recbole_files(tmp_path, capsys):
+    """Needs the GroupLens originals beside the RecBole files: ML-100K/grouplens/u.data and u.item in
+    $REFINE_DATA_DIR or dataset/ (a copy of the GroupLens archive's files)."""
+    source = find_data_dir("ML-100K", ("grouplens/u.data", "grouplens/u.item") + ML100K_RAW,
+                           how="copy u.data and u.item of the GroupLens ml-100k archive into ML-100K/grouplens/") / "ML-100K"
     folder = tmp_path / "ML-100K"
     folder.mkdir()
     for name in ("u.data", "u.item"):
@@ -664,8 +668,18 @@ def test_refined_unreachable_falls_back_to_raw_files_and_preprocess(ml100k_with_
                            f"LLM-refined train split could not be fetched (cannot reach ")
     assert f"python dataloader.py download ML-100K --refined --data_dir {data_dir}\n" in note
     assert f"python refine_llm.py run ML-100K --data_dir {data_dir}\n" in note
-    assert note.endswith(f"python main.py --dataset ML-100K --data_dir {data_dir} --dataset_augment 0\n")
-    assert "ReFINe_plus/blob/main/dataset/ML-100K/ML-100K_train_augment.csv" in note
+    command = f"python main.py --dataset ML-100K --data_dir {data_dir} --r 100 --dataset_augment 0 --threads 1 " \
+              f"--path_name refine_original"
+    assert note.endswith(f"    {command}\n")
+    # the file itself (raw), not its GitHub page
+    assert ("save https://raw.githubusercontent.com/Chanwoo-Jeong-2000/ReFINe_plus/main/dataset/ML-100K/"
+            f"ML-100K_train_augment.csv into {folder}/") in note
+    # the printed training command runs as printed (one epoch, on the CPU) on the splits just built
+    script, *flags = shlex.split(command)[1:]  # python main.py FLAGS: main.py of this repository, from tmp_path
+    trained = subprocess.run([sys.executable, str(ROOT / script), *flags, "--epochs", "1", "--device", "cpu"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr
+    assert "Final Test Results" in trained.stdout and (tmp_path / "result/ML-100K/refine_original.out").is_file()
     # a rerun (still offline) checks what is there, rebuilds nothing and names the same gap
     before = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
     rerun = subprocess.run(process.args, capture_output=True, text=True, timeout=300)
@@ -922,7 +936,8 @@ def test_missing_augment_split_suggests_the_original_split(tmp_path):
     message = catalog.missing_split_message(tmp_path, "ML-1M")
     assert message.startswith(f"missing {tmp_path}/ML-1M/ML-1M_train_augment.csv: ")
     assert re.findall(r"`([^`]*)`", message) == [
-        f"python main.py --dataset ML-1M --data_dir {tmp_path} --dataset_augment 0",
+        f"python main.py --dataset ML-1M --data_dir {tmp_path} --r 250 --dataset_augment 0 --threads 1 "
+        "--path_name refine_original",
         f"python refine_llm.py run ML-1M --data_dir {tmp_path}",
         f"python dataloader.py download ML-1M --refined --data_dir {tmp_path}"]
 

@@ -14,6 +14,7 @@ import catalog
 import compare
 import dataloader
 import download
+from conftest import find_published_log
 from test_data_prep import FixtureServer, closed_port
 
 
@@ -27,11 +28,12 @@ def tiny_log(dataset, recall):
 
 
 @pytest.fixture
-def published(tmp_path, monkeypatch, shared_dir_or_none):
+def published(tmp_path, monkeypatch):
     """The two ML-1M logs served at <base>/ReFINe/... and <base>/ReFINe_plus/...; the cache in tmp_path.
-    The ReFINe log is the real one where ../shared has it (its published sha256 is then checked as is)."""
+    The ReFINe log is the real one where $REFINE_LOG_DIR or results4comparison/published/ has it (its
+    published sha256 is then checked as is)."""
+    real = find_published_log("ReFINe_ML-1M.out")
     monkeypatch.setattr(download, "PUBLISHED_DIR", tmp_path / "published")
-    real = shared_dir_or_none and shared_dir_or_none / "reference-logs" / "ReFINe_ML-1M.out"
     bodies = {"ReFINe_ML-1M.out": real.read_bytes() if real and real.is_file() else tiny_log("ML-1M", 0.3053),
               "ML-1M.log": tiny_log("ML-1M", 0.3111)}
     for name, body in bodies.items():
@@ -44,16 +46,10 @@ def published(tmp_path, monkeypatch, shared_dir_or_none):
         yield server, bodies
 
 
-@pytest.fixture
-def shared_dir_or_none():
-    from conftest import SHARED_DIR
-    return SHARED_DIR if SHARED_DIR.is_dir() else None
-
-
-def test_real_reference_logs_have_the_published_sha256(shared_dir):
-    for name in ("ReFINe_ML-100K.out", "ReFINe_ML-1M.out", "ReFINe_Netflix-1M.out"):
-        body = (shared_dir / "reference-logs" / name).read_bytes()
-        assert hashlib.sha256(body).hexdigest() == catalog.PUBLISHED_LOG_SHA256[name]
+@pytest.mark.parametrize("name", ["ReFINe_ML-100K.out", "ReFINe_ML-1M.out", "ReFINe_Netflix-1M.out"])
+def test_real_reference_logs_have_the_published_sha256(published_log, name):
+    body = published_log(name).read_bytes()
+    assert hashlib.sha256(body).hexdigest() == catalog.PUBLISHED_LOG_SHA256[name]
 
 
 def test_compare_fetches_checks_and_caches_both_logs(published, capsys):
@@ -108,6 +104,7 @@ def test_unreachable_is_one_line_naming_the_url_and_the_place(tmp_path, monkeypa
     assert err.count("\n") == 1 and err.startswith("error: cannot reach")
     assert f"fetch {base}/ReFINe_plus/main/results4comparison/ML-1M.log by hand" in err
     assert f"save it as {tmp_path / 'published' / 'ML-1M.log'}" in err
+    assert f"mkdir -p {tmp_path / 'published'})" in err  # the folder is not there yet: the fix says to make it
 
 
 def test_unknown_published_name_lists_the_known_ones(capsys):
@@ -143,6 +140,11 @@ def test_download_without_the_logs_is_a_note_not_a_failure(tmp_path, monkeypatch
     assert code == 0
     assert err.count("\n") == 1 and "note: the published logs published:ML-1M, published-plus:ML-1M are not" in err
     assert "by hand" in err and not download.PUBLISHED_DIR.exists()
+    # each log with its own URL and place, and the command that makes the place
+    base = "/ReFINe/main/results4comparison/ReFINe_ML-1M.out", "/ReFINe_plus/main/results4comparison/ML-1M.log"
+    for url, name in zip(base, ("ReFINe_ML-1M.out", "ML-1M.log")):
+        assert f"{url} by hand and save it as {download.PUBLISHED_DIR / name}" in err
+    assert err.count(f"mkdir -p {download.PUBLISHED_DIR}") == 2 and "the same for the other" not in err
 
 
 def test_compare_script_unreachable_is_one_line_and_leaves_nothing(tmp_path):

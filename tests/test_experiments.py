@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -574,6 +575,53 @@ def test_missing_split_files_stop_the_sweep_before_any_run(toy_data, tmp_path):
     assert result.stderr.count("\n") == 1 and not out.exists()
 
 
+def original_ratings_only(data_dir):
+    """The toy data as `download --refined` leaves it offline: the original train split, no augment file."""
+    (data_dir / "TOY/TOY_train_augment.csv").rename(data_dir / "TOY/TOY_train_original.csv")
+    return data_dir
+
+
+def offline_hint(stderr):
+    """The sweep command that the missing-augment-file error suggests (between backquotes)."""
+    assert "or sweep the configs that need no LLM-refined file now: `" in stderr, stderr
+    return stderr.rpartition("now: `")[2].rpartition("`")[0]
+
+
+def test_missing_augment_file_suggests_the_sweep_on_the_original_ratings(toy_data, tmp_path, capsys):
+    """The default sweep without the LLM-refined file names it and the sweep that needs no such file."""
+    data_dir, out = original_ratings_only(toy_data), tmp_path / "out"
+    assert experiments.main(["--dataset", "TOY", "--out", str(out), "--seeds", "1", "--", "--data_dir",
+                             str(data_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: config lightgcn-augment: missing {data_dir / 'TOY/TOY_train_augment.csv'}: ")
+    assert "python main.py --dataset TOY" in err and not out.exists()
+    hint = offline_hint(err)
+    assert hint == (f"python experiments.py --dataset TOY --out {out} --seeds 1 --configs lightgcn-original "
+                    f'--config refine-original="--dataset_augment 0" -- --data_dir {data_dir}')
+    options = experiments.parse_args(shlex.split(hint)[2:])
+    assert options.extra_flags == ["--data_dir", str(data_dir)]
+    # without the original split either, no such sweep is offered
+    (data_dir / "TOY/TOY_train_original.csv").unlink()
+    assert experiments.main(["--dataset", "TOY", "--out", str(out), "--seeds", "1", "--", "--data_dir",
+                             str(data_dir)]) == 2
+    assert "need no LLM-refined file" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_suggested_offline_sweep_runs_as_printed(toy_data, tmp_path):
+    data_dir, out = original_ratings_only(toy_data), tmp_path / "out"
+    refused = run_sweep([sys.executable, str(ROOT / "experiments.py"), "--dataset", "TOY", "--out", str(out),
+                         "--seeds", "1", "--", "--data_dir", str(data_dir)], tmp_path)
+    assert refused.returncode == 2
+    script, *argv = shlex.split(offline_hint(refused.stderr))[1:]
+    split = argv.index("--")  # runs on the CPU (experiments.py's own flag), one epoch each (to every run)
+    argv = argv[:split] + ["--devices", "cpu"] + argv[split:] + ["--epochs", "1", *TINY]
+    result = run_sweep([sys.executable, str(ROOT / script), *argv], tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert [entry["name"] for entry in summary["configs"]] == ["lightgcn-original", "refine-original"]
+
+
 def test_seed_placeholder_is_each_runs_seed_and_the_manifest_keeps_it(toy_data, tmp_path):
     import shutil
 
@@ -729,15 +777,12 @@ def test_per_user_ids_with_commas_read_back_equal(tmp_path):
 
 def test_per_user_ids_round_trip_through_main_py(tmp_path):
     """main.write_per_user_metrics writes, report.read_per_user reads: equal, ids with commas included."""
-    import inspect
     from types import SimpleNamespace
 
     import torch
 
     import main
 
-    if "csv" not in inspect.getsource(main.write_per_user_metrics):
-        pytest.skip("main.py writes per-user ids without the csv module (fixed on the core branch)")
     ids = np.array(["u,1", 'u"2', "u3", "plain"], dtype=object)
     users = torch.tensor([2, 0, 1])
     values = torch.tensor([[0.1, 0.2, 0.3], [0.25, 0.5, 0.75], [1 / 3, 2 / 3, 1.0]])  # metric x user

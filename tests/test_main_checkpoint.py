@@ -253,6 +253,49 @@ def test_a_second_process_on_the_same_run_is_refused_until_the_first_ends(toy, t
     assert not lock.exists()
 
 
+def test_a_second_run_is_refused_before_the_slow_imports(toy, tmp_path):
+    """The script checks the lock with the flags: refused even by a Python without torch (-S: no
+    site-packages), so before torch loads; without the lock held, that Python gets the one line that
+    says to activate the virtual environment instead of a traceback."""
+    lock = tmp_path / "result/TOY/nothing.lock"
+    lock.parent.mkdir(parents=True)
+    script = [sys.executable, "-S", str(ROOT / "main.py"), *toy, "--epochs", "1"]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); import checkpoint, pathlib\n"
+                               f"with checkpoint.run_lock(pathlib.Path({str(lock)!r})):\n"
+                               f"    print('locked', flush=True); time.sleep(300)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        refused = subprocess.run(script, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and refused.stdout == ""
+        assert_one_error_line(refused.stderr, f"another main.py (pid {holder.pid}) is writing this run", "--path_name")
+    finally:
+        holder.kill()
+        holder.wait()
+    no_torch = subprocess.run(script, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert no_torch.returncode == 2 and no_torch.stdout == ""
+    assert_one_error_line(no_torch.stderr, "torch", "not installed", "activate the virtual environment: "
+                          "source .venv/bin/activate")
+    assert lock.exists() and not (tmp_path / "result/TOY/nothing.out").exists()
+
+
+def test_the_early_probe_never_refuses_the_run_that_takes_the_lock(tmp_path):
+    """cli.check_run_lock holds a shared lock for a moment; run_lock waits that moment out."""
+    import fcntl
+    import os
+    import threading
+
+    lock = tmp_path / "run.lock"
+    lock.write_text("")
+    fd = os.open(lock, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # a probe, caught in the middle
+    threading.Timer(0.1, os.close, [fd]).start()
+    with checkpoint.run_lock(lock):
+        assert lock.read_text() == f"{os.getpid()}\n"
+    assert not lock.exists()
+
+
 # --- Per-user test metrics with string ids ----------------------------------------------------------------
 
 def test_per_user_metrics_with_commas_and_quotes_in_ids_read_back_equal(tmp_path, capsys, monkeypatch):
