@@ -160,10 +160,13 @@ def _silence_stdout() -> None:
 def run_script(body, stop: Stop) -> int:
     """Run `body()` and turn how it ends into an exit code: its return value (None is 0), or 2 with
     one line on stderr for bad input, a stop, or an OS error the user's environment caused."""
-    stdout, sys.stdout = sys.stdout, _NamedStdout(sys.stdout)
+    stdout = sys.stdout
+    if stdout is not None:  # None: stdout closed (`>&-`), which main.py runs without (its log file alone)
+        sys.stdout = _NamedStdout(stdout)
     try:
         code = body() or 0
-        sys.stdout.flush()  # here, where a failed write is one line, not in Python's flush at exit
+        if sys.stdout is not None:
+            sys.stdout.flush()  # here, where a failed write is one line, not in Python's flush at exit
         if not stop_requested:
             return code
         print(stop.line(), file=sys.stderr)  # a stop swallowed after the last check is a stop all the same
