@@ -24,13 +24,16 @@ ray = pytest.importorskip("ray")
 
 
 EPOCHS = 60
+# The stop test's runs: long enough that neither can finish between its first saved state and the
+# stop reaching it, even on a loaded machine (60 epochs did, once, under load).
+STOP_EPOCHS = 1000
 
 
-def sweep_command(data, out, address, *extra, seeds=("2024", "2025")):
-    """Runs of EPOCHS epochs without early stopping: long enough to be stopped in flight."""
+def sweep_command(data, out, address, *extra, seeds=("2024", "2025"), epochs=EPOCHS):
+    """Runs of `epochs` epochs without early stopping: long enough to be stopped in flight."""
     return [sys.executable, str(ROOT / "experiments.py"), "--dataset", "TOY", "--configs", "refine", "--seeds",
             *seeds, "--out", str(out), "--executor", "ray", "--ray_address", address, *extra,
-            "--", "--data_dir", str(data), "--epochs", str(EPOCHS), "--early_stopping_step", str(EPOCHS)] + TINY
+            "--", "--data_dir", str(data), "--epochs", str(epochs), "--early_stopping_step", str(epochs)] + TINY
 
 
 # --- the address: one line within --ray_timeout, never a hang ----------------------------------------
@@ -108,7 +111,7 @@ def test_a_stop_reaches_each_run_through_its_own_stop_path(cluster, tmp_path, st
     data = tmp_path / "data"
     write_synthetic_dataset(data, "TOY", num_users=30, num_items=40)
     out = tmp_path / "out"
-    command = sweep_command(data, "out", cluster.address)  # relative: resolved in the driver, not the worker
+    command = sweep_command(data, "out", cluster.address, epochs=STOP_EPOCHS)  # relative --out: resolved in the driver
     driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               preexec_fn=ctrl_c_enabled)
     try:
@@ -135,7 +138,7 @@ def test_a_stop_reaches_each_run_through_its_own_stop_path(cluster, tmp_path, st
     assert rerun.returncode == 0, rerun.stderr
     for seed, record in records(out).items():
         assert record["resumed"] is True and record["command"][-1] == "--resume", seed
-        assert (out / "refine" / seed / "run.out").read_text().count("\nEpoch: ") == EPOCHS
+        assert (out / "refine" / seed / "run.out").read_text().count("\nEpoch: ") == STOP_EPOCHS
 
 
 @pytest.mark.slow
