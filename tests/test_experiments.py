@@ -509,9 +509,11 @@ def test_interrupted_sweep_completes_on_rerun(toy_data, tmp_path, stop):
     command[command.index("--seeds") + 1] = "1"
     driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        state = out / "refine/seed2024/run.last.pt"
+        state, log = out / "refine/seed2024/run.last.pt", out / "refine/seed2024/run.out"
         deadline = time.time() + 300
-        while not state.exists() and time.time() < deadline:
+        # main.py writes an epoch's state, then its log lines: wait for both, or a stop in between finds
+        # a state and no log file yet (the rerun is fine; this test reads the log before it).
+        while not (state.exists() and log.exists()) and time.time() < deadline:
             time.sleep(0.05)
         (run,) = children_of(driver.pid)  # main.py, started by the driver we started
         if stop == "kill the run":
