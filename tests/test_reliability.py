@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, write_synthetic_dataset
+from conftest import ROOT, LocalHTTPServer, write_synthetic_dataset
 from test_main import SMALL
 
 PY = sys.executable
@@ -113,13 +113,12 @@ def test_compare_never_prints_the_password_of_the_published_url(tmp_path):
 
 # --- downloads: write errors, redirect loops, endless answers, two fetches of one file -----------------
 
-class Server:
+class Server(LocalHTTPServer):
     """A threading HTTP server on 127.0.0.1: `routes` {path: (kind, bytes)}; kinds: file (sent in
     slow chunks when `slow`), loop (a redirect to itself), endless (bytes without end, no length)."""
 
     def __init__(self, routes, slow=0.0):
         import http.server
-        import threading
 
         server = self
 
@@ -152,17 +151,7 @@ class Server:
                     self.send_error(404)
 
         self.routes, self.slow = routes, slow
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler, path="")
 
 
 def download_refined(data, server, *flags):
