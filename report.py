@@ -195,10 +195,9 @@ def compare_runs(runs, baseline_runs, metric, margin, paired):
     """significance.compare of two configs' runs on one metric; paired: only the seeds both finished,
     matched by seed."""
     if paired:
-        seeds = sorted({run.seed for run in runs} & {run.seed for run in baseline_runs})
-        runs = [run for run in runs if run.seed in seeds]
-        baseline_runs = sorted((run for run in baseline_runs if run.seed in seeds), key=lambda run: run.seed)
-        runs = sorted(runs, key=lambda run: run.seed)
+        seeds = {run.seed for run in runs} & {run.seed for run in baseline_runs}
+        runs, baseline_runs = ([run for run in sorted(group, key=lambda run: run.seed) if run.seed in seeds]
+                               for group in (runs, baseline_runs))
     x = [run.test[metric] for run in runs]
     y = [run.test[metric] for run in baseline_runs]
     if not x or not y:
@@ -281,10 +280,6 @@ def summarize(out: Path, baseline=None, k=20, collected=None, margin=significanc
     for entry, metric, result in family:
         entry["vs_baseline"]["by_metric"][metric] = {"test": summary["test"], **dataclasses.asdict(result)}
     return summary
-
-
-def stats_mean(runs, metric) -> float:
-    return sum(run.test[metric] for run in runs) / len(runs)
 
 
 def _num(value, digits=4) -> str:
