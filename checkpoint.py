@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from cli import lock_held_message, split_files
-from download import sha256_of
-from utils import InputError, atomic_write
+from utils import InputError, atomic_write, sha256_of
 
 STATE_KIND = "main.py training state v2"  # v1 (no kind, numpy arrays inside) predates the data fingerprint
 

@@ -27,7 +27,7 @@ from catalog import (DATASETS, EXPECTED_SHA256, EXPECTED_SIZE, GENRES_PAGE, GROU
                      MOVIE_TITLES_PAGE, NETFLIX_GENRES, NETFLIX_TITLES, PUBLISHED_LOG_SHA256, PUBLISHED_URL, RATING,
                      RAW_SOURCES, RECBOLE_WHEEL, REFINED_PAGE, REFINED_SPLITS, REFINED_URL, SPLITS, USER,
                      original_ratings_command, published_log_url, published_logs, split_path)
-from utils import InputError, atomic_write, check_output_path, regular_file
+from utils import InputError, atomic_write, check_output_path, regular_file, sha256_of
 
 # GroupLens u.genre, in flag order (u.item carries 19 0/1 genre flags).
 ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
@@ -37,14 +37,6 @@ ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "C
 
 # ----------------------------------------------------------------------------------------------
 # Download
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 class DownloadError(InputError):
     """A download that failed on the network side (the user may retry or fetch by hand)."""

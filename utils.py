@@ -1,9 +1,10 @@
-"""Shared helpers: user-facing errors and command lines, atomic file writes, the run's log file, early stopping.
+"""Shared helpers: user-facing errors and command lines, atomic writes, file hashes, the run log, early stopping.
 
     python -c "import utils"   # imported by main.py, dataloader.py, refine_llm.py
 """
 import argparse
 import contextlib
+import hashlib
 import io
 import os
 import tempfile
@@ -149,6 +150,15 @@ def regular_file(path, missing: str, fix: str = "give the file itself") -> Path:
     if path.exists():
         raise InputError(f"{path} is a special file (a device, pipe or socket), not a regular file: {fix}")
     raise InputError(missing)
+
+
+def sha256_of(path) -> str:
+    """The file's sha256 as hex, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def check_output_path(path, what="output"):
