@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from catalog import SPLIT_IN_THE_WAY, default_data_dir
+from run_files import RunPaths
 from utils import ArgumentParser, HelpFormatter, InputError, regular_file
 
 EPILOG = """\
@@ -219,12 +220,6 @@ def check_splits(args) -> None:
         regular_file(path, f"missing {path}", SPLIT_IN_THE_WAY)
 
 
-def lock_path(args) -> Path:
-    """The run's lock file (main.RunPaths.lock): result/<dataset>/<path_name>.lock, or in --result_dir."""
-    folder = Path(args.result_dir) if args.result_dir else Path("result") / args.dataset
-    return folder / f"{args.path_name}.lock"
-
-
 def lock_held_message(path, holder) -> str:
     """What a second main.py of the same run says (checkpoint.run_lock, and the check before the imports)."""
     return (f"another main.py (pid {holder or 'unknown'}) is writing this run ({path} is locked): wait for it "
@@ -268,7 +263,7 @@ def parse_before_imports() -> None:
         args = parser.parse_args()
         check_flags(args)
         check_splits(args)
-        check_run_lock(lock_path(args))
+        check_run_lock(RunPaths.of(args).lock)
     except InputError as exc:
         parser.exit(2, f"error: {exc}\n")
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored (nohup)

@@ -27,7 +27,8 @@ import report
 import significance
 import sweep
 from llm.relabel_rules import FRESH_SETS, NON_LLM_RULES, RELABEL_DIR, RELABEL_SETS, relabel_set
-from sweep import MANIFEST, OWN_FLAGS, SEED_PLACEHOLDER
+from run_files import MANIFEST
+from sweep import OWN_FLAGS, SEED_PLACEHOLDER
 from utils import ArgumentParser, HelpFormatter, InputError
 
 FIRST_SEED = 2024  # seed 2024 first: it is the published run's seed

@@ -25,8 +25,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -37,6 +35,7 @@ import devices
 import entry
 import metrics
 from cli import build_parser, check_flags, check_splits, split_files
+from run_files import RunPaths
 from training import build_model
 from utils import (EarlyStopping, InputError, RunLog, atomic_write, check_output_path, format_metrics,
                    metrics_by_k, set_seed)
@@ -167,30 +166,6 @@ def to_json(obj, what: str, **kwargs) -> str:
         return json.dumps(obj, allow_nan=False, **kwargs)
     except ValueError:
         raise InputError(f"{what}: a value is NaN or infinite, which JSON cannot hold") from None
-
-
-@dataclass
-class RunPaths:
-    """The run's files: result/<dataset>/<path_name>.*, or inside --result_dir (docs/training.md, Outputs)."""
-
-    checkpoint: Path      # the best model
-    state: Path           # the training state after the last finished epoch, for --resume
-    test: Path            # the final test metrics (JSON)
-    test_users: Path      # each test user's metrics (CSV)
-    log: Path             # what stdout shows
-    lock: Path            # held while the run writes: one process per run
-    not_early_stop: Path  # the last model, when early stopping did not trigger
-
-    @classmethod
-    def of(cls, args) -> "RunPaths":
-        folder = Path(args.result_dir) if args.result_dir else Path("result") / args.dataset
-        named = (folder / f"{args.path_name}{suffix}" for suffix in (".pt", ".last.pt", ".test.json",
-                                                                     ".test_users.csv", ".out", ".lock"))
-        # Published name and place, beside (not inside) result/<dataset>; inside a given --result_dir.
-        return cls(*named, (folder if args.result_dir else Path("result")) / f"{args.dataset}_not_early_stop.pt")
-
-    def outputs(self) -> list[Path]:
-        return [self.checkpoint, self.state, self.test, self.test_users, self.log, self.lock, self.not_early_stop]
 
 
 def resume_advice(paths: RunPaths, phase: str, epoch: int = 0, resuming: bool = False,

@@ -16,7 +16,6 @@ import argparse
 import csv
 import json
 import math
-import re
 import sys
 import dataclasses
 from dataclasses import dataclass, field
@@ -24,8 +23,8 @@ from pathlib import Path
 
 import compare
 import significance
-from sweep import MANIFEST, METRICS, read_manifest, run_status
-from utils import InputError, atomic_write
+from run_files import MANIFEST, RunPaths, read_manifest, run_status, seed_folders
+from utils import METRICS, InputError, atomic_write
 
 MIN_SEEDS = 5  # fewer seeds than this: the tables mark the count and the test over seeds with FEW
 FEW = "†"
@@ -115,17 +114,18 @@ def read_per_user(path: Path, k: int | None = None) -> dict:
     return per_user
 
 
-def read_run(out: Path, config: str, folder: Path, k: int) -> RunResult:
+def read_run(out: Path, folder: Path, seed: int, k: int) -> RunResult:
     """One finished run's files, each read once; DamagedRun names the first unusable one."""
-    test = read_test(folder / "run.test.json", k)
+    paths = RunPaths.in_sweep(folder)
+    test = read_test(paths.test, k)
     try:
-        log = compare.parse_log(folder / "run.out")  # the validation curve, and older runs' training time
+        log = compare.parse_log(paths.log)  # the validation curve, and older runs' training time
     except InputError as exc:
-        raise DamagedRun(folder / "run.out", str(exc).partition(": ")[2] or str(exc)) from None
+        raise DamagedRun(paths.log, str(exc).partition(": ")[2] or str(exc)) from None
     train_seconds = test.get("train_seconds", log.training_seconds)
-    per_user = read_per_user(folder / "run.test_users.csv", k)
+    per_user = read_per_user(paths.test_users, k)
     curve = [(record.epoch, record.metrics[k][1]) for record in log.epochs if k in record.metrics]
-    return RunResult(seed=int(folder.name[len("seed"):]), log=str((folder / "run.out").relative_to(out)),
+    return RunResult(seed=seed, log=str(paths.log.relative_to(out)),
                      best_epoch=test["best_epoch"], train_seconds=train_seconds,
                      test={metric: test["test"][str(k)][metric] for metric in METRICS},
                      per_user=per_user, curve=curve)
@@ -144,15 +144,13 @@ def collect(out: Path, k: int) -> Collected:
     manifest = read_manifest(out)
     configs, left_out = [], []
     for entry in manifest["configs"]:
-        folders = sorted((folder for folder in (out / entry["name"]).glob("seed*")
-                          if re.fullmatch(r"seed-?\d+", folder.name) and run_status(folder) == "done"),
-                         key=lambda folder: int(folder.name[len("seed"):]))
         runs = []
-        for folder in folders:
+        for seed, folder in seed_folders(out / entry["name"]).items():
+            if run_status(folder) != "done":
+                continue
             try:
-                runs.append(read_run(out, entry["name"], folder, k))
+                runs.append(read_run(out, folder, seed, k))
             except DamagedRun as damage:
-                seed = int(folder.name[len("seed"):])
                 print(f"warning: {damage}; {entry['name']} seed {seed} is left out of the report", file=sys.stderr)
                 left_out.append({"config": entry["name"], "seed": seed, "file": str(damage.path.relative_to(out)),
                                  "reason": damage.reason})

@@ -3,8 +3,8 @@ run by a local pool or by Ray, resumed after a stop, each failure reported.
 
     python experiments.py --dataset ML-100K --seeds 5 --jobs 2 --out results/ML-100K   # the command
 
-Layout of OUT: experiments.json (the manifest: the dataset and each config's full main.py flags,
-`{seed}` placeholders as given), and per run OUT/<config>/seed<S>/: run.out (the log),
+Layout of OUT (names in run_files.py): experiments.json (the manifest: the dataset and each config's full
+main.py flags, `{seed}` placeholders as given), and per run OUT/<config>/seed<S>/: run.out (the log),
 run.test.json (its presence marks a finished run), run.test_users.csv (per-user test metrics),
 run.pt and run.last.pt (checkpoints), run.err (stderr) and run.json (how it was started, `{seed}`
 filled in). A run with only run.last.pt continues with `--resume`.
@@ -25,18 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from catalog import PUBLISHED_R
+from run_files import SWEEP_PATH_NAME, RunPaths, merged_manifest, run_status, seed_folder, write_manifest
 from utils import InputError, atomic_write
 
 ROOT = Path(__file__).resolve().parent
 MAIN = ROOT / "main.py"
-MANIFEST = "experiments.json"
 
 
 # main.py flags that the sweep sets itself for every run.
 OWN_FLAGS = ("--random_seed", "--path_name", "--result_dir", "--device", "--resume")
 # In a config's flags, replaced by each run's seed (a data folder drawn anew per seed); the manifest keeps it.
 SEED_PLACEHOLDER = "{seed}"
-METRICS = ("precision", "recall", "ndcg")
 
 
 def with_seed(flags, seed) -> list:
@@ -58,63 +57,9 @@ class Run:
         return f"{self.config} seed {self.seed}"
 
     def main_argv(self, device: str) -> list:
-        argv = self.flags + ["--random_seed", str(self.seed), "--path_name", "run",
+        argv = self.flags + ["--random_seed", str(self.seed), "--path_name", SWEEP_PATH_NAME,
                              "--result_dir", str(self.folder), "--device", device]
         return argv + (["--resume"] if self.status == "partial" else [])
-
-
-def run_status(folder: Path) -> str:
-    if (folder / "run.test.json").is_file():
-        return "done"
-    return "partial" if (folder / "run.last.pt").is_file() else "new"
-
-
-def update_manifest(out: Path, dataset: str, configs) -> None:
-    """Record each config's flags in OUT/experiments.json; a config rerun with other flags is refused."""
-    write_manifest(out, merged_manifest(out, dataset, configs))
-
-
-def write_manifest(out: Path, manifest: dict) -> None:
-    with atomic_write(out / MANIFEST) as handle:
-        json.dump(manifest, handle, indent=1)
-
-
-def merged_manifest(out: Path, dataset: str, configs) -> dict:
-    """OUT's manifest with `configs` added; InputError for another dataset or a config name with other flags."""
-    path = out / MANIFEST
-    manifest = read_manifest(out) if path.exists() else {"dataset": dataset, "configs": []}
-    if manifest["dataset"] != dataset:
-        raise InputError(f"{path}: this folder holds a {manifest['dataset']} sweep; use another --out for {dataset}")
-    known = {entry["name"]: entry["flags"] for entry in manifest["configs"]}
-    for name, flags in configs:
-        if name in known and known[name] != flags:
-            raise InputError(f"{path}: config {name} ran with flags {shlex.join(known[name])!r}, now "
-                             f"{shlex.join(flags)!r}; use another --out or another config name")
-        if name not in known:
-            manifest["configs"].append({"name": name, "flags": flags})
-    return manifest
-
-
-def read_manifest(out: Path) -> dict:
-    path = out / MANIFEST
-    if not path.is_file():
-        raise InputError(f"{path}: no sweep manifest here; give the OUT folder of an experiments.py sweep")
-    try:
-        manifest = json.loads(path.read_text())
-    except ValueError:
-        manifest = None
-    if not valid_manifest(manifest):
-        raise InputError(f"{path}: not a valid sweep manifest (written by experiments.py)")
-    return manifest
-
-
-def valid_manifest(manifest) -> bool:
-    """{"dataset": str, "configs": [{"name": str, "flags": [str, ...]}, ...]}, as update_manifest writes it."""
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("dataset"), str) \
-            or not isinstance(manifest.get("configs"), list):
-        return False
-    return all(isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("flags"), list)
-               and all(isinstance(flag, str) for flag in entry["flags"]) for entry in manifest["configs"])
 
 
 def plan_runs(out: Path, dataset: str, configs, seeds, extra_flags, made_later=None):
@@ -131,7 +76,7 @@ def plan_runs(out: Path, dataset: str, configs, seeds, extra_flags, made_later=N
     runs = []
     for name, flags in configs:
         for seed in seeds:
-            folder = out / name / f"seed{seed}"  # as given: the log's "Save:" lines stay short
+            folder = seed_folder(out, name, seed)  # as given: the log's "Save:" lines stay short
             runs.append(Run(name, seed, folder, with_seed(flags, seed), run_status(folder)))
     todo = {(run.config, tuple(run.flags)): None for run in runs
             if run.status != "done" and not (made_later and made_later(run.flags))}
@@ -159,8 +104,8 @@ def last_line(run: Run) -> str:
     """Why the run failed: why it could not start, else the last non-empty line of its stderr, else of its log."""
     if run.failure:
         return run.failure
-    for name in ("run.err", "run.out"):
-        path = run.folder / name
+    paths = RunPaths.in_sweep(run.folder)
+    for path in (paths.stderr, paths.log):
         if path.is_file():
             try:
                 lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
@@ -212,9 +157,10 @@ def start_run(command, env, folder, cwd=None, note="") -> subprocess.Popen:
     folder.mkdir(parents=True, exist_ok=True)
     # Written anew by each attempt: an earlier attempt's stop line is not this one's last word. Unlinked
     # first: a run of a lost worker that still writes its stop line writes it into the old file.
+    stderr = RunPaths.in_sweep(folder).stderr
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(folder / "run.err")
-    with open(folder / "run.err", "w") as err:
+        os.unlink(stderr)
+    with open(stderr, "w") as err:
         err.write(note)
         err.flush()
         return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err,
@@ -248,7 +194,7 @@ def write_run_record(run: Run, command, device, threads, placement=None) -> None
               "resumed": run.status == "partial"}
     if placement is not None and placement.gpu is not None:
         record.update(gpu=placement.name, cuda_visible_devices=placement.gpu)
-    with atomic_write(run.folder / "run.json") as handle:
+    with atomic_write(RunPaths.in_sweep(run.folder).record) as handle:
         json.dump(record, handle, indent=1)
 
 
@@ -362,7 +308,7 @@ class SweepProgressBar:
     def _result(self, run) -> str:
         """' (best epoch E, test Recall@k R)' from run.test.json; the report names a damaged file."""
         try:
-            test = json.loads((run.folder / "run.test.json").read_text())
+            test = json.loads(RunPaths.in_sweep(run.folder).test.read_text())
             return (f" (best epoch {test['best_epoch']}, "
                     f"test Recall@{self.k} {float(test['test'][self.k]['recall']):.4f})")
         except (OSError, ValueError, KeyError, TypeError):
@@ -551,7 +497,7 @@ def _wait_for_ray_runs(ray, futures, progress, token, stopping=False) -> None:
 
 def _started_by(run: Run, token: str) -> bool:
     try:
-        return json.loads((run.folder / "run.json").read_text()).get("sweep") == token
+        return json.loads(RunPaths.in_sweep(run.folder).record.read_text()).get("sweep") == token
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -564,7 +510,7 @@ def _lock_free(folder: Path, timeout=120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            fd = os.open(folder / "run.lock", os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(RunPaths.in_sweep(folder).lock, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
             return  # no lock file: nobody writes
         try:
@@ -583,16 +529,16 @@ def _ray_run(main_path, argv, cwd, folder, record) -> int:
     Python steps, never inside a blocking wait."""
     import socket
 
-    folder = Path(folder)
-    if (folder / "run.test.json").is_file():
+    folder, paths = Path(folder), RunPaths.in_sweep(folder)
+    if paths.test.is_file():
         return 0  # finished by an attempt whose worker was lost just after
     try:
-        previous = json.loads((folder / "run.json").read_text())
+        previous = json.loads(paths.record.read_text())
     except (OSError, ValueError):
         previous = {}
     attempt = previous.get("attempt", 0) + 1 if previous.get("sweep") == record["sweep"] else 1
     _lock_free(folder)
-    resume = (folder / "run.last.pt").is_file()
+    resume = paths.state.is_file()
     command = [sys.executable, main_path] + argv + (["--resume"] if resume else [])
     note = f"attempt {attempt}: the one before was lost with its worker or node\n" if attempt > 1 else ""
     child = start_run(command, run_environment(record["threads"]), folder, cwd=cwd, note=note)
@@ -604,7 +550,7 @@ def _ray_run(main_path, argv, cwd, folder, record) -> int:
             import ray
 
             record["node"] = ray.get_runtime_context().get_node_id()
-        with atomic_write(folder / "run.json") as handle:
+        with atomic_write(paths.record) as handle:
             json.dump(record, handle, indent=1)
         while True:
             try:

@@ -226,6 +226,9 @@ def format_metrics(ks, results) -> str:
     return "\n".join(lines)
 
 
+METRICS = ("precision", "recall", "ndcg")  # their names in a run's JSON and CSV files, in this order
+
+
 def metrics_by_k(ks, results) -> dict:
     """{"k": {"precision": .., "recall": .., "ndcg": ..}}: the metrics block as JSON for tools."""
-    return {str(k): dict(zip(("precision", "recall", "ndcg"), values)) for k, values in zip(ks, results)}
+    return {str(k): dict(zip(METRICS, values)) for k, values in zip(ks, results)}

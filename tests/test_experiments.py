@@ -15,7 +15,9 @@ from scipy import stats
 import compare
 import experiments
 import report
+import run_files
 import sweep
+import utils
 from conftest import ROOT, write_synthetic_dataset
 
 TINY = ["--batch_size", "64", "--top_k", "5", "20", "--r", "5", "--s", "2", "--t", "2",
@@ -32,7 +34,7 @@ def write_fake_run(out, config, seed, test, per_user, curve=((1, 0.1), (2, 0.2))
     folder.mkdir(parents=True)
     (folder / "run.test.json").write_text(json.dumps({
         "best_epoch": seed % 7 + 1, "eval_protocol": "faithful", "train_seconds": 10.0 + seed % 3,
-        "test": {"20": dict(zip(sweep.METRICS, test))}}))
+        "test": {"20": dict(zip(utils.METRICS, test))}}))
     lines = ["user_id,precision@20,recall@20,ndcg@20"] + [f"{user},{p!r},{r!r},{n!r}" for user, (p, r, n) in per_user.items()]
     (folder / "run.test_users.csv").write_text("\n".join(lines) + "\n")
     (folder / "run.out").write_text("".join(
@@ -69,7 +71,7 @@ def test_aggregation_against_independent_computation(fake_sweep):
     t_975_df2 = 4.302652729911275  # Student t table: 97.5% quantile, 2 degrees of freedom
     for entry, config in ((base, "base"), (new, "new")):
         assert entry["seeds"] == 3 and [run["seed"] for run in entry["runs"]] == list(seeds)
-        for index, metric in enumerate(sweep.METRICS):
+        for index, metric in enumerate(utils.METRICS):
             x = np.array([values[config, seed][0][index] for seed in seeds])
             mean, std = x.sum() / 3, math.sqrt(((x - x.sum() / 3) ** 2).sum() / 2)
             assert entry["mean"][metric] == pytest.approx(mean, rel=1e-12)
@@ -118,7 +120,7 @@ def test_committed_sweeps_summaries_equal_what_their_runs_say(folder):
     for entry in committed["configs"]:
         for run in entry["runs"]:
             printed = compare.parse_log(folder / run["log"]).final_test[committed["k"]]
-            assert printed == tuple(float(f"{run['test'][metric]:.4f}") for metric in sweep.METRICS), run["log"]
+            assert printed == tuple(float(f"{run['test'][metric]:.4f}") for metric in utils.METRICS), run["log"]
 
 
 def test_validation_curves_come_from_the_logs(fake_sweep):
@@ -325,7 +327,7 @@ def test_config_names_are_names(tmp_path, configs, message):
 
 def test_a_config_rerun_with_other_flags_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
-    sweep.update_manifest(out, "TOY", [("refine", ["--dataset", "TOY", "--p", "2"])])
+    run_files.write_manifest(out, run_files.merged_manifest(out, "TOY", [("refine", ["--dataset", "TOY", "--p", "2"])]))
     code = experiments.main(["--dataset", "TOY", "--configs", "refine", "--out", str(out), "--seeds", "1"])
     assert code == 2 and "config refine ran with flags" in capsys.readouterr().err
 
@@ -636,7 +638,7 @@ def test_seed_placeholder_is_each_runs_seed_and_the_manifest_keeps_it(toy_data, 
     assert runs[1].main_argv("cpu")[:4] == ["--dataset", "TOY", "--data_dir", str(tmp_path / "d2")]
     assert manifest == {"dataset": "TOY", "configs": [{"name": "c", "flags": ["--dataset", "TOY", "--data_dir", template,
                                                                               "--epochs", "1"]}]}
-    sweep.write_manifest(out, manifest)
+    run_files.write_manifest(out, manifest)
     # a later seed is the same config; its folder is checked as its run will read it
     with pytest.raises(experiments.InputError) as error:
         sweep.plan_runs(out, "TOY", [("c", ["--data_dir", template])], [3], ["--epochs", "1"])
@@ -774,7 +776,7 @@ def test_per_user_ids_with_commas_read_back_equal(tmp_path):
         writer.writerows([user, *map(repr, values)] for user, values in rows.items())
     per_user = report.read_per_user(path)
     assert per_user == {metric: {user: values[i] for user, values in rows.items()}
-                        for i, metric in enumerate(sweep.METRICS)}
+                        for i, metric in enumerate(utils.METRICS)}
 
 
 def test_per_user_ids_round_trip_through_main_py(tmp_path):
@@ -793,7 +795,7 @@ def test_per_user_ids_round_trip_through_main_py(tmp_path):
     main.write_per_user_metrics(path, SimpleNamespace(user_ids=ids), users, per_k, [5, 20])
     per_user = report.read_per_user(path)
     assert per_user == {metric: {ids[user]: values[i, j].item() for j, user in enumerate(users.tolist())}
-                        for i, metric in enumerate(sweep.METRICS)}
+                        for i, metric in enumerate(utils.METRICS)}
 
 
 # ----------------------------------------------------------------------------------------------

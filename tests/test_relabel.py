@@ -19,6 +19,7 @@ import pytest
 import dataloader
 import experiments
 import refine_llm as R
+import run_files
 import sweep
 from llm import relabel_rules
 from conftest import ROOT
@@ -333,7 +334,7 @@ def test_the_committed_relabel_sweep_is_the_whole_preset_with_5_seeds_each():
     test_experiments)."""
     folder = Path(__file__).resolve().parent.parent / "results4comparison" / "ML-100K-relabel"
     summary = json.loads((folder / "summary.json").read_text())
-    manifest = json.loads((folder / sweep.MANIFEST).read_text())
+    manifest = json.loads((folder / run_files.MANIFEST).read_text())
     preset = experiments.PRESETS["relabel"]
     assert sorted(entry["name"] for entry in summary["configs"]) == sorted(preset)
     for entry in manifest["configs"]:
@@ -455,7 +456,7 @@ def test_fresh_draws_are_made_per_run_with_the_runs_seed(tmp_path, monkeypatch, 
         (f"{model}-random-matched-fresh", seed, f"dataset-relabel/random-matched-fresh/seed{seed}")
         for model in ("lightgcn", "refine") for seed in (7, 8)]
     # the manifest keeps the placeholder, so another seed later is the same config
-    manifest = json.loads((out / sweep.MANIFEST).read_text())
+    manifest = json.loads((out / run_files.MANIFEST).read_text())
     assert [entry["flags"][-2:] for entry in manifest["configs"]] == [
         ["--data_dir", "dataset-relabel/random-matched-fresh/seed{seed}"]] * 2
     shutil.rmtree(fresh / "seed7")  # the same seed again: the same file
@@ -487,7 +488,7 @@ def test_a_real_sweep_trains_each_seed_on_its_own_fresh_draw(tmp_path):
         command_run = json.loads((run / "run.json").read_text())["command"]
         assert command_run[command_run.index("--data_dir") + 1] == folder
         assert (run / "run.test.json").is_file() and f"data_dir: {folder}\n" in (run / "run.out").read_text()
-    manifest = json.loads((out / sweep.MANIFEST).read_text())
+    manifest = json.loads((out / run_files.MANIFEST).read_text())
     assert "dataset-relabel/random-matched-fresh/seed{seed}" in manifest["configs"][0]["flags"]
     summary = json.loads((out / "summary.json").read_text())  # the report reads the templated manifest
     assert [run["seed"] for run in summary["configs"][0]["runs"]] == [2024, 2025]
@@ -549,7 +550,7 @@ def test_llm_need_adds_to_the_committed_relabel_sweep(tmp_path):
     six it shares), so that the sweep adds seeds there; checked on a copy of the manifest."""
     committed = Path(__file__).resolve().parent.parent / "results4comparison" / "ML-100K-relabel"
     (tmp_path / "out").mkdir()
-    shutil.copy(committed / sweep.MANIFEST, tmp_path / "out" / sweep.MANIFEST)
+    shutil.copy(committed / run_files.MANIFEST, tmp_path / "out" / run_files.MANIFEST)
     configs = experiments.resolve_configs(experiments.parse_args(
         ["--dataset", "ML-100K", "--preset", "llm-need", "--out", "o"]).args)
     runs, manifest = sweep.plan_runs(tmp_path / "out", "ML-100K", configs, [2029], ["--sampler", "sparse"],
