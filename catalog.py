@@ -167,6 +167,12 @@ def default_data_dir():
     return os.environ.get("REFINE_DATA_DIR", "dataset")
 
 
+def run_splits(augment: bool) -> tuple[str, str, str]:
+    """The three splits a run reads: the LLM-refined train split (--dataset_augment 1) or the original
+    one, then validation and test."""
+    return ("train_augment" if augment else "train_original", "validation", "test")
+
+
 def split_path(data_dir, name, split):
     """<data_dir>/<name>/<name>_<split>.csv, the one file-name rule for split CSVs."""
     return Path(data_dir) / name / f"{name}_{split}.csv"

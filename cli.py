@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from catalog import SPLIT_IN_THE_WAY, default_data_dir
+from catalog import SPLIT_IN_THE_WAY, default_data_dir, run_splits
 from run_files import RunPaths
 from utils import ArgumentParser, HelpFormatter, InputError, regular_file
 
@@ -196,9 +196,9 @@ def parse_main_flags(flags) -> argparse.Namespace:
     return parser.parse_known_args(flags)[0]
 
 
-def split_names(args) -> list[str]:
+def split_names(args) -> tuple[str, str, str]:
     """The three splits the run reads: train (augment or original), validation, test."""
-    return ["train_augment" if args.dataset_augment else "train_original", "validation", "test"]
+    return run_splits(bool(args.dataset_augment))
 
 
 def split_files(args) -> list:

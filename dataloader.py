@@ -171,7 +171,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from catalog import ITEM, RATING, SPLIT_IN_THE_WAY, USER, missing_split_message, split_path  # noqa: E402
+from catalog import ITEM, RATING, SPLIT_IN_THE_WAY, USER, missing_split_message, run_splits, split_path  # noqa: E402
 from utils import InputError, regular_file  # noqa: E402
 
 ROLES = ("train", "validation", "test")  # the three files load_splits reads, by role
@@ -323,8 +323,8 @@ def load_splits(data_dir, name: str, augment: bool = True, encode_negatives: boo
     duplicate_pairs: "error" refuses rows repeating a (user, item) pair; "first" / "last" keep
     one row of each. docs/bad-input.md lists every rule.
     """
-    train_split = "train_augment" if augment else "train_original"
-    message = missing_split_message(data_dir, name, (train_split, "validation", "test"))
+    train_split = run_splits(augment)[0]
+    message = missing_split_message(data_dir, name, run_splits(augment))
     if message:
         raise InputError(message)
     paths = {"train": split_path(data_dir, name, train_split),

@@ -34,7 +34,7 @@ import dataloader
 import devices
 import entry
 import metrics
-from cli import build_parser, check_flags, check_splits, split_files
+from cli import build_parser, check_flags, check_splits, split_files, split_names
 from run_files import RunPaths
 from training import build_model
 from utils import (EarlyStopping, InputError, RunLog, atomic_write, check_output_path, format_metrics,
@@ -336,7 +336,7 @@ def load_data(args, device: torch.device):
     """(the splits on `device`, their fingerprint), checked against the flags; prints the published data lines."""
     print(RULE)
     print("data loading...")
-    print("train set: train_augment" if args.dataset_augment else "train set: train_original")
+    print(f"train set: {split_names(args)[0]}")
     data = dataloader.load_splits(args.data_dir, args.dataset, bool(args.dataset_augment),
                                   encode_negatives=args.model == "refine_plus",
                                   duplicate_pairs=args.duplicate_pairs)
