@@ -133,21 +133,6 @@ def check_output_paths(paths) -> None:
             raise InputError(f"cannot create {path.parent} for the outputs: {exc.strerror}") from None
 
 
-@torch.no_grad()
-def ranked_items(model, data, exclude_edges, args):
-    """(num_users, max(top_k)) each user's top items by score, exclude_edges (2, E) left out."""
-    emb = model.propagate_embeddings()
-    user_emb, item_emb = emb[:data.num_users], emb[data.num_users:]
-    return metrics.masked_topk(user_emb, item_emb, exclude_edges, max(args.top_k), args.test_batch_size)
-
-
-def evaluate(model, data, ground_truth, exclude_edges, args):
-    """[(precision, recall, ndcg) for k in top_k] of a full ranking against ground_truth (2, E)."""
-    topk_index = ranked_items(model, data, exclude_edges, args)
-    return metrics.ranking_metrics(topk_index, ground_truth, data.num_items, args.top_k)
-
-
-
 def write_per_user_metrics(path, data, users, per_k, ks):
     """CSV of each test user's (raw id) precision, recall and NDCG at max(ks): paired tests over users.
     The csv module quotes a string id that holds a comma or a quote, so the columns never shift."""
@@ -363,7 +348,7 @@ def resume(state, model, optimizer, early_stopping, paths: RunPaths, device: tor
 
 def validate(model, data, train_interactions, early_stopping, epoch, loss, args, paths: RunPaths) -> dict:
     """The epoch's published lines (validation metrics, and the checkpoint of a new best); its history record."""
-    results = evaluate(model, data, data.valid, train_interactions, args)
+    results = metrics.evaluate(model, data, data.valid, train_interactions, args.top_k, args.test_batch_size)
     lines = [f"\nEpoch: {epoch:03d}, Loss: {loss:.4f}", format_metrics(args.top_k, results)]
     if early_stopping.update(epoch, results[-1][1], results):
         checkpoint.save(model.state_dict(), paths.checkpoint)
@@ -399,8 +384,8 @@ def final_test(model, data, train_interactions, best_epoch, train_seconds, args,
     exclude = train_interactions
     if args.eval_protocol == "strict":
         exclude = torch.cat([train_interactions, data.valid], dim=1)
-    users, per_k = metrics.per_user_metrics(ranked_items(model, data, exclude, args), data.test,
-                                            data.num_items, args.top_k)
+    ranked = metrics.ranked_items(model, data, exclude, max(args.top_k), args.test_batch_size)
+    users, per_k = metrics.per_user_metrics(ranked, data.test, data.num_items, args.top_k)
     results = metrics.mean_over_users(per_k)
     print("\n" + RULE)
     print("Final Test Results")

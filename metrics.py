@@ -1,4 +1,5 @@
-"""Full-ranking evaluation: masked top-k over all items, precision / recall / NDCG@k (docs/method.md §4).
+"""Full-ranking evaluation: masked top-k over all items, precision / recall / NDCG@k (docs/method.md §4),
+and a model's evaluation with them (ranked_items, evaluate).
 
     python -m pytest tests/test_metrics.py
 
@@ -67,3 +68,17 @@ def mean_over_users(per_k):
 def ranking_metrics(topk_index, gt_edges, num_items, ks):
     """[(precision@k, recall@k, ndcg@k) for k in ks], means over the users with ground truth."""
     return mean_over_users(per_user_metrics(topk_index, gt_edges, num_items, ks)[1])
+
+
+@torch.no_grad()
+def ranked_items(model, data, exclude_edges, k, batch_size):
+    """(num_users, k) each user's top items by the model's score, exclude_edges (2, E) left out."""
+    emb = model.propagate_embeddings()
+    user_emb, item_emb = emb[:data.num_users], emb[data.num_users:]
+    return masked_topk(user_emb, item_emb, exclude_edges, k, batch_size)
+
+
+def evaluate(model, data, ground_truth, exclude_edges, ks, batch_size):
+    """[(precision, recall, ndcg) for k in ks] of a full ranking against ground_truth (2, E)."""
+    return ranking_metrics(ranked_items(model, data, exclude_edges, max(ks), batch_size), ground_truth,
+                           data.num_items, ks)

@@ -34,6 +34,7 @@ import dataloader  # noqa: E402
 import entry  # noqa: E402
 from catalog import default_data_dir  # noqa: E402
 import main as refine_main  # noqa: E402
+import metrics  # noqa: E402
 import sampler  # noqa: E402
 import synthetic  # noqa: E402
 import training  # noqa: E402
@@ -81,7 +82,7 @@ class OursDesign:
         return training.train_bpr_epoch(self.model, self.optimizer, self.data, FixedWeights(weights), 1, no_refine)
 
     def evaluate(self, ground_truth, ks):
-        return refine_main.evaluate(self.model, self.data, ground_truth, self.exclude, self.args)
+        return metrics.evaluate(self.model, self.data, ground_truth, self.exclude, ks, self.args.test_batch_size)
 
 
 def peak_rss_mib() -> float:

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import checkpoint  # noqa: E402
 import main  # noqa: E402
+import metrics  # noqa: E402
 import training  # noqa: E402
 from utils import EarlyStopping, RunLog, atomic_write  # noqa: E402
 
@@ -79,7 +80,7 @@ def main_(argv=None) -> int:
     for epoch in range(1, opts.epochs + 2):
         start = time.perf_counter()
         loss = train_epoch(model, optimizer, data, negatives, epoch, args)
-        results = main.evaluate(model, data, data.valid, exclude, args)
+        results = metrics.evaluate(model, data, data.valid, exclude, args.top_k, args.test_batch_size)
         early_stopping.update(epoch, results[-1][1], results)
         if epoch > 1:
             epoch_seconds.append(time.perf_counter() - start)

@@ -66,6 +66,7 @@ def equivalence(opts) -> int:
 
     import host_syncs
     import main
+    import metrics
     import training
     from model import bpr_loss
     device = torch.device(opts.device)
@@ -89,13 +90,14 @@ def equivalence(opts) -> int:
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
-        metrics = main.evaluate(model, data, data.valid, data.train_interactions(), args)
-        runs[on] = (torch.tensor(losses), model.embedding.weight.detach().cpu(), torch.tensor(metrics))
-    (cpu_loss, cpu_weight, cpu_metrics), (loss, weight, metrics) = runs[torch.device("cpu")], runs[device]
+        validation = metrics.evaluate(model, data, data.valid, data.train_interactions(), args.top_k,
+                                      args.test_batch_size)
+        runs[on] = (torch.tensor(losses), model.embedding.weight.detach().cpu(), torch.tensor(validation))
+    (cpu_loss, cpu_weight, cpu_metrics), (loss, weight, validation) = runs[torch.device("cpu")], runs[device]
     result = {"device": str(device), "torch": torch.__version__,
               "max_abs_diff_loss": float((loss - cpu_loss).abs().max()),
               "max_abs_diff_weights": float((weight - cpu_weight).abs().max()),
-              "max_abs_diff_metrics": float((metrics - cpu_metrics).abs().max())}
+              "max_abs_diff_metrics": float((validation - cpu_metrics).abs().max())}
     result["equal"] = (result["max_abs_diff_loss"] <= 1e-5 and result["max_abs_diff_weights"] <= 1e-5
                        and result["max_abs_diff_metrics"] <= 1e-3)
     emit(result)
@@ -183,6 +185,7 @@ def epochs(opts) -> int:
     import torch
 
     import main
+    import metrics
     import training
     device = torch.device(opts.device)
     if opts.threads:
@@ -211,7 +214,7 @@ def epochs(opts) -> int:
         train_epoch(model, optimizer, data, negatives, epoch, args)
         synchronize(device)
         middle = time.perf_counter()
-        main.evaluate(model, data, data.valid, exclude, args)
+        metrics.evaluate(model, data, data.valid, exclude, args.top_k, args.test_batch_size)
         synchronize(device)
         if epoch > 1:
             train_seconds.append(middle - start)

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 import main
+import metrics
 from conftest import ORACLE_DIR, ROOT, write_synthetic_dataset
 
 PUBLISHED_DEFAULTS = {
@@ -124,7 +125,7 @@ def test_interrupted_run_resumes_to_the_same_log(toy, tmp_path, capsys, monkeypa
     uninterrupted = run_main(toy + ["--epochs", "7"], capsys)[1]
     assert (tmp_path / "result/TOY/nothing.out").read_text() == uninterrupted
 
-    evaluate, calls = main.evaluate, []
+    evaluate, calls = metrics.evaluate, []
 
     def interrupt_in_epoch_5(*args, **kwargs):
         calls.append(1)
@@ -132,10 +133,10 @@ def test_interrupted_run_resumes_to_the_same_log(toy, tmp_path, capsys, monkeypa
             raise KeyboardInterrupt
         return evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(main, "evaluate", interrupt_in_epoch_5)
+    monkeypatch.setattr(metrics, "evaluate", interrupt_in_epoch_5)
     code, _, err = run_main(toy + ["--epochs", "7", "--path_name", "resumed"], capsys)
     assert code == 2 and "interrupted during epoch 5" in err and "--resume" in err
-    monkeypatch.setattr(main, "evaluate", evaluate)
+    monkeypatch.setattr(metrics, "evaluate", evaluate)
     code, resumed, err = run_main(toy + ["--epochs", "7", "--path_name", "resumed", "--resume"], capsys)
     assert code == 0 and "resumed after epoch 4" in err
     expected = uninterrupted.replace("nothing", "resumed")

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import main
+import metrics
 import training
 from conftest import ROOT, ctrl_c_enabled, write_synthetic_dataset
 from test_main import SMALL, run_main, without_timing
@@ -202,7 +203,7 @@ def interrupt_on_call(monkeypatch, module, name, call_number):
 
 
 def test_ctrl_c_in_epoch_1_says_nothing_can_be_resumed(toy, tmp_path, capsys, monkeypatch):
-    interrupt_on_call(monkeypatch, main, "evaluate", 1)
+    interrupt_on_call(monkeypatch, metrics, "evaluate", 1)
     code, _, err = run_main(toy + ["--epochs", "3"], capsys)
     assert code == 2
     assert_one_error_line(err, "interrupted during epoch 1", "nothing can be resumed")
@@ -210,7 +211,7 @@ def test_ctrl_c_in_epoch_1_says_nothing_can_be_resumed(toy, tmp_path, capsys, mo
 
 
 def test_ctrl_c_in_epoch_3_names_the_epoch_it_continues_after(toy, tmp_path, capsys, monkeypatch):
-    interrupt_on_call(monkeypatch, main, "evaluate", 3)
+    interrupt_on_call(monkeypatch, metrics, "evaluate", 3)
     code, out, err = run_main(toy + ["--epochs", "4"], capsys)
     assert code == 2
     assert_one_error_line(err, "interrupted during epoch 3", "--resume to continue after epoch 2")
@@ -282,12 +283,12 @@ def test_ctrl_c_during_data_loading(copy_of_finished_run, tmp_path, capsys, monk
 
 def test_ctrl_c_during_the_final_test_then_resume_tests_without_training(toy, tmp_path, capsys, monkeypatch):
     uninterrupted = run_main(toy + ["--epochs", "3"], capsys)[1]
-    ranked_items = interrupt_on_call(monkeypatch, main, "ranked_items", 4)  # 3 validations, then the test
+    ranked_items = interrupt_on_call(monkeypatch, metrics, "ranked_items", 4)  # 3 validations, then the test
     code, _, err = run_main(toy + ["--epochs", "3", "--path_name", "cut"], capsys)
     assert code == 2
     assert_one_error_line(err, "interrupted during the final test", "result/TOY/cut.pt", "--resume to test it")
     assert not (tmp_path / "result/TOY/cut.test.json").exists()
-    monkeypatch.setattr(main, "ranked_items", ranked_items)
+    monkeypatch.setattr(metrics, "ranked_items", ranked_items)
     code, resumed, err = run_main(toy + ["--epochs", "3", "--path_name", "cut", "--resume"], capsys)
     assert code == 0 and "resumed after epoch 3" in err
     assert without_timing(resumed) == without_timing(uninterrupted.replace("nothing", "cut"))
@@ -372,12 +373,12 @@ def test_the_state_is_written_at_new_bests_and_the_end_and_a_stop_resumes_from_t
     bests = [int(epoch) for epoch in re.findall(r"Epoch: (\d+), Loss: .*\n(?:.+\n){3}Save:", whole)]
     assert written == sorted(set(bests) | {7}) and len(written) < 7  # some epochs were held, not written
     written.clear()
-    evaluate = interrupt_on_call(monkeypatch, main, "evaluate", 6)
+    evaluate = interrupt_on_call(monkeypatch, metrics, "evaluate", 6)
     code, _, err = run_main(argv + ["--path_name", "cut"], capsys)
     assert code == 2 and written[-1] == 5
     assert_one_error_line(err, "interrupted during epoch 6", "--resume to continue after epoch 5")
     assert torch.load(tmp_path / "result/TOY/cut.last.pt", weights_only=True)["epoch"] == 5
-    monkeypatch.setattr(main, "evaluate", evaluate)
+    monkeypatch.setattr(metrics, "evaluate", evaluate)
     code, resumed, err = run_main(argv + ["--path_name", "cut", "--resume"], capsys)
     assert code == 0 and "resumed after epoch 5" in err
     expected = without_timing(whole.replace("nothing", "cut"))
