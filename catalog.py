@@ -2,7 +2,7 @@
 
     python -c "import catalog; print(list(catalog.DATASETS))"
 
-Imported by download.py, preprocess.py, dataloader.py (training), main.py, refine_llm.py and
+Imported by download.py, preprocess.py, dataloader.py, splits.py, main.py, refine_llm.py and
 experiments.py. It imports nothing heavy, so that `--help` and flag errors of every script answer
 at once. (Not named datasets.py: that would shadow Hugging Face's `datasets` package, which
 transformers probes for and then imports.)

@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 import checkpoint
-import dataloader
+import splits
 import devices
 import entry
 import metrics
@@ -322,7 +322,7 @@ def load_data(args, device: torch.device):
     print(RULE)
     print("data loading...")
     print(f"train set: {split_names(args)[0]}")
-    data = dataloader.load_splits(args.data_dir, args.dataset, bool(args.dataset_augment),
+    data = splits.load_splits(args.data_dir, args.dataset, bool(args.dataset_augment),
                                   encode_negatives=args.model == "refine_plus",
                                   duplicate_pairs=args.duplicate_pairs)
     check_args(args, data)

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import dataloader  # noqa: E402
+import splits  # noqa: E402
 import entry  # noqa: E402
 from catalog import default_data_dir  # noqa: E402
 import main as refine_main  # noqa: E402
@@ -107,7 +107,7 @@ def load_data(opts):
         data = synthetic.generate(opts.synthetic, opts.scale, opts.seed)
         name = f"synthetic {opts.synthetic} x{opts.scale:g}"
     else:
-        data = dataloader.load_splits(opts.data_dir, opts.dataset, True)
+        data = splits.load_splits(opts.data_dir, opts.dataset, True)
         name = opts.dataset
     return name, data
 

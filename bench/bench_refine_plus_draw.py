@@ -23,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import dataloader  # noqa: E402
+import splits  # noqa: E402
 import entry  # noqa: E402
 from catalog import default_data_dir  # noqa: E402
 import main as refine_main  # noqa: E402
@@ -45,7 +45,7 @@ def main(argv=None):
     torch.set_num_threads(opts.threads)
     torch.set_flush_denormal(opts.flush_denormal)
 
-    data = dataloader.load_splits(opts.data_dir, opts.dataset, True, encode_negatives=True)
+    data = splits.load_splits(opts.data_dir, opts.dataset, True, encode_negatives=True)
     runs = {}
     for mode in MODES:
         set_seed(2024)

@@ -68,8 +68,8 @@ def main_(argv=None) -> int:
         import synthetic
         data, name = synthetic.generate(opts.synthetic, scale=1.0, seed=0), opts.synthetic
     else:
-        import dataloader
-        data, name = dataloader.load_splits(opts.data_dir, opts.dataset, True), opts.dataset
+        import splits
+        data, name = splits.load_splits(opts.data_dir, opts.dataset, True), opts.dataset
     args = main.build_parser().parse_args(["--dataset", name, "--device", "cpu"])
     torch.manual_seed(0)
     model, negatives, train_epoch = training.build_model(args, data)

@@ -171,11 +171,11 @@ def run_summary(opts) -> int:
 
 
 def load_data(opts):
-    import dataloader
+    import splits
     import synthetic
     if opts.synthetic:
         return synthetic.generate(opts.synthetic, scale=opts.scale, seed=0), opts.synthetic
-    return dataloader.load_splits(opts.data_dir, opts.dataset, True, encode_negatives=opts.model == "refine_plus"), \
+    return splits.load_splits(opts.data_dir, opts.dataset, True, encode_negatives=opts.model == "refine_plus"), \
         opts.dataset
 
 

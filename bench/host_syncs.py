@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import checkpoint  # noqa: E402
-import dataloader  # noqa: E402
+import splits  # noqa: E402
 import model as model_module  # noqa: E402
 import training  # noqa: E402
 from cli import build_parser  # noqa: E402
@@ -136,7 +136,7 @@ def toy_data(device, num_users=40, num_items=60):
     from toy import write_synthetic_dataset
     with tempfile.TemporaryDirectory() as folder:
         write_synthetic_dataset(Path(folder), "TOY", num_users=num_users, num_items=num_items)
-        return dataloader.load_splits(folder, "TOY", True, encode_negatives=True).to(device)
+        return splits.load_splits(folder, "TOY", True, encode_negatives=True).to(device)
 
 
 def resumed(model, optimizer, build):

@@ -5,7 +5,7 @@
 
 Users and items get long-tailed activity and popularity (log-normal weights), so degrees look
 like real rating data. Every user and item has at least one train positive, so the label
-encoder of dataloader.py sees exactly num_users x num_items. Confirmed negatives (rating 1),
+encoder of splits.py sees exactly num_users x num_items. Confirmed negatives (rating 1),
 neutrals (rating 3), validation and test positives (rating 5) are distinct pairs that are not
 train positives. `scale` shrinks users, items and edge counts together (for quick checks).
 """
@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from catalog import PUBLISHED_R, SPLIT_COLUMNS  # noqa: E402
 import entry  # noqa: E402
-from dataloader import RecData  # noqa: E402
+from splits import RecData  # noqa: E402
 
 
 @dataclass(frozen=True)

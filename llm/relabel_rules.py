@@ -178,7 +178,7 @@ def collaborative_scores(data, options):
     from tqdm import tqdm
 
     import cli
-    import dataloader
+    import splits
     import devices
     from main import check_args  # main.py's check of flags against the data
     from training import build_model
@@ -192,7 +192,7 @@ def collaborative_scores(data, options):
     torch.set_num_threads(options.threads)
     set_seed(options.seed)  # as main.py: seeds, then data, then the model
     device = devices.resolve_device(options.device)
-    model_data = dataloader.load_splits(options.data_dir, options.name, augment=False)
+    model_data = splits.load_splits(options.data_dir, options.name, augment=False)
     check_args(args, model_data)  # data main.py could not train on: the same one line
     model, negatives, train_one_epoch = build_model(args, model_data.to(device))
     model = model.to(device)

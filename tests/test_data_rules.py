@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-import dataloader
+import splits
 import main
 from conftest import write_synthetic_dataset
 from catalog import ITEM, RATING, USER
@@ -105,7 +105,7 @@ def test_repeated_pair_is_refused_with_its_lines(toy, tmp_path, capsys, rating, 
 def test_duplicate_pairs_flag_keeps_one_row(toy, tmp_path, capsys, rule, kept_class):
     row = first_train_row(toy)
     append_rows(toy / "TOY_train_augment.csv", [f"{row[USER]},{row[ITEM]},0.5"])
-    data = dataloader.load_splits(tmp_path / "data", "TOY", duplicate_pairs=rule)
+    data = splits.load_splits(tmp_path / "data", "TOY", duplicate_pairs=rule)
     pair = torch.tensor([[int(np.searchsorted(data.user_ids, row[USER]))],
                          [int(np.searchsorted(data.item_ids, row[ITEM]))]])
     in_positives = (data.train_pos == pair).all(dim=0).any().item()
@@ -165,7 +165,7 @@ def published_rules(folder, name, augment, encode_negatives):
                          ids=["augment", "original", "refine_plus"])
 def test_published_ml100k_loads_as_before(ml100k_splits, capsys, augment, encode_negatives):
     folder = ml100k_splits / "ML-100K"
-    data = dataloader.load_splits(ml100k_splits, "ML-100K", augment, encode_negatives)
+    data = splits.load_splits(ml100k_splits, "ML-100K", augment, encode_negatives)
     assert capsys.readouterr().err == ""  # no rows of no class, nothing to report
     expected = published_rules(folder, "ML-100K", augment, encode_negatives)
     for key, value in expected.items():
@@ -179,5 +179,5 @@ def test_split_file_that_is_a_directory_is_one_line_exit_2(toy, capsys):
     (toy / "TOY_validation.csv").mkdir()
     code, out, err = run_main(SMALL + ["--data_dir", str(toy.parent)], capsys)
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
-    # main.py checks the split files before loading them; dataloader's read_split is tested there.
+    # main.py checks the split files before loading them; splits.read_split is tested there.
     assert err.startswith(f"error: {toy / 'TOY_validation.csv'} is a folder, not a file")

@@ -270,7 +270,7 @@ def test_an_error_a_library_raises_while_a_stop_unwinds_is_reported_as_the_stop(
 
 @pytest.mark.parametrize("resume", [False, True])
 def test_ctrl_c_during_data_loading(copy_of_finished_run, tmp_path, capsys, monkeypatch, resume):
-    interrupt_on_call(monkeypatch, main.dataloader, "load_splits", 1)
+    interrupt_on_call(monkeypatch, main.splits, "load_splits", 1)
     before = snapshot(tmp_path / "result")
     code, _, err = run_main(copy_of_finished_run + ["--epochs", "3"] + ["--resume"] * resume, capsys)
     assert code == 2

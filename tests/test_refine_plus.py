@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import dataloader
+import splits
 import main
 import sampler
 from conftest import ORACLE_DIR, write_synthetic_dataset
@@ -72,8 +72,8 @@ def test_refine_plus_encodes_negatives_and_builds_unsigned_graph(tmp_path):
     (folder / "T_validation.csv").write_text(header + "2,5,4\n")
     (folder / "T_test.csv").write_text(header + "1,7,4\n")
     with pytest.raises(Exception, match="item id 9"):
-        dataloader.load_splits(tmp_path, "T")
-    data = dataloader.load_splits(tmp_path, "T", encode_negatives=True)
+        splits.load_splits(tmp_path, "T")
+    data = splits.load_splits(tmp_path, "T", encode_negatives=True)
     assert data.item_ids.tolist() == [5, 7, 9]
     assert data.graph_edges.tolist() == [[0, 1, 0], [0, 1, 2]]
     assert data.graph_ratings.tolist() == [4, 5, 0.5]
@@ -106,7 +106,7 @@ def test_shared_negatives_quirk_and_per_positive_fix(monkeypatch):
         return self.gcn.embedding.weight.sum() * 0
 
     monkeypatch.setattr(ReFINePlus, "loss", record_loss)
-    data = dataloader.RecData(
+    data = splits.RecData(
         num_users=3, num_items=20, train_pos=torch.tensor([[0, 1, 2], [0, 1, 2]]),
         graph_edges=torch.tensor([[0, 1, 2], [0, 1, 2]]), graph_ratings=torch.tensor([5.0, 4.0, 4.0]),
         train_neg=torch.zeros(2, 0, dtype=torch.long), train_neutral=torch.zeros(2, 0, dtype=torch.long),

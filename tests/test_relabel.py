@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import dataloader
+import splits
 import experiments
 import refine_llm as R
 import run_files
@@ -171,7 +171,7 @@ def test_report_counts_per_user_and_agreement_by_hand(tmp_path, capsys):
     for split in ("train_original", "validation", "test"):
         name = f"ML-100K_{split}.csv"
         assert (folder / name).read_bytes() == (tmp_path / "data" / "ML-100K" / name).read_bytes()
-    data = dataloader.load_splits(tmp_path / "out", "ML-100K", augment=True)
+    data = splits.load_splits(tmp_path / "out", "ML-100K", augment=True)
     assert data.train_pos.size(1) == 8 + 1  # the eight >= 4 rows and user 2's item 3
     assert data.train_neg.size(1) == 1 + 4  # user 2's 1-star row and the four 0.5 rows
 
