@@ -86,42 +86,6 @@ def print_config(args, device: torch.device) -> None:
 
 
 
-def negative_candidate_counts(data) -> torch.Tensor:
-    """(num_users,) items each user can be given as a negative, those with W[u, j] > 0: every item
-    but the user's train positives, except positives that are also confirmed negatives (W is
-    written 0 at positives, then real_neg_samp_prob at negatives). The same for all three models."""
-    num_items = data.num_items
-    positive = torch.unique(data.train_pos[0] * num_items + data.train_pos[1])
-    blocked = positive[~torch.isin(positive, data.train_neg[0] * num_items + data.train_neg[1])]
-    return num_items - torch.bincount(torch.div(blocked, num_items, rounding_mode="floor"), minlength=data.num_users)
-
-
-def check_args(args, data) -> None:
-    """Flag values and data that would fail deep inside torch, or train on nothing, stop here instead."""
-    if max(args.top_k) > data.num_items:
-        raise InputError(f"--top_k {max(args.top_k)} is larger than the item count ({data.num_items})")
-    for flag in ("r", "s"):
-        value = getattr(args, flag)
-        if not 0 < value < data.num_items:
-            raise InputError(f"--{flag} {value} must be between 1 and the item count - 1 ({data.num_items - 1})")
-    # ReFINe and LightGCN draw one negative per positive; ReFINe++ draws I // 10 without replacement.
-    needed = data.num_items // 10 if args.model == "refine_plus" else 1
-    if needed < 1:
-        raise InputError(f"ReFINe++ draws item count // 10 negatives per positive, but {split_files(args)[0]} "
-                         f"has only {data.num_items} items (it needs 10 or more)")
-    candidates = negative_candidate_counts(data)
-    short = torch.nonzero(candidates < needed).flatten()
-    if short.numel():
-        user, train_path = int(short[0]), split_files(args)[0]
-        if needed == 1:
-            raise InputError(f"{train_path}: user {data.user_ids[user]} rated every one of the {data.num_items} "
-                             f"items positive, so no negative can be drawn for it: remove some of its positive "
-                             f"rows, or the user")
-        raise InputError(f"{train_path}: user {data.user_ids[user]} has only {int(candidates[user])} items that are "
-                         f"not its train positives, but ReFINe++ draws {needed} (item count // 10) negatives per "
-                         f"positive without replacement: remove some of its positive rows, or the user")
-
-
 def check_output_paths(paths) -> None:
     """Before any work: every output can be written (utils.check_output_path); then make its folder."""
     for path in paths:
@@ -325,7 +289,7 @@ def load_data(args, device: torch.device):
     data = splits.load_splits(args.data_dir, args.dataset, bool(args.dataset_augment),
                                   encode_negatives=args.model == "refine_plus",
                                   duplicate_pairs=args.duplicate_pairs)
-    check_args(args, data)
+    splits.check_trainable(data, args, args.top_k, split_files(args)[0])
     data_sha256 = checkpoint.data_fingerprint(args)
     print(f"user: {data.num_users},  item: {data.num_items}")
     print(f"train interations: {data.graph_edges.size(1)}")

@@ -220,3 +220,41 @@ def load_splits(data_dir, name: str, augment: bool = True, encode_negatives: boo
         user_ids=user_ids,
         item_ids=item_ids,
     )
+
+
+def negative_candidate_counts(data: RecData) -> torch.Tensor:
+    """(num_users,) items each user can be given as a negative, those with W[u, j] > 0: every item
+    but the user's train positives, except positives that are also confirmed negatives (W is
+    written 0 at positives, then real_neg_samp_prob at negatives). The same for all three models."""
+    num_items = data.num_items
+    positive = torch.unique(data.train_pos[0] * num_items + data.train_pos[1])
+    blocked = positive[~torch.isin(positive, data.train_neg[0] * num_items + data.train_neg[1])]
+    return num_items - torch.bincount(torch.div(blocked, num_items, rounding_mode="floor"), minlength=data.num_users)
+
+
+def check_trainable(data: RecData, config, top_k, train_path) -> None:
+    """Flag values that do not fit the data (they would fail deep inside torch), and users no negative
+    can be drawn for, stop here. config: a training.TrainConfig (its model, r and s); train_path: the
+    train split file, named in the messages."""
+    if max(top_k) > data.num_items:
+        raise InputError(f"--top_k {max(top_k)} is larger than the item count ({data.num_items})")
+    for flag in ("r", "s"):
+        value = getattr(config, flag)
+        if not 0 < value < data.num_items:
+            raise InputError(f"--{flag} {value} must be between 1 and the item count - 1 ({data.num_items - 1})")
+    # ReFINe and LightGCN draw one negative per positive; ReFINe++ draws I // 10 without replacement.
+    needed = data.num_items // 10 if config.model == "refine_plus" else 1
+    if needed < 1:
+        raise InputError(f"ReFINe++ draws item count // 10 negatives per positive, but {train_path} "
+                         f"has only {data.num_items} items (it needs 10 or more)")
+    candidates = negative_candidate_counts(data)
+    short = torch.nonzero(candidates < needed).flatten()
+    if short.numel():
+        user = int(short[0])
+        if needed == 1:
+            raise InputError(f"{train_path}: user {data.user_ids[user]} rated every one of the {data.num_items} "
+                             f"items positive, so no negative can be drawn for it: remove some of its positive "
+                             f"rows, or the user")
+        raise InputError(f"{train_path}: user {data.user_ids[user]} has only {int(candidates[user])} items that are "
+                         f"not its train positives, but ReFINe++ draws {needed} (item count // 10) negatives per "
+                         f"positive without replacement: remove some of its positive rows, or the user")

@@ -180,7 +180,6 @@ def collaborative_scores(data, options):
     import cli
     import splits
     import devices
-    from main import check_args  # main.py's check of flags against the data
     from training import build_model
     from utils import set_seed
 
@@ -193,7 +192,8 @@ def collaborative_scores(data, options):
     set_seed(options.seed)  # as main.py: seeds, then data, then the model
     device = devices.resolve_device(options.device)
     model_data = splits.load_splits(options.data_dir, options.name, augment=False)
-    check_args(args, model_data)  # data main.py could not train on: the same one line
+    # Data main.py could not train on: the same one line as main.py's.
+    splits.check_trainable(model_data, args, args.top_k, cli.split_files(args)[0])
     model, negatives, train_one_epoch = build_model(args, model_data.to(device))
     model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
