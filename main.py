@@ -36,7 +36,7 @@ import entry
 import metrics
 from cli import build_parser, check_flags, check_splits, split_files, split_names
 from run_files import RunPaths
-from training import build_model
+from training import TrainConfig, build_model
 from utils import (EarlyStopping, InputError, RunLog, atomic_write, check_output_path, format_metrics,
                    metrics_by_k, set_seed)
 
@@ -204,10 +204,11 @@ def run(args, paths: RunPaths, log: RunLog, stop: entry.Stop) -> int:
     state = checkpoint.load_resume_state(paths.state, args, paths.checkpoint) if args.resume else None
     stop.set(*resume_advice(paths, "loading", resuming=args.resume))
     print_config(args, device)
-    data, data_sha256 = load_data(args, device)
-    model, negatives, train_one_epoch = build_model(args, data)
+    config = TrainConfig.from_flags(args)
+    data, data_sha256 = load_data(args, config, device)
+    model, negatives, train_one_epoch = build_model(config, data)
     model = model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     early_stopping = EarlyStopping(patience=args.early_stopping_step)
     history, first_epoch, elapsed = [], 1, 0.0
     if state is not None:
@@ -228,7 +229,7 @@ def run(args, paths: RunPaths, log: RunLog, stop: entry.Stop) -> int:
             phase = ("epoch", epoch)
             stop.set(*resume_advice(paths, *phase, saved=states.saved_epoch))
             model.train()
-            loss = train_one_epoch(model, optimizer, data, negatives, epoch, args)
+            loss = train_one_epoch(model, optimizer, data, negatives, epoch, config)
             if not math.isfinite(loss):
                 raise InputError(f"epoch {epoch}: the training loss is {loss} (training diverged): "
                                  f"try a smaller --learning_rate")
@@ -281,15 +282,14 @@ def set_up(args) -> torch.device:
     return device
 
 
-def load_data(args, device: torch.device):
+def load_data(args, config: TrainConfig, device: torch.device):
     """(the splits on `device`, their fingerprint), checked against the flags; prints the published data lines."""
     print(RULE)
     print("data loading...")
     print(f"train set: {split_names(args)[0]}")
     data = splits.load_splits(args.data_dir, args.dataset, bool(args.dataset_augment),
-                                  encode_negatives=args.model == "refine_plus",
-                                  duplicate_pairs=args.duplicate_pairs)
-    splits.check_trainable(data, args, args.top_k, split_files(args)[0])
+                              encode_negatives=config.model == "refine_plus", duplicate_pairs=args.duplicate_pairs)
+    splits.check_trainable(data, config, args.top_k, split_files(args)[0])
     data_sha256 = checkpoint.data_fingerprint(args)
     print(f"user: {data.num_users},  item: {data.num_items}")
     print(f"train interations: {data.graph_edges.size(1)}")

@@ -14,6 +14,7 @@ on GPU per implementation: what its state holds (torch.cuda.memory_allocated aft
 plus the largest torch.cuda.max_memory_allocated rise during one of its epochs.
 """
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -21,7 +22,6 @@ import resource
 import statistics
 import sys
 import time
-from argparse import Namespace
 from pathlib import Path
 
 import torch
@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import splits  # noqa: E402
+import cli  # noqa: E402
 import entry  # noqa: E402
+import splits  # noqa: E402
 from catalog import default_data_dir  # noqa: E402
-import main as refine_main  # noqa: E402
 import metrics  # noqa: E402
 import sampler  # noqa: E402
 import synthetic  # noqa: E402
@@ -57,17 +57,17 @@ class FixedWeights:
 
 
 class OursDesign:
-    """main.py's model, sampler and loop functions with one --sampler."""
+    """main.py's model, sampler and loop functions with one --sampler (config.sampler)."""
 
-    def __init__(self, data, args):
-        self.data, self.args = data, args
-        self.model = LightGCN(data.num_users + data.num_items, args.embedding_dim, args.layers,
+    def __init__(self, data, config: training.TrainConfig, test_batch_size: int):
+        self.data, self.config, self.test_batch_size = data, config, test_batch_size
+        self.model = LightGCN(data.num_users + data.num_items, config.embedding_dim, config.layers,
                               data.graph_edge_index())
         self.model.to(data.train_pos.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.learning_rate)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
         self.negative_sampler = sampler.build_negative_sampler(
-            args.sampler, data.num_users, data.num_items, data.train_pos, data.train_neg, args.real_neg_samp_prob,
-            s=args.s, r=args.r, q=args.q, p=args.p)
+            config.sampler, data.num_users, data.num_items, data.train_pos, data.train_neg, config.real_neg_samp_prob,
+            s=config.s, r=config.r, q=config.q, p=config.p)
         self.exclude = data.train_interactions()
 
     def epoch_weights(self, refine: bool):
@@ -78,11 +78,11 @@ class OursDesign:
         return self.negative_sampler.refine(item_emb)
 
     def train_batches(self, weights) -> float:
-        no_refine = Namespace(**{**vars(self.args), "t": float("inf")})
+        no_refine = dataclasses.replace(self.config, t=float("inf"))
         return training.train_bpr_epoch(self.model, self.optimizer, self.data, FixedWeights(weights), 1, no_refine)
 
     def evaluate(self, ground_truth, ks):
-        return metrics.evaluate(self.model, self.data, ground_truth, self.exclude, ks, self.args.test_batch_size)
+        return metrics.evaluate(self.model, self.data, ground_truth, self.exclude, ks, self.test_batch_size)
 
 
 def peak_rss_mib() -> float:
@@ -112,11 +112,12 @@ def load_data(opts):
     return name, data
 
 
-def build(impl, data, args):
+def build(impl, data, config: training.TrainConfig, test_batch_size: int):
     if impl == "published":
-        return PublishedDesign(data, args.embedding_dim, args.layers, args.learning_rate, args.real_neg_samp_prob,
-                               args.s, args.r, args.q, args.p, args.batch_size, args.test_batch_size)
-    return OursDesign(data, Namespace(**{**vars(args), "sampler": impl}))
+        return PublishedDesign(data, config.embedding_dim, config.layers, config.learning_rate,
+                               config.real_neg_samp_prob, config.s, config.r, config.q, config.p, config.batch_size,
+                               test_batch_size)
+    return OursDesign(data, dataclasses.replace(config, sampler=impl), test_batch_size)
 
 
 def time_epoch(design, epoch, opts, device):
@@ -196,8 +197,9 @@ def main(argv=None) -> int:
     data = data.to(device)
     if opts.r is None:  # the preset's r, at most num_items - 1 on shrunk graphs
         opts.r = min(synthetic.PRESETS[opts.synthetic].r if opts.synthetic else 100, data.num_items - 1)
-    args = refine_main.build_parser().parse_args(["--r", str(opts.r), "--t", str(opts.t)])
-    opts.top_k = args.top_k
+    config = training.TrainConfig(r=opts.r, t=opts.t)
+    defaults = cli.build_parser()  # main.py's evaluation: the published cut-offs and batch of users
+    opts.top_k, test_batch_size = defaults.get_default("top_k"), defaults.get_default("test_batch_size")
     print(f"{name}: {data.num_users} users x {data.num_items} items, {data.train_pos.size(1)} train positives, "
           f"{data.train_neg.size(1)} confirmed negatives, r {opts.r} ({time.perf_counter() - start:.1f} s to load)")
 
@@ -208,7 +210,7 @@ def main(argv=None) -> int:
         torch.manual_seed(opts.seed)
         allocated = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
         start = time.perf_counter()
-        designs[impl] = build(impl, data, args)
+        designs[impl] = build(impl, data, config, test_batch_size)
         sync(device)
         setup[impl] = time.perf_counter() - start
         if device.type == "cuda":

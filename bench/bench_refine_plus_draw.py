@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT))
 import splits  # noqa: E402
 import entry  # noqa: E402
 from catalog import default_data_dir  # noqa: E402
-import main as refine_main  # noqa: E402
 import training  # noqa: E402
 from utils import atomic_write, set_seed  # noqa: E402
 
@@ -49,17 +48,18 @@ def main(argv=None):
     runs = {}
     for mode in MODES:
         set_seed(2024)
-        args = refine_main.build_parser().parse_args(["--model", "refine_plus", "--refine_plus_negatives", mode])
-        model, weights, train_epoch = training.build_model(args, data)
-        runs[mode] = (model, torch.optim.Adam(model.parameters(), lr=args.learning_rate), weights, train_epoch, args)
+        config = training.TrainConfig(model="refine_plus", refine_plus_negatives=mode)
+        model, weights, train_epoch = training.build_model(config, data)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+        runs[mode] = (model, optimizer, weights, train_epoch, config)
 
     load_before = os.getloadavg()
     seconds = {mode: [] for mode in MODES}
     for epoch in range(1, opts.epochs + 1):
         for mode in (MODES if epoch % 2 else MODES[::-1]):
-            model, optimizer, weights, train_epoch, args = runs[mode]
+            model, optimizer, weights, train_epoch, config = runs[mode]
             start = time.perf_counter()
-            train_epoch(model, optimizer, data, weights, epoch, args)
+            train_epoch(model, optimizer, data, weights, epoch, config)
             seconds[mode].append(time.perf_counter() - start)
     load_after = os.getloadavg()
 

@@ -70,16 +70,17 @@ def main_(argv=None) -> int:
     else:
         import splits
         data, name = splits.load_splits(opts.data_dir, opts.dataset, True), opts.dataset
-    args = main.build_parser().parse_args(["--dataset", name, "--device", "cpu"])
+    args = main.build_parser().parse_args(["--dataset", name, "--device", "cpu"])  # as the state records them
+    config = training.TrainConfig()
     torch.manual_seed(0)
-    model, negatives, train_epoch = training.build_model(args, data)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
+    model, negatives, train_epoch = training.build_model(config, data)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     early_stopping = EarlyStopping(args.early_stopping_step)
     exclude = data.train_interactions()
     epoch_seconds = []
     for epoch in range(1, opts.epochs + 2):
         start = time.perf_counter()
-        loss = train_epoch(model, optimizer, data, negatives, epoch, args)
+        loss = train_epoch(model, optimizer, data, negatives, epoch, config)
         results = metrics.evaluate(model, data, data.valid, exclude, args.top_k, args.test_batch_size)
         early_stopping.update(epoch, results[-1][1], results)
         if epoch > 1:

@@ -65,7 +65,6 @@ def equivalence(opts) -> int:
     import torch
 
     import host_syncs
-    import main
     import metrics
     import training
     from model import bpr_loss
@@ -73,10 +72,9 @@ def equivalence(opts) -> int:
     runs = {}
     for on in (torch.device("cpu"), device):
         data = host_syncs.toy_data(on)
-        args = main.build_parser().parse_args(["--r", "5", "--s", "2", "--t", "1", "--top_k", "5", "10",
-                                               "--embedding_dim", "16", "--layers", "2"])
+        config = training.TrainConfig(r=5, s=2, t=1, embedding_dim=16, layers=2)
         torch.manual_seed(0)
-        model = training.build_model(args, data)[0].to(on)
+        model = training.build_model(config, data)[0].to(on)
         optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
         generator = torch.Generator().manual_seed(1)
         users, items = data.train_pos[:, :256]
@@ -90,8 +88,7 @@ def equivalence(opts) -> int:
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
-        validation = metrics.evaluate(model, data, data.valid, data.train_interactions(), args.top_k,
-                                      args.test_batch_size)
+        validation = metrics.evaluate(model, data, data.valid, data.train_interactions(), [5, 10], 8192)
         runs[on] = (torch.tensor(losses), model.embedding.weight.detach().cpu(), torch.tensor(validation))
     (cpu_loss, cpu_weight, cpu_metrics), (loss, weight, validation) = runs[torch.device("cpu")], runs[device]
     result = {"device": str(device), "torch": torch.__version__,
@@ -184,7 +181,7 @@ def epochs(opts) -> int:
     ReFINe's epochs are timed from epoch --t on (W refined each epoch, as in most of a run's epochs)."""
     import torch
 
-    import main
+    import cli
     import metrics
     import training
     device = torch.device(opts.device)
@@ -192,13 +189,14 @@ def epochs(opts) -> int:
         torch.set_num_threads(opts.threads)
     data, name = load_data(opts)
     data = data.to(device)
-    flags = ["--model", opts.model, "--t", "1", "--r", str(min(opts.r, data.num_items - 1)),
-             "--s", str(min(5, data.num_items - 1))]
-    args = main.build_parser().parse_args(flags)
+    config = training.TrainConfig(model=opts.model, t=1, r=min(opts.r, data.num_items - 1),
+                                  s=min(5, data.num_items - 1))
     torch.manual_seed(0)
-    model, negatives, train_epoch = training.build_model(args, data)
+    model, negatives, train_epoch = training.build_model(config, data)
     model = model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    defaults = cli.build_parser()  # main.py's evaluation: the published cut-offs and batch of users
+    top_k, test_batch_size = defaults.get_default("top_k"), defaults.get_default("test_batch_size")
     exclude = data.train_interactions()
     train_seconds, eval_seconds = [], []
     ready, start_file = opts.ready, opts.start
@@ -211,10 +209,10 @@ def epochs(opts) -> int:
         synchronize(device)
         start = time.perf_counter()
         model.train()
-        train_epoch(model, optimizer, data, negatives, epoch, args)
+        train_epoch(model, optimizer, data, negatives, epoch, config)
         synchronize(device)
         middle = time.perf_counter()
-        metrics.evaluate(model, data, data.valid, exclude, args.top_k, args.test_batch_size)
+        metrics.evaluate(model, data, data.valid, exclude, top_k, test_batch_size)
         synchronize(device)
         if epoch > 1:
             train_seconds.append(middle - start)

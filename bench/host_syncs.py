@@ -37,7 +37,6 @@ import checkpoint  # noqa: E402
 import splits  # noqa: E402
 import model as model_module  # noqa: E402
 import training  # noqa: E402
-from cli import build_parser  # noqa: E402
 
 # Calls that read a device tensor back to the host (or size their output by its values).
 READING_METHODS = ("item", "tolist", "nonzero", "unique", "unique_consecutive", "masked_select", "argwhere",
@@ -156,21 +155,20 @@ def reads_in_epoch(model_name, mode, data, batch_size, counter_type, epoch=3, re
     with `resume`, the model and optimizer are saved and restored (as by --resume) before that epoch."""
     sampler_flag = mode if model_name != "refine_plus" else "dense"
     negatives_flag = mode if model_name == "refine_plus" else "shared"
-    args = build_parser().parse_args(["--model", model_name, "--sampler", sampler_flag, "--refine_plus_negatives",
-                                      negatives_flag, "--batch_size", str(batch_size), "--t", "2", "--r", "5",
-                                      "--s", "2", "--embedding_dim", "16", "--layers", "2"])
+    config = training.TrainConfig(model=model_name, sampler=sampler_flag, refine_plus_negatives=negatives_flag,
+                                  batch_size=batch_size, t=2, r=5, s=2, embedding_dim=16, layers=2)
     torch.manual_seed(0)
-    model, negatives, train_epoch = training.build_model(args, data)
+    model, negatives, train_epoch = training.build_model(config, data)
 
     def build():
-        built = training.build_model(args, data)[0].to(data.train_pos.device)
+        built = training.build_model(config, data)[0].to(data.train_pos.device)
         return built, torch.optim.Adam(built.parameters(), lr=0.01)
     model = model.to(data.train_pos.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    train_epoch(model, optimizer, data, negatives, epoch, args)  # warm-up: lazy initialisations read once
+    train_epoch(model, optimizer, data, negatives, epoch, config)  # warm-up: lazy initialisations read once
     if resume:
         model, optimizer = resumed(model, optimizer, build)
-        train_epoch(model, optimizer, data, negatives, epoch, args)  # and the restored model's own
+        train_epoch(model, optimizer, data, negatives, epoch, config)  # and the restored model's own
     counter = counter_type()
     if data.train_pos.device.type == "cpu":  # CPU tensors stand in for GPU ones: take the GPU's code path
         model_module.distinct_rows = model_module.padded_distinct_rows
@@ -178,7 +176,7 @@ def reads_in_epoch(model_name, mode, data, batch_size, counter_type, epoch=3, re
     optimizer.step = lambda *a, **k: _paused_call(counter, step, *a, **k)
     try:
         with counter:
-            train_epoch(model, optimizer, data, negatives, epoch, args)
+            train_epoch(model, optimizer, data, negatives, epoch, config)
     finally:
         model_module.distinct_rows = CPU_DISTINCT_ROWS
     edges = data.graph_edges.size(1) if model_name == "refine_plus" else data.train_pos.size(1)

@@ -178,29 +178,28 @@ def collaborative_scores(data, options):
     from tqdm import tqdm
 
     import cli
-    import splits
     import devices
-    from training import build_model
+    import splits
+    from catalog import split_path
+    from training import TrainConfig, build_model
     from utils import set_seed
 
-    args = cli.build_parser().parse_args(
-        ["--dataset", options.name, "--data_dir", str(options.data_dir), "--model", "lightgcn",
-         "--dataset_augment", "0", "--random_seed", str(options.seed), "--epochs", str(options.epochs),
-         "--threads", str(options.threads),
-         "--r", "1", "--s", "1"])  # ReFINe's similarity flags: plain LightGCN never uses them, small data fits 1
+    # ReFINe's similarity flags r and s: plain LightGCN never uses them, and 1 fits any data.
+    config = TrainConfig(model="lightgcn", r=1, s=1)
     torch.set_num_threads(options.threads)
     set_seed(options.seed)  # as main.py: seeds, then data, then the model
     device = devices.resolve_device(options.device)
     model_data = splits.load_splits(options.data_dir, options.name, augment=False)
     # Data main.py could not train on: the same one line as main.py's.
-    splits.check_trainable(model_data, args, args.top_k, cli.split_files(args)[0])
-    model, negatives, train_one_epoch = build_model(args, model_data.to(device))
+    splits.check_trainable(model_data, config, cli.build_parser().get_default("top_k"),
+                           split_path(options.data_dir, options.name, "train_original"))
+    model, negatives, train_one_epoch = build_model(config, model_data.to(device))
     model = model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     for epoch in tqdm(range(1, options.epochs + 1), desc="collaborative: LightGCN epochs", unit="epoch",
                       disable=None):
         model.train()
-        train_one_epoch(model, optimizer, model_data, negatives, epoch, args)
+        train_one_epoch(model, optimizer, model_data, negatives, epoch, config)
     with torch.no_grad():
         emb = model.propagate_embeddings().cpu().numpy()
     user_index = {user_id(u): i for i, u in enumerate(model_data.user_ids.tolist())}

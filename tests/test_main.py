@@ -8,6 +8,7 @@ import pytest
 
 import main
 import metrics
+import training
 from conftest import ORACLE_DIR, ROOT, write_synthetic_dataset
 
 PUBLISHED_DEFAULTS = {
@@ -44,6 +45,22 @@ def test_parser_defaults_equal_published():
     assert {key: args[key] for key in PUBLISHED_DEFAULTS} == PUBLISHED_DEFAULTS
     # The published flags come first, in the published order.
     assert list(args)[:len(PUBLISHED_DEFAULTS)] == list(PUBLISHED_DEFAULTS)
+
+
+def test_training_config_defaults_are_the_published_flags():
+    """TrainConfig() (what bench and tests build) equals the configuration of main.py's default flags,
+    and from_flags takes each field from its own flag."""
+    assert training.TrainConfig() == training.TrainConfig.from_flags(main.build_parser().parse_args([]))
+    assert {name: getattr(training.TrainConfig(), name) for name in ("batch_size", "embedding_dim", "layers",
+            "learning_rate", "real_neg_samp_prob", "p", "q", "r", "s", "t")} == \
+        {name: PUBLISHED_DEFAULTS[name] for name in ("batch_size", "embedding_dim", "layers", "learning_rate",
+                                                     "real_neg_samp_prob", "p", "q", "r", "s", "t")}
+    flags = ["--model", "lightgcn", "--sampler", "sparse", "--refine_plus_negatives", "per_positive",
+             "--batch_size", "7", "--embedding_dim", "8", "--layers", "2", "--learning_rate", "0.5",
+             "--real_neg_samp_prob", "2.5", "--p", "3", "--q", "0.5", "--r", "9", "--s", "4", "--t", "11"]
+    assert training.TrainConfig.from_flags(main.build_parser().parse_args(flags)) == training.TrainConfig(
+        model="lightgcn", sampler="sparse", refine_plus_negatives="per_positive", batch_size=7, embedding_dim=8,
+        layers=2, learning_rate=0.5, real_neg_samp_prob=2.5, p=3, q=0.5, r=9, s=4, t=11)
 
 
 @pytest.mark.parametrize("value,expected", [("1", 1), ("0", 0), ("augment", 1), ("original", 0)])

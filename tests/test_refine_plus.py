@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-import splits
 import main
 import sampler
+import splits
+import training
 from conftest import ORACLE_DIR, write_synthetic_dataset
 from model import ReFINePlus, multi_negative_ranking_loss
 
@@ -113,11 +114,11 @@ def test_shared_negatives_quirk_and_per_positive_fix(monkeypatch):
         valid=torch.zeros(2, 0, dtype=torch.long), test=torch.zeros(2, 0, dtype=torch.long),
         user_ids=np.arange(3), item_ids=np.arange(20))
     for mode in ("shared", "shared_fast", "per_positive"):
-        args = main.build_parser().parse_args(["--model", "refine_plus", "--refine_plus_negatives", mode])
-        model, weights, train_epoch = main.build_model(args, data)
+        config = training.TrainConfig(model="refine_plus", refine_plus_negatives=mode)
+        model, weights, train_epoch = training.build_model(config, data)
         optimizer = torch.optim.Adam(model.parameters())
         torch.manual_seed(0)
-        train_epoch(model, optimizer, data, weights, 1, args)
+        train_epoch(model, optimizer, data, weights, 1, config)
     (shared_users, shared), (fast_users, fast), (users, per_positive) = seen
     assert shared.shape == fast.shape == per_positive.shape == (3, 2)  # 20 // 10 negatives per positive
     for users_seen, draw in ((shared_users, shared), (fast_users, fast)):
