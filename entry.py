@@ -4,7 +4,8 @@
 
 A script's `main()` is `return entry.run_script(body, stop)`: `body()` does the work, and `stop`
 (a `Stop`) says, as the work goes on, where a Ctrl-C or SIGTERM would leave the user and what
-they can do then. The script updates it at each point where that changes.
+they can do then. The script updates it at each point where that changes (a training run's
+`RunStop` words it for each phase: starting, loading, an epoch, the final test).
 
     error: <message of an InputError>
     error: interrupted[ <where>]; <then>
@@ -69,6 +70,53 @@ class Stop:
 
     def line(self) -> str:
         return f"error: interrupted{' ' + self.where if self.where else ''}; {self.then}"
+
+
+class RunStop(Stop):
+    """The stop line of a training run (main.py), set at each phase with `at`: the one place that
+    says what is left to resume and the command that does it. An OS error's line ends with `then` too.
+    `paths`: the run's files (run_files.RunPaths); `resuming`: the run was started with --resume."""
+
+    def __init__(self, paths, resuming: bool = False):
+        self.paths, self.resuming = paths, resuming
+        self.at("starting")
+
+    def at(self, phase: str, epoch: int = 0, saved: int | None = None) -> None:
+        """phase: starting, loading, epoch (during `epoch`), saved (after `epoch`), trained or test (of
+        the best `epoch`). `saved`: the epoch of the training state on disk (default: the last finished
+        one, epoch - 1 during an epoch, epoch after it); a stop first writes the state it holds and
+        then says so (main.run)."""
+        self.set(*self.advice(phase, epoch, saved))
+
+    def advice(self, phase: str, epoch: int, saved: int | None) -> tuple[str, str]:
+        """(then, where) of the line at `phase`."""
+        state, checkpoint = self.paths.state, self.paths.checkpoint
+        nothing = "nothing can be resumed: rerun the command"
+        test_it = "rerun the same command with --resume to test it without training"
+
+        def continue_after(last_epoch):
+            return f"rerun the same command with --resume to continue after epoch {last_epoch} from {state}"
+
+        if phase in ("starting", "loading") and self.resuming:  # the state is only read before training
+            return f"{state} is unchanged: rerun the same command to resume from it", "before training"
+        if phase == "starting":
+            return f"nothing was written, so {nothing}", "while starting"
+        if phase == "loading":
+            return f"nothing was trained, so {nothing}", "while loading the data"
+        if phase == "epoch":  # before the first epoch finished there is no state
+            saved = epoch - 1 if saved is None else saved
+            return (continue_after(saved) if saved >= 1 else
+                    f"before any epoch finished, so {nothing}" if epoch == 1 else
+                    f"no training state was saved, so {nothing}", f"during epoch {epoch}")
+        if phase == "saved":
+            saved = epoch if saved is None else saved
+            return (continue_after(saved) if saved >= 1 else f"no training state was saved, so {nothing}",
+                    f"after epoch {epoch}")
+        if phase == "trained":
+            return f"the best checkpoint {checkpoint} is saved: {test_it}", "after training"
+        assert phase == "test", phase
+        return (f"training finished and the best checkpoint {checkpoint} (epoch {epoch}) is saved: {test_it}",
+                "during the final test")
 
 
 def _stop_like_ctrl_c(signum, frame):

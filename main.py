@@ -117,48 +117,14 @@ def to_json(obj, what: str, **kwargs) -> str:
         raise InputError(f"{what}: a value is NaN or infinite, which JSON cannot hold") from None
 
 
-def resume_advice(paths: RunPaths, phase: str, epoch: int = 0, resuming: bool = False,
-                  saved: int | None = None) -> tuple[str, str]:
-    """(then, where) of the line a stop prints at each phase of a run (entry.Stop): the one place that
-    says what is left to resume and the command that does it. An OS error's line ends with `then` too.
-    `saved`: the epoch of the training state on disk (default: the last finished one, epoch - 1 during
-    an epoch, epoch after it); a stop first writes the state it holds and then says so (run())."""
-    nothing = "nothing can be resumed: rerun the command"
-    test_it = "rerun the same command with --resume to test it without training"
-
-    def continue_after(last_epoch):
-        return f"rerun the same command with --resume to continue after epoch {last_epoch} from {paths.state}"
-
-    if phase in ("starting", "loading") and resuming:  # the state is only read before training
-        return f"{paths.state} is unchanged: rerun the same command to resume from it", "before training"
-    if phase == "starting":
-        return f"nothing was written, so {nothing}", "while starting"
-    if phase == "loading":
-        return f"nothing was trained, so {nothing}", "while loading the data"
-    if phase == "epoch":  # before the first epoch finished there is no state
-        saved = epoch - 1 if saved is None else saved
-        return (continue_after(saved) if saved >= 1 else
-                f"before any epoch finished, so {nothing}" if epoch == 1 else
-                f"no training state was saved, so {nothing}", f"during epoch {epoch}")
-    if phase == "saved":
-        saved = epoch if saved is None else saved
-        return (continue_after(saved) if saved >= 1 else f"no training state was saved, so {nothing}",
-                f"after epoch {epoch}")
-    if phase == "trained":
-        return f"the best checkpoint {paths.checkpoint} is saved: {test_it}", "after training"
-    assert phase == "test", phase
-    return (f"training finished and the best checkpoint {paths.checkpoint} (epoch {epoch}) is saved: {test_it}",
-            "during the final test")
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     paths = RunPaths.of(args)
-    stop = entry.Stop(*resume_advice(paths, "starting", resuming=args.resume))
+    stop = entry.RunStop(paths, resuming=args.resume)
     return entry.run_script(lambda: run_locked(args, paths, stop), stop)
 
 
-def run_locked(args, paths: RunPaths, stop: entry.Stop) -> int:
+def run_locked(args, paths: RunPaths, stop: entry.RunStop) -> int:
     """The flags and output paths checked, then the run under its lock, its whole log saved at the end."""
     check_flags(args)
     check_splits(args)
@@ -198,11 +164,11 @@ def deterministic(on: bool):
             os.environ["CUBLAS_WORKSPACE_CONFIG"] = before[1]
 
 
-def run(args, paths: RunPaths, log: RunLog, stop: entry.Stop) -> int:
+def run(args, paths: RunPaths, log: RunLog, stop: entry.RunStop) -> int:
     """Load (the resume state, the data, the model), train epoch by epoch, then test the best checkpoint."""
     device = set_up(args)
     state = checkpoint.load_resume_state(paths.state, args, paths.checkpoint) if args.resume else None
-    stop.set(*resume_advice(paths, "loading", resuming=args.resume))
+    stop.at("loading")
     print_config(args, device)
     config = TrainConfig.from_flags(args)
     data, data_sha256 = load_data(args, config, device)
@@ -227,7 +193,7 @@ def run(args, paths: RunPaths, log: RunLog, stop: entry.Stop) -> int:
                 break
             entry.raise_if_stopped()
             phase = ("epoch", epoch)
-            stop.set(*resume_advice(paths, *phase, saved=states.saved_epoch))
+            stop.at(*phase, saved=states.saved_epoch)
             model.train()
             loss = train_one_epoch(model, optimizer, data, negatives, epoch, config)
             if not math.isfinite(loss):
@@ -240,21 +206,21 @@ def run(args, paths: RunPaths, log: RunLog, stop: entry.Stop) -> int:
             states.keep(epoch, checkpoint.snapshot(state), now=early_stopping.best_epoch == epoch
                         or early_stopping.early_stop or epoch == args.epochs)
             phase = ("saved", epoch)
-            stop.set(*resume_advice(paths, *phase, saved=states.saved_epoch))
+            stop.at(*phase, saved=states.saved_epoch)
             log.save()
     except BaseException:
         # The last finished epoch's state, if held: a stop (or an error) resumes from it. A write that
         # fails here leaves the state on disk as it was, and the line says so.
         with contextlib.suppress(OSError):
             if states.write_held():
-                stop.set(*resume_advice(paths, *phase, saved=states.saved_epoch))
+                stop.at(*phase, saved=states.saved_epoch)
         raise
 
-    stop.set(*resume_advice(paths, "trained"))
+    stop.at("trained")
     train_seconds = time.time() - start_time
     if not report_training(model, early_stopping, train_seconds, args, paths):
         return 0
-    stop.set(*resume_advice(paths, "test", early_stopping.best_epoch))
+    stop.at("test", early_stopping.best_epoch)
     entry.raise_if_stopped()
     final_test(model, data, train_interactions, early_stopping.best_epoch, train_seconds, args, paths)
     return 0
