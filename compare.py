@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import entry
+from run_files import RunPaths, seed_folders
 from utils import ArgumentParser, HelpFormatter, InputError, atomic_write, check_output_path
 
 RULE_RE = re.compile(r"^#{10,}\s*$")
@@ -368,7 +369,10 @@ def seed_values(folder, k):
     if not folder.is_dir():
         raise InputError(f"--runs {folder}: not a folder; give a config folder of a sweep (OUT/<config>)")
     values = {name: [] for name in METRIC_NAMES}
-    for path in sorted(folder.glob("seed*/run.test.json")):
+    for seed_folder in seed_folders(folder).values():
+        path = RunPaths.in_sweep(seed_folder).test
+        if not path.is_file():
+            continue
         try:
             at_k = json.loads(path.read_text())["test"][str(k)]
             row = [float(at_k[name.lower()]) for name in METRIC_NAMES]
