@@ -374,7 +374,7 @@ def test_relabel_preset_makes_a_missing_set_with_the_relabel_command(tmp_path, m
     err = capsys.readouterr().err
     # only the missing set is made, with the command it names
     assert f"relabelled set 1/1: python refine_llm.py relabel ML-100K --data_dir {data} --rule collaborative " \
-           f"--scope answered --out_dir dataset-relabel/collaborative\n" in err and "2/" not in err
+           f"--scope answered --out_dir dataset-relabel/collaborative\n" in err and "relabelled set 2/" not in err
     assert len(planned) == 14
     collaborative = pd.read_csv(tmp_path / "dataset-relabel/collaborative/ML-100K/ML-100K_train_augment.csv")
     ratings = {(u, i): r for u, i, r in collaborative[COLUMNS].itertuples(index=False)}
