@@ -1,4 +1,4 @@
-"""Test configuration: the repository root on sys.path, and where the published data and logs are.
+"""Test configuration: where the published data and logs are (pytest.ini puts the repository root on the path).
 
     python -m pytest -q
 
@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.toy import write_synthetic_dataset  # noqa: F401  (the tests import it from here)
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-from toy import write_synthetic_dataset  # noqa: E402,F401  (the tests import it from here)
 
 ORACLE_DIR = ROOT / "results4comparison" / "published-code-on-cpu"
 PUBLISHED_DIR = ROOT / "results4comparison" / "published"

@@ -4,17 +4,14 @@
 
 Each test runs a few epochs of the toy data (tests/conftest.py) on cuda:0.
 """
-import sys
 
 import pytest
 import torch
 
+import bench.host_syncs as host_syncs
 import model as model_module
-from conftest import ROOT, write_synthetic_dataset
+from conftest import write_synthetic_dataset
 from test_main import SMALL, run_main, without_timing
-
-sys.path.insert(0, str(ROOT / "bench"))
-import host_syncs  # noqa: E402
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")]

@@ -8,6 +8,7 @@ CUDA cases run where a GPU is present and skip elsewhere.
 import csv
 import errno
 import math
+import os
 import subprocess
 import sys
 
@@ -234,10 +235,10 @@ def test_a_second_process_on_the_same_run_is_refused_until_the_first_ends(toy, t
     lock = tmp_path / "result/TOY/nothing.lock"
     lock.parent.mkdir(parents=True)
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); import checkpoint, pathlib\n"
+        [sys.executable, "-c", "import time, checkpoint, pathlib\n"
                                f"with checkpoint.run_lock(pathlib.Path({str(lock)!r})):\n"
                                f"    print('locked', flush=True); time.sleep(300)"],
-        stdout=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         assert holder.stdout.readline() == "locked\n"
         code, out, err = run_main(toy + ["--epochs", "1"], capsys)
@@ -261,10 +262,10 @@ def test_a_second_run_is_refused_before_the_slow_imports(toy, tmp_path):
     lock.parent.mkdir(parents=True)
     script = [sys.executable, "-S", str(ROOT / "main.py"), *toy, "--epochs", "1"]
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); import checkpoint, pathlib\n"
+        [sys.executable, "-c", "import time, checkpoint, pathlib\n"
                                f"with checkpoint.run_lock(pathlib.Path({str(lock)!r})):\n"
                                f"    print('locked', flush=True); time.sleep(300)"],
-        stdout=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         assert holder.stdout.readline() == "locked\n"
         refused = subprocess.run(script, cwd=tmp_path, capture_output=True, text=True, timeout=120)
