@@ -19,8 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from bench.toy import write_synthetic_dataset  # noqa: F401  (the tests import it from here)
-
 ROOT = Path(__file__).resolve().parents[1]
 
 ORACLE_DIR = ROOT / "results4comparison" / "published-code-on-cpu"

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import cli
-from conftest import ROOT, write_synthetic_dataset
+from helpers import write_synthetic_dataset
+from conftest import ROOT
 from test_main import SMALL, run_main
 
 SLOW_MODULES = {"torch", "torch_geometric", "pandas", "numpy"}

@@ -10,7 +10,7 @@ import torch
 
 import bench.host_syncs as host_syncs
 import model as model_module
-from conftest import write_synthetic_dataset
+from helpers import write_synthetic_dataset
 from test_main import SMALL, run_main, without_timing
 
 pytestmark = [pytest.mark.cuda,

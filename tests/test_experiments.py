@@ -16,7 +16,8 @@ import compare
 import experiments
 import report
 import sweep
-from conftest import ROOT, write_synthetic_dataset
+from helpers import write_synthetic_dataset
+from conftest import ROOT
 
 TINY = ["--batch_size", "64", "--top_k", "5", "20", "--r", "5", "--s", "2", "--t", "2",
         "--embedding_dim", "8", "--layers", "1", "--learning_rate", "0.01"]

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 import main
-from conftest import ORACLE_DIR, ROOT, write_synthetic_dataset
+from helpers import write_synthetic_dataset
+from conftest import ORACLE_DIR, ROOT
 
 PUBLISHED_DEFAULTS = {
     "random_seed": 2024, "gpu_id": 4, "dataset": "ML-100K", "dataset_augment": 1, "batch_size": 1024,

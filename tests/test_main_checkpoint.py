@@ -19,7 +19,8 @@ import checkpoint
 import devices
 import main
 import utils
-from conftest import ROOT, write_synthetic_dataset
+from helpers import write_synthetic_dataset
+from conftest import ROOT
 from test_main import SMALL, run_main
 import test_main_errors
 from test_main_errors import assert_one_error_line, snapshot

@@ -22,7 +22,8 @@ import torch
 
 import main
 import training
-from conftest import ROOT, ctrl_c_enabled, write_synthetic_dataset
+from helpers import write_synthetic_dataset
+from conftest import ROOT, ctrl_c_enabled
 from test_main import SMALL, run_main, without_timing
 
 

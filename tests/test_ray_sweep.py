@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from conftest import ROOT, ctrl_c_enabled, write_synthetic_dataset
+from helpers import write_synthetic_dataset
+from conftest import ROOT, ctrl_c_enabled
 from test_data_prep import closed_port
 from test_experiments import TINY
 

@@ -9,7 +9,8 @@ import torch
 import dataloader
 import main
 import sampler
-from conftest import ORACLE_DIR, write_synthetic_dataset
+from helpers import write_synthetic_dataset
+from conftest import ORACLE_DIR
 from model import ReFINePlus, multi_negative_ranking_loss
 
 

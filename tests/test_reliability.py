@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from conftest import ROOT, LocalHTTPServer, write_synthetic_dataset
+from helpers import write_synthetic_dataset
+from conftest import ROOT, LocalHTTPServer
 from test_main import SMALL
 
 PY = sys.executable
