@@ -10,9 +10,7 @@ import pytest
 import torch
 
 import cli
-from helpers import write_synthetic_dataset
-from conftest import ROOT
-from test_main import SMALL, run_main
+from helpers import ROOT, SMALL, run_main, write_synthetic_dataset
 
 SLOW_MODULES = {"torch", "torch_geometric", "pandas", "numpy"}
 

@@ -2,7 +2,7 @@
 
     python -m pytest -q -m cuda tests/test_cuda.py      # skipped where torch sees no GPU
 
-Each test runs a few epochs of the toy data (tests/conftest.py) on cuda:0.
+Each test runs a few epochs of the toy data (helpers.write_synthetic_dataset) on cuda:0.
 """
 
 import pytest
@@ -10,8 +10,7 @@ import torch
 
 import bench.host_syncs as host_syncs
 import model as model_module
-from helpers import write_synthetic_dataset
-from test_main import SMALL, run_main, without_timing
+from helpers import SMALL, run_main, without_timing, write_synthetic_dataset
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")]

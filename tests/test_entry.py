@@ -6,9 +6,9 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT
+
 # The scripts import entry: the repository root on their path.
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 

@@ -16,11 +16,7 @@ import compare
 import experiments
 import report
 import sweep
-from helpers import write_synthetic_dataset
-from conftest import ROOT
-
-TINY = ["--batch_size", "64", "--top_k", "5", "20", "--r", "5", "--s", "2", "--t", "2",
-        "--embedding_dim", "8", "--layers", "1", "--learning_rate", "0.01"]
+from helpers import ROOT, TINY, write_synthetic_dataset
 
 
 # ----------------------------------------------------------------------------------------------

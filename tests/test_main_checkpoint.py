@@ -19,15 +19,7 @@ import checkpoint
 import devices
 import main
 import utils
-from helpers import write_synthetic_dataset
-from conftest import ROOT
-from test_main import SMALL, run_main
-import test_main_errors
-from test_main_errors import assert_one_error_line, snapshot
-
-# The fixtures of test_main_errors: a synthetic dataset (toy), a finished 2-epoch run to resume.
-toy, finished_run, copy_of_finished_run = (test_main_errors.toy, test_main_errors.finished_run,
-                                           test_main_errors.copy_of_finished_run)
+from helpers import ROOT, SMALL, assert_one_error_line, run_main, snapshot, write_synthetic_dataset
 
 STATE = "result/TOY/run.last.pt"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")

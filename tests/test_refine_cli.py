@@ -14,8 +14,7 @@ import pytest
 
 from llm.answers import format_answer_block
 import refine_llm as R
-from conftest import ROOT
-from refine_fixtures import make_dataset
+from helpers import ROOT, make_dataset
 
 STAGES = ["prompts", "generate", "apply", "run", "diff"]
 

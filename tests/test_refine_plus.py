@@ -9,8 +9,7 @@ import torch
 import dataloader
 import main
 import sampler
-from helpers import write_synthetic_dataset
-from conftest import ORACLE_DIR
+from helpers import ORACLE_DIR, write_synthetic_dataset
 from model import ReFINePlus, multi_negative_ranking_loss
 
 

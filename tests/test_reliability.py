@@ -9,9 +9,7 @@ import time
 
 import pytest
 
-from helpers import write_synthetic_dataset
-from conftest import ROOT, LocalHTTPServer
-from test_main import SMALL
+from helpers import ROOT, SMALL, LocalHTTPServer, write_synthetic_dataset
 
 PY = sys.executable
 
