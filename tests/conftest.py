@@ -79,6 +79,19 @@ def copy_of_finished_run(finished_run, tmp_path, monkeypatch):
     return argv[:data_dir_at] + [str(tmp_path / "data")] + argv[data_dir_at + 1:]
 
 
+
+def pytest_collection_modifyitems(config, items):
+    """Every test marked cuda is skipped where torch sees no CUDA GPU (`pytest -m cuda` selects them all)."""
+    marked = [item for item in items if item.get_closest_marker("cuda")]
+    if not marked:
+        return
+    import torch  # only when a CUDA test is collected
+
+    if not torch.cuda.is_available():
+        for item in marked:
+            item.add_marker(pytest.mark.skip(reason="no CUDA GPU visible to torch"))
+
+
 # What makes a skipped test run, by a phrase of its skip reason (the first that matches wins).
 SKIP_ADVICE = (
     ("CUDA GPU is present", "runs where no CUDA GPU is visible"),

@@ -3,6 +3,7 @@ and no test module imports another.
 
     from helpers import ROOT, SMALL, run_main, write_synthetic_dataset
 
+- DEVICES: the cpu and cuda cases of a test that runs on both (the cuda one marked cuda);
 - paths and the published data: ROOT, ORACLE_DIR, find_data_dir, find_published_log (conftest.py's
   docstring says where they look);
 - main.py on synthetic data: write_synthetic_dataset (its one home is bench/toy.py, which
@@ -113,6 +114,11 @@ class LocalHTTPServer:
     def __exit__(self, *exc):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# A test that runs on both devices: parametrize it over DEVICES; its cuda case carries the cuda marker
+# (conftest.py skips it where torch sees no GPU; `pytest -m cuda` selects every CUDA test).
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
 # --- main.py on synthetic data ---------------------------------------------------------------------------

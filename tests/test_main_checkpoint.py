@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python -m pytest -q tests/test_main_checkpoint.py
 
 Each test runs the real entry point (main.main) on a small synthetic dataset, on the CPU; the
-CUDA cases run where a GPU is present and skip elsewhere.
+CUDA cases (marker cuda) run where a GPU is present and skip elsewhere.
 """
 import csv
 import errno
@@ -19,10 +19,9 @@ import checkpoint
 import devices
 import main
 import utils
-from helpers import ROOT, SMALL, assert_one_error_line, run_main, snapshot, write_synthetic_dataset
+from helpers import DEVICES, ROOT, SMALL, assert_one_error_line, run_main, snapshot, write_synthetic_dataset
 
 STATE = "result/TOY/run.last.pt"
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
 
 
 def edit_state(path, change):
@@ -62,7 +61,7 @@ def test_flags_on_the_may_change_list_resume(copy_of_finished_run, capsys):
 
 # --- Saved with CPU tensors; CUDA random states ------------------------------------------------------------
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+@pytest.mark.parametrize("device", DEVICES)
 def test_every_tensor_saved_is_on_the_cpu(toy, tmp_path, capsys, device):
     argv = [arg if arg != "cpu" else device for arg in toy]  # the fixture's --device cpu
     assert run_main(argv + ["--epochs", "2"], capsys)[0] == 0
@@ -96,7 +95,7 @@ def test_an_older_state_without_this_gpus_random_state_is_one_error(tmp_path):
         checkpoint.set_rng_state(state, torch.device("cuda", 2), tmp_path / "run.last.pt")
 
 
-@needs_cuda
+@pytest.mark.cuda
 def test_a_run_trained_on_the_gpu_resumes_and_tests_on_the_cpu(toy, capsys):
     argv = [arg if arg != "cpu" else "cuda" for arg in toy]
     assert run_main(argv + ["--epochs", "2"], capsys)[0] == 0
