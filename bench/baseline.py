@@ -1,6 +1,6 @@
 """The published ReFINe training design, written plainly: the baseline of bench_epoch.py.
 
-    python bench/bench_epoch.py --data_dir dataset --dataset ML-100K   # times it against ours
+    python -m bench.bench_epoch --data_dir dataset --dataset ML-100K   # times it against ours
 
 What it does, as the published main.py does (facts from that code; this is our own code):
 - torch_geometric's LightGCN called on edge_index for every batch, so each of the K LGConv

@@ -1,7 +1,7 @@
 """Time ReFINe epochs (train, similarity refinement, evaluation) against the published design.
 
-    python bench/bench_epoch.py --data_dir dataset --dataset ML-100K --out bench/ml100k.json
-    python bench/bench_epoch.py --synthetic amazon-book --impls sparse --epochs 1 --t 1   # scale run
+    python -m bench.bench_epoch --data_dir dataset --dataset ML-100K --out bench/ml100k.json
+    python -m bench.bench_epoch --synthetic amazon-book --impls sparse --epochs 1 --t 1   # scale run
 
 Implementations (--impls, run interleaved in one process, order alternating per epoch, so
 machine load hits all of them alike): `published` is bench/baseline.py; `dense` and `sparse`
@@ -22,25 +22,20 @@ import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-import cli  # noqa: E402
-import entry  # noqa: E402
-import splits  # noqa: E402
-from catalog import default_data_dir  # noqa: E402
-import metrics  # noqa: E402
-import sampler  # noqa: E402
-import synthetic  # noqa: E402
-import training  # noqa: E402
-from baseline import PublishedDesign  # noqa: E402
-from model import LightGCN  # noqa: E402
-from utils import atomic_write  # noqa: E402
+import cli
+import entry
+import metrics
+import sampler
+import splits
+import training
+from bench import synthetic
+from bench.baseline import PublishedDesign
+from catalog import default_data_dir
+from model import LightGCN
+from utils import atomic_write
 
 IMPLS = ("published", "dense", "sparse")
 

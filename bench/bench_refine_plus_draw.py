@@ -1,6 +1,6 @@
 """Time ReFINe++ training epochs with the published negative draw against --refine_plus_negatives shared_fast.
 
-    python bench/bench_refine_plus_draw.py --data_dir dataset --dataset ML-100K --epochs 4 \
+    python -m bench.bench_refine_plus_draw --data_dir dataset --dataset ML-100K --epochs 4 \
         --out bench/results/refine_plus_draw_cpu.json
 
 `shared` (the default) draws a row of I // 10 negatives for every positive of a batch and keeps the
@@ -16,18 +16,14 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import splits  # noqa: E402
-import entry  # noqa: E402
-from catalog import default_data_dir  # noqa: E402
-import training  # noqa: E402
-from utils import atomic_write, set_seed  # noqa: E402
+import entry
+import splits
+import training
+from catalog import default_data_dir
+from utils import atomic_write, set_seed
 
 MODES = ("shared", "shared_fast")
 

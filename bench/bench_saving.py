@@ -2,8 +2,8 @@
 (state written and log rewritten after every epoch) and after (state snapshot every epoch, written at
 new bests, the last epoch and every --save_every_s seconds; log appended).
 
-    python bench/bench_saving.py --data_dir dataset --dataset ML-100K --threads 1
-    python bench/bench_saving.py --synthetic ml-100k --threads 1     # no data needed
+    python -m bench.bench_saving --data_dir dataset --dataset ML-100K --threads 1
+    python -m bench.bench_saving --synthetic ml-100k --threads 1     # no data needed
 
 One process: a few real epochs (training + validation, main.py's functions) give the epoch time; then
 each write is timed --repeats times (medians). The log is replayed from a real ML-100K log
@@ -24,15 +24,13 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+import checkpoint
+import main
+import metrics
+import training
+from utils import EarlyStopping, RunLog, atomic_write
 
-import checkpoint  # noqa: E402
-import main  # noqa: E402
-import metrics  # noqa: E402
-import training  # noqa: E402
-from utils import EarlyStopping, RunLog, atomic_write  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 LOG = ROOT / "results4comparison" / "ReFINe_ML-100K.out"
 
@@ -65,7 +63,7 @@ def main_(argv=None) -> int:
     torch.set_num_threads(opts.threads)
     load_before = os.getloadavg()
     if opts.synthetic:
-        import synthetic
+        from bench import synthetic
         data, name = synthetic.generate(opts.synthetic, scale=1.0, seed=0), opts.synthetic
     else:
         import splits

@@ -1,10 +1,10 @@
 """The measuring steps of bench/gpu_check.sh, one subcommand each; every step prints one JSON object.
 
-    python bench/gpu_check.py versions
-    python bench/gpu_check.py equivalence --device cuda     # a short CPU-against-GPU run
-    python bench/gpu_check.py product --device cuda
-    python bench/gpu_check.py epochs --model refine_plus --data_dir bench/data --dataset ML-100K --device cuda
-    python bench/gpu_check.py summary STEP_DIR OUT/summary.json     # gathers the steps' JSON
+    python -m bench.gpu_check versions
+    python -m bench.gpu_check equivalence --device cuda     # a short CPU-against-GPU run
+    python -m bench.gpu_check product --device cuda
+    python -m bench.gpu_check epochs --model refine_plus --data_dir bench/data --dataset ML-100K --device cuda
+    python -m bench.gpu_check summary STEP_DIR OUT/summary.json     # gathers the steps' JSON
 
 bench/gpu_check.sh runs them with time limits and rewrites the summary after each; see bench/README.md.
 """
@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 PUBLISHED_A6000_SECONDS = 183.93  # `Training completed in` of the published ML-100K log (RTX A6000)
 PUBLISHED_TEST_AT_20 = {"recall": 0.4296, "ndcg": 0.3661}
@@ -64,7 +62,7 @@ def equivalence(opts) -> int:
     swap ranks)."""
     import torch
 
-    import host_syncs
+    from bench import host_syncs
     import metrics
     import training
     from model import bpr_loss
@@ -136,7 +134,7 @@ def product(opts) -> int:
 def syncs(opts) -> int:
     import torch
 
-    import host_syncs
+    from bench import host_syncs
     device = torch.device(opts.device)
     counter = host_syncs.CudaSyncCounter if device.type == "cuda" else host_syncs.HostReadCounter
     data = host_syncs.toy_data(device)
@@ -169,7 +167,7 @@ def run_summary(opts) -> int:
 
 def load_data(opts):
     import splits
-    import synthetic
+    from bench import synthetic
     if opts.synthetic:
         return synthetic.generate(opts.synthetic, scale=opts.scale, seed=0), opts.synthetic
     return splits.load_splits(opts.data_dir, opts.dataset, True, encode_negatives=opts.model == "refine_plus"), \
@@ -232,12 +230,14 @@ def throughput(opts) -> int:
     """--runs training processes at once on one device: epochs per second of all of them together."""
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        command = [sys.executable, str(Path(__file__).resolve()), "epochs", "--model", "refine", "--device",
+        command = [sys.executable, "-m", "bench.gpu_check", "epochs", "--model", "refine", "--device",
                    opts.device, "--epochs", str(opts.epochs), "--threads", "1", "--start", str(folder / "start")]
         command += ["--synthetic", opts.synthetic, "--scale", str(opts.scale)] if opts.synthetic else \
             ["--data_dir", opts.data_dir, "--dataset", opts.dataset]
+        # bench.gpu_check as a module: the repository root on the path, whatever the working directory.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         processes = [subprocess.Popen(command + ["--ready", str(folder / f"ready{index}")], stdout=subprocess.PIPE,
-                                      stderr=subprocess.DEVNULL, text=True) for index in range(opts.runs)]
+                                      stderr=subprocess.DEVNULL, text=True, env=env) for index in range(opts.runs)]
         while sum((folder / f"ready{index}").exists() for index in range(opts.runs)) < opts.runs:
             if any(process.poll() not in (None, 0) for process in processes):
                 break

@@ -50,7 +50,7 @@ status=0
 elapsed() { echo $(($(date +%s) - START)); }
 
 summarize() {  # rewrite $OUT/summary.json from the steps so far ($1: --print to show it)
-    "$PYTHON" bench/gpu_check.py summary "$STEPS" "$OUT/summary.json" --elapsed "$(elapsed)" --budget "$BUDGET" ${1:-}
+    "$PYTHON" -m bench.gpu_check summary "$STEPS" "$OUT/summary.json" --elapsed "$(elapsed)" --budget "$BUDGET" ${1:-}
 }
 
 # step NAME LIMIT MIN command...: run with `timeout` at most LIMIT s (less when the budget is short;
@@ -119,7 +119,7 @@ if [ "$DRY_RUN" = 1 ]; then
     # Tiny synthetic splits stand in for ML-100K: the dry run needs no data.
     DATA="$RUN_DIR/data"
     DATASET=ml-100k
-    timeout 60 "$PYTHON" bench/synthetic.py ml-100k --scale 0.05 --out "$DATA" >> "$LOG" 2>&1
+    timeout 60 "$PYTHON" -m bench.synthetic ml-100k --scale 0.05 --out "$DATA" >> "$LOG" 2>&1
     SCALE=0.02; EPOCHS=1; RUN_EPOCHS="--epochs 2 --r 5 --s 2 --threads 1"
     SYNC_CASES="--cases refine/dense,refine_plus/shared"
     PRODUCT_SIZE="--users 300 --items 200 --edges 5000"; RUNS="1 2"
@@ -138,10 +138,10 @@ HAVE_DATA=0
 
 # Caps (s): import 30 + equivalence 30 + versions 15 + product 30 + syncs 45 + ml100k_run 140 + ml100k_result 5
 # + refine_plus_epoch 40 + ml1m_size_epoch 45 + throughput 3 x 30 + the last summary 10 = 480.
-step equivalence 30 10 "$PYTHON" bench/gpu_check.py equivalence --device "$DEVICE"
-step versions 15 5 "$PYTHON" bench/gpu_check.py versions
-step product 30 10 "$PYTHON" bench/gpu_check.py product --device "$DEVICE" $PRODUCT_SIZE
-step syncs 45 20 "$PYTHON" bench/gpu_check.py syncs --device "$DEVICE" $SYNC_CASES
+step equivalence 30 10 "$PYTHON" -m bench.gpu_check equivalence --device "$DEVICE"
+step versions 15 5 "$PYTHON" -m bench.gpu_check versions
+step product 30 10 "$PYTHON" -m bench.gpu_check product --device "$DEVICE" $PRODUCT_SIZE
+step syncs 45 20 "$PYTHON" -m bench.gpu_check syncs --device "$DEVICE" $SYNC_CASES
 
 if [ "$HAVE_DATA" = 1 ]; then
     # The full default run; stopped by its limit it still leaves its log (and the epochs it ran).
@@ -150,9 +150,9 @@ if [ "$HAVE_DATA" = 1 ]; then
         --result_dir "$RUN_DIR/result" --path_name refine $RUN_EPOCHS
     cp "$RUN_DIR/result/refine.out" "$OUT/ML-100K.out" 2>/dev/null
     cp "$RUN_DIR/result/refine.test.json" "$OUT/ML-100K.test.json" 2>/dev/null
-    step ml100k_result 5 2 "$PYTHON" bench/gpu_check.py run-summary "$RUN_DIR/result/refine.out" \
+    step ml100k_result 5 2 "$PYTHON" -m bench.gpu_check run-summary "$RUN_DIR/result/refine.out" \
         "$RUN_DIR/result/refine.test.json" --wall $(($(date +%s) - run_begin))
-    step refine_plus_epoch 40 20 "$PYTHON" bench/gpu_check.py epochs --model refine_plus --device "$DEVICE" \
+    step refine_plus_epoch 40 20 "$PYTHON" -m bench.gpu_check epochs --model refine_plus --device "$DEVICE" \
         --data_dir "$DATA" --dataset "$DATASET" --epochs "$EPOCHS"
 else
     echo "== no $DATA/$DATASET/${DATASET}_*.csv: the ML-100K steps are skipped (bench/README.md)" >> "$LOG"
@@ -164,14 +164,14 @@ else
     summarize
 fi
 
-step ml1m_size_epoch 45 20 "$PYTHON" bench/gpu_check.py epochs --model refine --device "$DEVICE" \
+step ml1m_size_epoch 45 20 "$PYTHON" -m bench.gpu_check epochs --model refine --device "$DEVICE" \
     --synthetic ml-1m --scale "$SCALE" --r 250 --epochs "$EPOCHS"
 
 # Throughput on ML-100K-size data (synthetic when the CSVs are absent).
 if [ "$HAVE_DATA" = 1 ]; then THROUGHPUT_DATA=(--data_dir "$DATA" --dataset "$DATASET"); else
     THROUGHPUT_DATA=(--synthetic ml-100k --scale "$SCALE"); fi
 for runs in $RUNS; do
-    step "throughput_$runs" 30 20 "$PYTHON" bench/gpu_check.py throughput --runs "$runs" --device "$DEVICE" \
+    step "throughput_$runs" 30 20 "$PYTHON" -m bench.gpu_check throughput --runs "$runs" --device "$DEVICE" \
         --epochs "$EPOCHS" "${THROUGHPUT_DATA[@]}"
 done
 

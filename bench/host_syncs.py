@@ -1,8 +1,8 @@
 """Count the reads from the device (host synchronisations) per training batch of each model.
 
-    python bench/host_syncs.py                 # on the CPU: calls that would wait for a GPU, counted
-    python bench/host_syncs.py --device cuda   # on a GPU: the synchronisations CUDA itself reports
-    python bench/host_syncs.py --resumed       # the same, in an epoch after a save and resume (checkpoint.py)
+    python -m bench.host_syncs                 # on the CPU: calls that would wait for a GPU, counted
+    python -m bench.host_syncs --device cuda   # on a GPU: the synchronisations CUDA itself reports
+    python -m bench.host_syncs --resumed       # the same, in an epoch after a save and resume (checkpoint.py)
 
 A read from the GPU (`.item()`, `.tolist()`, a boolean mask, `nonzero`, `unique`, torch.multinomial's
 validity check, ...) makes the host wait until the GPU has finished all queued work; in a batch loop
@@ -30,13 +30,10 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import checkpoint  # noqa: E402
-import splits  # noqa: E402
-import model as model_module  # noqa: E402
-import training  # noqa: E402
+import checkpoint
+import model as model_module
+import splits
+import training
 
 # Calls that read a device tensor back to the host (or size their output by its values).
 READING_METHODS = ("item", "tolist", "nonzero", "unique", "unique_consecutive", "masked_select", "argwhere",
@@ -131,8 +128,7 @@ class CudaSyncCounter:
 
 def toy_data(device, num_users=40, num_items=60):
     """A small synthetic split (bench/toy.py, the tests' generator), loaded as main.py loads it."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    from toy import write_synthetic_dataset
+    from bench.toy import write_synthetic_dataset
     with tempfile.TemporaryDirectory() as folder:
         write_synthetic_dataset(Path(folder), "TOY", num_users=num_users, num_items=num_items)
         return splits.load_splits(folder, "TOY", True, encode_negatives=True).to(device)

@@ -4,8 +4,8 @@ Runs a tiny random Llama (bench/tiny_llm.py) on CPU, so it measures the engine (
 decoding), not a real LLM. With --count it instead counts a dataset's prompts and characters,
 the basis of the README's estimate for a real run.
 
-    python bench/llm_throughput.py --prompts 8 --batch_size 8
-    python bench/llm_throughput.py --count ML-100K --data_dir dataset
+    python -m bench.llm_throughput --prompts 8 --batch_size 8
+    python -m bench.llm_throughput --count ML-100K --data_dir dataset
 """
 import argparse
 import sys
@@ -13,14 +13,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import entry  # noqa: E402
-from llm.backends import Request, TransformersBackend  # noqa: E402
-from llm.data import default_skip_users, load_train  # noqa: E402
-from llm.prompts import budget_text, build_prompts, prompt_hash  # noqa: E402
-from bench.tiny_llm import build_tiny_llm, synthetic_joined  # noqa: E402
+import entry
+from llm.backends import Request, TransformersBackend
+from llm.data import default_skip_users, load_train
+from llm.prompts import budget_text, build_prompts, prompt_hash
+from bench.tiny_llm import build_tiny_llm, synthetic_joined
 
 
 def time_generation(model_dir, jobs, batch_size, device):

@@ -1,6 +1,6 @@
 """Synthetic rating graphs at the sizes of the ReFINe datasets, for scale and speed runs.
 
-    python bench/synthetic.py amazon-book --out /tmp/synth         # writes /tmp/synth/amazon-book/*.csv
+    python -m bench.synthetic amazon-book --out /tmp/synth         # writes /tmp/synth/amazon-book/*.csv
     python main.py --data_dir /tmp/synth --dataset amazon-book --epochs 1 --sampler sparse
 
 Users and items get long-tailed activity and popularity (log-normal weights), so degrees look
@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from catalog import PUBLISHED_R, SPLIT_COLUMNS  # noqa: E402
-import entry  # noqa: E402
-from splits import RecData  # noqa: E402
+from catalog import PUBLISHED_R, SPLIT_COLUMNS
+import entry
+from splits import RecData
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,12 @@
 Used by the tests and bench/llm_throughput.py to drive refine_llm's transformers backend through
 the same from_pretrained path a user takes, without downloads.
 
-    python bench/tiny_llm.py /tmp/tiny-llm
+    python -m bench.tiny_llm /tmp/tiny-llm
 """
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from catalog import SPLIT_COLUMNS  # noqa: E402
+from catalog import SPLIT_COLUMNS
 
 
 def build_tiny_llm(folder, texts, vocab_size=400, hidden=64, layers=2, seed=0):

@@ -1,6 +1,6 @@
 """The small synthetic split files of the tests and of bench/host_syncs.py (no pytest needed).
 
-    python -c "import sys; sys.path.insert(0, 'bench'); import toy; toy.write_synthetic_dataset('/tmp/d')"
+    python -c "from bench import toy; toy.write_synthetic_dataset('/tmp/d')"     # from the repository root
 """
 from pathlib import Path
 

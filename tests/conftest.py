@@ -1,4 +1,4 @@
-"""Test configuration: the repository root on sys.path, and where the published data and logs are.
+"""Test configuration: where the published data and logs are (pytest.ini puts the repository root on the path).
 
     python -m pytest -q
 
@@ -10,55 +10,15 @@ looks anywhere else. The run's closing summary lists every skip reason with its 
 would make those tests run. The published code's own CPU logs, the oracle of the digit-for-digit
 tests, are part of the repository. All other tests build their own small synthetic data.
 """
-import os
-import re
-import signal
-import sys
+import contextlib
+import io
+import shutil
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-from toy import write_synthetic_dataset  # noqa: E402,F401  (the tests import it from here)
-
-ORACLE_DIR = ROOT / "results4comparison" / "published-code-on-cpu"
-PUBLISHED_DIR = ROOT / "results4comparison" / "published"
-ML100K_SPLITS = tuple(f"ML-100K_{split}.csv" for split in ("train_augment", "train_original", "validation", "test"))
-ML100K_RAW = ("ml-100k.inter", "ml-100k.item")
-# Every skip for missing published data carries this text, so that the summary can group them.
-MISSING_DATA = "published data not found"
-GET_DATA = "python dataloader.py download ML-100K --refined"
-
-
-def ctrl_c_enabled():
-    """preexec_fn for a subprocess that a test interrupts with SIGINT: a suite run as a background job
-    has SIGINT ignored, and children inherit that; the real command then sees Ctrl-C as a terminal sends it."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def data_dirs():
-    """Candidate data folders (each holds <NAME>/ subfolders), in the order they are searched."""
-    dirs = [Path(os.environ["REFINE_DATA_DIR"])] if os.environ.get("REFINE_DATA_DIR") else []
-    return dirs + [ROOT / "dataset"]
-
-
-def log_dirs():
-    """Candidate folders of the authors' logs, in the order they are searched."""
-    dirs = [Path(os.environ["REFINE_LOG_DIR"])] if os.environ.get("REFINE_LOG_DIR") else []
-    return dirs + [PUBLISHED_DIR]
-
-
-def find_data_dir(name, files, how=GET_DATA):
-    """The first candidate data folder whose <name>/ holds every file named; skips the test if none does
-    (`how`: the command that provides the files)."""
-    for folder in data_dirs():
-        if all((folder / name / file).is_file() for file in files):
-            return folder
-    pytest.skip(f"{MISSING_DATA}: {name}/ with {', '.join(files)} in none of "
-                f"{', '.join(str(d) for d in data_dirs())}; run: {how}")
+from helpers import (MISSING_DATA, ML100K_RAW, ML100K_SPLITS, SMALL, fetch_log_command, find_data_dir,
+                     find_published_log, log_dirs, write_synthetic_dataset)
 
 
 @pytest.fixture
@@ -74,20 +34,6 @@ def ml100k_with_raw():
     return find_data_dir("ML-100K", ML100K_SPLITS + ML100K_RAW)
 
 
-def find_published_log(name):
-    """Path of the authors' log `name` (e.g. ReFINe_ML-100K.out), or None."""
-    for folder in log_dirs():
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
-def fetch_log_command(name):
-    """The command that puts the authors' log `name` into results4comparison/published/."""
-    match = re.fullmatch(r"ReFINe_(.+)\.out", name)
-    return f"python compare.py published:{match.group(1)}" if match else f"python compare.py published-plus:{name[:-4]}"
-
-
 @pytest.fixture
 def published_log():
     """published_log(name) -> the path of the authors' log `name`; skips the test where it is absent."""
@@ -98,6 +44,52 @@ def published_log():
                         f"run: {fetch_log_command(name)}")
         return path
     return find
+
+
+# --- main.py on synthetic data (tests/test_main*.py) ---------------------------------------------------
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """A synthetic dataset under tmp_path/data; the working directory (for result/) is tmp_path."""
+    write_synthetic_dataset(tmp_path / "data", "TOY")
+    monkeypatch.chdir(tmp_path)
+    return ["--data_dir", str(tmp_path / "data"), "--device", "cpu"] + SMALL
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 2-epoch run in its own folder: data/TOY, result/TOY/run.* (a valid .last.pt included)."""
+    import main  # here: importing conftest.py loads no torch
+
+    folder = tmp_path_factory.mktemp("finished")
+    write_synthetic_dataset(folder / "data", "TOY")
+    argv = ["--data_dir", str(folder / "data"), "--device", "cpu"] + SMALL + ["--epochs", "2", "--path_name", "run"]
+    with contextlib.chdir(folder), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        assert main.main(argv) == 0
+    return folder, argv
+
+
+@pytest.fixture
+def copy_of_finished_run(finished_run, tmp_path, monkeypatch):
+    folder, argv = finished_run
+    shutil.copytree(folder, tmp_path, dirs_exist_ok=True)
+    monkeypatch.chdir(tmp_path)
+    data_dir_at = argv.index("--data_dir") + 1
+    return argv[:data_dir_at] + [str(tmp_path / "data")] + argv[data_dir_at + 1:]
+
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test marked cuda is skipped where torch sees no CUDA GPU (`pytest -m cuda` selects them all)."""
+    marked = [item for item in items if item.get_closest_marker("cuda")]
+    if not marked:
+        return
+    import torch  # only when a CUDA test is collected
+
+    if not torch.cuda.is_available():
+        for item in marked:
+            item.add_marker(pytest.mark.skip(reason="no CUDA GPU visible to torch"))
 
 
 # What makes a skipped test run, by a phrase of its skip reason (the first that matches wins).
@@ -145,31 +137,3 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(line)
 
 
-class LocalHTTPServer:
-    """A threaded HTTP server on 127.0.0.1 (a free port) serving `handler`; use it with `with`.
-
-    Subclasses build their handler class in __init__ and call super().__init__(handler, path).
-    """
-
-    def __init__(self, handler, path="/"):
-        import threading
-        from http.server import ThreadingHTTPServer
-
-        class Server(ThreadingHTTPServer):
-            def handle_error(self, request, client_address):
-                # A client that stops (a failed run cancelling its other requests) closes sockets the
-                # server still writes to; socketserver would print that traceback into the test's stderr.
-                if not isinstance(sys.exc_info()[1], ConnectionError):
-                    super().handle_error(request, client_address)
-
-        self.httpd = Server(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()

@@ -1,6 +1,6 @@
 """main.py's command line: complete --help, fast answers without torch, the log file, --threads.
 
-    OMP_NUM_THREADS=1 /work/venv/bin/python -m pytest -q tests/test_cli.py
+    OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_cli.py
 """
 import os
 import subprocess
@@ -10,8 +10,7 @@ import pytest
 import torch
 
 import cli
-from conftest import ROOT, write_synthetic_dataset
-from test_main import SMALL, run_main
+from helpers import ROOT, SMALL, run_main, write_synthetic_dataset
 
 SLOW_MODULES = {"torch", "torch_geometric", "pandas", "numpy"}
 

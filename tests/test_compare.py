@@ -6,7 +6,7 @@ import matplotlib.image
 import pytest
 
 import compare
-from conftest import ORACLE_DIR
+from helpers import ORACLE_DIR
 from utils import InputError
 
 RULE = "#" * 77
@@ -279,7 +279,7 @@ def test_cli_subprocess_plot_under_a_file(two_runs, tmp_path):
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     blocker = tmp_path / "result"
     blocker.write_text("a file where a folder is expected")
@@ -332,7 +332,7 @@ def test_cli_subprocess_one_label_for_two_logs(two_runs):
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     process = subprocess.run([sys.executable, str(ROOT / "compare.py"), *map(str, two_runs), "--labels", "x", "x"],
                              capture_output=True, text=True)

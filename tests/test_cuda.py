@@ -2,22 +2,17 @@
 
     python -m pytest -q -m cuda tests/test_cuda.py      # skipped where torch sees no GPU
 
-Each test runs a few epochs of the toy data (tests/conftest.py) on cuda:0.
+Each test runs a few epochs of the toy data (helpers.write_synthetic_dataset) on cuda:0.
 """
-import sys
 
 import pytest
 import torch
 
+import bench.host_syncs as host_syncs
 import model as model_module
-from conftest import ROOT, write_synthetic_dataset
-from test_main import SMALL, run_main, without_timing
+from helpers import SMALL, run_main, without_timing, write_synthetic_dataset
 
-sys.path.insert(0, str(ROOT / "bench"))
-import host_syncs  # noqa: E402
-
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")]
+pytestmark = pytest.mark.cuda  # skipped where torch sees no GPU (conftest.py)
 
 MODELS = {"refine": [], "lightgcn": ["--dataset_augment", "0"], "refine_plus": ["--model", "refine_plus"],
           "refine_sparse": ["--sampler", "sparse"]}

@@ -11,7 +11,7 @@ import pytest
 
 import compare
 import dataloader
-from conftest import ROOT
+from helpers import ROOT
 
 
 def all_parsers(parser):

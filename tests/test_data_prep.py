@@ -1,11 +1,10 @@
-"""Tests for download.py and preprocess.py (through dataloader.py): SPEC 1.2 preprocessing, GroupLens conversion, downloads over real HTTP.
+"""Tests for download.py and preprocess.py (through dataloader.py): docs/method.md §1.2 preprocessing, GroupLens conversion, downloads over real HTTP.
 
     python -m pytest -q tests/test_data_prep.py
 """
 import contextlib
 import errno
 import hashlib
-import http.server
 import io
 import os
 import re
@@ -16,7 +15,6 @@ import socket
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,18 +24,10 @@ import catalog
 import dataloader
 import download
 import preprocess
-from conftest import ML100K_RAW, LocalHTTPServer, find_data_dir
+from helpers import ML100K_RAW, ROOT, FixtureServer, closed_port, find_data_dir
 from catalog import ITEM, RATING, USER
 
-ROOT = Path(__file__).resolve().parents[1]
 HEADER = f"{USER}\t{ITEM}\t{RATING}\ttimestamp:float\n"
-
-
-def closed_port():
-    """A 127.0.0.1 port nothing listens on (connections are refused at once)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)
@@ -92,7 +82,7 @@ def test_ml100k_preprocess_reproduces_published_splits(ml100k_with_raw, tmp_path
 
 
 # ---------------------------------------------------------------------------------------------
-# SPEC 1.2 on synthetic data
+# docs/method.md §1.2 on synthetic data
 
 # Hand-worked 2-core example (threshold 4). Row numbers are 1-based file order.
 #  pass 1, positives {1,2,3,4,5,6,7,13,14,15,16}: items all >= 2; user d has 1 -> drop row 7.
@@ -113,7 +103,7 @@ def test_k_core_converges_to_hand_computed_result():
 
 
 def naive_k_core(rows, threshold, k):
-    """Independent loop over plain lists: same SPEC 1.2 procedure, no pandas."""
+    """Independent loop over plain lists: same docs/method.md §1.2 procedure, no pandas."""
     current = list(range(len(rows)))
     while True:
         pos = [r for r in current if rows[r][2] >= threshold]
@@ -358,50 +348,6 @@ def test_grouplens_ml1m_conversion(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Downloads over a real local HTTP server
-
-class FixtureServer(LocalHTTPServer):
-    """http.server on 127.0.0.1 serving `files` {url path: bytes}; can fail on purpose."""
-
-    def __init__(self):
-        self.files, self.status, self.truncate_once = {}, {}, set()
-        self.honor_range = True
-        self.requests = []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                server.requests.append((self.path, self.headers.get("Range")))
-                if self.path in server.status:
-                    self.send_error(server.status[self.path], "Access Denied")
-                    return
-                body = server.files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                start, code = 0, 200
-                match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-                if match and server.honor_range:
-                    start, code = int(match.group(1)), 206
-                    if start >= len(body):
-                        self.send_error(416)
-                        return
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(body) - start))
-                if code == 206:
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                self.end_headers()
-                if self.path in server.truncate_once:
-                    server.truncate_once.discard(self.path)
-                    self.wfile.write(body[start:start + (len(body) - start) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True  # short body: fewer bytes than Content-Length
-                    return
-                self.wfile.write(body[start:])
-
-        super().__init__(Handler, "/")
 
 
 def split_fixtures(name):
@@ -988,7 +934,7 @@ def test_amazon_raw_ratings_from_recbole_bucket_then_preprocess(tmp_path, capsys
 def test_preprocess_stopped_by_a_signal_is_one_line_exit_2(tmp_path, signum):
     """Issue 20 cause 7: the stop handlers are installed before any work, so a stop while preprocess
     reads is the one-line stop (not 'killed by signal 2'), and no split file is written."""
-    from conftest import ctrl_c_enabled
+    from helpers import ctrl_c_enabled
 
     rng = np.random.default_rng(0)
     rows = zip(rng.integers(1, 3000, 200000), rng.integers(1, 2000, 200000), rng.integers(1, 6, 200000), [0] * 200000)

@@ -14,8 +14,7 @@ import catalog
 import compare
 import dataloader
 import download
-from conftest import find_published_log
-from test_data_prep import FixtureServer, closed_port
+from helpers import FixtureServer, closed_port, find_published_log
 
 
 def tiny_log(dataset, recall):
@@ -150,7 +149,7 @@ def test_download_without_the_logs_is_a_note_not_a_failure(tmp_path, monkeypatch
 def test_compare_script_unreachable_is_one_line_and_leaves_nothing(tmp_path):
     """The real script (its own process, its default cache folder): nothing is written when the
     server cannot be reached."""
-    from conftest import ROOT
+    from helpers import ROOT
 
     before = download.PUBLISHED_DIR.exists() and sorted(download.PUBLISHED_DIR.iterdir())
     base = f"http://127.0.0.1:{closed_port()}"

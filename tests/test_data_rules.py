@@ -10,7 +10,7 @@ import torch
 
 import splits
 import main
-from conftest import write_synthetic_dataset
+from helpers import write_synthetic_dataset
 from catalog import ITEM, RATING, USER
 
 SMALL = ["--dataset", "TOY", "--epochs", "1", "--batch_size", "64", "--top_k", "5", "--r", "5", "--s", "2",

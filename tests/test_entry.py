@@ -2,19 +2,22 @@
 
     python -m pytest -q tests/test_entry.py
 """
+import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT
+
+# The scripts import entry: the repository root on their path.
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def script_command(tmp_path, source, then, where=""):
     """The command that runs `source` (which defines body()) as a script of this project ends:
     entry's stop handlers, then sys.exit(entry.run_script(body, entry.Stop(then, where)))."""
     path = tmp_path / "script.py"
-    path.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport entry\n" + textwrap.dedent(source)
+    path.write_text("import sys\nimport entry\n" + textwrap.dedent(source)
                     + f"\nentry.install_stop_handlers()\nsys.exit(entry.run_script(body, entry.Stop({then!r}, {where!r})))\n")
     return [sys.executable, str(path)]
 
@@ -37,7 +40,7 @@ def test_only_the_first_stop_interrupts(tmp_path):
 
         atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(0.2), print("exit handler done")))
     """, "rerun to resume", "during the work")
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=ENV)
     assert done.returncode == 2
     assert done.stderr == "error: interrupted during the work; rerun to resume\n"
     assert done.stdout == "state saved\nexit handler done\n"
@@ -45,7 +48,7 @@ def test_only_the_first_stop_interrupts(tmp_path):
 
 def test_without_a_stop_the_scripts_exit_code_stands(tmp_path):
     done = subprocess.run(script_command(tmp_path, "body = lambda: 3", "nothing to resume"),
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, env=ENV)
     assert (done.returncode, done.stderr) == (3, "")
 
 
@@ -56,7 +59,7 @@ def test_a_closed_output_pipe_is_one_line(tmp_path):
             for line in range(10 ** 6):
                 print(f"line {line}")
     """, "rerun the command")
-    chatty = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    chatty = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
     assert chatty.stdout.read(8) == b"line 0\nl"
     chatty.stdout.close()  # as head does once it has its lines
     err = chatty.stderr.read().decode()
@@ -81,5 +84,5 @@ def test_a_further_sigterm_while_the_interpreter_shuts_down_keeps_exit_code_2(tm
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)
     """, "rerun to resume")
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=ENV)
     assert (done.returncode, done.stderr) == (2, "error: interrupted; rerun to resume\n")

@@ -18,10 +18,7 @@ import report
 import run_files
 import sweep
 import utils
-from conftest import ROOT, write_synthetic_dataset
-
-TINY = ["--batch_size", "64", "--top_k", "5", "20", "--r", "5", "--s", "2", "--t", "2",
-        "--embedding_dim", "8", "--layers", "1", "--learning_rate", "0.01"]
+from helpers import ROOT, TINY, write_synthetic_dataset
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT
+from helpers import ROOT
 
 STEPS = ["equivalence", "versions", "product", "syncs", "ml100k_run", "ml100k_result", "refine_plus_epoch", "ml1m_size_epoch",
          "throughput_1", "throughput_2"]

@@ -9,7 +9,7 @@ import pytest
 import main
 import metrics
 import training
-from conftest import ORACLE_DIR, ROOT, write_synthetic_dataset
+from helpers import ORACLE_DIR, ROOT, run_main, without_timing
 
 PUBLISHED_DEFAULTS = {
     "random_seed": 2024, "gpu_id": 4, "dataset": "ML-100K", "dataset_augment": 1, "batch_size": 1024,
@@ -17,27 +17,7 @@ PUBLISHED_DEFAULTS = {
     "early_stopping_step": 50, "top_k": [5, 10, 15, 20], "epochs": 1000, "real_neg_samp_prob": 1.5,
     "p": 1.5, "q": 0.75, "r": 100, "s": 5, "t": 50, "path_name": "nothing",
 }
-SMALL = ["--dataset", "TOY", "--batch_size", "64", "--top_k", "1", "5", "10", "--r", "5", "--s", "2", "--t", "3",
-         "--embedding_dim", "16", "--layers", "2", "--learning_rate", "0.01"]
 METRIC_LINE = r"Precision@\d+: +\d\.\d{4}, Recall@\d+: +\d\.\d{4}, NDCG@\d+: +\d\.\d{4}"
-
-
-def run_main(argv, capsys):
-    code = main.main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture
-def toy(tmp_path, monkeypatch):
-    """A synthetic dataset under tmp_path/data; the working directory (for result/) is tmp_path."""
-    write_synthetic_dataset(tmp_path / "data", "TOY")
-    monkeypatch.chdir(tmp_path)
-    return ["--data_dir", str(tmp_path / "data"), "--device", "cpu"] + SMALL
-
-
-def without_timing(log):
-    return re.sub(r"Training completed in [\d.]+ seconds", "Training completed in S seconds", log)
 
 
 def test_parser_defaults_equal_published():

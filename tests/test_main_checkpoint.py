@@ -3,11 +3,12 @@
     OMP_NUM_THREADS=1 python -m pytest -q tests/test_main_checkpoint.py
 
 Each test runs the real entry point (main.main) on a small synthetic dataset, on the CPU; the
-CUDA cases run where a GPU is present and skip elsewhere.
+CUDA cases (marker cuda) run where a GPU is present and skip elsewhere.
 """
 import csv
 import errno
 import math
+import os
 import subprocess
 import sys
 
@@ -18,17 +19,9 @@ import checkpoint
 import devices
 import main
 import utils
-from conftest import ROOT, write_synthetic_dataset
-from test_main import SMALL, run_main
-import test_main_errors
-from test_main_errors import assert_one_error_line, snapshot
-
-# The fixtures of test_main_errors: a synthetic dataset (toy), a finished 2-epoch run to resume.
-toy, finished_run, copy_of_finished_run = (test_main_errors.toy, test_main_errors.finished_run,
-                                           test_main_errors.copy_of_finished_run)
+from helpers import DEVICES, ROOT, SMALL, assert_one_error_line, run_main, snapshot, write_synthetic_dataset
 
 STATE = "result/TOY/run.last.pt"
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
 
 
 def edit_state(path, change):
@@ -68,7 +61,7 @@ def test_flags_on_the_may_change_list_resume(copy_of_finished_run, capsys):
 
 # --- Saved with CPU tensors; CUDA random states ------------------------------------------------------------
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+@pytest.mark.parametrize("device", DEVICES)
 def test_every_tensor_saved_is_on_the_cpu(toy, tmp_path, capsys, device):
     argv = [arg if arg != "cpu" else device for arg in toy]  # the fixture's --device cpu
     assert run_main(argv + ["--epochs", "2"], capsys)[0] == 0
@@ -102,7 +95,7 @@ def test_an_older_state_without_this_gpus_random_state_is_one_error(tmp_path):
         checkpoint.set_rng_state(state, torch.device("cuda", 2), tmp_path / "run.last.pt")
 
 
-@needs_cuda
+@pytest.mark.cuda
 def test_a_run_trained_on_the_gpu_resumes_and_tests_on_the_cpu(toy, capsys):
     argv = [arg if arg != "cpu" else "cuda" for arg in toy]
     assert run_main(argv + ["--epochs", "2"], capsys)[0] == 0
@@ -234,10 +227,10 @@ def test_a_second_process_on_the_same_run_is_refused_until_the_first_ends(toy, t
     lock = tmp_path / "result/TOY/nothing.lock"
     lock.parent.mkdir(parents=True)
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); import checkpoint, pathlib\n"
+        [sys.executable, "-c", "import time, checkpoint, pathlib\n"
                                f"with checkpoint.run_lock(pathlib.Path({str(lock)!r})):\n"
                                f"    print('locked', flush=True); time.sleep(300)"],
-        stdout=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         assert holder.stdout.readline() == "locked\n"
         code, out, err = run_main(toy + ["--epochs", "1"], capsys)
@@ -261,10 +254,10 @@ def test_a_second_run_is_refused_before_the_slow_imports(toy, tmp_path):
     lock.parent.mkdir(parents=True)
     script = [sys.executable, "-S", str(ROOT / "main.py"), *toy, "--epochs", "1"]
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); import checkpoint, pathlib\n"
+        [sys.executable, "-c", "import time, checkpoint, pathlib\n"
                                f"with checkpoint.run_lock(pathlib.Path({str(lock)!r})):\n"
                                f"    print('locked', flush=True); time.sleep(300)"],
-        stdout=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         assert holder.stdout.readline() == "locked\n"
         refused = subprocess.run(script, cwd=tmp_path, capture_output=True, text=True, timeout=120)

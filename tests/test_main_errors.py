@@ -1,12 +1,10 @@
 """Bad input, bad files and Ctrl-C in main.py: one `error:` line, exit code 2, nothing half-written.
 
-    OMP_NUM_THREADS=1 /work/venv/bin/python -m pytest -q tests/test_main_errors.py
+    OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_main_errors.py
 
 One test per cause of issue 10 that concerns main.py, each on the real entry point (main.main, or
 `python main.py` where the flags alone decide) and a small synthetic dataset.
 """
-import contextlib
-import io
 import json
 import os
 import re
@@ -23,48 +21,8 @@ import torch
 import main
 import metrics
 import training
-from conftest import ROOT, ctrl_c_enabled, write_synthetic_dataset
-from test_main import SMALL, run_main, without_timing
-
-
-@pytest.fixture
-def toy(tmp_path, monkeypatch):
-    write_synthetic_dataset(tmp_path / "data", "TOY")
-    monkeypatch.chdir(tmp_path)
-    return ["--data_dir", str(tmp_path / "data"), "--device", "cpu"] + SMALL
-
-
-def snapshot(folder: Path) -> dict:
-    """{relative path: bytes} of every file under folder: equal snapshots = nothing written or replaced."""
-    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
-
-
-def assert_one_error_line(err: str, *culprits: str) -> None:
-    assert err.count("\n") == 1 and err.startswith("error: "), err
-    assert "Traceback" not in err
-    for culprit in culprits:
-        assert culprit in err, (culprit, err)
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """A finished 2-epoch run in its own folder: data/TOY, result/TOY/run.* (a valid .last.pt included)."""
-    folder = tmp_path_factory.mktemp("finished")
-    write_synthetic_dataset(folder / "data", "TOY")
-    argv = ["--data_dir", str(folder / "data"), "--device", "cpu"] + SMALL + ["--epochs", "2", "--path_name", "run"]
-    with contextlib.chdir(folder), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
-        assert main.main(argv) == 0
-    return folder, argv
-
-
-@pytest.fixture
-def copy_of_finished_run(finished_run, tmp_path, monkeypatch):
-    folder, argv = finished_run
-    shutil.copytree(folder, tmp_path, dirs_exist_ok=True)
-    monkeypatch.chdir(tmp_path)
-    data_dir_at = argv.index("--data_dir") + 1
-    return argv[:data_dir_at] + [str(tmp_path / "data")] + argv[data_dir_at + 1:]
+from helpers import (ROOT, SMALL, assert_one_error_line, ctrl_c_enabled, run_main, snapshot, without_timing,
+                     write_synthetic_dataset)
 
 
 # --- Cause 1: a train user with no possible negative -------------------------------------------------
@@ -384,7 +342,6 @@ def test_the_state_is_written_at_new_bests_and_the_end_and_a_stop_resumes_from_t
     expected = without_timing(whole.replace("nothing", "cut"))
     assert without_timing(resumed) == expected
     assert without_timing((tmp_path / "result/TOY/cut.out").read_text()) == expected
-
 
 
 def test_a_state_write_that_fails_is_not_retried_and_the_line_names_the_state_on_disk(toy, tmp_path, capsys,

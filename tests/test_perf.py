@@ -10,26 +10,21 @@
   draw and the regulariser equal to torch.multinomial and torch.unique's, bit for bit.
 """
 import re
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 import torch_geometric.nn
 from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-import checkpoint  # noqa: E402
-import host_syncs  # noqa: E402
-import main  # noqa: E402
-import metrics  # noqa: E402
-import model as model_module  # noqa: E402
-import sampler  # noqa: E402
-import synthetic  # noqa: E402
-from baseline import published_metrics  # noqa: E402
-from model import LightGCN  # noqa: E402
+import checkpoint
+import main
+import metrics
+import model as model_module
+import sampler
+from bench import host_syncs, synthetic
+from bench.baseline import published_metrics
+from model import LightGCN
 
 
 def random_bipartite(num_users, num_items, num_edges, seed):

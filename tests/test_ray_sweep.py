@@ -16,9 +16,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, ctrl_c_enabled, write_synthetic_dataset
-from test_data_prep import closed_port
-from test_experiments import TINY
+from helpers import ROOT, TINY, closed_port, ctrl_c_enabled, write_synthetic_dataset
 
 ray = pytest.importorskip("ray")
 

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import ML100K_RAW, ML100K_SPLITS, ROOT, find_data_dir, find_published_log
+from helpers import ML100K_RAW, ML100K_SPLITS, ROOT, find_data_dir, find_published_log
 
 README = ROOT / "README.md"
 BARE_PYTHON = re.compile(r"(?<![\w./-])python(?![\w.-])")
@@ -169,9 +169,9 @@ def test_the_closing_summary_lists_every_skip_reason_with_its_count_and_remedy(t
         "import importlib.util\n"
         f"spec = importlib.util.spec_from_file_location('refine_conftest', {str(ROOT / 'tests' / 'conftest.py')!r})\n"
         "module = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(module)\n"
-        "pytest_terminal_summary = module.pytest_terminal_summary\nfind_data_dir = module.find_data_dir\n")
+        "pytest_terminal_summary = module.pytest_terminal_summary\n")
     (tmp_path / "test_skips.py").write_text(
-        "import pytest\nfrom conftest import find_data_dir\n\n"
+        "import pytest\nfrom helpers import find_data_dir\n\n"
         "@pytest.mark.skipif(True, reason='no CUDA GPU here')\ndef test_gpu_a(): pass\n\n"
         "@pytest.mark.skipif(True, reason='no CUDA GPU visible to torch')\ndef test_gpu_b(): pass\n\n"
         "@pytest.mark.skipif(True, reason='root reads any file')\ndef test_root(): pass\n\n"
@@ -179,6 +179,7 @@ def test_the_closing_summary_lists_every_skip_reason_with_its_count_and_remedy(t
         "def test_other(): pytest.skip('a reason nobody listed')\n\n"
         "def test_runs(): pass\n")
     env = {key: value for key, value in os.environ.items() if key not in ("REFINE_DATA_DIR", "REFINE_LOG_DIR")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT)])  # our conftest imports helpers
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_skips.py"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout

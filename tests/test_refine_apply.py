@@ -1,11 +1,10 @@
 """Apply fidelity: answers -> train_augment, checked by hand and against the published ML-100K file.
 
-    /work/venv/bin/pytest tests/test_refine_apply.py -q
+    .venv/bin/python -m pytest -q tests/test_refine_apply.py
 """
 import json
 import shutil
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -13,6 +12,7 @@ from llm.answers import format_answer_block, parse_answers
 from llm.data import ITEM_COL, RATING_COL, USER_COL, load_train
 from llm.prompts import prompt_hash
 import refine_llm as R
+from helpers import write_published_answers
 
 
 def write_small_dataset(root, train_rows, item_rows):
@@ -51,34 +51,6 @@ def test_apply_relabels_by_hand(tmp_path):
                     "1,1,4.5\n1,2,0.5\n1,3,5.0\n1,4,1.0\n"
                     "2,1,0.5\n2,3,4.0\n"
                     "3,2,3.0\n3,4,2.0\n")
-
-
-def published_answers(original, augment, titles):
-    """Per user, an answers block naming the titles the published file relabelled to 4.5.
-
-    Users with 0.5 rows but no 4.5 row (ML-100K: 34, 225, 583, 688, asked with an empty list)
-    get `[]`: upstream's defaultdict made a parsed empty list count as an answer.
-    """
-    frame = pd.DataFrame({"user": original[USER_COL], "title": titles, "new": augment[RATING_COL]})
-    blocks = []
-    for user, rows in frame.groupby("user", sort=True):
-        if not rows["new"].isin([0.5, 4.5]).any():
-            continue
-        picked = sorted(set(rows.loc[rows["new"] == 4.5, "title"]))
-        with np.printoptions(linewidth=np.inf):
-            line = str(np.array([f"<{t}>" for t in picked], dtype=object))
-        blocks.append(format_answer_block(int(user), line))
-    return "".join(blocks)
-
-
-def write_published_answers(source, path):
-    """Write to `path` the answers file that gives source/ML-100K_train_augment.csv (the published
-    ML-100K folder, with its raw item file)."""
-    original = pd.read_csv(source / "ML-100K_train_original.csv")
-    augment = pd.read_csv(source / "ML-100K_train_augment.csv")
-    item = pd.read_csv(source / "ml-100k.item", sep="\t")
-    titles = original.merge(item, on=ITEM_COL, how="left")["movie_title:token_seq"].to_numpy()
-    path.write_text(published_answers(original, augment, titles), encoding="utf-8")
 
 
 def test_apply_reproduces_published_ml100k_augment(ml100k_with_raw, tmp_path):
@@ -203,7 +175,7 @@ def test_answers_only_for_users_absent_from_train_are_refused(tmp_path):
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     folder, augment = small_answered_dataset(tmp_path)
     answers = tmp_path / "answers.txt"

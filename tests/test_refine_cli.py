@@ -1,7 +1,7 @@
 """refine_llm's command line: --help, fast flag errors, hints for missing inputs, the skip
 lists, Ctrl-C in each stage, and the diff command.
 
-    /work/venv/bin/pytest tests/test_refine_cli.py -q
+    .venv/bin/python -m pytest -q tests/test_refine_cli.py
 """
 import argparse
 import json
@@ -14,8 +14,7 @@ import pytest
 
 from llm.answers import format_answer_block
 import refine_llm as R
-from conftest import ROOT
-from refine_fixtures import make_dataset
+from helpers import ROOT, make_dataset
 
 STAGES = ["prompts", "generate", "apply", "run", "diff"]
 

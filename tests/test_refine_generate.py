@@ -1,6 +1,6 @@
 """Generate stage: HTTP backend against a local server, resume, replay, tiny transformers model, bad input.
 
-    /work/venv/bin/pytest tests/test_refine_generate.py -q
+    .venv/bin/python -m pytest -q tests/test_refine_generate.py
 """
 import json
 
@@ -12,8 +12,7 @@ from llm.backends import TransformersBackend, _SeparatorStop
 from llm.data import ITEM_COL, RATING_COL, USER_COL
 from llm.prompts import SEPARATOR, budget_text
 import refine_llm as R
-from refine_fixtures import (FakeServer, api_args, expected_augment, expected_outcome, load_jobs,
-                             make_dataset, word_tokens)
+from helpers import FakeServer, api_args, expected_augment, expected_outcome, load_jobs, make_dataset, word_tokens
 
 
 def http_args(root, url, *extra):

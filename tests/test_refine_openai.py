@@ -1,7 +1,7 @@
 """The openai backend (official `openai` client) against a small OpenAI-compatible server on 127.0.0.1:
 both endpoints, keys, retries, hard errors, resume, Ctrl-C with requests in flight.
 
-    /work/venv/bin/pytest tests/test_refine_openai.py -q
+    .venv/bin/python -m pytest -q tests/test_refine_openai.py
 """
 import json
 import os
@@ -18,9 +18,8 @@ from llm.answers import read_cache_records
 from llm.data import RATING_COL
 from llm.prompts import SEPARATOR, budget_text
 import refine_llm as R
-from conftest import ROOT, LocalHTTPServer, ctrl_c_enabled
-from refine_fixtures import (CHAT_TEMPLATE_TOKENS, FakeServer, api_args, expected_augment, expected_outcome,
-                             load_jobs, make_dataset, word_tokens)
+from helpers import (CHAT_TEMPLATE_TOKENS, ROOT, FakeServer, LocalHTTPServer, api_args, ctrl_c_enabled,
+                     expected_augment, expected_outcome, load_jobs, make_dataset, word_tokens)
 
 KEY = "sk-test-7f3a9c1e5b2d4086"
 

@@ -10,7 +10,7 @@ import main
 import sampler
 import splits
 import training
-from conftest import ORACLE_DIR, write_synthetic_dataset
+from helpers import ORACLE_DIR, write_synthetic_dataset
 from model import ReFINePlus, multi_negative_ranking_loss
 
 
@@ -172,7 +172,7 @@ def test_shared_draws_have_the_published_distribution(mode):
 
 def test_initialisation_follows_the_published_order():
     """Parameters equal those of the published creation and initialisation order, built here from
-    plain torch modules, and the generator ends in the same state (SPEC 6)."""
+    plain torch modules, and the generator ends in the same state (docs/method.md §6)."""
     num_users, num_items, dim, hidden = 5, 7, 4, 6
     torch.manual_seed(11)
     embedding = torch.nn.Embedding(num_users + num_items, dim)

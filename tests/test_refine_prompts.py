@@ -1,6 +1,6 @@
-"""Prompt fidelity (SPEC 2): hand-made users against prompt texts written out in full.
+"""Prompt fidelity (docs/method.md §2): hand-made users against prompt texts written out in full.
 
-    /work/venv/bin/pytest tests/test_refine_prompts.py -q
+    .venv/bin/python -m pytest -q tests/test_refine_prompts.py
 """
 import json
 import re
@@ -12,7 +12,7 @@ import pandas as pd
 from llm.data import ITEM_COL, RATING_COL, USER_COL, read_skip_users
 from llm.prompts import budget_text, build_prompts, cut_response, prompt1_text, render_list
 import refine_llm as R
-from conftest import ROOT
+from helpers import ROOT
 
 COLS = [USER_COL, ITEM_COL, RATING_COL, "title", "genre"]
 INSTR = (

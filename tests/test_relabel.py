@@ -22,11 +22,8 @@ import refine_llm as R
 import run_files
 import sweep
 from llm import relabel_rules
-from conftest import ROOT
+from helpers import ROOT, TINY, make_dataset, write_published_answers
 from llm.data import ITEM_COL, RATING_COL, USER_COL
-from refine_fixtures import make_dataset
-from test_experiments import TINY
-from test_refine_apply import write_published_answers
 
 COLUMNS = [USER_COL, ITEM_COL, RATING_COL]
 TRAIN = [(1, 1, 5), (1, 2, 3), (1, 3, 2), (1, 4, 3), (1, 5, 4),
@@ -177,7 +174,7 @@ def test_report_counts_per_user_and_agreement_by_hand(tmp_path, capsys):
 
 
 def fake_llm_dataset(root, seed=0):
-    """A random train_original (refine_fixtures) with splits and an LLM augment file: users 1-5
+    """A random train_original (helpers.make_dataset) with splits and an LLM augment file: users 1-5
     answered, each candidate picked with probability one half; user 6 not answered."""
     folder = make_dataset(root, n_users=6, n_items=40, per_user=20, seed=seed)
     train = pd.read_csv(folder / "ML-100K_train_original.csv")

@@ -5,7 +5,6 @@ independent implementation, the verdict rules, and calibration on the committed 
 """
 import itertools
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +12,9 @@ from scipy import stats
 
 import report
 import significance
+from helpers import ROOT
 from significance import Comparison
 
-ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = [ROOT / "results4comparison" / name for name in ("ML-100K", "ML-100K-relabel")]
 
 

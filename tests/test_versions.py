@@ -5,7 +5,7 @@
 import re
 import tomllib
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def release(version):

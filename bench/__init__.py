@@ -1,0 +1,1 @@
+"""Benchmarks and measuring scripts, run as modules from the repository root (python -m bench.NAME)."""
