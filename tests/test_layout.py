@@ -20,7 +20,7 @@ LOWER = {"catalog", "utils", "significance", "metrics", "model", "sampler", "spl
          "run_files", "entry", "checkpoint", "cli", "download", "preprocess"}
 # Scripts, the sweep and its report, bench and tests: what no lower module may import.
 UPPER = {"main", "dataloader", "refine_llm", "experiments", "compare", "sweep", "report", "bench", "tests",
-         "conftest"}
+         "conftest", "helpers"}
 
 
 def project_modules() -> dict[str, Path]:
@@ -72,6 +72,15 @@ def test_llm_stage_imports_no_script():
     graph = import_graph()
     found = {name: sorted(graph[name] & (UPPER - {"bench", "tests"})) for name in graph if name.startswith("llm.")}
     assert {name: imports for name, imports in found.items() if imports} == {}
+
+
+def test_bench_imports_no_test_module():
+    graph = import_graph()
+    assert {name: sorted(graph[name] & {"tests", "conftest", "helpers"}) for name in graph
+            if name.startswith("bench.") and graph[name] & {"tests", "conftest", "helpers"}} == {}
+    assert not any("pytest" in {alias.name for node in ast.walk(ast.parse(path.read_text()))
+                                if isinstance(node, ast.Import) for alias in node.names}
+                   for name, path in project_modules().items() if name.startswith("bench."))
 
 
 def test_no_module_shadows_an_installed_package():
