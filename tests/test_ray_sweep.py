@@ -6,6 +6,7 @@ paths resolved in the driver, the run's real start, host and pid).
 
 The address checks need no cluster and run in the fast suite.
 """
+import contextlib
 import json
 import os
 import signal
@@ -22,8 +23,8 @@ ray = pytest.importorskip("ray")
 
 
 EPOCHS = 60
-# The stop test's runs: long enough that neither can finish between its first saved state and the
-# stop reaching it, even on a loaded machine (60 epochs did, once, under load).
+# The stop test's runs: long enough that the test can pause each one (SIGSTOP) after its first saved
+# state, well before its last epoch, whatever the machine's load.
 STOP_EPOCHS = 1000
 
 
@@ -101,6 +102,27 @@ def records(out):
     return {path.parent.name: json.loads(path.read_text()) for path in out.glob("refine/seed*/run.json")}
 
 
+def term_pending(pid) -> bool:
+    """Whether SIGTERM waits to be delivered to the (stopped) process: /proc/<pid>/status's masks."""
+    masks = [int(line.split()[1], 16) for line in open(f"/proc/{pid}/status") if line.startswith(("SigPnd", "ShdPnd"))]
+    return any(mask & (1 << (signal.SIGTERM - 1)) for mask in masks)
+
+
+def paused_in_flight(out, seeds):
+    """Each run's main.py paused (SIGSTOP) as soon as it has saved a state: both are then in flight,
+    however slowly the other one started. {seed: its run.json record}."""
+    paused, deadline = {}, time.time() + 300
+    while len(paused) < len(seeds):
+        assert time.time() < deadline, "timed out"
+        for seed in seeds:
+            record = records(out).get(seed, {})
+            if seed not in paused and "pid" in record and (out / "refine" / seed / "run.last.pt").exists():
+                os.kill(record["pid"], signal.SIGSTOP)  # a child of the test's own sweep
+                paused[seed] = record
+        time.sleep(0.05)
+    return paused
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
 def test_a_stop_reaches_each_run_through_its_own_stop_path(cluster, tmp_path, stop):
@@ -112,12 +134,19 @@ def test_a_stop_reaches_each_run_through_its_own_stop_path(cluster, tmp_path, st
     command = sweep_command(data, "out", cluster.address, epochs=STOP_EPOCHS)  # relative --out: resolved in the driver
     driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               preexec_fn=ctrl_c_enabled)
+    started = {}
     try:
-        wait_for(lambda: len(list(out.glob("refine/seed*/run.last.pt"))) == 2)
-        started = records(out)
+        started = paused_in_flight(out, ("seed2024", "seed2025"))
         driver.send_signal(stop)
+        # The sweep passes the stop on to each run as SIGTERM; once it waits in both, they go on and take it.
+        wait_for(lambda: all(term_pending(record["pid"]) for record in started.values()), seconds=120)
+        for record in started.values():
+            os.kill(record["pid"], signal.SIGCONT)
         _, err = driver.communicate(timeout=300)
     finally:
+        for record in started.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(record["pid"], signal.SIGCONT)
         if driver.poll() is None:
             driver.kill()
             driver.wait()
