@@ -30,10 +30,10 @@ class RunPaths:
     lock: Path            # held while the run writes: one process per run
     stderr: Path          # a sweep's run: main.py's standard error
     record: Path          # a sweep's run: how it was started (JSON)
-    not_early_stop: Path  # the last model, when early stopping did not trigger
+    not_early_stop: Path | None  # the last model, when early stopping did not trigger (None: not known)
 
     @classmethod
-    def named(cls, folder, name: str, not_early_stop: Path) -> "RunPaths":
+    def named(cls, folder, name: str, not_early_stop: Path | None) -> "RunPaths":
         folder = Path(folder)
         return cls(*(folder / f"{name}{suffix}" for suffix in (".pt", ".last.pt", ".test.json", ".test_users.csv",
                                                                ".out", ".lock", ".err", ".json")), not_early_stop)
@@ -47,9 +47,11 @@ class RunPaths:
         return cls.named(folder, args.path_name, not_early_stop)
 
     @classmethod
-    def in_sweep(cls, folder, dataset: str = "") -> "RunPaths":
-        """The files of a sweep's run in its folder (main.py ran with --result_dir folder --path_name run)."""
-        return cls.named(folder, SWEEP_PATH_NAME, Path(folder) / f"{dataset}_not_early_stop.pt")
+    def in_sweep(cls, folder, dataset: str | None = None) -> "RunPaths":
+        """The files of a sweep's run in its folder (main.py ran with --result_dir folder --path_name run);
+        the not-early-stop file's name needs the dataset."""
+        return cls.named(folder, SWEEP_PATH_NAME,
+                         None if dataset is None else Path(folder) / f"{dataset}_not_early_stop.pt")
 
     def outputs(self) -> list[Path]:
         """What main.py writes (the stderr and record files are the sweep's)."""
