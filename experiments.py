@@ -7,7 +7,7 @@
 
 A config is a named set of main.py flags; `--preset paper` holds the five of the paper's ML-100K
 comparison. A flag may hold `{seed}`, which each run replaces by its seed. Every (config, seed) is
-one run of main.py itself, in OUT/<config>/seed<S>/ (sweep.py runs them and owns that layout);
+one run of main.py itself, in OUT/<config>/seed<S>/ (sweep.py runs them; run_files.py names that layout);
 rerunning the same command after a crash or Ctrl-C loses no finished epoch. A run whose --data_dir
 is a relabelled set (dataset-relabel/<set>, docs/relabel.md) finds it made before the runs start.
 The report (report.py) is printed and written to OUT as summary.md, summary.tex, summary.json,

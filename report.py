@@ -3,7 +3,7 @@ baseline, as markdown, LaTeX, JSON and two plots.
 
     python experiments.py --report results/ML-100K          # the command; this module is its library
 
-From each finished run in OUT (see sweep.py for the folder layout) it reads run.test.json,
+From each finished run in OUT (run_files.py names the folder layout) it reads run.test.json,
 run.test_users.csv and the log run.out, once each. Per config, at k = 20: mean +- sample std, the
 95% t interval of the mean and the 95% prediction interval of one more run. Against a baseline
 config, per metric (significance.py): the difference of the means with Welch's 95% interval and a
