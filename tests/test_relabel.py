@@ -16,11 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import compare
 import splits
 import experiments
 import refine_llm as R
 import run_files
 import sweep
+import utils
 from llm import relabel_rules
 from helpers import ROOT, TINY, make_dataset, write_published_answers
 from llm.data import ITEM_COL, RATING_COL, USER_COL
@@ -341,6 +343,36 @@ def test_the_committed_relabel_sweep_is_the_whole_preset_with_5_seeds_each():
         assert [run["seed"] for run in entry["runs"]] == list(range(2024, 2029)), entry["name"]
         if entry["name"] not in summary["baselines"]:
             assert entry["vs_baseline"]["baseline"] == entry["name"].split("-")[0] + "-llm"
+
+
+def test_the_decisive_studys_finished_runs_are_the_planned_ones_and_print_what_they_say():
+    """results4comparison/ML-100K-relabel.in-progress: each run kept there is one that --preset llm-need
+    plans (its config's flags, the run's seed put in, the study's command around them, `--resume` when it
+    went on from a saved state), not one of the
+    committed 5-seed folder, kept without checkpoints, and its test file holds what its log printed."""
+    results = ROOT / "results4comparison"
+    kept, committed = results / "ML-100K-relabel.in-progress", results / "ML-100K-relabel"
+    manifest = {entry["name"]: entry["flags"] for entry in
+                json.loads((kept / run_files.MANIFEST).read_text())["configs"]}
+    planned = experiments.preset_configs("llm-need", "ML-100K")
+    runs = sorted(kept.glob("*/seed*"))
+    assert {run.parent.name for run in runs} <= set(planned)
+    assert len(runs) >= 30
+    for run in runs:
+        config, seed = run.parent.name, int(run.name.removeprefix("seed"))
+        assert manifest[config] == ["--dataset", "ML-100K", "--r", "100"] + planned[config] + ["--sampler", "sparse"]
+        assert sorted(path.name for path in run.iterdir()) == [
+            "run.err", "run.json", "run.out", "run.test.json", "run.test_users.csv"], run
+        assert not (committed / config / run.name).exists(), run
+        record = json.loads((run / "run.json").read_text())
+        assert (record["config"], record["seed"], record["device"]) == (config, seed, "cpu") and 2024 <= seed <= 2033
+        assert record["command"] == ["python", "main.py"] + sweep.with_seed(manifest[config], seed) + [
+            "--random_seed", str(seed), "--path_name", "run",
+            "--result_dir", f"results4comparison/ML-100K-relabel/{config}/seed{seed}", "--device", "cpu"] + (
+            ["--resume"] if record["resumed"] else []), run
+        test = json.loads((run / "run.test.json").read_text())["test"]
+        printed = compare.parse_log(run / "run.out").final_test[20]
+        assert printed == tuple(float(f"{test['20'][metric]:.4f}") for metric in utils.METRICS), run
 
 
 def no_runs(monkeypatch):
