@@ -375,6 +375,55 @@ def test_the_decisive_studys_finished_runs_are_the_planned_ones_and_print_what_t
         assert printed == tuple(float(f"{test['20'][metric]:.4f}") for metric in utils.METRICS), run
 
 
+PLAN_HEADING = "## The decisive study: analysis plan"
+
+
+def decisive_study_runs() -> list:
+    """The run folders of the decisive study: its --r grid, its runs kept in progress, its Amazon sweep,
+    and in the ML-100K folder its arms' runs but those of the earlier 5-seed study it reuses."""
+    results = ROOT / "results4comparison"
+    runs = [run for folder in ("Amazon_Digital_Music-r-grid", "ML-100K-relabel.in-progress",
+                               "Amazon_Digital_Music-relabel") for run in (results / folder).glob("*/seed*")]
+    earlier = experiments.PRESETS["relabel"]
+    for config in experiments.preset_configs("llm-need", "ML-100K"):
+        runs += [run for run in (results / "ML-100K-relabel" / config).glob("seed*")
+                 if config not in earlier or int(run.name.removeprefix("seed")) >= 2029]
+    return sorted(runs)
+
+
+def test_the_decisive_studys_plan_is_older_in_git_than_its_runs():
+    """The commit that wrote the analysis plan into docs/relabel.md comes before (is an ancestor of) each
+    commit that added one of the study's runs, and each run that was not resumed started after it (its
+    run.json's start time, written in UTC)."""
+    from datetime import datetime, timezone
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+
+    found = git("log", "--format=%H %cI", "-S", PLAN_HEADING, "--", "docs/relabel.md")
+    if found.returncode or not found.stdout.strip():
+        pytest.skip("this copy holds no git history of docs/relabel.md (a shallow clone or an export)")
+    plan, planned_at = found.stdout.split("\n")[-2].split()  # the oldest: the commit that added the heading
+    planned_at = datetime.fromisoformat(planned_at)
+    added = {}  # path -> the commit that added it
+    log = git("log", "--diff-filter=A", "--format=commit %H", "--name-only", "--", "results4comparison").stdout
+    for line in log.splitlines():
+        if line.startswith("commit "):
+            commit = line.split()[1]
+        elif line:
+            added.setdefault(line, commit)
+    runs = decisive_study_runs()
+    assert len(runs) >= 12 + 30
+    for run in runs:
+        path = str((run / "run.test.json").relative_to(ROOT))
+        assert path in added, f"{path} is not committed"
+        assert git("merge-base", "--is-ancestor", plan, added[path]).returncode == 0, path
+        record = json.loads((run / "run.json").read_text())
+        if not record["resumed"]:
+            started = datetime.fromisoformat(record["started"]).replace(tzinfo=timezone.utc)
+            assert started > planned_at, run
+
+
 def no_runs(monkeypatch):
     """experiments.main up to the runs: the runs planned are kept, none is started, no report."""
     planned = []
