@@ -1,5 +1,6 @@
 """The sweep runner of experiments.py: every (config, seed) is one run of main.py in its own folder,
-run by a local pool or by Ray, resumed after a stop, each failure reported.
+run by a local pool (here) or by Ray (sweep_ray.py), resumed after a stop, each failure reported;
+each run is a child process started by run_process.py.
 
     python experiments.py --dataset ML-100K --seeds 5 --jobs 2 --out results/ML-100K   # the command
 
@@ -10,13 +11,11 @@ run.pt and run.last.pt (checkpoints), run.err (stderr) and run.json (how it was 
 filled in). A run with only run.last.pt continues with `--resume`.
 """
 import argparse
-import contextlib
 import json
 import os
 import re
 import shlex
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -25,12 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from catalog import PUBLISHED_R
-from run_files import SWEEP_PATH_NAME, RunPaths, merged_manifest, run_status, seed_folder, write_manifest
+from run_files import RunPaths, merged_manifest, run_status, seed_folder, write_manifest
+from run_process import MAIN, Run, last_line, run_environment, run_threads, start_run
+from sweep_ray import execute_ray, init_ray
 from utils import InputError, atomic_write
-
-ROOT = Path(__file__).resolve().parent
-MAIN = ROOT / "main.py"
-
 
 # main.py flags that the sweep sets itself for every run.
 OWN_FLAGS = ("--random_seed", "--path_name", "--result_dir", "--device", "--resume")
@@ -41,25 +38,6 @@ SEED_PLACEHOLDER = "{seed}"
 def with_seed(flags, seed) -> list:
     """A config's flags as one run gives them to main.py: SEED_PLACEHOLDER replaced by its seed."""
     return [flag.replace(SEED_PLACEHOLDER, str(seed)) for flag in flags]
-
-
-@dataclass
-class Run:
-    config: str
-    seed: int
-    folder: Path
-    flags: list                      # main.py flags of the run (dataset, r, config, extras; {seed} filled in)
-    status: str = "new"              # new | partial | done
-    failure: str | None = None       # why it could not start (its folder or run.json not writable)
-
-    @property
-    def label(self) -> str:
-        return f"{self.config} seed {self.seed}"
-
-    def main_argv(self, device: str) -> list:
-        argv = self.flags + ["--random_seed", str(self.seed), "--path_name", SWEEP_PATH_NAME,
-                             "--result_dir", str(self.folder), "--device", device]
-        return argv + (["--resume"] if self.status == "partial" else [])
 
 
 def plan_runs(out: Path, dataset: str, configs, seeds, extra_flags, made_later=None):
@@ -98,93 +76,6 @@ def check_split_files(configs) -> None:
         message = missing_split_message(main_args.data_dir, main_args.dataset, cli.split_names(main_args))
         if message:
             raise InputError(f"config {name}: {message}")
-
-
-def last_line(run: Run) -> str:
-    """Why the run failed: why it could not start, else the last non-empty line of its stderr, else of its log."""
-    if run.failure:
-        return run.failure
-    paths = RunPaths.in_sweep(run.folder)
-    for path in (paths.stderr, paths.log):
-        if path.is_file():
-            try:
-                lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-            except OSError:
-                continue
-            if lines:
-                return lines[-1]
-    return "(no output)"
-
-
-def _load_prctl():
-    """libc's prctl on Linux, loaded before any fork (the child may only call it), else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _load_prctl()
-PR_SET_PDEATHSIG = 1
-
-
-def _end_with_driver(driver_pid: int):
-    """preexec_fn: the child gets SIGTERM when the driver dies, even by SIGKILL (Linux), so no run
-    goes on alone and a rerun never starts a second writer on its folder. SIGTERM, not SIGKILL:
-    main.py saves the state of its finished epochs first."""
-    def set_death_signal():
-        if _PRCTL is not None:
-            _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
-            if os.getppid() != driver_pid:  # the driver died before the call: end now
-                os.kill(os.getpid(), signal.SIGTERM)
-    return set_death_signal
-
-
-def start_run(command, env, folder, cwd=None, note="") -> subprocess.Popen:
-    """Start one main.py command; it writes its own log (run.out), its stderr goes to run.err.
-
-    The child runs in its own session so that a terminal's Ctrl-C reaches it only through the
-    driver: one SIGTERM, which main.py turns into a saved state and a clean exit (SIGINT would not
-    do: a shell starts background jobs with SIGINT ignored, and children inherit that). It ends
-    with the driver (_end_with_driver). The signal is tied to the thread that starts the child,
-    so that thread must wait for the child, as the pool's workers and Ray's tasks do.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    # Written anew by each attempt: an earlier attempt's stop line is not this one's last word. Unlinked
-    # first: a run of a lost worker that still writes its stop line writes it into the old file.
-    stderr = RunPaths.in_sweep(folder).stderr
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(stderr)
-    with open(stderr, "w") as err:
-        err.write(note)
-        err.flush()
-        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err,
-                                start_new_session=True, preexec_fn=_end_with_driver(os.getpid()))
-
-
-def run_environment(threads: int, gpu: str | None = None) -> dict:
-    """The child's environment: its torch threads, and with `gpu` (a physical id) only that GPU visible."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = gpu
-    env.pop("PYTHONSTARTUP", None)
-    return env
-
-
-def run_threads(run: Run, default: int) -> int:
-    """The torch threads of a run: its own `--threads` (config or flags after --), else `default`."""
-    threads = default
-    for index, flag in enumerate(run.flags):
-        value = flag.partition("=")[2] if flag.startswith("--threads=") else \
-            (run.flags[index + 1] if flag == "--threads" and index + 1 < len(run.flags) else None)
-        if value is not None and value.isdigit() and int(value) > 0:
-            threads = int(value)
-    return threads
 
 
 def write_run_record(run: Run, command, device, threads, placement=None) -> None:
@@ -379,188 +270,6 @@ def execute_local(runs, places, jobs, progress, threads=1) -> None:
     pool.shutdown(wait=True)
     for future in futures:
         future.result()  # a worker's own error (not a run's) is raised, not lost
-
-
-# A Ray run lost with its worker or node is started again this many times (it resumes from its state).
-RAY_RETRIES = 2
-
-
-def ray_address_reachable(address, timeout) -> None:
-    """InputError at once where nothing listens at a HOST:PORT --ray_address (ray.init would wait forever)."""
-    import socket
-
-    host, sep, port = (address or "").rpartition(":")
-    if not sep or not port.isdigit() or "://" in address:
-        return  # auto, a ray:// client address: ray.init's own business, under the watchdog
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as exc:
-        raise InputError(f"--ray_address {address}: no Ray cluster answers there ({exc.strerror or exc}); "
-                         f"start one (ray start --head) or give its address") from None
-
-
-def init_ray(ray, args) -> None:
-    """ray.init within --ray_timeout seconds, else one line and exit 2: Ray itself retries forever.
-
-    ray.init sets its own SIGTERM handler (exit with a stack dump, the runs killed): the stop handlers
-    are put back, so SIGTERM stops a Ray sweep as Ctrl-C does, through each run's own stop path."""
-    import entry
-
-    address = args.ray_address or os.environ.get("RAY_ADDRESS")
-    ray_address_reachable(address, args.ray_timeout)
-    done = threading.Event()
-
-    def watchdog():
-        if not done.wait(args.ray_timeout):
-            print(f"error: --ray_address {address or '(a local Ray instance)'}: Ray did not connect within "
-                  f"{args.ray_timeout:g} s (--ray_timeout); check the address and that the cluster is up; "
-                  f"no run was started", file=sys.stderr, flush=True)
-            os._exit(2)  # ray.init cannot be interrupted; nothing of the sweep's runs exists yet
-
-    threading.Thread(target=watchdog, daemon=True).start()
-    try:
-        # Workers import this module by name: the repository goes on their path.
-        ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(ROOT),
-                                                                         os.environ.get("PYTHONPATH", "")])}})
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(f"--ray_address {address or '(a local Ray instance)'}: Ray could not start or connect "
-                         f"({first}); no run was started") from None
-    finally:
-        done.set()
-        entry.install_stop_handlers()
-
-
-def execute_ray(runs, args, progress) -> None:
-    """One Ray task per run, doing what the local pool does: each run's record written where it starts
-    (its host, pid, start time), a stop passed to every run through its own stop path (SIGTERM, main.py
-    saves its state), a run lost with its worker or node started again (RAY_RETRIES times; it resumes).
-
-    OUT, --data_dir and this repository must be at the same paths on every node; every path the workers
-    get is absolute, resolved here (a worker's own working directory is not the driver's)."""
-    import ray  # experiments.py checked that it is installed; sweep() connected (init_ray)
-
-    futures = {}
-    try:
-        gpus = args.gpus_per_run
-        if gpus is None:
-            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-        # max_retries: Ray starts a task again only when its worker or node died, not for an error of ours.
-        task = ray.remote(num_cpus=args.cpus_per_run, num_gpus=gpus, max_retries=RAY_RETRIES,
-                          retry_exceptions=False)(_ray_run)
-        token = f"{os.getpid()}-{time.time():.6f}"  # tells this sweep's attempts from earlier ones in run.json
-        for run in runs:
-            run.folder = Path(os.path.abspath(run.folder))
-            # Ray sets CUDA_VISIBLE_DEVICES to the task's GPU: it is cuda:0 there.
-            device = "cuda:0" if gpus > 0 else "cpu"
-            argv = [flag for flag in run.main_argv(device) if flag != "--resume"]  # the task decides, per attempt
-            record = {"config": run.config, "seed": run.seed, "device": device,
-                      "threads": run_threads(run, args.cpus_per_run), "sweep": token}
-            futures[task.remote(str(MAIN), argv, os.getcwd(), str(run.folder), record)] = run
-        _wait_for_ray_runs(ray, futures, progress, token)
-    except KeyboardInterrupt:
-        progress.stopping = True
-        for future in futures:
-            ray.cancel(future)  # queued: never starts; running: KeyboardInterrupt in the task, SIGTERM to main.py
-        _wait_for_ray_runs(ray, futures, progress, token, stopping=True)
-        raise
-    finally:
-        ray.shutdown()
-
-
-def _wait_for_ray_runs(ray, futures, progress, token, stopping=False) -> None:
-    """Count each run as running once its task has started it (its run.json says so), and as ended with
-    what became of it; `stopping`: after the cancel, for as long as the runs take to save their state."""
-    deadline = time.monotonic() + 120
-    while futures and (not stopping or time.monotonic() < deadline):
-        ready, _ = ray.wait(list(futures), num_returns=1, timeout=0.5)
-        for run in futures.values():
-            if run.label not in progress.started_labels and _started_by(run, token):
-                progress.started(run)
-        if not ready:
-            continue
-        run = futures.pop(ready[0])
-        returncode, why = None, None
-        try:
-            returncode = ray.get(ready[0])
-        except ray.exceptions.TaskCancelledError:
-            returncode = -signal.SIGTERM  # stopped: its folder says how far it got
-        except ray.exceptions.RayTaskError as exc:  # our code in the task failed: the run could not start
-            run.failure = f"Ray task failed: {str(exc).strip().splitlines()[-1]}"
-        except ray.exceptions.RayError as exc:  # the worker or node died under it, every retry too
-            why = f"lost with its worker or node, {RAY_RETRIES + 1} attempts"
-            run.failure = (f"{type(exc).__name__}: its state is kept, rerun the same command to resume it; "
-                           f"its last line: {last_line(run)}")
-        progress.finished(run, returncode, why)
-
-
-def _started_by(run: Run, token: str) -> bool:
-    try:
-        return json.loads(RunPaths.in_sweep(run.folder).record.read_text()).get("sweep") == token
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _lock_free(folder: Path, timeout=120) -> None:
-    """Wait until no main.py holds the run's lock: after a lost worker, the run it left may still be
-    saving its state (it got SIGTERM), and the next attempt would be refused as a second writer."""
-    import fcntl
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            fd = os.open(RunPaths.in_sweep(folder).lock, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            return  # no lock file: nobody writes
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return
-        except OSError:
-            time.sleep(0.5)
-        finally:
-            os.close(fd)
-
-
-def _ray_run(main_path, argv, cwd, folder, record) -> int:
-    """Body of a Ray task: main.py under the worker's own Python, resumed when a state is there (an
-    attempt after a lost worker), its record (host, pid, start) in run.json, Ray's cancel passed on as
-    SIGTERM. It waits for the child in short steps: a cancel's KeyboardInterrupt only arrives between
-    Python steps, never inside a blocking wait."""
-    import socket
-
-    folder, paths = Path(folder), RunPaths.in_sweep(folder)
-    if paths.test.is_file():
-        return 0  # finished by an attempt whose worker was lost just after
-    try:
-        previous = json.loads(paths.record.read_text())
-    except (OSError, ValueError):
-        previous = {}
-    attempt = previous.get("attempt", 0) + 1 if previous.get("sweep") == record["sweep"] else 1
-    _lock_free(folder)
-    resume = paths.state.is_file()
-    command = [sys.executable, main_path] + argv + (["--resume"] if resume else [])
-    note = f"attempt {attempt}: the one before was lost with its worker or node\n" if attempt > 1 else ""
-    child = start_run(command, run_environment(record["threads"]), folder, cwd=cwd, note=note)
-    try:
-        record = dict(record, command=command, cwd=cwd, started=time.strftime("%Y-%m-%d %H:%M:%S"),
-                      resumed=resume, host=socket.gethostname(), pid=child.pid, worker_pid=os.getpid(),
-                      attempt=attempt)
-        with contextlib.suppress(Exception):
-            import ray
-
-            record["node"] = ray.get_runtime_context().get_node_id()
-        with atomic_write(paths.record) as handle:
-            json.dump(record, handle, indent=1)
-        while True:
-            try:
-                return child.wait(timeout=0.5)
-            except subprocess.TimeoutExpired:
-                continue
-    except BaseException:
-        child.send_signal(signal.SIGTERM)  # main.py saves its finished epochs and writes its stop line
-        child.wait()
-        raise
 
 
 class Stopped(InputError):

@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LOWER = {"catalog", "utils", "significance", "metrics", "model", "sampler", "splits", "training", "devices",
          "run_files", "entry", "checkpoint", "cli", "download", "preprocess"}
 # Scripts, the sweep and its report, bench and tests: what no lower module may import.
-UPPER = {"main", "dataloader", "refine_llm", "experiments", "compare", "sweep", "report", "bench", "tests",
-         "conftest", "helpers"}
+UPPER = {"main", "dataloader", "refine_llm", "experiments", "compare", "sweep", "sweep_ray", "run_process", "report",
+         "bench", "tests", "conftest", "helpers"}
 
 
 def project_modules() -> dict[str, Path]:
