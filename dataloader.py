@@ -20,6 +20,7 @@ import os  # noqa: E402
 
 import download  # noqa: E402
 import entry  # noqa: E402
+import http_fetch  # noqa: E402
 import preprocess  # noqa: E402
 from catalog import (DATASETS, GENRES_URL, GROUPLENS_URL, PUBLISHED_URL, RAW_SOURCES, RECBOLE_URL, REFINED_URL,
                      default_data_dir)
@@ -132,7 +133,7 @@ def download_command(args):
 
     for flag in ("recbole_url", "grouplens_url", "refined_url", "genres_url", "movie_titles_url", "published_url"):
         # before any work; the variable is named too, the value may come from there
-        download.refuse_credentials(getattr(args, flag), f"--{flag} (or ${('REFINE_' + flag).upper()})")
+        http_fetch.refuse_credentials(getattr(args, flag), f"--{flag} (or ${('REFINE_' + flag).upper()})")
     download.download(args, print, warn)
     download.download_published_logs(args.name, args.published_url, print, warn)
 

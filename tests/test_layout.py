@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # The data, model and training layers, and the helpers below them.
 LOWER = {"catalog", "utils", "significance", "metrics", "model", "sampler", "splits", "training", "devices",
-         "run_files", "entry", "checkpoint", "cli", "download", "preprocess"}
+         "run_files", "entry", "checkpoint", "cli", "download", "http_fetch", "preprocess"}
 # Scripts, the sweep and its report, bench and tests: what no lower module may import.
 UPPER = {"main", "dataloader", "refine_llm", "experiments", "compare", "sweep", "sweep_ray", "run_process", "report",
          "bench", "tests", "conftest", "helpers"}
