@@ -416,7 +416,7 @@ def test_the_decisive_studys_plan_is_older_in_git_than_its_runs():
     assert len(runs) >= 12 + 30
     for run in runs:
         path = str((run / "run.test.json").relative_to(ROOT))
-        assert path in added, f"{path} is not committed"
+        assert path in added, f"{path} is not committed: this test reads the study's committed runs"
         assert git("merge-base", "--is-ancestor", plan, added[path]).returncode == 0, path
         record = json.loads((run / "run.json").read_text())
         if not record["resumed"]:
