@@ -348,18 +348,18 @@ def test_the_committed_relabel_sweep_is_the_whole_preset_with_5_seeds_each():
 def test_the_decisive_studys_finished_runs_are_the_planned_ones_and_print_what_they_say():
     """results4comparison/ML-100K-relabel.in-progress: each run kept there is one that --preset llm-need
     plans (its config's flags, the run's seed put in, the study's command around them, `--resume` when it
-    went on from a saved state), not one of the
-    committed 5-seed folder, kept without checkpoints, and its test file holds what its log printed."""
+    went on from a saved state), not one of the committed 5-seed folder, kept without checkpoints, and its
+    test file holds what its log printed."""
     results = ROOT / "results4comparison"
     kept, committed = results / "ML-100K-relabel.in-progress", results / "ML-100K-relabel"
     manifest = {entry["name"]: entry["flags"] for entry in
                 json.loads((kept / run_files.MANIFEST).read_text())["configs"]}
     planned = experiments.preset_configs("llm-need", "ML-100K")
-    runs = sorted(kept.glob("*/seed*"))
-    assert {run.parent.name for run in runs} <= set(planned)
+    runs = [(config.name, seed, run) for config in sorted(path for path in kept.iterdir() if path.is_dir())
+            for seed, run in run_files.seed_folders(config).items()]
+    assert {config for config, _, _ in runs} <= set(planned)
     assert len(runs) >= 30
-    for run in runs:
-        config, seed = run.parent.name, int(run.name.removeprefix("seed"))
+    for config, seed, run in runs:
         assert manifest[config] == ["--dataset", "ML-100K", "--r", "100"] + planned[config] + ["--sampler", "sparse"]
         assert sorted(path.name for path in run.iterdir()) == [
             "run.err", "run.json", "run.out", "run.test.json", "run.test_users.csv"], run
@@ -383,11 +383,12 @@ def decisive_study_runs() -> list:
     and in the ML-100K folder its arms' runs but those of the earlier 5-seed study it reuses."""
     results = ROOT / "results4comparison"
     runs = [run for folder in ("Amazon_Digital_Music-r-grid", "ML-100K-relabel.in-progress",
-                               "Amazon_Digital_Music-relabel") for run in (results / folder).glob("*/seed*")]
+                               "Amazon_Digital_Music-relabel") for config in (results / folder).glob("*")
+            for run in run_files.seed_folders(config).values()]
     earlier = experiments.PRESETS["relabel"]
     for config in experiments.preset_configs("llm-need", "ML-100K"):
-        runs += [run for run in (results / "ML-100K-relabel" / config).glob("seed*")
-                 if config not in earlier or int(run.name.removeprefix("seed")) >= 2029]
+        runs += [run for seed, run in run_files.seed_folders(results / "ML-100K-relabel" / config).items()
+                 if config not in earlier or seed >= 2029]
     return sorted(runs)
 
 
