@@ -345,22 +345,35 @@ def test_the_committed_relabel_sweep_is_the_whole_preset_with_5_seeds_each():
             assert entry["vs_baseline"]["baseline"] == entry["name"].split("-")[0] + "-llm"
 
 
-def test_the_decisive_studys_finished_runs_are_the_planned_ones_and_print_what_they_say():
-    """results4comparison/ML-100K-relabel.in-progress: each run kept there is one that --preset llm-need
-    plans (its config's flags, the run's seed put in, the study's command around them, `--resume` when it
-    went on from a saved state), not one of the committed 5-seed folder, kept without checkpoints, and its
-    test file holds what its log printed."""
+# The decisive study's sweeps: main.py's flags before each arm's own (what experiments.py puts there for the
+# dataset) and after them (the study's `-- ...`); Amazon's --r is the grid's validation choice.
+STUDY_FLAGS = {
+    "ML-100K": (["--dataset", "ML-100K", "--r", "100"], ["--sampler", "sparse"]),
+    "Amazon_Digital_Music": (["--dataset", "Amazon_Digital_Music"], ["--sampler", "sparse", "--r", "300"]),
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(STUDY_FLAGS))
+def test_the_decisive_studys_finished_runs_are_the_planned_ones_and_print_what_they_say(dataset):
+    """results4comparison/<dataset>-relabel.in-progress, where the study's finished runs are kept until its
+    sweep is complete: each run there is one that --preset llm-need plans (its config's flags, the run's
+    seed put in, the study's command around them, `--resume` when it went on from a saved state), not one
+    of the committed folder, kept without checkpoints, and its test file holds what its log printed."""
     results = ROOT / "results4comparison"
-    kept, committed = results / "ML-100K-relabel.in-progress", results / "ML-100K-relabel"
+    kept, committed = results / f"{dataset}-relabel.in-progress", results / f"{dataset}-relabel"
+    if not kept.is_dir():
+        assert dataset != "ML-100K", "the ML-100K study's finished runs are kept in progress until it is complete"
+        return  # the Amazon sweep has not started
+    before, after = STUDY_FLAGS[dataset]
     manifest = {entry["name"]: entry["flags"] for entry in
                 json.loads((kept / run_files.MANIFEST).read_text())["configs"]}
-    planned = experiments.preset_configs("llm-need", "ML-100K")
+    planned = experiments.preset_configs("llm-need", dataset)
     runs = [(config.name, seed, run) for config in sorted(path for path in kept.iterdir() if path.is_dir())
             for seed, run in run_files.seed_folders(config).items()]
     assert {config for config, _, _ in runs} <= set(planned)
-    assert len(runs) >= 30
+    assert len(runs) >= (78 if dataset == "ML-100K" else 1)
     for config, seed, run in runs:
-        assert manifest[config] == ["--dataset", "ML-100K", "--r", "100"] + planned[config] + ["--sampler", "sparse"]
+        assert manifest[config] == before + planned[config] + after
         assert sorted(path.name for path in run.iterdir()) == [
             "run.err", "run.json", "run.out", "run.test.json", "run.test_users.csv"], run
         assert not (committed / config / run.name).exists(), run
@@ -368,7 +381,7 @@ def test_the_decisive_studys_finished_runs_are_the_planned_ones_and_print_what_t
         assert (record["config"], record["seed"], record["device"]) == (config, seed, "cpu") and 2024 <= seed <= 2033
         assert record["command"] == ["python", "main.py"] + sweep.with_seed(manifest[config], seed) + [
             "--random_seed", str(seed), "--path_name", "run",
-            "--result_dir", f"results4comparison/ML-100K-relabel/{config}/seed{seed}", "--device", "cpu"] + (
+            "--result_dir", f"results4comparison/{dataset}-relabel/{config}/seed{seed}", "--device", "cpu"] + (
             ["--resume"] if record["resumed"] else []), run
         test = json.loads((run / "run.test.json").read_text())["test"]
         printed = compare.parse_log(run / "run.out").final_test[20]
@@ -383,7 +396,8 @@ def decisive_study_runs() -> list:
     and in the ML-100K folder its arms' runs but those of the earlier 5-seed study it reuses."""
     results = ROOT / "results4comparison"
     runs = [run for folder in ("Amazon_Digital_Music-r-grid", "ML-100K-relabel.in-progress",
-                               "Amazon_Digital_Music-relabel") for config in (results / folder).glob("*")
+                               "Amazon_Digital_Music-relabel.in-progress", "Amazon_Digital_Music-relabel")
+            for config in (results / folder).glob("*")
             for run in run_files.seed_folders(config).values()]
     earlier = experiments.PRESETS["relabel"]
     for config in experiments.preset_configs("llm-need", "ML-100K"):
