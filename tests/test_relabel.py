@@ -327,20 +327,24 @@ def test_relabel_preset_trains_both_models_on_each_set():
     assert len(configs) == 14
 
 
-def test_the_committed_relabel_sweep_is_the_whole_preset_with_5_seeds_each():
-    """results4comparison/ML-100K-relabel holds every config of --preset relabel with its flags, 5 seeds
-    each, tested against the LLM's labels of its own model (its summary is checked against its runs in
-    test_experiments)."""
-    folder = Path(__file__).resolve().parent.parent / "results4comparison" / "ML-100K-relabel"
+def test_the_committed_relabel_sweep_holds_both_studies_with_their_seeds():
+    """results4comparison/ML-100K-relabel holds every config of --preset relabel (5 seeds, 2024-2028) and
+    of --preset llm-need (10 seeds, 2024-2033) with their flags, each tested against the LLM's labels of its
+    own model (its summary is checked against its runs in test_experiments)."""
+    folder = ROOT / "results4comparison" / "ML-100K-relabel"
     summary = json.loads((folder / "summary.json").read_text())
     manifest = json.loads((folder / run_files.MANIFEST).read_text())
-    preset = experiments.PRESETS["relabel"]
-    assert sorted(entry["name"] for entry in summary["configs"]) == sorted(preset)
+    earlier, study = experiments.PRESETS["relabel"], experiments.preset_configs("llm-need", "ML-100K")
+    assert all(earlier[name] == flags for name, flags in study.items() if name in earlier)
+    configs = {**earlier, **study}
+    assert sorted(entry["name"] for entry in summary["configs"]) == sorted(configs)
+    assert sorted(entry["name"] for entry in manifest["configs"]) == sorted(configs)
     for entry in manifest["configs"]:
-        assert entry["flags"] == ["--dataset", "ML-100K", "--r", "100"] + preset[entry["name"]] + ["--sampler", "sparse"]
+        assert entry["flags"] == ["--dataset", "ML-100K", "--r", "100"] + configs[entry["name"]] + ["--sampler", "sparse"]
     assert summary["baselines"] == ["lightgcn-llm", "refine-llm"]
     for entry in summary["configs"]:
-        assert [run["seed"] for run in entry["runs"]] == list(range(2024, 2029)), entry["name"]
+        seeds = range(2024, 2034) if entry["name"] in study else range(2024, 2029)
+        assert [run["seed"] for run in entry["runs"]] == list(seeds), entry["name"]
         if entry["name"] not in summary["baselines"]:
             assert entry["vs_baseline"]["baseline"] == entry["name"].split("-")[0] + "-llm"
 
@@ -353,30 +357,48 @@ STUDY_FLAGS = {
 }
 
 
+# Runs of the decisive study each dataset's folders hold (160 planned on ML-100K, 30 of them reused from
+# the earlier 5-seed study; 100 on Amazon Digital Music), at least, while its sweep is still running.
+STUDY_RUNS = {"ML-100K": 130, "Amazon_Digital_Music": 100}
+
+
 @pytest.mark.parametrize("dataset", sorted(STUDY_FLAGS))
-def test_the_decisive_studys_finished_runs_are_the_planned_ones_and_print_what_they_say(dataset):
-    """results4comparison/<dataset>-relabel.in-progress, where the study's finished runs are kept until its
-    sweep is complete: each run there is one that --preset llm-need plans (its config's flags, the run's
-    seed put in, the study's command around them, `--resume` when it went on from a saved state), not one
-    of the committed folder, kept without checkpoints, and its test file holds what its log printed."""
+def test_the_decisive_studys_runs_are_the_planned_ones_and_print_what_they_say(dataset):
+    """The study's runs: in results4comparison/<dataset>-relabel.in-progress while its sweep is running,
+    then in <dataset>-relabel. Each is one that --preset llm-need plans (its config's flags, the run's seed
+    put in, the study's command around them, `--resume` when it went on from a saved state), kept without
+    checkpoints, and its test file holds what its log printed; a run is in one of the two folders, never
+    both, and once the in-progress folder is gone every planned run is there."""
     results = ROOT / "results4comparison"
-    kept, committed = results / f"{dataset}-relabel.in-progress", results / f"{dataset}-relabel"
-    if not kept.is_dir():
-        assert dataset != "ML-100K", "the ML-100K study's finished runs are kept in progress until it is complete"
+    kept, final = results / f"{dataset}-relabel.in-progress", results / f"{dataset}-relabel"
+    if dataset == "ML-100K":
+        assert not kept.exists(), "the ML-100K study is complete: its runs belong in ML-100K-relabel"
+    if not kept.is_dir() and not final.is_dir():
         return  # the Amazon sweep has not started
     before, after = STUDY_FLAGS[dataset]
-    manifest = {entry["name"]: entry["flags"] for entry in
-                json.loads((kept / run_files.MANIFEST).read_text())["configs"]}
     planned = experiments.preset_configs("llm-need", dataset)
-    runs = [(config.name, seed, run) for config in sorted(path for path in kept.iterdir() if path.is_dir())
-            for seed, run in run_files.seed_folders(config).items()]
-    assert {config for config, _, _ in runs} <= set(planned)
-    assert len(runs) >= (78 if dataset == "ML-100K" else 1)
-    for config, seed, run in runs:
+    earlier = experiments.PRESETS["relabel"] if dataset == "ML-100K" else {}
+    runs = []  # (folder, config, seed, run); the earlier study's seeds 2024-2028 are not the study's own
+    for folder in (kept, final):
+        if folder.is_dir():
+            runs += [(folder, config, seed, run) for config in planned
+                     for seed, run in run_files.seed_folders(folder / config).items()
+                     if config not in earlier or seed >= 2029]
+    if kept.is_dir():
+        assert {path.name for path in kept.iterdir() if path.is_dir()} <= set(planned)
+        assert 1 <= len(runs) < STUDY_RUNS[dataset]
+    else:
+        assert sorted((config, seed) for _, config, seed, _ in runs) == sorted(
+            (config, seed) for config in planned for seed in range(2024, 2034)
+            if config not in earlier or seed >= 2029)
+        assert len(runs) == STUDY_RUNS[dataset]
+    for folder, config, seed, run in runs:
+        manifest = {entry["name"]: entry["flags"] for entry in
+                    json.loads((folder / run_files.MANIFEST).read_text())["configs"]}
         assert manifest[config] == before + planned[config] + after
         assert sorted(path.name for path in run.iterdir()) == [
             "run.err", "run.json", "run.out", "run.test.json", "run.test_users.csv"], run
-        assert not (committed / config / run.name).exists(), run
+        assert folder == final or not (final / config / run.name).exists(), run
         record = json.loads((run / "run.json").read_text())
         assert (record["config"], record["seed"], record["device"]) == (config, seed, "cpu") and 2024 <= seed <= 2033
         assert record["command"] == ["python", "main.py"] + sweep.with_seed(manifest[config], seed) + [
@@ -392,11 +414,11 @@ PLAN_HEADING = "## The decisive study: analysis plan"
 
 
 def decisive_study_runs() -> list:
-    """The run folders of the decisive study: its --r grid, its runs kept in progress, its Amazon sweep,
+    """The run folders of the decisive study: its --r grid, its Amazon sweep (kept in progress or whole),
     and in the ML-100K folder its arms' runs but those of the earlier 5-seed study it reuses."""
     results = ROOT / "results4comparison"
-    runs = [run for folder in ("Amazon_Digital_Music-r-grid", "ML-100K-relabel.in-progress",
-                               "Amazon_Digital_Music-relabel.in-progress", "Amazon_Digital_Music-relabel")
+    runs = [run for folder in ("Amazon_Digital_Music-r-grid", "Amazon_Digital_Music-relabel.in-progress",
+                               "Amazon_Digital_Music-relabel")
             for config in (results / folder).glob("*")
             for run in run_files.seed_folders(config).values()]
     earlier = experiments.PRESETS["relabel"]
@@ -421,7 +443,8 @@ def test_the_decisive_studys_plan_is_older_in_git_than_its_runs():
     plan, planned_at = found.stdout.split("\n")[-2].split()  # the oldest: the commit that added the heading
     planned_at = datetime.fromisoformat(planned_at)
     added = {}  # path -> the commit that added it
-    log = git("log", "--diff-filter=A", "--format=commit %H", "--name-only", "--", "results4comparison").stdout
+    log = git("log", "--no-renames", "--diff-filter=A", "--format=commit %H", "--name-only", "--",
+              "results4comparison").stdout
     for line in log.splitlines():
         if line.startswith("commit "):
             commit = line.split()[1]
