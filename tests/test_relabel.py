@@ -410,6 +410,20 @@ def test_the_decisive_studys_runs_are_the_planned_ones_and_print_what_they_say(d
         assert printed == tuple(float(f"{test['20'][metric]:.4f}") for metric in utils.METRICS), run
 
 
+def test_the_published_tables_of_the_ml100k_study_are_rows_of_its_report():
+    """results4comparison/README.md shows the report's comparison rows as they are: every row of its
+    relabel section is a row of the committed summary.md, and every comparison of it is shown."""
+    section = (ROOT / "results4comparison" / "README.md").read_text().split(
+        "## ML-100K over seeds: does the gain need an LLM?\n")[1].split("\n## ")[0]
+    report = (ROOT / "results4comparison" / "ML-100K-relabel" / "summary.md").read_text().splitlines()
+    shown = [line for line in section.splitlines() if line.startswith(("| lightgcn-", "| refine-"))]
+    compared = [line for line in report if line.startswith(("| lightgcn-", "| refine-"))
+                and line.split(" | ")[1] in ("Recall@20", "NDCG@20")]
+    earlier_only = set(experiments.PRESETS["relabel"]) - set(experiments.preset_configs("llm-need", "ML-100K"))
+    assert len(compared) == 2 * (len(experiments.preset_configs("llm-need", "ML-100K")) - 2 + len(earlier_only))
+    assert sorted(shown) == sorted(compared)
+
+
 PLAN_HEADING = "## The decisive study: analysis plan"
 
 
