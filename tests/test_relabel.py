@@ -388,6 +388,8 @@ def test_the_decisive_studys_runs_are_the_planned_ones_and_print_what_they_say(d
         assert {path.name for path in kept.iterdir() if path.is_dir()} <= set(planned)
         assert 1 <= len(runs) < STUDY_RUNS[dataset]
     else:
+        if not earlier:  # a folder of this study alone: its planned configs, nothing else
+            assert {path.name for path in final.iterdir() if path.is_dir()} == set(planned)
         assert sorted((config, seed) for _, config, seed, _ in runs) == sorted(
             (config, seed) for config in planned for seed in range(2024, 2034)
             if config not in earlier or seed >= 2029)
