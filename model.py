@@ -233,11 +233,13 @@ class ReFINePlus(torch.nn.Module):
         out = self.propagate_embeddings()
         user_out, item_out = out[:self.num_users], out[self.num_users:]
         pos_score = (user_out[pos_users] * item_out[pos_items]).sum(-1)                   # (P,)
+        # index_fill_, not `x[index] = 1.0`: on CUDA that assignment waits for the device (CUDA's own
+        # sync report on an H200, torch 2.11); the filled values are the same.
         dislikes = torch.zeros(self.num_users, self.num_items, device=out.device)
-        dislikes[neg_edges[0], neg_edges[1]] = 1.0
+        dislikes.view(-1).index_fill_(0, neg_edges[0] * self.num_items + neg_edges[1], 1.0)
         disliking_users, disliked_items = dislikes.any(dim=1), dislikes.any(dim=0)
         drawn = torch.zeros(self.num_items, dtype=torch.bool, device=out.device)
-        drawn[neg_items.reshape(-1)] = True
+        drawn.index_fill_(0, neg_items.reshape(-1), True)
         # The batch's one read from the device: the sizes of what follows.
         num_users, num_items, num_drawn = torch.stack([disliking_users.sum(), disliked_items.sum(),
                                                        drawn.sum()]).tolist()

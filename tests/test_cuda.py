@@ -5,6 +5,8 @@
 Each test runs a few epochs of the toy data (helpers.write_synthetic_dataset) on cuda:0.
 """
 
+import shutil
+
 import pytest
 import torch
 
@@ -20,7 +22,9 @@ MODELS = {"refine": [], "lightgcn": ["--dataset_augment", "0"], "refine_plus": [
 
 @pytest.fixture
 def toy(tmp_path, monkeypatch):
-    write_synthetic_dataset(tmp_path / "data", "TOY")
+    folder = write_synthetic_dataset(tmp_path / "data", "TOY")
+    # LightGCN's --dataset_augment 0 reads the original ratings; any split file serves the CUDA paths.
+    shutil.copy(folder / "TOY_train_augment.csv", folder / "TOY_train_original.csv")
     monkeypatch.chdir(tmp_path)
     return ["--data_dir", str(tmp_path / "data")] + SMALL
 
@@ -30,17 +34,21 @@ def test_trains_resumes_and_the_checkpoint_loads_on_the_cpu(name, toy, tmp_path,
     extra = (["--model", "lightgcn"] if name == "lightgcn" else []) + MODELS[name]
     # --deterministic: the resumed run must equal the uninterrupted one on the GPU too.
     argv = toy + extra + ["--device", "cuda:0", "--early_stopping_step", "100", "--deterministic"]
-    code, whole, _ = run_main(argv + ["--epochs", "4"], capsys)
-    assert code == 0 and whole.count("\nEpoch: ") == 4
+    code, whole, err = run_main(argv + ["--epochs", "4"], capsys)
+    assert code == 0 and whole.count("\nEpoch: ") == 4, err
     # Stopped after 2 epochs and resumed: the same run, on the GPU as on a CPU.
-    assert run_main(argv + ["--epochs", "2", "--path_name", "cut"], capsys)[0] == 0
+    code, _, err = run_main(argv + ["--epochs", "2", "--path_name", "cut"], capsys)
+    assert code == 0, err
     code, resumed, err = run_main(argv + ["--epochs", "4", "--path_name", "cut", "--resume"], capsys)
-    assert code == 0 and "resumed after epoch 2" in err
+    assert code == 0 and "resumed after epoch 2" in err, err
     assert without_timing(resumed) == without_timing(whole.replace("nothing", "cut"))
     # The best checkpoint holds tensors a CPU-only machine reads into the model built there.
     state = torch.load(tmp_path / "result/TOY/nothing.pt", map_location="cpu", weights_only=True)
     assert all(value.device.type == "cpu" for value in state.values())
-    assert run_main(toy + extra + ["--device", "cpu", "--epochs", "4", "--resume"], capsys)[0] == 0
+    # Resumed with the run's own flags (a resume refuses others), on the CPU.
+    on_cpu = [arg if arg != "cuda:0" else "cpu" for arg in argv]
+    code, out, err = run_main(on_cpu + ["--epochs", "4", "--resume"], capsys)
+    assert code == 0 and "Final Test Results" in out, err
 
 
 def test_sparse_product_equals_the_cpu_one():
