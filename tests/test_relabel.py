@@ -357,52 +357,37 @@ STUDY_FLAGS = {
 }
 
 
-# Runs of the decisive study each dataset's folders hold (160 planned on ML-100K, 30 of them reused from
-# the earlier 5-seed study; 100 on Amazon Digital Music), at least, while its sweep is still running.
+# Runs of the decisive study in each dataset's folder: 160 planned on ML-100K, 30 of them reused from the
+# earlier 5-seed study; 100 on Amazon Digital Music.
 STUDY_RUNS = {"ML-100K": 130, "Amazon_Digital_Music": 100}
 
 
 @pytest.mark.parametrize("dataset", sorted(STUDY_FLAGS))
 def test_the_decisive_studys_runs_are_the_planned_ones_and_print_what_they_say(dataset):
-    """The study's runs: in results4comparison/<dataset>-relabel.in-progress while its sweep is running,
-    then in <dataset>-relabel. Each is one that --preset llm-need plans (its config's flags, the run's seed
-    put in, the study's command around them, `--resume` when it went on from a saved state), kept without
-    checkpoints, and its test file holds what its log printed; a run is in one of the two folders, never
-    both, and once the in-progress folder is gone every planned run is there."""
+    """The study's runs in results4comparison/<dataset>-relabel: every run --preset llm-need plans and no
+    other (its config's flags, the run's seed put in, the study's command around them, `--resume` when it
+    went on from a saved state), kept without checkpoints, its test file holding what its log printed."""
     results = ROOT / "results4comparison"
-    kept, final = results / f"{dataset}-relabel.in-progress", results / f"{dataset}-relabel"
-    if dataset == "ML-100K":
-        assert not kept.exists(), "the ML-100K study is complete: its runs belong in ML-100K-relabel"
-    if not kept.is_dir() and not final.is_dir():
-        return  # the Amazon sweep has not started
+    final = results / f"{dataset}-relabel"
+    assert not (results / f"{dataset}-relabel.in-progress").exists(), "the study is complete"
     before, after = STUDY_FLAGS[dataset]
     planned = experiments.preset_configs("llm-need", dataset)
     earlier = experiments.PRESETS["relabel"] if dataset == "ML-100K" else {}
-    runs = []  # (folder, config, seed, run); the earlier study's seeds 2024-2028 are not the study's own
-    for folder in (kept, final):
-        if folder.is_dir():
-            runs += [(folder, config, seed, run) for config in planned
-                     for seed, run in run_files.seed_folders(folder / config).items()
-                     if config not in earlier or seed >= 2029]
-    if kept.is_dir():
-        assert {path.name for path in kept.iterdir() if path.is_dir()} <= set(planned)
-        assert 1 <= len(runs) < STUDY_RUNS[dataset]
-    else:
-        if not earlier:  # a folder of this study alone: its planned configs, nothing else
-            assert {path.name for path in final.iterdir() if path.is_dir()} == set(planned)
-        assert sorted((config, seed) for _, config, seed, _ in runs) == sorted(
-            (config, seed) for config in planned for seed in range(2024, 2034)
-            if config not in earlier or seed >= 2029)
-        assert len(runs) == STUDY_RUNS[dataset]
-    for folder, config, seed, run in runs:
-        manifest = {entry["name"]: entry["flags"] for entry in
-                    json.loads((folder / run_files.MANIFEST).read_text())["configs"]}
+    # The earlier study's seeds 2024-2028 of the configs both share are not the study's own.
+    runs = [(config, seed, run) for config in planned for seed, run in run_files.seed_folders(final / config).items()
+            if config not in earlier or seed >= 2029]
+    if not earlier:  # a folder of this study alone: its planned configs, nothing else
+        assert {path.name for path in final.iterdir() if path.is_dir()} == set(planned)
+    assert sorted((config, seed) for config, seed, _ in runs) == sorted(
+        (config, seed) for config in planned for seed in range(2024, 2034) if config not in earlier or seed >= 2029)
+    assert len(runs) == STUDY_RUNS[dataset]
+    manifest = {entry["name"]: entry["flags"] for entry in json.loads((final / run_files.MANIFEST).read_text())["configs"]}
+    for config, seed, run in runs:
         assert manifest[config] == before + planned[config] + after
         assert sorted(path.name for path in run.iterdir()) == [
             "run.err", "run.json", "run.out", "run.test.json", "run.test_users.csv"], run
-        assert folder == final or not (final / config / run.name).exists(), run
         record = json.loads((run / "run.json").read_text())
-        assert (record["config"], record["seed"], record["device"]) == (config, seed, "cpu") and 2024 <= seed <= 2033
+        assert (record["config"], record["seed"], record["device"]) == (config, seed, "cpu")
         assert record["command"] == ["python", "main.py"] + sweep.with_seed(manifest[config], seed) + [
             "--random_seed", str(seed), "--path_name", "run",
             "--result_dir", f"results4comparison/{dataset}-relabel/{config}/seed{seed}", "--device", "cpu"] + (
@@ -412,17 +397,23 @@ def test_the_decisive_studys_runs_are_the_planned_ones_and_print_what_they_say(d
         assert printed == tuple(float(f"{test['20'][metric]:.4f}") for metric in utils.METRICS), run
 
 
-def test_the_published_tables_of_the_ml100k_study_are_rows_of_its_report():
-    """results4comparison/README.md shows the report's comparison rows as they are: every row of its
-    relabel section is a row of the committed summary.md, and every comparison of it is shown."""
-    section = (ROOT / "results4comparison" / "README.md").read_text().split(
-        "## ML-100K over seeds: does the gain need an LLM?\n")[1].split("\n## ")[0]
-    report = (ROOT / "results4comparison" / "ML-100K-relabel" / "summary.md").read_text().splitlines()
+STUDY_SECTIONS = {"ML-100K": "## ML-100K over seeds: does the gain need an LLM?\n",
+                  "Amazon_Digital_Music": "## Amazon Digital Music over seeds: does the gain need an LLM?\n"}
+
+
+@pytest.mark.parametrize("dataset", sorted(STUDY_SECTIONS))
+def test_the_published_tables_of_each_study_are_rows_of_its_report(dataset):
+    """results4comparison/README.md shows the report's comparison rows as they are: every row of the
+    dataset's relabel section is a row of the committed summary.md, and every comparison of it is shown
+    (each config of the folder but the two baselines, on two metrics)."""
+    section = (ROOT / "results4comparison" / "README.md").read_text().split(STUDY_SECTIONS[dataset])[1].split("\n## ")[0]
+    folder = ROOT / "results4comparison" / f"{dataset}-relabel"
+    report = (folder / "summary.md").read_text().splitlines()
     shown = [line for line in section.splitlines() if line.startswith(("| lightgcn-", "| refine-"))]
     compared = [line for line in report if line.startswith(("| lightgcn-", "| refine-"))
                 and line.split(" | ")[1] in ("Recall@20", "NDCG@20")]
-    earlier_only = set(experiments.PRESETS["relabel"]) - set(experiments.preset_configs("llm-need", "ML-100K"))
-    assert len(compared) == 2 * (len(experiments.preset_configs("llm-need", "ML-100K")) - 2 + len(earlier_only))
+    configs = [path for path in folder.iterdir() if path.is_dir()]
+    assert len(compared) == 2 * (len(configs) - 2)
     assert sorted(shown) == sorted(compared)
 
 
@@ -433,8 +424,7 @@ def decisive_study_runs() -> list:
     """The run folders of the decisive study: its --r grid, its Amazon sweep (kept in progress or whole),
     and in the ML-100K folder its arms' runs but those of the earlier 5-seed study it reuses."""
     results = ROOT / "results4comparison"
-    runs = [run for folder in ("Amazon_Digital_Music-r-grid", "Amazon_Digital_Music-relabel.in-progress",
-                               "Amazon_Digital_Music-relabel")
+    runs = [run for folder in ("Amazon_Digital_Music-r-grid", "Amazon_Digital_Music-relabel")
             for config in (results / folder).glob("*")
             for run in run_files.seed_folders(config).values()]
     earlier = experiments.PRESETS["relabel"]
