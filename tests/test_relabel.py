@@ -405,14 +405,16 @@ STUDY_SECTIONS = {"ML-100K": "## ML-100K over seeds: does the gain need an LLM?\
 def test_the_published_tables_of_each_study_are_rows_of_its_report(dataset):
     """results4comparison/README.md shows the report's comparison rows as they are: every row of the
     dataset's relabel section is a row of the committed summary.md, and every comparison of it is shown
-    (each config of the folder but the two baselines, on two metrics)."""
+    (each planned config but the two baselines, on two metrics)."""
     section = (ROOT / "results4comparison" / "README.md").read_text().split(STUDY_SECTIONS[dataset])[1].split("\n## ")[0]
     folder = ROOT / "results4comparison" / f"{dataset}-relabel"
     report = (folder / "summary.md").read_text().splitlines()
     shown = [line for line in section.splitlines() if line.startswith(("| lightgcn-", "| refine-"))]
     compared = [line for line in report if line.startswith(("| lightgcn-", "| refine-"))
                 and line.split(" | ")[1] in ("Recall@20", "NDCG@20")]
-    configs = [path for path in folder.iterdir() if path.is_dir()]
+    # Its configs, from the presets alone: the study's arms, and on ML-100K the earlier study's besides.
+    configs = set(experiments.preset_configs("llm-need", dataset)) | (
+        set(experiments.PRESETS["relabel"]) if dataset == "ML-100K" else set())
     assert len(compared) == 2 * (len(configs) - 2)
     assert sorted(shown) == sorted(compared)
 
@@ -421,8 +423,8 @@ PLAN_HEADING = "## The decisive study: analysis plan"
 
 
 def decisive_study_runs() -> list:
-    """The run folders of the decisive study: its --r grid, its Amazon sweep (kept in progress or whole),
-    and in the ML-100K folder its arms' runs but those of the earlier 5-seed study it reuses."""
+    """The run folders of the decisive study: its --r grid, its Amazon sweep, and in the ML-100K folder
+    its arms' runs but those of the earlier 5-seed study it reuses."""
     results = ROOT / "results4comparison"
     runs = [run for folder in ("Amazon_Digital_Music-r-grid", "Amazon_Digital_Music-relabel")
             for config in (results / folder).glob("*")
